@@ -1,0 +1,74 @@
+"""The dispatcher's typed errors: one small tree, each error carrying its context.
+
+Library code raises these; only ``dispatcher.__main__`` turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+
+class DispatcherError(Exception):
+    """Base of every error the dispatcher raises on purpose."""
+
+
+class ConfigError(DispatcherError):
+    """A configuration file or value is invalid.
+
+    ``source`` names the file (or ``<environment>``), ``path`` the key path inside it
+    (``sites[1].check.interval``) and ``expected`` what would have been accepted.
+    """
+
+    def __init__(self, source: str, path: str, expected: str) -> None:
+        self.source = source
+        self.path = path
+        self.expected = expected
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {expected}")
+
+
+class InvalidValue(DispatcherError):  # noqa: N818 - reads as "raise InvalidValue(...)"
+    """One value failed validation; ``field`` is its key path relative to the object checked."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class StoreError(DispatcherError):
+    """The site registry could not do what was asked."""
+
+
+class SiteNotFound(StoreError):  # noqa: N818
+    """No site of that name is registered."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no site named {name!r}")
+
+
+class SiteExists(StoreError):  # noqa: N818
+    """A site of that name is registered already."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"a site named {name!r} exists already")
+
+
+class SchemaBehind(StoreError):  # noqa: N818
+    """The database schema is older than this code expects."""
+
+    def __init__(self, current: str | None, head: str, hint: str) -> None:
+        self.current = current
+        self.head = head
+        self.hint = hint
+        have = current or "empty (no schema)"
+        super().__init__(f"database schema is {have}, this dispatcher needs {head}: run {hint}")
+
+
+class ListenError(DispatcherError):
+    """A listener could not be opened."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"cannot listen on {address}: {reason}")
