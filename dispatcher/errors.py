@@ -25,7 +25,7 @@ class ConfigError(DispatcherError):
         super().__init__(f"{where}: {expected}")
 
 
-class InvalidValue(DispatcherError):  # noqa: N818 - reads as "raise InvalidValue(...)"
+class InvalidValue(DispatcherError):
     """One value failed validation; ``field`` is its key path relative to the object checked."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -38,7 +38,7 @@ class StoreError(DispatcherError):
     """The site registry could not do what was asked."""
 
 
-class SiteNotFound(StoreError):  # noqa: N818
+class SiteNotFound(StoreError):
     """No site of that name is registered."""
 
     def __init__(self, name: str) -> None:
@@ -46,7 +46,7 @@ class SiteNotFound(StoreError):  # noqa: N818
         super().__init__(f"no site named {name!r}")
 
 
-class SiteExists(StoreError):  # noqa: N818
+class SiteExists(StoreError):
     """A site of that name is registered already."""
 
     def __init__(self, name: str) -> None:
@@ -54,7 +54,7 @@ class SiteExists(StoreError):  # noqa: N818
         super().__init__(f"a site named {name!r} exists already")
 
 
-class SchemaBehind(StoreError):  # noqa: N818
+class SchemaBehind(StoreError):
     """The database schema is older than this code expects."""
 
     def __init__(self, current: str | None, head: str, hint: str) -> None:

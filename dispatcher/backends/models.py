@@ -1,0 +1,67 @@
+"""The dispatcher's schema as SQLAlchemy 2 models. Alembic's ``migrations/`` owns changes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class SiteRow(Base):
+    """A registered site. ``check`` holds the health check's settings as JSON."""
+
+    __tablename__ = "sites"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    base_url: Mapped[str] = mapped_column(String(2048))
+    pool: Mapped[str] = mapped_column(String(63))
+    weight: Mapped[int] = mapped_column(Integer)
+    drained: Mapped[bool] = mapped_column(Boolean, default=False)
+    check: Mapped[dict[str, object]] = mapped_column(JSON)
+    position: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LoadRow(Base):
+    """The latest load report of a site (one row per site, replaced on every report)."""
+
+    __tablename__ = "site_loads"
+
+    site: Mapped[str] = mapped_column(
+        String(63), ForeignKey("sites.name", ondelete="CASCADE"), primary_key=True
+    )
+    load: Mapped[float] = mapped_column(Float)
+    connections: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RegistryRow(Base):
+    """One row: ``revision`` grows with every change to the sites; replicas poll it."""
+
+    __tablename__ = "registry"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    seeded: Mapped[bool] = mapped_column(Boolean)

@@ -1,0 +1,221 @@
+"""What a site is: its validated specification, shared by the config file and the admin API.
+
+There is one validator for each field; both entry points call it, so a value the API
+refuses is refused by ``check-config`` with the same words.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from dispatcher.errors import InvalidValue
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+MAX_WEIGHT = 10_000
+SITE_KEYS = frozenset({"name", "base_url", "pool", "weight", "check", "drained"})
+CHECK_KEYS = frozenset({"url", "expect", "interval", "timeout", "rise", "fall"})
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """An ldirectord-style health check: GET ``url``; healthy on 2xx with ``expect`` in the body.
+
+    ``rise`` consecutive successes bring a site up, ``fall`` consecutive failures take it
+    down; ``timeout`` bounds one probe and is independent of ``interval``.
+    """
+
+    url: str = "/"
+    expect: str = ""
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "expect": self.expect,
+            "interval": self.interval,
+            "timeout": self.timeout,
+            "rise": self.rise,
+            "fall": self.fall,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSpec:
+    """A site clients can be sent to. ``base_url`` never ends with ``/``."""
+
+    name: str
+    base_url: str
+    pool: str = "default"
+    weight: int = 1
+    check: CheckSpec = field(default_factory=CheckSpec)
+    drained: bool = False
+    position: int = 0
+
+    @property
+    def check_url(self) -> str:
+        """The absolute URL the health probe fetches."""
+        if self.check.url.startswith(("http://", "https://")):
+            return self.check.url
+        return self.base_url + self.check.url
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "base_url": self.base_url,
+            "pool": self.pool,
+            "weight": self.weight,
+            "check": self.check.as_dict(),
+            "drained": self.drained,
+        }
+
+
+def parse_site(raw: Any, *, position: int = 0) -> SiteSpec:
+    """Validate a site table (config ``[[sites]]`` entry or API body) into a :class:`SiteSpec`."""
+    if not isinstance(raw, Mapping):
+        raise InvalidValue("", "a table/object describing a site")
+    _only(raw, SITE_KEYS, "")
+    for required in ("name", "base_url"):
+        if required not in raw:
+            raise InvalidValue(required, "a value (this key is required)")
+    return SiteSpec(
+        name=check_name(raw["name"], "name"),
+        base_url=check_base_url(raw["base_url"], "base_url"),
+        pool=check_pool_name(raw.get("pool", "default"), "pool"),
+        weight=check_weight(raw.get("weight", 1), "weight"),
+        check=parse_check(raw.get("check", {})),
+        drained=check_bool(raw.get("drained", False), "drained"),
+        position=position,
+    )
+
+
+def update_site(site: SiteSpec, changes: Any) -> SiteSpec:
+    """Apply a partial update (an API ``PATCH`` body) to ``site``; the name cannot change."""
+    if not isinstance(changes, Mapping):
+        raise InvalidValue("", "a JSON object with the fields to change")
+    _only(changes, SITE_KEYS - {"name"}, "")
+    if "name" in changes and changes["name"] != site.name:
+        raise InvalidValue("name", "the site's own name (a site cannot be renamed)")
+    new = site
+    if "base_url" in changes:
+        new = replace(new, base_url=check_base_url(changes["base_url"], "base_url"))
+    if "pool" in changes:
+        new = replace(new, pool=check_pool_name(changes["pool"], "pool"))
+    if "weight" in changes:
+        new = replace(new, weight=check_weight(changes["weight"], "weight"))
+    if "drained" in changes:
+        new = replace(new, drained=check_bool(changes["drained"], "drained"))
+    if "check" in changes:
+        merged = {**site.check.as_dict(), **_mapping(changes["check"], "check")}
+        new = replace(new, check=parse_check(merged))
+    return new
+
+
+def parse_check(raw: Any) -> CheckSpec:
+    """Validate a ``check`` table; missing keys take the defaults of :class:`CheckSpec`."""
+    table = _mapping(raw, "check")
+    _only(table, CHECK_KEYS, "check")
+    d = CheckSpec()
+    url = table.get("url", d.url)
+    if not isinstance(url, str) or not (
+        url.startswith("/") or url.startswith(("http://", "https://"))
+    ):
+        raise InvalidValue("check.url", f"a path starting with / or an http(s) URL, got {url!r}")
+    if url.startswith(("http://", "https://")):
+        check_base_url(url, "check.url")
+    _no_controls(url, "check.url")
+    expect = table.get("expect", d.expect)
+    if not isinstance(expect, str):
+        raise InvalidValue("check.expect", f"a string, got {expect!r}")
+    return CheckSpec(
+        url=url,
+        expect=expect,
+        interval=_seconds(table.get("interval", d.interval), "check.interval"),
+        timeout=_seconds(table.get("timeout", d.timeout), "check.timeout"),
+        rise=_count(table.get("rise", d.rise), "check.rise"),
+        fall=_count(table.get("fall", d.fall), "check.fall"),
+    )
+
+
+def check_name(value: Any, field_name: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise InvalidValue(
+            field_name,
+            "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f", got {value!r}",
+        )
+    return value
+
+
+def check_pool_name(value: Any, field_name: str) -> str:
+    return check_name(value, field_name)
+
+
+def check_base_url(value: Any, field_name: str) -> str:
+    """An absolute http(s) URL with a host, no query, fragment or credentials; no trailing /."""
+    expected = "an absolute http:// or https:// URL with a host"
+    if not isinstance(value, str):
+        raise InvalidValue(field_name, f"{expected}, got {value!r}")
+    _no_controls(value, field_name)
+    if not value.isascii():
+        raise InvalidValue(field_name, f"{expected}, in ASCII (punycode for IDN), got {value!r}")
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError as exc:
+        raise InvalidValue(field_name, f"{expected} ({exc}), got {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidValue(field_name, f"{expected}, got {value!r}")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise InvalidValue(field_name, f"{expected} and no query or fragment, got {value!r}")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidValue(field_name, f"{expected} and no user:password@, got {value!r}")
+    return value.rstrip("/")
+
+
+def check_weight(value: Any, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WEIGHT:
+        raise InvalidValue(field_name, f"a whole number from 0 to {MAX_WEIGHT}, got {value!r}")
+    return value
+
+
+def check_bool(value: Any, field_name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidValue(field_name, f"true or false, got {value!r}")
+    return value
+
+
+def _seconds(value: Any, field_name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        raise InvalidValue(field_name, f"a number of seconds > 0 and <= 3600, got {value!r}")
+    return float(value)
+
+
+def _count(value: Any, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise InvalidValue(field_name, f"a whole number from 1 to 100, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, field_name: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidValue(field_name, f"a table/object, got {value!r}")
+    return value
+
+
+def _only(raw: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise InvalidValue(where, f"no such key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _no_controls(value: str, field_name: str) -> None:
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+        raise InvalidValue(field_name, f"no spaces or control characters, got {value!r}")

@@ -1,0 +1,369 @@
+"""The site registry: sites, their load reports and a revision counter, in one database.
+
+:class:`SiteStore` states the contract; :class:`SqlSiteStore` keeps it with SQLAlchemy on
+SQLite (embedded, the default) or PostgreSQL (many dispatchers sharing one registry).
+Every method is synchronous and blocking: async callers run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.backends.models import LoadRow, RegistryRow, SiteRow
+from dispatcher.backends.sites import SiteSpec, parse_check
+from dispatcher.errors import SchemaBehind, SiteExists, SiteNotFound, StoreError
+
+UPGRADE_HINT = "farm-dispatcher db upgrade --config FILE"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """A site's latest load report; ``reported_at`` is wall-clock UTC (shared by replicas)."""
+
+    site: str
+    load: float
+    connections: int | None
+    reported_at: dt.datetime
+
+
+class SiteStore(abc.ABC):
+    """What the dispatcher needs from its registry.
+
+    Each write is atomic: it either happens whole, with the revision bumped in the same
+    transaction, or raises and changes nothing. Readers see only committed writes.
+    """
+
+    @abc.abstractmethod
+    def check_schema(self) -> None:
+        """Raise :class:`SchemaBehind` unless the schema is at the head revision."""
+
+    @abc.abstractmethod
+    def upgrade(self) -> str:
+        """Bring the schema to head; return the head revision."""
+
+    @abc.abstractmethod
+    def seed(self, sites: Iterable[SiteSpec]) -> bool:
+        """Insert ``sites`` once in the registry's lifetime; ``True`` if this call did it.
+
+        A registry that was seeded before is left alone, even if its sites were deleted
+        since, so the config file never resurrects what an operator removed.
+        """
+
+    @abc.abstractmethod
+    def revision(self) -> int:
+        """A number that grows with every change to the sites."""
+
+    @abc.abstractmethod
+    def list_sites(self) -> tuple[SiteSpec, ...]:
+        """All sites, in configured order (``position``)."""
+
+    @abc.abstractmethod
+    def get_site(self, name: str) -> SiteSpec:
+        """The site called ``name``, or :class:`SiteNotFound`."""
+
+    @abc.abstractmethod
+    def create_site(self, site: SiteSpec) -> SiteSpec:
+        """Add ``site`` after all others; :class:`SiteExists` if the name is taken."""
+
+    @abc.abstractmethod
+    def modify_site(self, name: str, change: Callable[[SiteSpec], SiteSpec]) -> SiteSpec:
+        """Replace a site by ``change(current)``, read and written in one transaction.
+
+        ``change`` may raise (a validation error, say): then nothing is written.
+        :class:`SiteNotFound` if there is no such site.
+        """
+
+    @abc.abstractmethod
+    def delete_site(self, name: str) -> None:
+        """Remove a site and its load report; :class:`SiteNotFound` if there is none."""
+
+    @abc.abstractmethod
+    def record_load(self, report: LoadReport) -> None:
+        """Keep ``report`` as the site's latest; :class:`SiteNotFound` for an unknown site."""
+
+    @abc.abstractmethod
+    def loads(self) -> Mapping[str, LoadReport]:
+        """The latest load report of every site that has one."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts are: packaged beside the code, or in the source tree."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise StoreError("the Alembic migrations directory is missing from this installation")
+
+
+class SqlSiteStore(SiteStore):
+    """:class:`SiteStore` on SQLAlchemy; ``url`` is any SQLAlchemy URL (sqlite, postgresql)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = _driver_url(url)
+        try:
+            self.engine: Engine = create_engine(self.url, **_engine_options(self.url))
+        except Exception as exc:  # SQLAlchemy raises several kinds for a bad URL
+            raise StoreError(f"cannot use database URL {url!r}: {exc}") from exc
+        if self.url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        sqlite = self.url.startswith("sqlite")
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if sqlite else contextlib.nullcontext()
+        )
+
+    # --- schema ---
+
+    def _alembic(self) -> AlembicConfig:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(migrations_dir()))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        return cfg
+
+    def head(self) -> str:
+        head = ScriptDirectory.from_config(self._alembic()).get_current_head()
+        if head is None:
+            raise StoreError("the migrations directory has no revisions")
+        return head
+
+    def current(self) -> str | None:
+        with self._connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def check_schema(self) -> None:
+        current, head = self.current(), self.head()
+        if current != head:
+            raise SchemaBehind(current, head, UPGRADE_HINT)
+
+    def upgrade(self) -> str:
+        cfg = self._alembic()
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        return self.head()
+
+    # --- registry ---
+
+    def seed(self, sites: Iterable[SiteSpec]) -> bool:
+        with self._transaction(write=True) as session:
+            registry = self._registry(session, lock=True)
+            if registry.seeded:
+                return False
+            for position, site in enumerate(sites):
+                session.add(_row(site, position))
+            registry.seeded = True
+            registry.revision += 1
+        return True
+
+    def revision(self) -> int:
+        with self._transaction() as session:
+            return self._registry(session).revision
+
+    def list_sites(self) -> tuple[SiteSpec, ...]:
+        with self._transaction() as session:
+            rows = session.scalars(select(SiteRow).order_by(SiteRow.position, SiteRow.name))
+            return tuple(_spec(row) for row in rows)
+
+    def get_site(self, name: str) -> SiteSpec:
+        with self._transaction() as session:
+            return _spec(self._site(session, name))
+
+    def create_site(self, site: SiteSpec) -> SiteSpec:
+        try:
+            with self._transaction(write=True) as session:
+                registry = self._registry(session, lock=True)
+                if session.get(SiteRow, site.name) is not None:
+                    raise SiteExists(site.name)
+                last = session.scalar(select(func.max(SiteRow.position)))
+                row = _row(site, -1 if last is None else last)
+                row.position += 1
+                session.add(row)
+                registry.revision += 1
+        except IntegrityError:  # another replica inserted the same name concurrently
+            raise SiteExists(site.name) from None
+        return _spec(row)
+
+    def modify_site(self, name: str, change: Callable[[SiteSpec], SiteSpec]) -> SiteSpec:
+        with self._transaction(write=True) as session:
+            registry = self._registry(session, lock=True)
+            row = self._site(session, name)
+            new = change(_spec(row))
+            row.base_url, row.pool, row.weight = new.base_url, new.pool, new.weight
+            row.drained, row.check = new.drained, new.check.as_dict()
+            row.updated_at = _now()
+            registry.revision += 1
+            return _spec(row)
+
+    def delete_site(self, name: str) -> None:
+        with self._transaction(write=True) as session:
+            registry = self._registry(session, lock=True)
+            session.delete(self._site(session, name))
+            session.execute(delete(LoadRow).where(LoadRow.site == name))
+            registry.revision += 1
+
+    def record_load(self, report: LoadReport) -> None:
+        with self._transaction(write=True) as session:
+            self._site(session, report.site)
+            row = session.get(LoadRow, report.site)
+            if row is None:
+                row = LoadRow(site=report.site)
+                session.add(row)
+            row.load, row.connections = report.load, report.connections
+            row.reported_at = report.reported_at
+
+    def loads(self) -> Mapping[str, LoadReport]:
+        with self._transaction() as session:
+            return {
+                row.site: LoadReport(row.site, row.load, row.connections, _utc(row.reported_at))
+                for row in session.scalars(select(LoadRow))
+            }
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- plumbing ---
+
+    def _connect(self) -> Any:
+        try:
+            return self.engine.connect()
+        except OperationalError as exc:
+            raise StoreError(f"cannot connect to {self.engine.url!r}: {exc.orig}") from exc
+
+    def _transaction(self, write: bool = False) -> _Transaction:
+        lock = self._write_lock if write else contextlib.nullcontext()
+        return _Transaction(self._sessions(), lock)
+
+    @staticmethod
+    def _registry(session: Session, lock: bool = False) -> RegistryRow:
+        query = select(RegistryRow).where(RegistryRow.id == 1)
+        if lock:
+            query = query.with_for_update()
+        try:
+            row = session.scalar(query)
+        except (OperationalError, ProgrammingError) as exc:
+            raise StoreError(
+                f"the registry is unreadable ({exc.orig}); run {UPGRADE_HINT}"
+            ) from exc
+        if row is None:
+            raise StoreError(f"the registry table is empty; run {UPGRADE_HINT}")
+        return row
+
+    @staticmethod
+    def _site(session: Session, name: str) -> SiteRow:
+        row = session.get(SiteRow, name)
+        if row is None:
+            raise SiteNotFound(name)
+        return row
+
+
+class _Transaction:
+    """``with`` block: one session, committed on success, rolled back on any error.
+
+    ``lock`` is held for the whole transaction: SQLite writers take a process-wide lock,
+    because SQLite answers a read-then-write race with "database is locked" instead of
+    waiting; PostgreSQL writers rely on ``SELECT ... FOR UPDATE`` of the registry row.
+    """
+
+    def __init__(self, session: Session, lock: contextlib.AbstractContextManager[Any]) -> None:
+        self.session = session
+        self.lock = lock
+
+    def __enter__(self) -> Session:
+        self.lock.__enter__()
+        self.session.begin()
+        return self.session
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc is None:
+                self.session.commit()
+            else:
+                self.session.rollback()
+        finally:
+            self.session.close()
+            self.lock.__exit__(None, None, None)
+        if isinstance(exc, OperationalError):
+            raise StoreError(f"database error: {exc.orig}") from exc
+
+
+def _row(site: SiteSpec, position: int) -> SiteRow:
+    return SiteRow(
+        name=site.name,
+        base_url=site.base_url,
+        pool=site.pool,
+        weight=site.weight,
+        drained=site.drained,
+        check=site.check.as_dict(),
+        position=position,
+        updated_at=_now(),
+    )
+
+
+def _spec(row: SiteRow) -> SiteSpec:
+    return SiteSpec(
+        name=row.name,
+        base_url=row.base_url,
+        pool=row.pool,
+        weight=row.weight,
+        check=parse_check(row.check),
+        drained=row.drained,
+        position=row.position,
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _driver_url(url: str) -> str:
+    """Use psycopg (3) for ``postgresql://`` URLs, which SQLAlchemy maps to psycopg2."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    return {"pool_pre_ping": True}
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def open_store(url: str) -> SqlSiteStore:
+    """The store for ``url``: SQLite or PostgreSQL, both through SQLAlchemy."""
+    return SqlSiteStore(url)
+
+
+__all__ = ["LoadReport", "SiteStore", "SqlSiteStore", "open_store"]

@@ -1,0 +1,322 @@
+"""One configuration path: a TOML file plus environment overrides -> one frozen ``Config``.
+
+Everything is validated while the object is built; a value that passes here is never
+checked again later. A problem raises :class:`~dispatcher.errors.ConfigError` naming the
+file, the key path (``sites[1].check.interval``) and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from dispatcher.backends.sites import CheckSpec, SiteSpec, check_base_url, parse_check, parse_site
+from dispatcher.errors import ConfigError, InvalidValue
+
+POLICY_NAMES = ("weighted", "least-load", "failover")
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+ENVIRONMENT = "<environment>"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """A pool of sites that share one selection policy and one fallback."""
+
+    name: str
+    policy: str = "weighted"
+    fallback: str = "sorry"
+    redirect_status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherSettings:
+    listen: str = "127.0.0.1:8080"
+    admin_listen: str = "127.0.0.1:8081"
+    database_url: str = "sqlite:///farm.db"
+    admin_tokens: tuple[str, ...] = ()
+    secret_keys: tuple[str, ...] = ()
+    redirect_status: int = 302
+    default_pool: str = "default"
+    load_max_age: float = 30.0
+    retry_after: int = 30
+    registry_refresh: float = 1.0
+    access_log: bool = False
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration; ``source`` names the file it came from."""
+
+    dispatcher: DispatcherSettings
+    pools: Mapping[str, PoolConfig]
+    sites: tuple[SiteSpec, ...]
+    source: str = "<defaults>"
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def pool_status(self, pool: str) -> int:
+        """The redirect status for ``pool``: its own, or the dispatcher's."""
+        override = self.pools[pool].redirect_status
+        return override if override is not None else self.dispatcher.redirect_status
+
+
+# --- building -------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` and the ``FARM_*`` environment into a validated :class:`Config`."""
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(file), "", "a readable TOML file (no such file)") from None
+    except OSError as exc:
+        raise ConfigError(str(file), "", f"a readable TOML file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(file), "", f"UTF-8 text ({exc.reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(file), "", f"valid TOML ({exc})") from None
+    return build_config(raw, source=str(file), environ=environ, base_dir=file.resolve().parent)
+
+
+def build_config(
+    raw: Mapping[str, Any],
+    *,
+    source: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """Validate a parsed TOML document (plus environment overrides) into a :class:`Config`."""
+    env = os.environ if environ is None else environ
+    try:
+        return _build(raw, env, source, base_dir or Path.cwd())
+    except InvalidValue as exc:
+        raise ConfigError(source, exc.field, exc.message) from None
+
+
+def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir: Path) -> Config:
+    _only_keys(raw, "", {"dispatcher", "pools", "sites"})
+    settings = _dispatcher_settings(_table(raw, "dispatcher"), env, source)
+    settings = replace(settings, database_url=_anchor_sqlite(settings.database_url, base_dir))
+    pools = _pools(_table(raw, "pools"))
+    if settings.default_pool not in pools:
+        if settings.default_pool != "default":
+            raise InvalidValue("dispatcher.default_pool", "the name of a pool under [pools]")
+        pools = {"default": PoolConfig("default"), **pools}
+    sites = _sites(raw.get("sites", []), pools)
+    for index, site in enumerate(sites):
+        check_not_self(site.base_url, settings, f"sites[{index}].base_url")
+    return Config(settings, pools, sites, source=source, base_dir=base_dir)
+
+
+def _anchor_sqlite(url: str, base_dir: Path) -> str:
+    """A relative SQLite path is relative to the config file's directory, not the CWD."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    path = url[len(prefix) :]
+    if not path or path.startswith("/") or path.startswith(":memory:"):
+        return url
+    return prefix + str(base_dir / path)
+
+
+def _dispatcher_settings(
+    raw: Mapping[str, Any], env: Mapping[str, str], source: str
+) -> DispatcherSettings:
+    p = "dispatcher"
+    _only_keys(raw, p, set(DispatcherSettings.__slots__))
+    d = DispatcherSettings()
+    values: dict[str, Any] = {
+        "listen": _address(raw, p, "listen", d.listen),
+        "admin_listen": _address(raw, p, "admin_listen", d.admin_listen),
+        "database_url": _get(raw, p, "database_url", str, d.database_url, "a database URL"),
+        "admin_tokens": _strings(raw, p, "admin_tokens"),
+        "secret_keys": _strings(raw, p, "secret_keys"),
+        "redirect_status": _status(raw, p, "redirect_status", d.redirect_status),
+        "default_pool": _get(raw, p, "default_pool", str, d.default_pool, "a pool name"),
+        "load_max_age": _positive(raw, p, "load_max_age", d.load_max_age),
+        "retry_after": _get(raw, p, "retry_after", int, d.retry_after, "whole seconds >= 0"),
+        "registry_refresh": _positive(raw, p, "registry_refresh", d.registry_refresh),
+        "access_log": _get(raw, p, "access_log", bool, d.access_log, "true or false"),
+        "log_level": _choice(raw, p, "log_level", d.log_level, ("debug", "info", "warning")),
+    }
+    if values["retry_after"] < 0:
+        raise InvalidValue(f"{p}.retry_after", "whole seconds >= 0")
+    _environment_overrides(values, env)
+    if not values["database_url"]:
+        raise InvalidValue(f"{p}.database_url", "a non-empty database URL")
+    if not values["admin_tokens"]:
+        raise InvalidValue(
+            f"{p}.admin_tokens", "at least one admin token (or set FARM_ADMIN_TOKENS)"
+        )
+    return DispatcherSettings(**values)
+
+
+def _environment_overrides(values: dict[str, Any], env: Mapping[str, str]) -> None:
+    """``FARM_DATABASE_URL``, ``FARM_SECRET_KEYS`` and ``FARM_ADMIN_TOKENS`` win over the file."""
+    if url := env.get("FARM_DATABASE_URL", "").strip():
+        values["database_url"] = url
+    for var, key in (("FARM_SECRET_KEYS", "secret_keys"), ("FARM_ADMIN_TOKENS", "admin_tokens")):
+        if var in env:
+            items = tuple(item.strip() for item in env[var].split(",") if item.strip())
+            if not items:
+                raise InvalidValue(var, "a comma-separated list with at least one entry")
+            values[key] = items
+
+
+def _pools(raw: Mapping[str, Any]) -> dict[str, PoolConfig]:
+    pools: dict[str, PoolConfig] = {}
+    for name, table in raw.items():
+        p = f"pools.{name}"
+        if not isinstance(table, Mapping):
+            raise InvalidValue(p, "a table")
+        _only_keys(table, p, {"policy", "fallback", "redirect_status"})
+        fallback = _get(table, p, "fallback", str, "sorry", '"sorry" or an absolute URL')
+        if fallback != "sorry":
+            try:
+                check_base_url(fallback, f"{p}.fallback")
+            except InvalidValue:
+                raise InvalidValue(f"{p}.fallback", '"sorry" or an absolute http(s) URL') from None
+        status = table.get("redirect_status")
+        pools[name] = PoolConfig(
+            name=name,
+            policy=_choice(table, p, "policy", "weighted", POLICY_NAMES),
+            fallback=fallback,
+            redirect_status=None if status is None else _status(table, p, "redirect_status", 302),
+        )
+    return pools
+
+
+def _sites(raw: Any, pools: Mapping[str, PoolConfig]) -> tuple[SiteSpec, ...]:
+    if not isinstance(raw, list):
+        raise InvalidValue("sites", "an array of tables ([[sites]])")
+    sites: list[SiteSpec] = []
+    seen: set[str] = set()
+    for index, table in enumerate(raw):
+        p = f"sites[{index}]"
+        site = _prefixed(p, parse_site, table, position=index)
+        if site.name in seen:
+            raise InvalidValue(f"{p}.name", f"a unique site name ({site.name!r} is used twice)")
+        if site.pool not in pools:
+            raise InvalidValue(f"{p}.pool", f"one of the pools {sorted(pools)}")
+        seen.add(site.name)
+        sites.append(site)
+    return tuple(sites)
+
+
+def check_not_self(base_url: str, settings: DispatcherSettings, field_name: str) -> None:
+    """Refuse a site that points back at one of the dispatcher's own listeners."""
+    target = urlsplit(base_url)
+    port = target.port or (443 if target.scheme == "https" else 80)
+    host = (target.hostname or "").lower()
+    for listen in (settings.listen, settings.admin_listen):
+        own_host, _, own_port = listen.rpartition(":")
+        own_host = own_host.strip("[]").lower()
+        if int(own_port) != port:
+            continue
+        if host == own_host or own_host in ("0.0.0.0", "::") or host == "localhost":  # noqa: S104
+            raise InvalidValue(field_name, f"a URL that is not the dispatcher itself ({listen})")
+
+
+# --- small typed readers ----------------------------------------------------------------
+
+
+def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise InvalidValue(key, "a table")
+    return value
+
+
+def _only_keys(raw: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+    for key in raw:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else key
+            raise InvalidValue(where, f"no such key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _get(
+    raw: Mapping[str, Any], path: str, key: str, kind: type[T], default: T, expected: str
+) -> T:
+    value = raw.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidValue(f"{path}.{key}", f"{expected}, got {value!r}")
+    return value
+
+
+def _positive(raw: Mapping[str, Any], path: str, key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise InvalidValue(f"{path}.{key}", f"a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _strings(raw: Mapping[str, Any], path: str, key: str) -> tuple[str, ...]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidValue(f"{path}.{key}", f"an array of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def _choice(
+    raw: Mapping[str, Any], path: str, key: str, default: str, choices: tuple[str, ...]
+) -> str:
+    value = raw.get(key, default)
+    if value not in choices:
+        raise InvalidValue(f"{path}.{key}", f"one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def _status(raw: Mapping[str, Any], path: str, key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or value not in REDIRECT_STATUSES:
+        allowed = ", ".join(map(str, REDIRECT_STATUSES))
+        raise InvalidValue(f"{path}.{key}", f"a redirect status ({allowed}), got {value!r}")
+    return int(value)
+
+
+def _address(raw: Mapping[str, Any], path: str, key: str, default: str) -> str:
+    value = _get(raw, path, key, str, default, '"host:port"')
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise InvalidValue(f"{path}.{key}", f'"host:port" ({exc}), got {value!r}') from None
+    return value
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:8080`` for IPv6) into its parts, or raise ``ValueError``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("host and a port from 0 to 65535")
+    return host.strip("[]"), int(port)
+
+
+def _prefixed(prefix: str, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``build``; an :class:`InvalidValue` it raises gets ``prefix`` on its field."""
+    try:
+        return build(*args, **kwargs)
+    except InvalidValue as exc:
+        raise InvalidValue(f"{prefix}.{exc.field}" if exc.field else prefix, exc.message) from None
+
+
+__all__ = [
+    "POLICY_NAMES",
+    "CheckSpec",
+    "Config",
+    "DispatcherSettings",
+    "PoolConfig",
+    "SiteSpec",
+    "build_config",
+    "check_not_self",
+    "load_config",
+    "parse_address",
+    "parse_check",
+]

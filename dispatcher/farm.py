@@ -1,0 +1,172 @@
+"""The dispatcher's live state: the registry, health and load, folded into snapshots.
+
+:class:`Farm` owns the slow side. It reads and writes the store (in worker threads),
+drives the prober, takes load reports, and after every change swaps in a new
+:class:`~dispatcher.backends.snapshot.Snapshot` for the hot path to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+
+from dispatcher.backends.health import Health, Prober, Target
+from dispatcher.backends.sites import SiteSpec
+from dispatcher.backends.snapshot import Load, Snapshot, build_snapshot
+from dispatcher.backends.store import LoadReport, SiteStore
+from dispatcher.config import Config, check_not_self
+from dispatcher.errors import InvalidValue, StoreError
+from dispatcher.policies import Policy
+
+log = logging.getLogger("webfarm.farm")
+
+
+class Farm:
+    """Live registry state for one dispatcher process.
+
+    ``snapshot`` is replaced, never mutated; ``redirects`` counts redirects per site and is
+    bumped by the hot path.
+    """
+
+    def __init__(self, config: Config, store: SiteStore, prober: Prober | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.prober = prober or Prober(self._on_health)
+        self.redirects: defaultdict[str, int] = defaultdict(int)
+        self._sites: tuple[SiteSpec, ...] = ()
+        self._revision = -1
+        self._loads: dict[str, Load] = {}
+        self._policies: dict[str, Policy] = {}
+        self._refreshing = asyncio.Lock()
+        self.snapshot = self._build()
+
+    # --- life cycle ---
+
+    async def start(self) -> None:
+        """Seed the registry from the config (first start only), then probe every site once.
+
+        When this returns, every site's health is known: the first client is never sent
+        to a dead site.
+        """
+        if await asyncio.to_thread(self.store.seed, self.config.sites):
+            log.info(
+                "seeded the registry with %d site(s) from %s",
+                len(self.config.sites),
+                self.config.source,
+            )
+        await self.refresh()
+
+    async def stop(self) -> None:
+        await self.prober.close()
+
+    async def refresh(self) -> str:
+        """Pick up changes other replicas made; return a short status for the log."""
+        async with self._refreshing:
+            revision = await asyncio.to_thread(self.store.revision)
+            loads = await asyncio.to_thread(self.store.loads)
+            changed = revision != self._revision
+            if changed:
+                sites = await asyncio.to_thread(self.store.list_sites)
+                await self._install(revision, sites)
+            new_loads = self._merge_loads(loads)
+            if new_loads and not changed:
+                self.snapshot = self._build()
+        return f"revision {revision}{' (reloaded)' if changed else ''}, {new_loads} new load(s)"
+
+    async def run_refresher(self, interval: float) -> None:
+        """Call :meth:`refresh` every ``interval`` seconds until cancelled; errors are logged."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                log.debug("refresh: %s", await self.refresh())
+            except StoreError as exc:
+                log.warning("registry refresh failed, keeping the last snapshot: %s", exc)
+
+    # --- changes from the admin API ---
+
+    async def create_site(self, site: SiteSpec) -> SiteSpec:
+        self._check_site(site)
+        created = await asyncio.to_thread(self.store.create_site, site)
+        await self.refresh()
+        return created
+
+    async def modify_site(self, name: str, change: Callable[[SiteSpec], SiteSpec]) -> SiteSpec:
+        def checked(site: SiteSpec) -> SiteSpec:
+            new = change(site)
+            self._check_site(new)
+            return new
+
+        modified = await asyncio.to_thread(self.store.modify_site, name, checked)
+        await self.refresh()
+        return modified
+
+    async def delete_site(self, name: str) -> None:
+        await asyncio.to_thread(self.store.delete_site, name)
+        self.redirects.pop(name, None)
+        await self.refresh()
+
+    async def report_load(self, site: str, load: float, connections: int | None) -> LoadReport:
+        report = LoadReport(site, load, connections, dt.datetime.now(dt.UTC))
+        await asyncio.to_thread(self.store.record_load, report)
+        self._loads[site] = Load(report, time.monotonic())
+        self.snapshot = self._build()
+        return report
+
+    # --- internals ---
+
+    def _check_site(self, site: SiteSpec) -> None:
+        if site.pool not in self.config.pools:
+            raise InvalidValue("pool", f"one of the configured pools {sorted(self.config.pools)}")
+        check_not_self(site.base_url, self.config.dispatcher, "base_url")
+
+    async def _install(self, revision: int, sites: tuple[SiteSpec, ...]) -> None:
+        self._sites, self._revision = sites, revision
+        await self.prober.sync(_target(site) for site in sites)
+        self.snapshot = self._build()
+
+    def _merge_loads(self, loads: Mapping[str, LoadReport]) -> int:
+        """Adopt reports newer than what we hold; return how many were new."""
+        now_wall, now = dt.datetime.now(dt.UTC), time.monotonic()
+        fresh = 0
+        for name, report in loads.items():
+            held = self._loads.get(name)
+            if held is not None and held.report.reported_at >= report.reported_at:
+                continue
+            age = max(0.0, (now_wall - report.reported_at).total_seconds())
+            self._loads[name] = Load(report, now - age)
+            fresh += 1
+        for name in set(self._loads) - set(loads):
+            del self._loads[name]
+        return fresh
+
+    def _on_health(self, key: str, health: Health, changed: bool) -> None:
+        self.snapshot = self._build()
+
+    def _build(self) -> Snapshot:
+        snapshot = build_snapshot(
+            self.config,
+            revision=self._revision,
+            sites=self._sites,
+            health=self.prober.health,
+            loads=self._loads,
+            policies=self._policies,
+        )
+        self._policies = {name: pool.policy for name, pool in snapshot.pools.items()}
+        return snapshot
+
+
+def _target(site: SiteSpec) -> Target:
+    check = site.check
+    return Target(
+        key=site.name,
+        url=site.check_url,
+        expect=check.expect,
+        interval=check.interval,
+        timeout=check.timeout,
+        rise=check.rise,
+        fall=check.fall,
+    )

@@ -1,0 +1,123 @@
+"""Site selection policies: pure, no I/O, tested without sockets.
+
+A policy picks one :class:`Candidate` out of the sites of a pool that may take new clients
+(healthy, not drained, weight > 0), in configured order. Policies keep a little rotation
+state between calls (like IPVS schedulers do) but never block and never touch the network.
+Implementations are chosen by name from :data:`POLICIES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A site that may take new clients, as the current snapshot sees it.
+
+    ``location_base`` is ``base_url`` as bytes, ready to prefix a redirect target;
+    ``load`` is the last reported utilisation (0..1) and ``load_at`` the monotonic time it
+    was received, both ``None`` when the site never reported.
+    """
+
+    name: str
+    base_url: str
+    weight: int
+    location_base: bytes = b""
+    netloc: bytes = b""
+    load: float | None = None
+    load_at: float | None = None
+
+
+class Policy:
+    """Chooses a site for a new client; ``None`` only when ``candidates`` is empty."""
+
+    name = ""
+
+    def choose(self, candidates: Sequence[Candidate], now: float) -> Candidate | None:
+        raise NotImplementedError
+
+
+class Weighted(Policy):
+    """Smooth weighted round-robin (as nginx does it): exact shares, well interleaved.
+
+    Over any window of ``sum(weights)`` picks every site gets exactly its weight's share,
+    and a heavy site's turns are spread out rather than bunched together.
+    """
+
+    name = "weighted"
+
+    def __init__(self) -> None:
+        self._current: dict[str, int] = {}
+
+    def choose(self, candidates: Sequence[Candidate], now: float) -> Candidate | None:
+        current = self._current
+        best: Candidate | None = None
+        best_value = 0
+        total = 0
+        for site in candidates:
+            value = current.get(site.name, 0) + site.weight
+            current[site.name] = value
+            total += site.weight
+            if best is None or value > best_value:
+                best, best_value = site, value
+        if best is not None:
+            current[best.name] = best_value - total
+        if len(current) > 4 * len(candidates) + 16:
+            self._forget_departed(candidates)
+        return best
+
+    def _forget_departed(self, candidates: Sequence[Candidate]) -> None:
+        names = {site.name for site in candidates}
+        self._current = {name: v for name, v in self._current.items() if name in names}
+
+
+class LeastLoad(Policy):
+    """The site with the lowest reported load relative to its weight.
+
+    Only reports younger than ``max_age`` seconds count. Sites without a fresh report are
+    used only when no site has one; ties (and that case) are broken by smooth weighted
+    round-robin, so equal sites share clients instead of one taking them all.
+    """
+
+    name = "least-load"
+
+    def __init__(self, max_age: float = 30.0) -> None:
+        self.max_age = max_age
+        self._tiebreak = Weighted()
+
+    def choose(self, candidates: Sequence[Candidate], now: float) -> Candidate | None:
+        oldest = now - self.max_age
+        best_score = float("inf")
+        best: list[Candidate] = []
+        for site in candidates:
+            if site.load is None or site.load_at is None or site.load_at < oldest:
+                continue
+            score = site.load / site.weight
+            if score < best_score:
+                best_score, best = score, [site]
+            elif score == best_score:
+                best.append(site)
+        return self._tiebreak.choose(best or candidates, now)
+
+
+class Failover(Policy):
+    """The first site in configured order; the others are hot standbys."""
+
+    name = "failover"
+
+    def choose(self, candidates: Sequence[Candidate], now: float) -> Candidate | None:
+        return candidates[0] if candidates else None
+
+
+POLICIES: dict[str, Callable[[float], Policy]] = {
+    "weighted": lambda max_age: Weighted(),
+    "least-load": LeastLoad,
+    "failover": lambda max_age: Failover(),
+}
+
+
+def make_policy(name: str, *, load_max_age: float = 30.0) -> Policy:
+    """Build the policy registered as ``name`` (``KeyError`` for an unknown name)."""
+    return POLICIES[name](load_max_age)
