@@ -1,0 +1,190 @@
+"""Shared fixtures: store backends (SQLite and the machine's real PostgreSQL), loopback sites.
+
+Under ``CI=true`` a test that cannot reach what it needs fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from dispatcher.app import Receive, Scope, Send
+from dispatcher.backends.store import SqlSiteStore
+from dispatcher.server import Listener, Timeouts
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "FARM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with ``reason`` on a developer machine; fail under CI, where a skip hides a gap."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: this must run, not skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# --- databases --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of the machine's PostgreSQL, checked once per session."""
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        skip_or_fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {exc}")
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on the real PostgreSQL server, dropped afterwards."""
+    name = f"webfarm_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = postgres_server.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store test runs twice: on embedded SQLite and on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'farm.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[SqlSiteStore]:
+    """An upgraded, empty store on each backend."""
+    store = SqlSiteStore(database_url)
+    store.upgrade()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# --- loopback sites ----------------------------------------------------------------------
+
+
+class SiteApp:
+    """A small web site for tests: ``/health`` answers ``health_body`` with ``health_status``;
+    every other page names the site. Flip the attributes to make it sick."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.health_status = 200
+        self.health_body = b"OK"
+        self.health_delay = 0.0
+        self.hits = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/health":
+            if self.health_delay:
+                await asyncio.sleep(self.health_delay)
+            status, body = self.health_status, self.health_body
+        else:
+            self.hits += 1
+            status, body = 200, f"site {self.name}".encode()
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class LoopbackSite:
+    """A :class:`SiteApp` served for real by uvicorn on 127.0.0.1, on a free port."""
+
+    def __init__(self, name: str) -> None:
+        self.app = SiteApp(name)
+        self.listener: Listener | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        address = f"127.0.0.1:{self.port}"
+        self.listener = Listener(
+            self.app,
+            address,
+            access_log=False,
+            log_level="warning",
+            timeouts=Timeouts(graceful_shutdown=1.0, keep_alive=1),
+        )
+        self.port = self.listener.port
+        await self.listener.start()
+
+    async def stop(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
+
+
+@pytest.fixture
+async def sites() -> AsyncIterator[dict[str, LoopbackSite]]:
+    """Three real sites, eu, us and asia, on loopback ports; stopped afterwards."""
+    started = {name: LoopbackSite(name) for name in ("eu", "us", "asia")}
+    for site in started.values():
+        await site.start()
+    try:
+        yield started
+    finally:
+        for site in started.values():
+            await site.stop()
+
+
+def farm_toml(
+    sites: dict[str, Any],
+    *,
+    database_url: str,
+    extra: str = "",
+    pool: str = 'policy = "weighted"\nfallback = "sorry"',
+    check: str = "interval = 0.2, timeout = 0.2, rise = 2, fall = 2",
+) -> str:
+    """A dispatcher config on free ports (``listen`` ``:0``) in front of ``sites``."""
+    blocks = "".join(
+        f"""
+[[sites]]
+name = "{name}"
+base_url = "{site.url}"
+weight = {weight}
+check = {{ url = "/health", expect = "OK", {check} }}
+"""
+        for name, (site, weight) in sites.items()
+    )
+    return f"""
+[dispatcher]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+database_url = "{database_url}"
+admin_tokens = ["secret-token"]
+registry_refresh = 0.2
+{extra}
+
+[pools.default]
+{pool}
+{blocks}"""

@@ -1,0 +1,155 @@
+"""The hot path, driven as a plain ASGI callable (no sockets): what each request gets."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dispatcher.app import DispatchApp
+from dispatcher.backends.health import Health
+from dispatcher.backends.sites import SiteSpec
+from dispatcher.backends.snapshot import Snapshot, build_snapshot
+from dispatcher.config import build_config
+
+
+@dataclass
+class FakeFarm:
+    snapshot: Snapshot
+    redirects: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def farm(sites: list[SiteSpec], up: set[str], pool: Mapping[str, Any] | None = None) -> FakeFarm:
+    config = build_config(
+        {"dispatcher": {"admin_tokens": ["t"]}, "pools": {"default": dict(pool or {})}},
+        environ={},
+    )
+    snapshot = build_snapshot(
+        config,
+        revision=1,
+        sites=sites,
+        health=lambda name: Health("up" if name in up else "down", None),
+        loads={},
+        policies={},
+    )
+    return FakeFarm(snapshot)
+
+
+async def call(
+    app: DispatchApp,
+    raw_path: bytes,
+    query: bytes = b"",
+    method: str = "GET",
+    host: bytes = b"www.example.com",
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": raw_path.decode("latin-1"),
+        "raw_path": raw_path,
+        "query_string": query,
+        "headers": [(b"host", host), (b"user-agent", b"test")],
+    }
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start, body = sent
+    return start["status"], dict(start["headers"]), body["body"]
+
+
+EU = SiteSpec("eu", "http://127.0.0.2:9001", weight=1)
+US = SiteSpec("us", "https://us.example.com/prefix", weight=1)
+
+
+@pytest.mark.anyio
+async def test_redirect_keeps_path_and_query_byte_for_byte() -> None:
+    app = DispatchApp(farm([EU], {"eu"}))
+    raw = b"/a%20b/%7Euser/%C3%A9;p=1"
+    query = b"x=1&y=%2F&z&empty=&sp=a+b"
+    status, headers, body = await call(app, raw, query)
+    assert status == 302
+    assert headers[b"location"] == b"http://127.0.0.2:9001" + raw + b"?" + query
+    assert body == b""
+
+
+@pytest.mark.anyio
+async def test_base_url_path_prefix_and_no_query() -> None:
+    app = DispatchApp(farm([US], {"us"}))
+    _, headers, _ = await call(app, b"/cart")
+    assert headers[b"location"] == b"https://us.example.com/prefix/cart"
+
+
+@given(
+    st.binary(max_size=40).map(
+        lambda b: b"/" + bytes(c for c in b if 0x21 <= c < 0x7F and c != 0x3F)
+    ),
+    st.binary(max_size=40).map(lambda b: bytes(c for c in b if 0x21 <= c < 0x7F)),
+)
+@pytest.mark.anyio
+async def test_any_path_and_query_are_appended_untouched(raw: bytes, query: bytes) -> None:
+    app = DispatchApp(farm([EU], {"eu"}))
+    _, headers, _ = await call(app, raw, query)
+    expected = b"http://127.0.0.2:9001" + raw + (b"?" + query if query else b"")
+    assert headers[b"location"] == expected
+
+
+@pytest.mark.anyio
+async def test_redirect_status_follows_the_pool() -> None:
+    app = DispatchApp(farm([EU], {"eu"}, {"redirect_status": 307}))
+    status, _, _ = await call(app, b"/form", method="POST")
+    assert status == 307
+
+
+@pytest.mark.anyio
+async def test_only_healthy_undrained_weighted_sites_get_clients() -> None:
+    drained = SiteSpec("drained", "http://127.0.0.4:1", drained=True)
+    zero = SiteSpec("zero", "http://127.0.0.5:1", weight=0)
+    f = farm([EU, US, drained, zero], up={"us", "drained", "zero"})
+    app = DispatchApp(f)
+    locations = {(await call(app, b"/"))[1][b"location"] for _ in range(20)}
+    assert locations == {b"https://us.example.com/prefix/"}
+    assert f.redirects == {"us": 20}
+
+
+@pytest.mark.anyio
+async def test_no_healthy_site_gives_the_sorry_page() -> None:
+    app = DispatchApp(farm([EU], up=set()), retry_after=17)
+    status, headers, body = await call(app, b"/x")
+    assert status == 503
+    assert headers[b"retry-after"] == b"17"
+    assert b"unavailable" in body
+    assert headers[b"content-length"] == str(len(body)).encode()
+    status, _, body = await call(app, b"/x", method="HEAD")
+    assert (status, body) == (503, b"")
+
+
+@pytest.mark.anyio
+async def test_no_healthy_site_with_a_fallback_url_redirects_there() -> None:
+    app = DispatchApp(farm([EU], up=set(), pool={"fallback": "https://status.example.com/down"}))
+    status, headers, _ = await call(app, b"/x?y")
+    assert status == 302
+    assert headers[b"location"] == b"https://status.example.com/down"
+
+
+@pytest.mark.anyio
+async def test_never_redirects_a_client_to_where_it_already_is() -> None:
+    f = farm([EU, SiteSpec("other", "http://127.0.0.9:9001")], {"eu", "other"})
+    app = DispatchApp(f)
+    for _ in range(10):
+        _, headers, _ = await call(app, b"/", host=b"127.0.0.2:9001")
+        assert headers[b"location"] == b"http://127.0.0.9:9001/"
+    # the only site is the one the client came through: that is a loop, so the fallback
+    alone = DispatchApp(farm([EU], {"eu"}))
+    status, _, _ = await call(alone, b"/", host=b"127.0.0.2:9001")
+    assert status == 503
