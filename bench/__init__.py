@@ -1,0 +1,1 @@
+"""webfarm's benchmarks: ``make bench`` (``python -m bench``)."""

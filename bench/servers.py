@@ -1,0 +1,106 @@
+"""The servers a benchmark measures, each run alone in its own process (one worker).
+
+``python -m bench.servers dispatcher PORT`` runs the dispatcher's hot path in front of
+three loopback sites; ``python -m bench.servers bare PORT`` runs the peer: a bare ASGI app
+that answers every request with the same 302, on the same uvicorn settings (the same
+:class:`~dispatcher.server.Listener`, httptools, uvloop, no access log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import uvloop
+
+from dispatcher.app import Receive, Scope, Send
+from dispatcher.backends.store import open_store
+from dispatcher.config import load_config
+from dispatcher.demo import DemoSite
+from dispatcher.server import Listener, Runner, Timeouts
+
+TIMEOUTS = Timeouts(graceful_shutdown=1.0)
+
+
+class BareRedirect:
+    """The peer: the same 302 the dispatcher sends, with nothing behind it."""
+
+    def __init__(self, location: bytes) -> None:
+        self.headers = [(b"location", location), (b"content-length", b"0")]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 302, "headers": self.headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def serve_bare(port: int, stop: asyncio.Event) -> None:
+    listener = Listener(
+        BareRedirect(b"http://127.0.0.1:9001/bench/path?x=1"),
+        f"127.0.0.1:{port}",
+        access_log=False,
+        log_level="warning",
+        timeouts=TIMEOUTS,
+    )
+    await listener.start()
+    print("ready", flush=True)
+    await stop.wait()
+    await listener.stop()
+
+
+def dispatcher_config(port: int, site_ports: list[int], extra: str = "") -> str:
+    sites = "".join(
+        f'\n[[sites]]\nname = "s{i}"\nbase_url = "http://127.0.0.1:{p}"\n'
+        'check = { url = "/health", expect = "OK", interval = 2.0 }\n'
+        for i, p in enumerate(site_ports)
+    )
+    return (
+        f'[dispatcher]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:0"\n'
+        f'database_url = "sqlite:///farm.db"\nadmin_tokens = ["bench"]\nlog_level = "warning"\n'
+        f'{extra}\n[pools.default]\npolicy = "weighted"\n{sites}'
+    )
+
+
+async def serve_dispatcher(port: int, stop: asyncio.Event) -> None:
+    with tempfile.TemporaryDirectory(prefix="webfarm-bench-") as tmp:
+        sites = [
+            Listener(
+                DemoSite(f"s{i}"),
+                "127.0.0.1:0",
+                access_log=False,
+                log_level="warning",
+                timeouts=TIMEOUTS,
+            )
+            for i in range(3)
+        ]
+        for site in sites:
+            await site.start()
+        config_file = Path(tmp) / "farm.toml"
+        config_file.write_text(dispatcher_config(port, [s.port for s in sites]))
+        config = load_config(config_file, environ={})
+        store = open_store(config.dispatcher.database_url)
+        store.upgrade()
+        runner = Runner(config, store, TIMEOUTS)
+        await runner.start()
+        print("ready", flush=True)
+        await stop.wait()
+        await runner.stop()
+        for site in sites:
+            await site.stop()
+
+
+async def main(kind: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await {"bare": serve_bare, "dispatcher": serve_dispatcher}[kind](port, stop)
+
+
+if __name__ == "__main__":
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main(sys.argv[1], int(sys.argv[2])))
