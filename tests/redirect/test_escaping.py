@@ -1,0 +1,158 @@
+"""Escaping: redirect targets as Apache escapes them, NE, the B flags, and header safety."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher.redirect.escape import (
+    decode_request_path,
+    escape_backref,
+    escape_uri,
+    normalize_path,
+    octets,
+    shown,
+    text_octets,
+    unescape_url,
+    wire_cookie,
+    wire_url,
+)
+from tests.redirect.support import location, run
+
+
+def test_escape_uri_keeps_apaches_safe_set_and_writes_lower_case_hex() -> None:
+    safe = "azAZ09$-_.+!*'(),:;@&=/~"
+    assert escape_uri(safe) == safe
+    assert escape_uri(' "#%<>?[\\]^`{|}\x00\x7f\xe9') == (
+        "%20%22%23%25%3c%3e%3f%5b%5c%5d%5e%60%7b%7c%7d%00%7f%e9"
+    )
+
+
+def test_escape_backref_variants() -> None:
+    text = "a b/c+d&\n\xc3\xa9_-.~"
+    assert escape_backref(text, None, None, noplus=False, ctls=False) == (
+        "a+b%2fc%2bd%26%0a%c3%a9_%2d%2e%7e"
+    )
+    assert escape_backref(text, None, None, noplus=True, ctls=False).startswith("a%20b")
+    assert escape_backref(text, "a+", None, noplus=False, ctls=False) == (
+        "a b/c%2bd&\n\xc3\xa9_-.~"
+    )
+    assert escape_backref(text, None, "/", noplus=False, ctls=False).startswith("a+b/c")
+    assert escape_backref(text, None, None, noplus=False, ctls=True) == "a+b/c+d&%0a\xc3\xa9_-.~"
+
+
+def test_unescape_url() -> None:
+    assert unescape_url("a%20b%2Fc", forbid_slash=False) == ("a b/c", 0)
+    assert unescape_url("a%2fc", forbid_slash=True) == ("a/c", 404)
+    assert unescape_url("a%zzb%2", forbid_slash=False) == ("a%zzb%2", 400)
+    assert unescape_url("a%00b", forbid_slash=False) == ("a", 404)
+    assert unescape_url("plain", forbid_slash=True) == ("plain", 0)
+
+
+def test_normalize_path() -> None:
+    assert normalize_path("/a//b/./c/../d/.") == ("/a/b/d/", True)
+    assert normalize_path("/%61%2e%2e/x") == ("/a../x", True)
+    assert normalize_path("/a/%2e%2E/x") == ("/x", True)
+    assert normalize_path("/..") == ("/", False)
+    assert normalize_path("/a%2") == ("/a%2", False)
+    assert normalize_path("/a/%2e%2e", decode=False) == ("/a/%2e%2e", True)
+
+
+def test_decode_request_path() -> None:
+    assert decode_request_path("/caf%C3%A9") == "/caf\xc3\xa9"
+    assert decode_request_path("/caf\xe9") == "/caf\xe9"
+    assert decode_request_path("/\u20ac") == "/\xe2\x82\xac"
+    assert decode_request_path("relative") == 400
+
+
+def test_octet_conversions() -> None:
+    assert text_octets("é") == "\xc3\xa9"
+    assert octets("é") == "é"
+    assert octets("€") == "\xe2\x82\xac"
+    assert shown("\xc3\xa9") == "é"
+    assert shown("\xff") == "\\xff"
+
+
+def test_wire_escaping_never_lets_controls_through() -> None:
+    assert wire_url("http://h/a b\r\n\x00\x7f\xe9#") == "http://h/a b%0d%0a%00%7f%e9#"
+    assert wire_cookie("a=b; expires=Wed, 01-Jan-2025\r\nX: y") == (
+        "a=b; expires=Wed, 01-Jan-2025%0d%0aX: y"
+    )
+
+
+# --- redirects --------------------------------------------------------------------------------
+
+
+def test_redirect_targets_are_escaped() -> None:
+    assert location("RewriteRule ^/(.*) /x/$1 [R]\n", "/a%20b%23c%5Bd%C3%A9") == (
+        "http://www.example.com/x/a%20b%23c%5bd%c3%a9"
+    )
+
+
+def test_literal_escapes_in_the_substitution_are_escaped_again_without_ne() -> None:
+    # "%2" alone would be a back-reference: the substitution writes "\%20".
+    rules = "RewriteRule ^/a /x\\%20y [R]\nRewriteRule ^/b /x\\%20y [R,NE]\n"
+    assert location(rules, "/a") == "http://www.example.com/x%2520y"
+    assert location(rules, "/b") == "http://www.example.com/x%20y"
+
+
+def test_ne_keeps_the_target_but_never_controls_or_non_ascii() -> None:
+    rules = "RewriteRule ^/(.*) /t/$1 [R,NE]\n"
+    assert location(rules, "/a%20b%23c") == "http://www.example.com/t/a b#c"
+    assert location(rules, "/a%0D%0ASet-Cookie:x%C3%A9") == (
+        "http://www.example.com/t/a%0d%0aSet-Cookie:x%c3%a9"
+    )
+
+
+def test_the_host_part_is_not_escaped_but_stays_safe() -> None:
+    rules = "RewriteRule ^/go/(.*) http://$1 [R]\n"
+    assert location(rules, "/go/evil.example%0D%0AX:%20y/p") == "http://evil.example%0d%0aX: y/p"
+    assert location(rules, "/go/h") == "http://h"
+    assert location(rules, "/go/h/") == "http://h/"
+
+
+def test_redirect_queries_are_copied_when_unchanged_and_escaped_when_new() -> None:
+    rules = "RewriteRule ^/same /x [R]\nRewriteRule ^/new /x?a=%{ENV:v} [R]\n"
+    assert location(rules, "/same", "a=%20b|c") == "http://www.example.com/x?a=%20b|c"
+    outcome = run(rules, "/new", env={"v": "1 2|3%"})
+    assert outcome.location == "http://www.example.com/x?a=1%202%7c3%25"
+    assert outcome.query_string == "a=1%202%7c3%25"
+
+
+def test_ne_keeps_a_new_query_too() -> None:
+    assert location("RewriteRule ^/ /x?a=\\%7C [R,NE]\n", "/") == "http://www.example.com/x?a=%7C"
+    assert location("RewriteRule ^/ /x?a=%7C [R,NE]\n", "/") == "http://www.example.com/x?a=C"
+
+
+def test_b_flag_escapes_back_references_in_the_substitution_only() -> None:
+    rules = (
+        "RewriteCond %{ENV:v} (.+)\nRewriteRule ^/s/(.*) /t?q=$1&c=%1 [B]\n"
+        "RewriteCond $1 ^a\\ b/c$\nRewriteRule ^/c/(.*) /ok [B]\n"
+    )
+    outcome = run(rules, "/s/a%20b%26c", env={"v": "x y"})
+    assert outcome.query_string == "q=a+b%26c&c=x+y"
+    assert run(rules, "/c/a%20b%2Fc").path == "/ok"
+
+
+# A rewritten path goes on the wire escaped as a redirect to it would be: what B escaped is
+# escaped again, unless NE.
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("B", "/t/a+b%252fc%2526d"),
+        ("B,NE", "/t/a+b%2fc%26d"),
+        ("B,BNP", "/t/a%2520b%252fc%2526d"),
+        ("B=&", "/t/a%20b/c%2526d"),
+        ("B,BNE=/", "/t/a+b/c%2526d"),
+        ("BCTLS", "/t/a+b/c&d"),
+    ],
+)
+def test_b_flag_forms(flags: str, expected: str) -> None:
+    outcome = run(f"RewriteRule ^/(.*) /t/$1 [{flags}]\n", "/a%20b%2Fc%26d")
+    assert outcome.path == expected
+
+
+def test_rewritten_paths_are_encoded_for_the_wire() -> None:
+    outcome = run("RewriteRule ^/(.*) /t/$1?q=%{ENV:v}\n", "/a%20b%3F", env={"v": "x#\xe9"})
+    assert outcome.action == "forbidden"  # the "?" came from $1
+    outcome = run("RewriteRule ^/(.*) /t/$1?q=%{ENV:v}\n", "/a%20b%25", env={"v": "x#\xe9"})
+    assert (outcome.path, outcome.query_string) == ("/t/a%20b%25", "q=x%23%e9")
