@@ -17,7 +17,9 @@ from dispatcher import __version__
 from dispatcher.backends.store import open_store
 from dispatcher.config import Config, load_config
 from dispatcher.demo import run_demo
-from dispatcher.errors import ConfigError, DispatcherError
+from dispatcher.errors import ConfigError, DispatcherError, InvalidValue
+from dispatcher.explain import explain, offline_snapshot, request_from_url
+from dispatcher.redirect import RewriteError, load_rules
 from dispatcher.server import Runner
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -38,7 +40,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
-    except ConfigError as exc:
+    except (ConfigError, RewriteError, InvalidValue) as exc:
         print(f"farm-dispatcher: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except DispatcherError as exc:
@@ -82,6 +84,18 @@ def _parser() -> argparse.ArgumentParser:
         p = db.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", "-c", default=os.environ.get("FARM_CONFIG", "farm.toml"))
         p.set_defaults(command=func)
+    explain_cmd = command("explain", _explain, "show what a client asking for URL would get")
+    explain_cmd.add_argument("url", help="the absolute URL the client asks for")
+    explain_cmd.add_argument("--remote-addr", default="127.0.0.1", help="the client's address")
+    explain_cmd.add_argument("--method", default="GET")
+    explain_cmd.add_argument(
+        "--header",
+        "-H",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header (repeatable)",
+    )
     demo = command("demo", _demo, "run a dispatcher in front of three demo sites", config=False)
     demo.add_argument("--port", type=int, default=8080, help="public port (admin is port+1)")
     return parser
@@ -93,7 +107,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _config(args)
-    print(f"{config.source}: ok ({len(config.sites)} site(s), pools: {', '.join(config.pools)})")
+    rules = ""
+    if config.dispatcher.rules is not None:
+        program = load_rules(config.dispatcher.rules, known_pools=config.pools)
+        rules = f", {program.rule_count} rewrite rule(s)"
+    pools = ", ".join(config.pools)
+    print(f"{config.source}: ok ({len(config.sites)} site(s), pools: {pools}{rules})")
     return EXIT_OK
 
 
@@ -115,6 +134,27 @@ def _db_current(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK if current == head else EXIT_FAILURE
+
+
+def _explain(args: argparse.Namespace) -> int:
+    config = _config(args)
+    headers = []
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            raise InvalidValue("--header", f"'Name: value', got {header!r}")
+        headers.append((name.strip(), value.strip()))
+    request = request_from_url(
+        args.url, method=args.method, remote_addr=args.remote_addr, headers=headers
+    )
+    store = open_store(config.dispatcher.database_url)
+    try:
+        snapshot, note = offline_snapshot(config, store)
+    finally:
+        store.close()
+    print(f"({note})")
+    print(explain(snapshot, request).format())
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -12,20 +12,23 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from email.utils import format_datetime
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dispatcher.app import Receive, Scope, Send
 from dispatcher.backends.sites import parse_site, update_site
 from dispatcher.backends.snapshot import SiteStatus
 from dispatcher.errors import InvalidValue, SiteExists, SiteNotFound, StoreError
+from dispatcher.explain import explain, request_from_url
 from dispatcher.farm import Farm
 from dispatcher.openapi import openapi_document
+from dispatcher.redirect import RuleSyntaxError
 
 MAX_BODY = 1024 * 1024
 
@@ -95,13 +98,22 @@ class AdminApi:
             _route("/api/v1/sites/{name}/undrain", POST=self.undrain),
             _route("/api/v1/sites/{name}/load", PUT=self.put_load),
             _route("/api/v1/status", GET=self.status),
+            _route("/api/v1/rules", GET=self.get_rules, PUT=self.put_rules),
+            _route("/api/v1/explain", POST=self.explain),
             _route("/api/v1/openapi.json", GET=self.openapi),
         ]
-        handled = (ApiError, HTTPException, InvalidValue, SiteNotFound, SiteExists, StoreError)
-        starlette = Starlette(
-            routes=routes,
-            exception_handlers=dict.fromkeys(handled, _error),
+        handled = (
+            ApiError,
+            HTTPException,
+            InvalidValue,
+            SiteNotFound,
+            SiteExists,
+            StoreError,
+            RuleSyntaxError,
         )
+        handlers: dict[Any, Any] = dict.fromkeys(handled, _error)
+        handlers[Exception] = _internal_error
+        starlette = Starlette(routes=routes, exception_handlers=handlers)
         return BearerAuth(starlette, tokens)
 
     # --- sites ---
@@ -190,6 +202,52 @@ class AdminApi:
             }
         )
 
+    # --- rewrite rules ---
+
+    async def get_rules(self, request: Request) -> Response:
+        stored = await self.farm.current_rules()
+        headers = {"x-rules-origin": stored.origin if stored else "none"}
+        if stored is not None:
+            headers["last-modified"] = format_datetime(stored.updated_at, usegmt=True)
+        text = stored.text if stored else ""
+        return PlainTextResponse(text, headers=headers)
+
+    async def put_rules(self, request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ApiError(400, "invalid_rules", f"the rules are not UTF-8: {exc}") from None
+        program = await self.farm.set_rules(text)
+        return JSONResponse({"rules": program.rule_count, "enabled": program.enabled})
+
+    async def explain(self, request: Request) -> Response:
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise InvalidValue(
+                "", "a JSON object with url, and optional method, remote_addr, headers"
+            )
+        unknown = set(body) - {"url", "method", "remote_addr", "headers"}
+        if unknown:
+            raise InvalidValue(sorted(unknown)[0], "no such field")
+        headers = body.get("headers", {})
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise InvalidValue("headers", "an object of header names to string values")
+        for key in ("url", "method", "remote_addr"):
+            if key in body and not isinstance(body[key], str):
+                raise InvalidValue(key, f"a string, got {body[key]!r}")
+        if "url" not in body:
+            raise InvalidValue("url", "the absolute URL the client asks for")
+        client_request = request_from_url(
+            body["url"],
+            method=body.get("method", "GET"),
+            remote_addr=body.get("remote_addr", "127.0.0.1"),
+            headers=headers.items(),
+        )
+        return JSONResponse(explain(self.farm.snapshot, client_request).as_dict())
+
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
 
@@ -255,17 +313,30 @@ def _route(path: str, **methods: Endpoint) -> Route:
 
 async def _error(request: Request, exc: Exception) -> Response:
     """The one exception handler: every error the API raises becomes a JSON error."""
+    status, code, message, field = _classify(exc)
+    response = error_response(status, code, message, field)
+    if isinstance(exc, HTTPException):
+        response.headers.update(exc.headers or {})
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug: still a JSON answer; the exception itself goes to the log."""
+    return error_response(500, "internal", f"internal error ({type(exc).__name__}); see the log")
+
+
+def _classify(exc: Exception) -> tuple[int, str, str, str | None]:
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.field)
+        return exc.status, exc.code, exc.message, exc.field
     if isinstance(exc, InvalidValue):
-        return error_response(422, "invalid", exc.message, exc.field or None)
+        return 422, "invalid", exc.message, exc.field or None
     if isinstance(exc, SiteNotFound):
-        return error_response(404, "not_found", str(exc), "name")
+        return 404, "not_found", str(exc), "name"
     if isinstance(exc, SiteExists):
-        return error_response(409, "conflict", str(exc), "name")
+        return 409, "conflict", str(exc), "name"
+    if isinstance(exc, RuleSyntaxError):
+        return 400, "invalid_rules", str(exc), f"line {exc.line}"
     if isinstance(exc, HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        response = error_response(exc.status_code, code, str(exc.detail))
-        response.headers.update(exc.headers or {})
-        return response
-    return error_response(503, "store_unavailable", str(exc))
+        return exc.status_code, code, str(exc.detail), None
+    return 503, "store_unavailable", str(exc), None

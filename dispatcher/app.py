@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dispatcher.backends.snapshot import PoolView, Snapshot
+from dispatcher.redirect import Outcome, RewriteProgram, RewriteRequest
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,22 +52,39 @@ class DispatchApp:
         if scope["type"] != "http":
             await _not_http(scope, receive, send)
             return
-        farm = self.farm
-        pool = farm.snapshot.default_pool
+        snapshot = self.farm.snapshot
+        if snapshot.rules is not None:
+            await self._rewrite(snapshot, snapshot.rules, scope, send)
+            return
+        pool = snapshot.default_pool
         site = pool.choose(time.monotonic(), _host(scope))
         if site is None:
             await self._fallback(pool, scope, send)
             return
-        farm.redirects[site.name] += 1
+        self.farm.redirects[site.name] += 1
         location = site.location_base + _target(scope)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": pool.status,
-                "headers": [(b"location", location), (b"content-length", b"0")],
-            }
+        await _answer(send, pool.status, [(b"location", location), (b"content-length", b"0")])
+
+    async def _rewrite(
+        self, snapshot: Snapshot, rules: RewriteProgram, scope: Scope, send: Send
+    ) -> None:
+        """Run the rules; what they do not answer themselves goes to the default pool."""
+        now, host = time.monotonic(), _host(scope)
+        chosen: list[str] = []
+        outcome = rules.evaluate(
+            RewriteRequest.from_scope(scope), sites=site_selector(snapshot, now, host, chosen)
         )
-        await send({"type": "http.response.body", "body": b""})
+        decision = decide(snapshot, outcome, _target(scope), host, now, chosen)
+        for name in decision.sites:
+            self.farm.redirects[name] += 1
+        if decision.sorry:
+            await self._fallback(snapshot.default_pool, scope, send)
+            return
+        headers = [(b"content-length", b"0")]
+        if decision.location is not None:
+            headers.append((b"location", decision.location))
+        headers.extend((b"set-cookie", c.encode("latin-1")) for c in outcome.cookies)
+        await _answer(send, decision.status, headers)
 
     async def _fallback(self, pool: PoolView, scope: Scope, send: Send) -> None:
         fallback = pool.config.fallback
@@ -78,6 +97,77 @@ class DispatchApp:
             headers = [(b"location", fallback.encode("ascii")), (b"content-length", b"0")]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The dispatcher's answer once the rules have run.
+
+    ``location`` is ``None`` for a status without one (403, 410, ...); ``sites`` names the
+    sites the answer sends the client to (for the redirect counters); ``sorry`` means the
+    default pool's fallback answers because no site can take the client.
+    """
+
+    status: int
+    location: bytes | None
+    sites: tuple[str, ...] = ()
+    sorry: bool = False
+
+
+def site_selector(
+    snapshot: Snapshot, now: float, host: bytes, chosen: list[str]
+) -> Callable[[str, RewriteRequest], str | None]:
+    """The ``${site:POOL}`` map: the pool's pick for this client, remembered in ``chosen``."""
+
+    def select(pool_name: str, request: RewriteRequest) -> str | None:
+        pool = snapshot.pools.get(pool_name)
+        site = pool.choose(now, host) if pool is not None else None
+        if site is None:
+            return None
+        chosen.append(site.name)
+        return site.base_url
+
+    return select
+
+
+def decide(
+    snapshot: Snapshot,
+    outcome: Outcome,
+    target: bytes,
+    host: bytes,
+    now: float,
+    chosen: Sequence[str],
+) -> Decision:
+    """Turn the rules' outcome into the answer (pure but for the pool's rotation).
+
+    A redirect or an error status is the rules' own; anything else (no rule matched, or an
+    internal rewrite) is redirected to a site of the default pool, with the rewritten path.
+    """
+    if outcome.action == "redirect" and outcome.location is not None and outcome.status:
+        return Decision(outcome.status, outcome.location.encode("ascii"), tuple(chosen))
+    if outcome.action in ("forbidden", "gone", "status") and outcome.status:
+        return Decision(outcome.status, None)
+    pool = snapshot.default_pool
+    site = pool.choose(now, host)
+    if site is None:
+        fallback = pool.config.fallback
+        if fallback == "sorry":
+            return Decision(503, None, sorry=True)
+        return Decision(pool.status, fallback.encode("ascii"))
+    path = target if outcome.action == "none" else _rewritten(outcome)
+    return Decision(pool.status, site.location_base + path, (site.name,))
+
+
+async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _rewritten(outcome: Outcome) -> bytes:
+    """The path and query the rules rewrote to, as they go on the wire."""
+    target = outcome.path.encode("latin-1")
+    query = outcome.query_string.encode("latin-1")
+    return target + b"?" + query if query else target
 
 
 def _target(scope: Scope) -> bytes:

@@ -49,6 +49,7 @@ class DispatcherSettings:
     registry_refresh: float = 1.0
     access_log: bool = False
     log_level: str = "info"
+    rules: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,11 @@ def build_config(
 def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir: Path) -> Config:
     _only_keys(raw, "", {"dispatcher", "pools", "sites"})
     settings = _dispatcher_settings(_table(raw, "dispatcher"), env, source)
-    settings = replace(settings, database_url=_anchor_sqlite(settings.database_url, base_dir))
+    settings = replace(
+        settings,
+        database_url=_anchor_sqlite(settings.database_url, base_dir),
+        rules=base_dir / settings.rules if settings.rules else None,
+    )
     pools = _pools(_table(raw, "pools"))
     if settings.default_pool not in pools:
         if settings.default_pool != "default":
@@ -146,6 +151,7 @@ def _dispatcher_settings(
         "registry_refresh": _positive(raw, p, "registry_refresh", d.registry_refresh),
         "access_log": _get(raw, p, "access_log", bool, d.access_log, "true or false"),
         "log_level": _choice(raw, p, "log_level", d.log_level, ("debug", "info", "warning")),
+        "rules": _optional_path(raw, p, "rules", "the path of a rewrite rule file"),
     }
     if values["retry_after"] < 0:
         raise InvalidValue(f"{p}.retry_after", "whole seconds >= 0")
@@ -249,6 +255,11 @@ def _get(
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise InvalidValue(f"{path}.{key}", f"{expected}, got {value!r}")
     return value
+
+
+def _optional_path(raw: Mapping[str, Any], path: str, key: str, expected: str) -> Path | None:
+    value = _get(raw, path, key, str, "", expected)
+    return Path(value) if value else None
 
 
 def _positive(raw: Mapping[str, Any], path: str, key: str, default: float) -> float:

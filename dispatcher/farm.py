@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from dispatcher.backends.health import Health, Prober, Target
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Load, Snapshot, build_snapshot
-from dispatcher.backends.store import LoadReport, SiteStore
+from dispatcher.backends.store import LoadReport, SiteStore, StoredRules
 from dispatcher.config import Config, check_not_self
 from dispatcher.errors import InvalidValue, StoreError
 from dispatcher.policies import Policy
+from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules, load_rules
 
 log = logging.getLogger("webfarm.farm")
 
@@ -41,6 +44,7 @@ class Farm:
         self._revision = -1
         self._loads: dict[str, Load] = {}
         self._policies: dict[str, Policy] = {}
+        self._rules: RewriteProgram | None = None
         self._refreshing = asyncio.Lock()
         self.snapshot = self._build()
 
@@ -58,6 +62,7 @@ class Farm:
                 len(self.config.sites),
                 self.config.source,
             )
+        await asyncio.to_thread(self.adopt_rule_file)
         await self.refresh()
 
     async def stop(self) -> None:
@@ -71,6 +76,8 @@ class Farm:
             changed = revision != self._revision
             if changed:
                 sites = await asyncio.to_thread(self.store.list_sites)
+                stored = await asyncio.to_thread(self.store.get_rules)
+                self._rules = self._compile_stored(stored)
                 await self._install(revision, sites)
             new_loads = self._merge_loads(loads)
             if new_loads and not changed:
@@ -110,11 +117,70 @@ class Farm:
         await self.refresh()
 
     async def report_load(self, site: str, load: float, connections: int | None) -> LoadReport:
-        report = LoadReport(site, load, connections, dt.datetime.now(dt.UTC))
+        report = LoadReport(site, load, connections, _now())
         await asyncio.to_thread(self.store.record_load, report)
         self._loads[site] = Load(report, time.monotonic())
         self.snapshot = self._build()
         return report
+
+    # --- rewrite rules ---
+
+    @property
+    def rules_base_dir(self) -> Path:
+        """Where relative map paths in the rules point: the rule file's directory."""
+        rules = self.config.dispatcher.rules
+        return rules.parent if rules is not None else self.config.base_dir
+
+    def compile(self, text: str, origin: str) -> RewriteProgram:
+        """Compile rule text against this farm's pools; :class:`RuleSyntaxError` if invalid."""
+        return compile_rules(
+            text, filename=origin, base_dir=self.rules_base_dir, known_pools=self.config.pools
+        )
+
+    def adopt_rule_file(self) -> bool:
+        """Store the configured rule file's text if it changed since it was last adopted.
+
+        An edited file wins over rules set through the API before; an unchanged file does
+        not undo them. Raises :class:`RuleFileError` / :class:`RuleSyntaxError` (naming the
+        file and line) when the file cannot be used. Blocking: run it in a thread.
+        """
+        path = self.config.dispatcher.rules
+        if path is None:
+            return False
+        program = load_rules(path, known_pools=self.config.pools)
+        digest = hashlib.sha256(program.source.encode()).hexdigest()
+        stored = self.store.get_rules()
+        if stored is not None and stored.file_digest == digest:
+            return False
+        self.store.set_rules(StoredRules(program.source, str(path), digest, _now()))
+        log.info("adopted rewrite rules from %s (%d rules)", path, program.rule_count)
+        return True
+
+    async def set_rules(self, text: str) -> RewriteProgram:
+        """Validate, store and swap in new rules; the running ones stay if ``text`` is bad."""
+        program = self.compile(text, "<admin API>")
+        stored = await asyncio.to_thread(self.store.get_rules)
+        digest = stored.file_digest if stored else None
+        rules = StoredRules(text, "admin API", digest, _now())
+        await asyncio.to_thread(self.store.set_rules, rules)
+        await self.refresh()
+        return program
+
+    async def current_rules(self) -> StoredRules | None:
+        return await asyncio.to_thread(self.store.get_rules)
+
+    def _compile_stored(self, stored: StoredRules | None) -> RewriteProgram | None:
+        if stored is None:
+            return None
+        if self._rules is not None and self._rules.source == stored.text:
+            return self._rules
+        try:
+            return self.compile(stored.text, stored.origin)
+        except RewriteError as exc:  # e.g. a map file that has gone missing since
+            if self._revision < 0:  # at start-up: refuse to run without them
+                raise
+            log.error("stored rewrite rules no longer compile, keeping the running ones: %s", exc)  # noqa: TRY400 - the message is the whole story
+            return self._rules
 
     # --- internals ---
 
@@ -154,9 +220,14 @@ class Farm:
             health=self.prober.health,
             loads=self._loads,
             policies=self._policies,
+            rules=self._rules,
         )
         self._policies = {name: pool.policy for name, pool in snapshot.pools.items()}
         return snapshot
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _target(site: SiteSpec) -> Target:

@@ -6,9 +6,10 @@ import datetime as dt
 from dataclasses import replace
 
 import pytest
+from alembic import command
 
 from dispatcher.backends.sites import CheckSpec, SiteSpec
-from dispatcher.backends.store import LoadReport, SqlSiteStore
+from dispatcher.backends.store import LoadReport, SqlSiteStore, StoredRules
 from dispatcher.errors import InvalidValue, SchemaBehind, SiteExists, SiteNotFound, StoreError
 
 EU = SiteSpec("eu", "http://127.0.0.2:9001", weight=2, check=CheckSpec(url="/health", expect="OK"))
@@ -124,3 +125,36 @@ def test_an_unreachable_database_is_a_store_error(tmp_path: object) -> None:
 def test_an_unusable_url_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="cannot use database URL"):
         SqlSiteStore("nosuchdialect://x")
+
+
+def test_rules_are_stored_and_bump_the_revision(store: SqlSiteStore) -> None:
+    store.seed([])
+    assert store.get_rules() is None
+    revision = store.revision()
+    at = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+    rules = StoredRules("RewriteEngine on\n", "rules.conf", "ab" * 32, at)
+    store.set_rules(rules)
+    assert store.get_rules() == rules
+    assert store.revision() > revision
+    store.set_rules(replace(rules, text="# none\n", origin="admin API", file_digest=None))
+    assert store.get_rules() == replace(
+        rules, text="# none\n", origin="admin API", file_digest=None
+    )
+
+
+def test_upgrade_from_the_first_revision_keeps_the_data(database_url: str) -> None:
+    store = SqlSiteStore(database_url)
+    try:
+        cfg = store._alembic()
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+        with pytest.raises(SchemaBehind) as info:
+            store.check_schema()
+        assert info.value.current == "0001"
+        store.seed([EU])
+        store.upgrade()
+        store.check_schema()
+        assert store.get_site("eu") == replace(EU, position=0)
+    finally:
+        store.close()

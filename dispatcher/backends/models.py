@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -65,3 +66,20 @@ class RegistryRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(Integer)
     seeded: Mapped[bool] = mapped_column(Boolean)
+
+
+class RulesRow(Base):
+    """The rewrite rules in force (one row, ``id`` 1), shared by every replica.
+
+    ``origin`` says where the text came from (the rule file's path, or ``admin API``);
+    ``file_digest`` is the SHA-256 of the rule file when it was last adopted, so that an
+    edited file wins over older API changes at the next start, and an unchanged one does not.
+    """
+
+    __tablename__ = "rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    origin: Mapped[str] = mapped_column(String(2048))
+    file_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

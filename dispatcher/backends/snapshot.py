@@ -16,6 +16,7 @@ from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.store import LoadReport
 from dispatcher.config import Config, PoolConfig
 from dispatcher.policies import Candidate, Policy, make_policy
+from dispatcher.redirect import RewriteProgram
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +61,13 @@ class PoolView:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """Everything one request needs: pools, sites, and the rewrite rules (if any)."""
+
     revision: int
     pools: Mapping[str, PoolView]
     sites: Mapping[str, SiteStatus]
     default_pool: PoolView
+    rules: RewriteProgram | None = None
 
 
 def build_snapshot(
@@ -74,6 +78,7 @@ def build_snapshot(
     health: Callable[[str], Health],
     loads: Mapping[str, Load],
     policies: Mapping[str, Policy],
+    rules: RewriteProgram | None = None,
 ) -> Snapshot:
     """Assemble a snapshot; ``policies`` are reused by pool name so rotations carry on."""
     statuses = {s.name: SiteStatus(s, health(s.name), loads.get(s.name)) for s in sites}
@@ -93,6 +98,7 @@ def build_snapshot(
         pools=MappingProxyType(pools),
         sites=MappingProxyType(statuses),
         default_pool=pools[config.dispatcher.default_pool],
+        rules=rules,
     )
 
 

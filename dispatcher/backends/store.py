@@ -24,7 +24,7 @@ from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.backends.models import LoadRow, RegistryRow, SiteRow
+from dispatcher.backends.models import LoadRow, RegistryRow, RulesRow, SiteRow
 from dispatcher.backends.sites import SiteSpec, parse_check
 from dispatcher.errors import SchemaBehind, SiteExists, SiteNotFound, StoreError
 
@@ -39,6 +39,16 @@ class LoadReport:
     load: float
     connections: int | None
     reported_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRules:
+    """The rewrite rules in force: their text, where it came from, and when."""
+
+    text: str
+    origin: str
+    file_digest: str | None
+    updated_at: dt.datetime
 
 
 class SiteStore(abc.ABC):
@@ -99,6 +109,14 @@ class SiteStore(abc.ABC):
     @abc.abstractmethod
     def loads(self) -> Mapping[str, LoadReport]:
         """The latest load report of every site that has one."""
+
+    @abc.abstractmethod
+    def get_rules(self) -> StoredRules | None:
+        """The rules in force, or ``None`` if none were ever stored."""
+
+    @abc.abstractmethod
+    def set_rules(self, rules: StoredRules) -> None:
+        """Replace the rules in force, bumping the revision in the same transaction."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -237,6 +255,24 @@ class SqlSiteStore(SiteStore):
                 for row in session.scalars(select(LoadRow))
             }
 
+    def get_rules(self) -> StoredRules | None:
+        with self._transaction() as session:
+            row = session.get(RulesRow, 1)
+            if row is None:
+                return None
+            return StoredRules(row.text, row.origin, row.file_digest, _utc(row.updated_at))
+
+    def set_rules(self, rules: StoredRules) -> None:
+        with self._transaction(write=True) as session:
+            registry = self._registry(session, lock=True)
+            row = session.get(RulesRow, 1)
+            if row is None:
+                row = RulesRow(id=1)
+                session.add(row)
+            row.text, row.origin, row.file_digest = rules.text, rules.origin, rules.file_digest
+            row.updated_at = rules.updated_at
+            registry.revision += 1
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -335,8 +371,8 @@ def _now() -> dt.datetime:
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    """Everything stored is UTC; SQLite hands it back naive, PostgreSQL with its own tzinfo."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def _driver_url(url: str) -> str:
@@ -366,4 +402,4 @@ def open_store(url: str) -> SqlSiteStore:
     return SqlSiteStore(url)
 
 
-__all__ = ["LoadReport", "SiteStore", "SqlSiteStore", "open_store"]
+__all__ = ["LoadReport", "SiteStore", "SqlSiteStore", "StoredRules", "open_store"]
