@@ -16,6 +16,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from bench import evaluator
+
 ROUNDS = 3
 
 
@@ -99,20 +101,30 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is missing (make bench installs it: apt-get install wrk)")
-    results = measure(["bare", "dispatcher"], args.seconds, args.connections)
-    bare, dispatcher = median(results["bare"]), median(results["dispatcher"])
+    names = {
+        "bare": "bare ASGI 302 app (peer)",
+        "dispatcher": "dispatcher hot path",
+        "dispatcher-rules": "dispatcher + 50 rules",
+    }
+    results = measure(list(names), args.seconds, args.connections)
+    bare = median(results["bare"])
     print(
         f"\nhot path, one worker, wrk -t1 -c{args.connections}, "
         f"{ROUNDS} rounds of {args.seconds}s each, medians:"
     )
     print(f"{'server':<28}{'requests/s':>12}{'p99 ms':>10}{'ratio':>8}")
-    for name, r in (("bare ASGI 302 app (peer)", bare), ("dispatcher hot path", dispatcher)):
+    for kind, name in names.items():
+        r = median(results[kind])
         print(
             f"{name:<28}{r.requests_per_s:>12.0f}{r.p99_ms:>10.2f}"
             f"{r.requests_per_s / bare.requests_per_s:>8.2f}"
         )
     for kind, rounds in results.items():
         print(f"  {kind} rounds: " + ", ".join(f"{r.requests_per_s:.0f}" for r in rounds))
+    print("\nrewrite evaluator alone, 50-rule set, per request:")
+    print(f"{'request':<36}{'median us':>10}{'p99 us':>10}")
+    for name, (med, p99) in evaluator.measure().items():
+        print(f"{name:<36}{med:>10.1f}{p99:>10.1f}")
 
 
 if __name__ == "__main__":

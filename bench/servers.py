@@ -1,7 +1,8 @@
 """The servers a benchmark measures, each run alone in its own process (one worker).
 
 ``python -m bench.servers dispatcher PORT`` runs the dispatcher's hot path in front of
-three loopback sites; ``python -m bench.servers bare PORT`` runs the peer: a bare ASGI app
+three loopback sites; ``dispatcher-rules`` the same with the 50-rule set ``rules50.conf``;
+``python -m bench.servers bare PORT`` runs the peer: a bare ASGI app
 that answers every request with the same 302, on the same uvicorn settings (the same
 :class:`~dispatcher.server.Listener`, httptools, uvloop, no access log).
 """
@@ -52,20 +53,34 @@ async def serve_bare(port: int, stop: asyncio.Event) -> None:
     await listener.stop()
 
 
-def dispatcher_config(port: int, site_ports: list[int], extra: str = "") -> str:
+RULES = Path(__file__).with_name("rules50.conf")
+REGIONS = ("eu", "us", "asia")
+
+
+def dispatcher_config(port: int, site_ports: list[int], rules: Path | None = None) -> str:
+    """Three sites in the default pool; with rules, one more in each regional pool."""
+    placed = [(f"s{i}", "default", p) for i, p in enumerate(site_ports)]
+    if rules is not None:
+        placed += [(region, region, p) for region, p in zip(REGIONS, site_ports, strict=True)]
     sites = "".join(
-        f'\n[[sites]]\nname = "s{i}"\nbase_url = "http://127.0.0.1:{p}"\n'
+        f'\n[[sites]]\nname = "{name}"\npool = "{pool}"\nbase_url = "http://127.0.0.1:{p}"\n'
         'check = { url = "/health", expect = "OK", interval = 2.0 }\n'
-        for i, p in enumerate(site_ports)
+        for name, pool, p in placed
     )
+    pools = "".join(f"[pools.{region}]\n" for region in REGIONS) if rules else ""
+    rules_line = f'rules = "{rules}"\n' if rules else ""
     return (
         f'[dispatcher]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:0"\n'
         f'database_url = "sqlite:///farm.db"\nadmin_tokens = ["bench"]\nlog_level = "warning"\n'
-        f'{extra}\n[pools.default]\npolicy = "weighted"\n{sites}'
+        f'{rules_line}\n[pools.default]\npolicy = "weighted"\n{pools}{sites}'
     )
 
 
-async def serve_dispatcher(port: int, stop: asyncio.Event) -> None:
+async def serve_dispatcher_rules(port: int, stop: asyncio.Event) -> None:
+    await serve_dispatcher(port, stop, RULES)
+
+
+async def serve_dispatcher(port: int, stop: asyncio.Event, rules: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="webfarm-bench-") as tmp:
         sites = [
             Listener(
@@ -80,7 +95,7 @@ async def serve_dispatcher(port: int, stop: asyncio.Event) -> None:
         for site in sites:
             await site.start()
         config_file = Path(tmp) / "farm.toml"
-        config_file.write_text(dispatcher_config(port, [s.port for s in sites]))
+        config_file.write_text(dispatcher_config(port, [s.port for s in sites], rules))
         config = load_config(config_file, environ={})
         store = open_store(config.dispatcher.database_url)
         store.upgrade()
@@ -98,7 +113,12 @@ async def main(kind: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await {"bare": serve_bare, "dispatcher": serve_dispatcher}[kind](port, stop)
+    servers = {
+        "bare": serve_bare,
+        "dispatcher": serve_dispatcher,
+        "dispatcher-rules": serve_dispatcher_rules,
+    }
+    await servers[kind](port, stop)
 
 
 if __name__ == "__main__":
