@@ -10,8 +10,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from dispatcher.backends.snapshot import PoolView, Snapshot
 from dispatcher.redirect import Outcome, RewriteProgram, RewriteRequest
@@ -83,7 +82,8 @@ class DispatchApp:
         headers = [(b"content-length", b"0")]
         if decision.location is not None:
             headers.append((b"location", decision.location))
-        headers.extend((b"set-cookie", c.encode("latin-1")) for c in outcome.cookies)
+        if outcome.cookies:
+            headers.extend((b"set-cookie", c.encode("latin-1")) for c in outcome.cookies)
         await _answer(send, decision.status, headers)
 
     async def _fallback(self, pool: PoolView, scope: Scope, send: Send) -> None:
@@ -99,13 +99,13 @@ class DispatchApp:
         await send({"type": "http.response.body", "body": body})
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The dispatcher's answer once the rules have run.
 
     ``location`` is ``None`` for a status without one (403, 410, ...); ``sites`` names the
     sites the answer sends the client to (for the redirect counters); ``sorry`` means the
-    default pool's fallback answers because no site can take the client.
+    default pool's fallback answers because no site can take the client. (A ``NamedTuple``:
+    built once per request, it must be cheap to make.)
     """
 
     status: int

@@ -17,9 +17,13 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RewriteRequest:
-    """What the rules may look at.
+    """What the rules may look at; read-only by contract.
+
+    Not ``frozen``: a frozen dataclass sets each field through ``object.__setattr__``,
+    which made building one per request five times slower than the plain slotted class,
+    on the hot path. Nothing in webfarm writes to a request after building it.
 
     ``host`` is the Host header as sent (may carry ``:port``, ``""`` if absent);
     ``server_name`` the name the server answers as (Host without port, lower-case, or the
@@ -58,19 +62,19 @@ class RewriteRequest:
         if not host:
             server_name, server_port = _listen_address(scope, DEFAULT_PORTS[scheme])
         client = scope.get("client") or ("", 0)
-        return cls(
-            method=str(scope.get("method", "GET")),
-            scheme=scheme,
-            host=host,
-            server_name=server_name,
-            server_port=server_port,
-            path=_raw_path(scope),
-            query_string=bytes(scope.get("query_string", b"")).decode("latin-1"),
-            remote_addr=str(client[0]),
-            remote_port=int(client[1]),
-            headers=MappingProxyType(headers),
-            protocol=f"HTTP/{scope.get('http_version', '1.1')}",
-            env=env,
+        return cls(  # positional: measurably cheaper than keywords, once per request
+            str(scope.get("method", "GET")),
+            scheme,
+            host,
+            server_name,
+            server_port,
+            _raw_path(scope),
+            bytes(scope.get("query_string", b"")).decode("latin-1"),
+            str(client[0]),
+            int(client[1]),
+            MappingProxyType(headers),
+            f"HTTP/{scope.get('http_version', '1.1')}",
+            env,
         )
 
 
@@ -95,9 +99,11 @@ def split_host(host: str, default_port: int) -> tuple[str, int]:
 def _join_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in raw:
-        key = bytes(name).decode("latin-1").lower()
-        text = bytes(value).decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        key = name.decode("latin-1").lower()
+        if key in headers:
+            headers[key] = f"{headers[key]}, {value.decode('latin-1')}"
+        else:
+            headers[key] = value.decode("latin-1")
     return headers
 
 
