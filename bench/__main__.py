@@ -16,7 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from bench import evaluator
+from bench import evaluator, session
 
 ROUNDS = 3
 
@@ -125,6 +125,10 @@ def main() -> None:
     print(f"{'request':<36}{'median us':>10}{'p99 us':>10}")
     for name, (med, p99) in evaluator.measure().items():
         print(f"{name:<36}{med:>10.1f}{p99:>10.1f}")
+    print("\nsigned client state, per operation (median of 5 timeit rounds):")
+    print(f"{'token':<36}{'sign us':>10}{'verify us':>10}")
+    for name, (sign, verify) in session.measure().items():
+        print(f"{name:<36}{sign:>10.1f}{verify:>10.1f}")
 
 
 if __name__ == "__main__":

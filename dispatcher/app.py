@@ -62,7 +62,9 @@ class DispatchApp:
             return
         self.farm.redirects[site.name] += 1
         location = site.location_base + _target(scope)
-        await _answer(send, pool.status, [(b"location", location), (b"content-length", b"0")])
+        headers = [(b"location", location), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": pool.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     async def _rewrite(
         self, snapshot: Snapshot, rules: RewriteProgram, scope: Scope, send: Send
@@ -84,7 +86,8 @@ class DispatchApp:
             headers.append((b"location", decision.location))
         if outcome.cookies:
             headers.extend((b"set-cookie", c.encode("latin-1")) for c in outcome.cookies)
-        await _answer(send, decision.status, headers)
+        await send({"type": "http.response.start", "status": decision.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     async def _fallback(self, pool: PoolView, scope: Scope, send: Send) -> None:
         fallback = pool.config.fallback
@@ -156,11 +159,6 @@ def decide(
         return Decision(pool.status, fallback.encode("ascii"))
     path = target if outcome.action == "none" else _rewritten(outcome)
     return Decision(pool.status, site.location_base + path, (site.name,))
-
-
-async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b""})
 
 
 def _rewritten(outcome: Outcome) -> bytes:
