@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
 from dispatcher.app import Receive, Scope, Send
 from dispatcher.backends.store import SqlSiteStore
-from dispatcher.server import Listener, Timeouts
+from dispatcher.config import load_config
+from dispatcher.server import Listener, Runner, Timeouts
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -157,6 +159,46 @@ async def sites() -> AsyncIterator[dict[str, LoopbackSite]]:
             await site.stop()
 
 
+ADMIN_TOKEN = "secret-token"
+
+
+class RunningDispatcher:
+    """A started :class:`Runner` with httpx clients for its public and admin listeners."""
+
+    def __init__(self, runner: Runner) -> None:
+        assert runner.public is not None
+        assert runner.admin is not None
+        self.runner = runner
+        self.public = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{runner.public.port}", trust_env=False
+        )
+        self.admin = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{runner.admin.port}",
+            trust_env=False,
+            headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+
+    @staticmethod
+    async def start_runner(config_file: Path, *, upgrade: bool = True) -> Runner:
+        """Load ``config_file``, bring its database to head (unless told not to), start."""
+        config = load_config(config_file, environ={})
+        store = SqlSiteStore(config.dispatcher.database_url)
+        if upgrade:
+            store.upgrade()
+        runner = Runner(config, store, Timeouts(graceful_shutdown=1.0, keep_alive=1))
+        try:
+            await runner.start()
+        except BaseException:
+            await runner.stop()
+            raise
+        return runner
+
+    async def close(self) -> None:
+        await self.public.aclose()
+        await self.admin.aclose()
+        await self.runner.stop()
+
+
 def farm_toml(
     sites: dict[str, Any],
     *,
@@ -181,7 +223,7 @@ check = {{ url = "/health", expect = "OK", {check} }}
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 database_url = "{database_url}"
-admin_tokens = ["secret-token"]
+admin_tokens = ["{ADMIN_TOKEN}"]
 registry_refresh = 0.2
 {extra}
 

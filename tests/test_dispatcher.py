@@ -13,30 +13,20 @@ import httpx
 import pytest
 
 from dispatcher.backends.store import SqlSiteStore
-from dispatcher.config import load_config
 from dispatcher.errors import SchemaBehind
-from dispatcher.server import Runner, Timeouts
-from tests.conftest import LoopbackSite, farm_toml
+from dispatcher.server import Runner
+from tests.conftest import LoopbackSite, RunningDispatcher, farm_toml
 
 pytestmark = pytest.mark.anyio
-AUTH = {"authorization": "Bearer secret-token"}
 INTERVAL, FALL = 0.5, 2
 
 
-class Farm:
-    """A running dispatcher with clients for its two listeners."""
+class Farm(RunningDispatcher):
+    """A running dispatcher in front of known sites."""
 
     def __init__(self, runner: Runner, sites: dict[str, LoopbackSite]) -> None:
-        self.runner = runner
+        super().__init__(runner)
         self.sites = sites
-        assert runner.public is not None
-        assert runner.admin is not None
-        self.public = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{runner.public.port}", trust_env=False
-        )
-        self.admin = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{runner.admin.port}", trust_env=False, headers=AUTH
-        )
 
     async def where(self, path: str = "/") -> str | None:
         """The site name a new client is sent to, or None for the sorry page."""
@@ -52,10 +42,6 @@ class Farm:
 
     async def spread(self, n: int) -> Counter[str | None]:
         return Counter([await self.where() for _ in range(n)])
-
-    async def close(self) -> None:
-        await self.public.aclose()
-        await self.admin.aclose()
 
 
 Start = Callable[..., Awaitable[Farm]]
@@ -85,24 +71,13 @@ async def start_farm(
                 check=f"interval = {INTERVAL}, timeout = 0.3, rise = 2, fall = {FALL}",
             )
         )
-        config = load_config(config_file, environ={})
-        store = SqlSiteStore(config.dispatcher.database_url)
-        if upgrade:
-            store.upgrade()
-        runner = Runner(config, store, Timeouts(graceful_shutdown=1.0, keep_alive=1))
-        try:
-            await runner.start()
-        except BaseException:
-            await runner.stop()
-            raise
-        farm = Farm(runner, sites)
+        farm = Farm(await Farm.start_runner(config_file, upgrade=upgrade), sites)
         farms.append(farm)
         return farm
 
     yield start
     for farm in farms:
         await farm.close()
-        await farm.runner.stop()
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], limit: float) -> float:
@@ -420,8 +395,7 @@ async def test_refuses_to_start_on_a_schema_that_is_behind(start_farm: Start) ->
 async def test_replicas_sharing_postgresql_see_each_others_changes(
     sites: dict[str, LoopbackSite], postgres_url: str, tmp_path: Path
 ) -> None:
-    runners = []
-    clients = []
+    clients: list[Farm] = []
     try:
         for i in range(2):
             config_file = tmp_path / f"replica{i}.toml"
@@ -430,13 +404,7 @@ async def test_replicas_sharing_postgresql_see_each_others_changes(
                     {"eu": (sites["eu"], 1), "us": (sites["us"], 1)}, database_url=postgres_url
                 )
             )
-            config = load_config(config_file, environ={})
-            store = SqlSiteStore(config.dispatcher.database_url)
-            store.upgrade()
-            runner = Runner(config, store, Timeouts(graceful_shutdown=1.0, keep_alive=1))
-            await runner.start()
-            runners.append(runner)
-            clients.append(Farm(runner, sites))
+            clients.append(Farm(await Farm.start_runner(config_file), sites))
         a, b = clients
         assert (await a.admin.post("/api/v1/sites/us/drain")).status_code == 200
         took = await wait_for(lambda: _not_in(b, "us"), limit=3)
@@ -447,8 +415,6 @@ async def test_replicas_sharing_postgresql_see_each_others_changes(
     finally:
         for client in clients:
             await client.close()
-        for runner in runners:
-            await runner.stop()
 
 
 async def _has_load(farm: Farm, name: str) -> bool:

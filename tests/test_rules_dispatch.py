@@ -8,17 +8,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
-from dispatcher.backends.store import SqlSiteStore
-from dispatcher.config import load_config
 from dispatcher.redirect import RuleSyntaxError
-from dispatcher.server import Runner, Timeouts
-from tests.conftest import LoopbackSite
+from tests.conftest import ADMIN_TOKEN, LoopbackSite, RunningDispatcher
 
 pytestmark = pytest.mark.anyio
-AUTH = {"authorization": "Bearer secret-token"}
 DISPATCHER = str(Path(sys.executable).parent / "farm-dispatcher")
 
 RULES = r"""
@@ -40,7 +35,7 @@ def config_text(sites: dict[str, LoopbackSite], database_url: str, rules: str | 
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 database_url = "{database_url}"
-admin_tokens = ["secret-token"]
+admin_tokens = ["{ADMIN_TOKEN}"]
 registry_refresh = 0.2
 {rules_line}
 
@@ -68,50 +63,23 @@ check = {{ url = "/health", expect = "OK", interval = 0.3, timeout = 0.3, rise =
 """
 
 
-class Running:
-    def __init__(self, runner: Runner) -> None:
-        assert runner.public is not None
-        assert runner.admin is not None
-        self.runner = runner
-        self.public = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{runner.public.port}", trust_env=False
-        )
-        self.admin = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{runner.admin.port}", trust_env=False, headers=AUTH
-        )
-
-    async def close(self) -> None:
-        await self.public.aclose()
-        await self.admin.aclose()
-        await self.runner.stop()
-
-
-Start = Callable[..., Awaitable[Running]]
+Start = Callable[..., Awaitable[RunningDispatcher]]
 
 
 @pytest.fixture
 async def start(
     sites: dict[str, LoopbackSite], database_url: str, tmp_path: Path
 ) -> AsyncIterator[Start]:
-    running: list[Running] = []
+    running: list[RunningDispatcher] = []
 
-    async def go(rules: str | None = RULES) -> Running:
+    async def go(rules: str | None = RULES) -> RunningDispatcher:
         if rules is not None:
             (tmp_path / "rules.conf").write_text(rules)
         config_file = tmp_path / "farm.toml"
         config_file.write_text(
             config_text(sites, database_url, "rules.conf" if rules is not None else None)
         )
-        config = load_config(config_file, environ={})
-        store = SqlSiteStore(config.dispatcher.database_url)
-        store.upgrade()
-        runner = Runner(config, store, Timeouts(graceful_shutdown=1.0, keep_alive=1))
-        try:
-            await runner.start()
-        except BaseException:
-            await runner.stop()
-            raise
-        running.append(Running(runner))
+        running.append(RunningDispatcher(await RunningDispatcher.start_runner(config_file)))
         return running[-1]
 
     yield go
