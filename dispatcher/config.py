@@ -62,6 +62,12 @@ class Config:
     source: str = "<defaults>"
     base_dir: Path = field(default_factory=Path.cwd)
 
+    @property
+    def rules_base_dir(self) -> Path:
+        """Where relative map paths in rewrite rules point: the rule file's directory."""
+        rules = self.dispatcher.rules
+        return rules.parent if rules is not None else self.base_dir
+
     def pool_status(self, pool: str) -> int:
         """The redirect status for ``pool``: its own, or the dispatcher's."""
         override = self.pools[pool].redirect_status

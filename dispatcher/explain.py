@@ -86,8 +86,10 @@ def request_from_url(
     headers: Iterable[tuple[str, str]] = (),
 ) -> RewriteRequest:
     """The request a client would make for ``url`` (absolute http(s) URL)."""
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
-        raise InvalidValue("url", f"a URL without spaces or control characters, got {url!r}")
+    if not url.isascii() or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise InvalidValue(
+            "url", f"an ASCII URL (%-encoded, punycode) without spaces or controls, got {url!r}"
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidValue("url", f"an absolute http:// or https:// URL, got {url!r}")
@@ -152,10 +154,12 @@ def offline_snapshot(config: Config, store: SiteStore | None) -> tuple[Snapshot,
             source = "database"
         except StoreError as exc:
             source = f"config file {config.source} (database not usable: {exc})"
-    rules_base = config.dispatcher.rules.parent if config.dispatcher.rules else config.base_dir
     if stored is not None:
         rules: RewriteProgram | None = compile_rules(
-            stored.text, filename=stored.origin, base_dir=rules_base, known_pools=config.pools
+            stored.text,
+            filename=stored.origin,
+            base_dir=config.rules_base_dir,
+            known_pools=config.pools,
         )
         rules_source = (
             f"rules from {stored.origin} (as stored {stored.updated_at:%Y-%m-%d %H:%M} UTC)"

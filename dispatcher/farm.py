@@ -14,7 +14,6 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from dispatcher.backends.health import Health, Prober, Target
 from dispatcher.backends.sites import SiteSpec
@@ -92,6 +91,8 @@ class Farm:
                 log.debug("refresh: %s", await self.refresh())
             except StoreError as exc:
                 log.warning("registry refresh failed, keeping the last snapshot: %s", exc)
+            except Exception:  # a bug must not end refreshing for good
+                log.exception("registry refresh failed unexpectedly, keeping the last snapshot")
 
     # --- changes from the admin API ---
 
@@ -125,16 +126,13 @@ class Farm:
 
     # --- rewrite rules ---
 
-    @property
-    def rules_base_dir(self) -> Path:
-        """Where relative map paths in the rules point: the rule file's directory."""
-        rules = self.config.dispatcher.rules
-        return rules.parent if rules is not None else self.config.base_dir
-
     def compile(self, text: str, origin: str) -> RewriteProgram:
         """Compile rule text against this farm's pools; :class:`RuleSyntaxError` if invalid."""
         return compile_rules(
-            text, filename=origin, base_dir=self.rules_base_dir, known_pools=self.config.pools
+            text,
+            filename=origin,
+            base_dir=self.config.rules_base_dir,
+            known_pools=self.config.pools,
         )
 
     def adopt_rule_file(self) -> bool:

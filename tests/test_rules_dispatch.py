@@ -211,6 +211,7 @@ async def test_explain_over_the_admin_api(start: Start, sites: dict[str, Loopbac
     assert await redirects() == before  # explaining sends nobody anywhere
 
     for payload, field in (
+        ({"url": "http://bücher.example/"}, "url"),
         ({"url": "ftp://x"}, "url"),
         ({}, "url"),
         ({"url": "http://x/", "headers": {"a": 1}}, "headers"),
