@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import random
 from bisect import bisect_left
+from collections.abc import Sequence
 from types import MappingProxyType
 
 from dispatcher.redirect.compiler import CompiledRules, Condition, Rule, RuleFlags
@@ -74,7 +75,8 @@ def _apply_list(
     With an ``index``, rules that cannot match the current path are not even tried.
     """
     changed, rounds, count, i = _UNCHANGED, 1, len(rules), 0
-    indexed_uri, candidates = "", list(range(count))
+    indexed_uri = ""
+    candidates: Sequence[int] = range(count)
     while i < count:
         if index is not None:
             if state.uri is not indexed_uri:
@@ -222,9 +224,13 @@ def _set_env(values: list[str], state: EvalState) -> None:
 def _add_cookies(values: list[str], state: EvalState) -> None:
     for text in values:
         made = set_cookie(text, state.now)
-        if made is not None and made[0] not in state.cookie_names:
-            state.cookie_names.add(made[0])
-            state.cookies.append(wire_cookie(made[1]))
+        if made is None:
+            continue
+        cookies = state.cookies
+        if cookies is None:
+            cookies = state.cookies = {}
+        if made[0] not in cookies:
+            cookies[made[0]] = wire_cookie(made[1])
 
 
 def _substitute(rule: Rule, new_uri: str, state: EvalState) -> None:
@@ -285,7 +291,7 @@ def _absolute(uri: str) -> int:
 def _finish(state: EvalState, result: int, tracer: Tracer | None) -> Outcome:
     """``hook_uri2file`` after the rules: the outcome for the client."""
     env = MappingProxyType(dict(state.env_set.values())) if state.env_set else _EMPTY_ENV
-    cookies = tuple(state.cookies)
+    cookies = tuple(state.cookies.values()) if state.cookies else ()
     request = state.request
     if result == _STATUS:
         return _status(request, state.status, cookies, env)

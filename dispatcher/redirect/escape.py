@@ -7,6 +7,7 @@ octet strings and the last-line safety pass applied to everything that becomes a
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable
 
@@ -17,6 +18,12 @@ _ALNUM = frozenset(string.ascii_letters + string.digits)
 UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 #: What ``ap_escape_uri`` leaves alone (gen_test_char.c, T_OS_ESCAPE_PATH).
 _URI_SAFE = frozenset(string.ascii_letters + string.digits + "$-_.+!*'(),:;@&=/~")
+# Fast paths: a value none of whose characters the matching table would touch is returned
+# as it is (every character above U+00FF is caught too: its UTF-8 octets would be escaped).
+_URI_UNSAFE = re.compile(r"[^A-Za-z0-9$\-_.+!*'(),:;@&=/~]")
+_WIRE_UNSAFE = re.compile("[\x00-\x1f\x7f-\U0010ffff]")
+_WIRE_QUERY_UNSAFE = re.compile("[\x00-\x1f#\x7f-\U0010ffff]")
+_CTL_OR_SPACE = re.compile("[\x00-\x20\x7f]")
 
 
 def pct(octet: int) -> str:
@@ -63,26 +70,34 @@ def shown(value: str) -> str:
 
 def escape_uri(value: str) -> str:
     """``ap_escape_uri``: %-escape every octet but alphanumerics and ``$-_.+!*'(),:;@&=/~``."""
+    if _URI_UNSAFE.search(value) is None:
+        return value
     return octets(value).translate(_ESCAPE_URI)
 
 
 def wire_url(value: str) -> str:
     """Escape what must never reach a Location header raw, even under ``NE``."""
+    if _WIRE_UNSAFE.search(value) is None:
+        return value
     return octets(value).translate(_WIRE_URL)
 
 
 def wire_query(value: str) -> str:
     """A rewritten query string as it goes into a URL: :func:`wire_url`, and ``#`` escaped."""
+    if _WIRE_QUERY_UNSAFE.search(value) is None:
+        return value
     return octets(value).translate(_WIRE_QUERY)
 
 
 def has_ctl_or_space(value: str) -> bool:
     """Whether ``value`` holds a control character, DEL or a space (Apache's AH10410 test)."""
-    return any(c <= " " or c == "\x7f" for c in value)
+    return _CTL_OR_SPACE.search(value) is not None
 
 
 def wire_cookie(value: str) -> str:
     """Escape what must never reach a Set-Cookie header raw (controls, non-ASCII)."""
+    if _WIRE_UNSAFE.search(value) is None:
+        return value
     return octets(value).translate(_WIRE_COOKIE)
 
 
@@ -222,6 +237,8 @@ def decode_request_path(raw: str) -> str | int:
     path = octets(raw)
     if not path.startswith("/"):
         return 400
+    if "%" not in path and "/." not in path and "//" not in path:
+        return path  # nothing to normalize or decode (the common case)
     if "%" in path or "/." in path or "//" in path:
         path, ok = normalize_path(path)
         if not ok:

@@ -50,13 +50,18 @@ class RuleIndex:
         }
         return cls(tuple(always), {p: tuple(r) for p, r in short.items()}, groups)
 
-    def candidates(self, uri: str) -> list[int]:
+    def candidates(self, uri: str) -> tuple[int, ...] | list[int]:
         """Positions of the rules that may match ``uri``, in order."""
-        found = list(self.always)
         hit = self.short.get(uri[:1])
+        group = self.groups.get(uri[:2])
+        if group is None:
+            if hit is None:
+                return self.always
+            if not self.always:
+                return hit
+        found = list(self.always)
         if hit is not None:
             found.extend(hit)
-        group = self.groups.get(uri[:2])
         if group is not None:
             size = len(uri)
             lengths, table = group

@@ -11,6 +11,7 @@ from dispatcher.redirect import engine
 from dispatcher.redirect.compiler import CompiledRules, Compiler
 from dispatcher.redirect.errors import RuleFileError
 from dispatcher.redirect.explain import Explanation, Tracer
+from dispatcher.redirect.fastpath import FastRules
 from dispatcher.redirect.maps import Clock, RewriteMap, monotonic
 from dispatcher.redirect.model import Outcome
 from dispatcher.redirect.parser import parse
@@ -30,12 +31,15 @@ class RewriteProgram:
     raises: its exception propagates unchanged.
     """
 
-    __slots__ = ("_compiled", "filename", "source")
+    __slots__ = ("_compiled", "_fast", "filename", "source")
 
     def __init__(self, source: str, filename: str, compiled: CompiledRules) -> None:
         self.source = source
         self.filename = filename
         self._compiled = compiled
+        # The rules as specialised functions (see fastpath.py); explain() and a rule set
+        # that cannot change anything take the reference interpreter in engine.py.
+        self._fast = FastRules(compiled) if compiled.enabled and compiled.rules else None
 
     @property
     def enabled(self) -> bool:
@@ -66,6 +70,8 @@ class RewriteProgram:
         time for ``%{TIME...}`` and cookie lifetimes (default: the local time; a naive value
         is taken as local time); ``rng`` drives ``rnd:`` maps (default: the ``random`` module).
         """
+        if self._fast is not None:
+            return self._fast.evaluate(request, sites, now, rng)
         return engine.evaluate(self._compiled, request, sites=sites, now=now, rng=rng)
 
     def explain(

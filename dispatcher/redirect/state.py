@@ -1,7 +1,8 @@
 """The per-request state one evaluation works on (Apache's ``request_rec`` and ``rewrite_ctx``).
 
 Created once per ``evaluate()``; everything derived from the request that not every rule
-needs (headers as octets, the time) is computed on first use.
+needs (headers as octets, the time) is computed on first use, and the containers only some
+rules fill (``E`` variables, cookies, site answers) are created on first use too.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ class EvalState:
         "_now",
         "args",
         "cond_match",
-        "cookie_names",
         "cookies",
         "env_set",
         "original_args",
@@ -66,12 +66,13 @@ class EvalState:
         self.rule_match: re.Match[str] | None = None
         self.cond_match: re.Match[str] | None = None
         self._env: dict[str, tuple[str, str]] | None = None
-        self.env_set: dict[str, tuple[str, str]] = {}
-        self.cookies: list[str] = []
-        self.cookie_names: set[str] = set()
+        #: ``E`` flags' variables by lower-case name; None until the first one.
+        self.env_set: dict[str, tuple[str, str]] | None = None
+        #: ``Set-Cookie`` values by cookie name (the first one set wins); None until one.
+        self.cookies: dict[str, str] | None = None
         self.status = 302
         self.sites = sites
-        self.site_cache: dict[str, str | None] = {}
+        self.site_cache: dict[str, str | None] | None = None
         self._now: datetime.datetime | None = now
         self.rng = rng
 
@@ -94,10 +95,13 @@ class EvalState:
 
     def site(self, pool: str) -> str | None:
         """The selector's base URL for ``pool``, asked once per pool per evaluation."""
-        if pool not in self.site_cache:
+        cache = self.site_cache
+        if cache is None:
+            cache = self.site_cache = {}
+        if pool not in cache:
             answer = self.sites(pool, self.request) if self.sites is not None else None
-            self.site_cache[pool] = octets(answer.rstrip("/")) if answer else None
-        return self.site_cache[pool]
+            cache[pool] = octets(answer.rstrip("/")) if answer else None
+        return cache[pool]
 
     @property
     def env(self) -> dict[str, tuple[str, str]]:
@@ -109,11 +113,14 @@ class EvalState:
     def set_env(self, name: str, value: str | None) -> None:
         """``E=name:value`` (``value`` None unsets); names compare case-insensitively."""
         key = name.lower()
+        env_set = self.env_set
+        if env_set is None:
+            env_set = self.env_set = {}
         if value is None:
             self.env.pop(key, None)
-            self.env_set.pop(key, None)
+            env_set.pop(key, None)
         else:
-            self.env[key] = self.env_set[key] = (name, value)
+            self.env[key] = env_set[key] = (name, value)
 
 
 def _env(given: Mapping[str, str]) -> dict[str, tuple[str, str]]:

@@ -45,9 +45,21 @@ def the_request(request: RewriteRequest) -> str:
     return octets(f"{request.method} {request.path}{query} {request.protocol}")
 
 
+def _host(st: EvalState) -> str:
+    """``EvalState.header("host")``, inlined: the request's host, else a ``host`` header."""
+    request = st.request
+    value = request.host or request.headers.get("host", "")
+    return value if value.isascii() else octets(value)
+
+
+def _method(st: EvalState) -> str:
+    method = st.request.method
+    return method if method.isascii() else octets(method)
+
+
 def _header(name: str) -> Getter:
     if name == "host":
-        return lambda st: st.header("host")
+        return _host
 
     def get(st: EvalState) -> str:
         value = st.request.headers.get(name, "")
@@ -72,7 +84,7 @@ _TABLE: dict[str, Getter] = {
     "REQUEST_URI": lambda st: st.request_uri,
     "REQUEST_FILENAME": lambda st: st.uri,
     "SCRIPT_FILENAME": lambda st: st.uri,
-    "REQUEST_METHOD": lambda st: octets(st.request.method),
+    "REQUEST_METHOD": _method,
     "REQUEST_SCHEME": lambda st: scheme(st.request),
     "QUERY_STRING": lambda st: st.args or "",
     "REMOTE_ADDR": lambda st: octets(st.request.remote_addr),

@@ -1,0 +1,364 @@
+"""The evaluator's fast path: each rule compiled to one specialised Python function.
+
+:mod:`engine` is the reference: an interpreter that walks the compiled rules, checks every
+flag of every rule and reports to a tracer. This module compiles each :class:`Rule` once
+(when the rule set is compiled) into Python source with everything known in advance baked
+in (its prefix, pattern, negation, conditions and their ``OR`` chains, how each part of each
+string expands, the query-split flags, the redirect code), ``exec``-s it, and runs those
+functions in a list loop equal to :func:`engine._apply_list` without the tracer. Whatever is
+rare or intricate (map lookups, ``E`` and ``CO`` values, the outcome) still goes through the
+interpreter's own helpers, so there is one implementation of each.
+
+The fast path must answer exactly as the interpreter does: tests/redirect/test_fastpath.py
+checks that on generated rule sets and requests (and ``explain()``, which always takes the
+interpreter, checks it on every explained request there and in the differential suite).
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+from bisect import bisect_left
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any
+
+from dispatcher.redirect import engine
+from dispatcher.redirect.compiler import CompiledRules, Condition, Rule
+from dispatcher.redirect.escape import decode_request_path
+from dispatcher.redirect.model import Outcome
+from dispatcher.redirect.request import RewriteRequest
+from dispatcher.redirect.state import EvalState, NotApplicable, SiteSelector
+from dispatcher.redirect.template import (
+    CondRef,
+    Escaper,
+    MapRef,
+    RuleRef,
+    Template,
+    VarRef,
+    _group,
+)
+from dispatcher.redirect.variables import authority, scheme
+
+RuleFunction = Callable[[EvalState], int]
+_NOMATCH, _MATCH, _NOSUB, _FORBIDDEN = engine._NOMATCH, engine._MATCH, engine._NOSUB, 3
+_UNCHANGED, _NORMAL, _NOESCAPE, _STATUS = 0, 1, 2, 3
+_EMPTY_ENV: MappingProxyType[str, str] = MappingProxyType({})
+
+
+def _escaped(text: str | None, escape: Callable[[str], str]) -> str:
+    return escape(text) if text else ""
+
+
+class FastRules:
+    """A rule set compiled to Python functions; :meth:`evaluate` is ``engine.evaluate``."""
+
+    __slots__ = ("_after_fail", "_functions", "_index", "_post", "_rules")
+
+    def __init__(self, compiled: CompiledRules) -> None:
+        rules = compiled.rules
+        self._rules = rules
+        self._index = compiled.index
+        self._functions = tuple(_compile_rule(rule) for rule in rules)
+        after: list[int] = []
+        for i, rule in enumerate(rules):
+            if not rule.flags.chain:
+                after.append(i + 1)
+                continue
+            j = i + 1
+            while j < len(rules) and rules[j - 1].flags.chain:
+                j += 1
+            after.append(j)
+        self._after_fail = tuple(after)
+        #: Per rule: (answer status or None, noescape, stops (L/END), N rounds or None, S).
+        self._post = tuple(
+            (
+                rule.flags.status,
+                rule.flags.noescape,
+                rule.flags.end or rule.flags.last,
+                rule.flags.rounds,
+                rule.flags.skip,
+            )
+            for rule in rules
+        )
+
+    def evaluate(
+        self,
+        request: RewriteRequest,
+        sites: SiteSelector | None,
+        now: datetime.datetime | None,
+        rng: random.Random | None,
+    ) -> Outcome:
+        """What ``request`` gets: the same as :func:`engine.evaluate` (the engine is on)."""
+        uri = decode_request_path(request.path)
+        if isinstance(uri, int):
+            return engine._status(request, uri, (), _EMPTY_ENV)
+        state = EvalState(request, uri, sites=sites, now=now, rng=rng)
+        return engine._finish(state, self._apply_list(state), None)
+
+    def _apply_list(self, state: EvalState) -> int:
+        """:func:`engine._apply_list` with the index, without the tracer."""
+        functions, post, after_fail = self._functions, self._post, self._after_fail
+        candidates_of = self._index.candidates
+        changed, rounds, i = _UNCHANGED, 1, 0
+        indexed_uri = state.uri
+        candidates = candidates_of(indexed_uri)
+        count = len(candidates)
+        position = 0
+        while True:
+            uri = state.uri
+            if uri is not indexed_uri:
+                indexed_uri, candidates = uri, candidates_of(uri)
+                count = len(candidates)
+                position = bisect_left(candidates, i)
+            else:
+                while position < count and candidates[position] < i:
+                    position += 1
+            if position == count:
+                break
+            i = candidates[position]
+            rc = functions[i](state)
+            if rc == _NOMATCH:
+                i = after_fail[i]
+                continue
+            status, noescape, stops, max_rounds, skip = post[i]
+            if _answers_status(rc, status, state):
+                return _STATUS
+            if rc != _NOSUB:
+                changed = _NOESCAPE if noescape else _NORMAL
+            if stops:
+                break
+            if max_rounds is not None:
+                rounds += 1
+                if rounds >= max_rounds:
+                    state.status = 500
+                    return _STATUS
+                i = 0
+                position = 0 if state.uri is indexed_uri else position
+                continue
+            i += 1 + skip
+        return changed
+
+
+def _answers_status(rc: int, status: int | None, state: EvalState) -> bool:
+    """``engine._answers_status``: whether the rule that applied ends the request."""
+    if rc == _FORBIDDEN:
+        state.status = 403
+    elif len(state.uri) > engine.MAX_URI_LENGTH:
+        state.status = 500
+    elif status is not None:
+        state.status = status
+    else:
+        return False
+    return True
+
+
+class _Source:
+    """Python source for one rule function, with the objects it refers to."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, Any] = {
+            "NotApplicable": NotApplicable,
+            "_group": _group,
+            "_escaped": _escaped,
+            "_set_env": engine._set_env,
+            "_add_cookies": engine._add_cookies,
+            "_absolute": engine._absolute,
+            "_scheme": scheme,
+            "_authority": authority,
+        }
+        self.lines: list[str] = []
+
+    def constant(self, value: object) -> str:
+        name = f"_k{len(self.names)}"
+        self.names[name] = value
+        return name
+
+    def emit(self, depth: int, line: str) -> None:
+        self.lines.append("    " * depth + line)
+
+
+def _compile_rule(rule: Rule) -> RuleFunction:
+    """``engine._apply_rule`` for this one rule, without the tracer."""
+    src = _Source()
+    flags = rule.flags
+    src.emit(0, "def rule(st):")
+    src.emit(1, "uri = st.uri")
+    if rule.prefix is not None:
+        src.emit(1, f"if not uri.startswith({src.constant(rule.prefix)}):")
+        src.emit(2, "return 0")
+    src.emit(1, f"m = {src.constant(rule.regex)}.search(uri)")
+    if rule.negate:
+        src.emit(1, "if m is not None:")
+        src.emit(2, "return 0")
+    else:
+        src.emit(1, "if m is None:")
+        src.emit(2, "return 0")
+    src.emit(1, "st.cond_match = None")
+    src.emit(1, "st.rule_match = m")
+    groups = rule.regex.groups
+    match = "None" if rule.negate else "m"
+    src.emit(1, "try:")
+    opened = len(src.lines)
+    _conditions(src, rule.conditions, match, groups)
+    substitution = rule.substitution
+    if substitution is not None:
+        _substitution(src, substitution, flags.escape, match, groups, check=not flags.allow3f)
+    env = [_expression(src, t, None, match, groups) for t in flags.env]
+    cookies = [_expression(src, t, None, match, groups) for t in flags.cookies]
+    if env:
+        src.emit(2, f"env = [{', '.join(env)}]")
+    if cookies:
+        src.emit(2, f"cookies = [{', '.join(cookies)}]")
+    if len(src.lines) == opened:
+        src.emit(2, "pass")
+    src.emit(1, "except NotApplicable:")
+    src.emit(2, "return 0")
+    if env:
+        src.emit(1, "_set_env(env, st)")
+    if cookies:
+        src.emit(1, "_add_cookies(cookies, st)")
+    if substitution is None:
+        src.emit(1, "return 2")
+    else:
+        _substitute(src, rule)
+        src.emit(1, "return 1")
+    code = "\n".join(src.lines) + "\n"
+    exec(compile(code, f"<rule at line {rule.line}>", "exec"), src.names)  # noqa: S102 - our own source
+    function: RuleFunction = src.names["rule"]
+    return function
+
+
+def _conditions(src: _Source, conditions: tuple[Condition, ...], match: str, groups: int) -> None:
+    """``engine._conditions``: each ``OR`` chain nested; a failed chain ends the rule.
+
+    A chain that ends the list with ``OR`` cannot fail (as in the interpreter).
+    """
+    i = 0
+    while i < len(conditions):
+        chain = [conditions[i]]
+        while chain[-1].ornext and i + len(chain) < len(conditions):
+            chain.append(conditions[i + len(chain)])
+        i += len(chain)
+        depth = 2
+        for position, cond in enumerate(chain):
+            if position:
+                src.emit(depth, "if not ok:")
+                depth += 1
+            _condition(src, depth, cond, match, groups)
+        if not chain[-1].ornext:
+            src.emit(2, "if not ok:")
+            src.emit(3, "return 0")
+
+
+def _condition(src: _Source, depth: int, cond: Condition, match: str, groups: int) -> None:
+    """``engine._condition``: sets ``ok``; only a regex that matched (unnegated) sets ``%N``."""
+    src.emit(depth, f"text = {_expression(src, cond.test, None, match, groups)}")
+    if cond.regex is not None:
+        src.emit(depth, f"c = {src.constant(cond.regex)}.search(text)")
+        if cond.negate:
+            src.emit(depth, "ok = c is None")
+        else:
+            src.emit(depth, "ok = c is not None")
+            src.emit(depth, "if ok:")
+            src.emit(depth + 1, "st.cond_match = c")
+    else:
+        test = src.constant(cond.compare)
+        src.emit(depth, f"ok = not {test}(text)" if cond.negate else f"ok = bool({test}(text))")
+
+
+def _part(src: _Source, part: str | object, escape: Escaper, match: str, groups: int) -> str | None:
+    """A Python expression for one part of a template; None for an always empty one."""
+    if isinstance(part, str):
+        return src.constant(part) if part else None
+    esc = "None" if escape is None else src.constant(escape)
+    if isinstance(part, RuleRef):
+        # $N is group N of this rule's own match (None for a negated pattern).
+        if match == "None" or part.number > groups:
+            return None
+        if escape is None:
+            return f'(m.group({part.number}) or "")'
+        return f"_escaped(m.group({part.number}), {esc})"
+    if isinstance(part, CondRef):
+        return f"_group(st.cond_match, {part.number}, {esc})"
+    if isinstance(part, VarRef):
+        return f"{src.constant(part.getter)}(st)"
+    assert isinstance(part, MapRef)
+    return f"{src.constant(part)}.expand(st, {esc})"
+
+
+def _expression(src: _Source, template: Template, escape: Escaper, match: str, groups: int) -> str:
+    """``template.expand(st, escape)`` as a Python expression."""
+    if template.constant is not None:
+        return src.constant(template.constant)
+    parts = [_part(src, part, escape, match, groups) for part in template.parts]
+    present = [p for p in parts if p is not None]
+    if not present:
+        return '""'
+    return " + ".join(present)
+
+
+def _substitution(
+    src: _Source, template: Template, escape: Escaper, match: str, groups: int, *, check: bool
+) -> None:
+    """``new = template.expand_checked(...)``; with ``check``, 403 for an unsafe ``?``.
+
+    The first ``?`` came from an expansion exactly when an expanded part before the first
+    literal part holding a ``?`` holds one.
+    """
+    if template.constant is not None:
+        src.emit(2, f"new = {src.constant(template.constant)}")
+        return
+    names: list[str] = []
+    watched: list[str] = []
+    literal_mark = False
+    for number, part in enumerate(template.parts):
+        expression = _part(src, part, escape, match, groups)
+        if expression is None:
+            continue
+        if isinstance(part, str):
+            names.append(expression)
+            literal_mark = literal_mark or "?" in part
+            continue
+        name = f"p{number}"
+        src.emit(2, f"{name} = {expression}")
+        names.append(name)
+        if not literal_mark:
+            watched.append(name)
+    src.emit(2, f"new = {' + '.join(names) if names else repr('')}")
+    if check and watched:
+        unsafe = " or ".join(f'"?" in {name}' for name in watched)
+        src.emit(2, f"if {unsafe}:")
+        src.emit(3, "return 3")
+
+
+def _substitute(src: _Source, rule: Rule) -> None:
+    """``engine._substitute`` (and ``_split_query``) with the rule's flags baked in."""
+    flags = rule.flags
+    if flags.qsdiscard or flags.qsnone:
+        src.emit(1, "st.args = None")
+    if not flags.qsnone:
+        src.emit(1, f"mark = new.{'rfind' if flags.qslast else 'find'}('?')")
+        src.emit(1, "if mark >= 0:")
+        src.emit(2, "query = new[mark + 1 :]")
+        src.emit(2, "new = new[:mark]")
+        if not flags.qsappend:
+            src.emit(2, "args = query")
+        else:
+            src.emit(2, "args = st.args")
+            src.emit(2, "if query:")
+            src.emit(3, "args = f\"{query}&{args or ''}\"")
+        src.emit(2, "if args is not None:")
+        src.emit(3, 'args = args.removesuffix("&") or None')
+        src.emit(2, "st.args = args")
+    src.emit(1, "absolute = _absolute(new)")
+    src.emit(1, 'if not absolute and not new.startswith("/"):')
+    src.emit(2, 'new = "/" + new')
+    if flags.redirect is not None:
+        src.emit(1, "if not absolute:")
+        src.emit(2, 'new = f"{_scheme(st.request)}://{_authority(st.request)}{new}"')
+        src.emit(1, f"st.status = {flags.redirect}")
+    else:
+        src.emit(1, "if absolute:")
+        src.emit(2, "st.status = 302")
+    src.emit(1, "st.uri = new")
