@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from dispatcher.backends.snapshot import PoolView, Snapshot
-from dispatcher.redirect import Outcome, RewriteProgram, RewriteRequest
+from dispatcher.redirect import Outcome, RewriteRequest
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,40 +52,49 @@ class DispatchApp:
             await _not_http(scope, receive, send)
             return
         snapshot = self.farm.snapshot
-        if snapshot.rules is not None:
-            await self._rewrite(snapshot, snapshot.rules, scope, send)
-            return
+        now, host = time.monotonic(), _host(scope)
+        headers: list[tuple[bytes, bytes]] = [(b"content-length", b"0")]
+        rules = snapshot.rules
+        if rules is not None:
+            chosen: list[str] = []
+            request = RewriteRequest.from_scope(scope)
+            outcome = rules.evaluate(request, sites=site_selector(snapshot, now, host, chosen))
+            if outcome.cookies:
+                headers.extend((b"set-cookie", c.encode("latin-1")) for c in outcome.cookies)
+            if outcome.action != "none":  # the rules answer, or rewrote the path
+                await self._decided(snapshot, outcome, scope, send, now, host, chosen, headers)
+                return
+        # the common case: a site of the default pool, path and query as they came
         pool = snapshot.default_pool
-        site = pool.choose(time.monotonic(), _host(scope))
+        site = pool.choose(now, host)
         if site is None:
             await self._fallback(pool, scope, send)
             return
         self.farm.redirects[site.name] += 1
-        location = site.location_base + _target(scope)
-        headers = [(b"location", location), (b"content-length", b"0")]
+        headers.append((b"location", site.location_base + _target(scope)))
         await send({"type": "http.response.start", "status": pool.status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _rewrite(
-        self, snapshot: Snapshot, rules: RewriteProgram, scope: Scope, send: Send
+    async def _decided(
+        self,
+        snapshot: Snapshot,
+        outcome: Outcome,
+        scope: Scope,
+        send: Send,
+        now: float,
+        host: bytes,
+        chosen: list[str],
+        headers: list[tuple[bytes, bytes]],
     ) -> None:
-        """Run the rules; what they do not answer themselves goes to the default pool."""
-        now, host = time.monotonic(), _host(scope)
-        chosen: list[str] = []
-        outcome = rules.evaluate(
-            RewriteRequest.from_scope(scope), sites=site_selector(snapshot, now, host, chosen)
-        )
+        """Answer what the rules decided: their redirect or status, or a rewritten path."""
         decision = decide(snapshot, outcome, _target(scope), host, now, chosen)
         for name in decision.sites:
             self.farm.redirects[name] += 1
         if decision.sorry:
             await self._fallback(snapshot.default_pool, scope, send)
             return
-        headers = [(b"content-length", b"0")]
         if decision.location is not None:
             headers.append((b"location", decision.location))
-        if outcome.cookies:
-            headers.extend((b"set-cookie", c.encode("latin-1")) for c in outcome.cookies)
         await send({"type": "http.response.start", "status": decision.status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
