@@ -14,6 +14,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from dispatcher.backends.health import Health, Prober, Target
 from dispatcher.backends.sites import SiteSpec
@@ -25,6 +26,7 @@ from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules, load_rules
 
 log = logging.getLogger("webfarm.farm")
+T = TypeVar("T")
 
 
 class Farm:
@@ -45,6 +47,7 @@ class Farm:
         self._policies: dict[str, Policy] = {}
         self._rules: RewriteProgram | None = None
         self._refreshing = asyncio.Lock()
+        self._in_flight: set[asyncio.Task[Any]] = set()
         self.snapshot = self._build()
 
     # --- life cycle ---
@@ -55,27 +58,46 @@ class Farm:
         When this returns, every site's health is known: the first client is never sent
         to a dead site.
         """
-        if await asyncio.to_thread(self.store.seed, self.config.sites):
+        if await self._io(self.store.seed, self.config.sites):
             log.info(
                 "seeded the registry with %d site(s) from %s",
                 len(self.config.sites),
                 self.config.source,
             )
-        await asyncio.to_thread(self.adopt_rule_file)
+        await self._io(self.adopt_rule_file)
         await self.refresh()
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop probing and wait (bounded) for store calls still running in worker threads.
+
+        A caller cancelled while its store call runs does not stop the thread; closing the
+        store under it would strand the thread's database connection.
+        """
         await self.prober.close()
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=timeout)
+
+    async def _io(self, call: Callable[..., T], /, *args: Any) -> T:
+        """Run a blocking store call in a worker thread; tracked so :meth:`stop` can wait."""
+        task = asyncio.ensure_future(asyncio.to_thread(call, *args))
+        self._in_flight.add(task)
+        task.add_done_callback(self._forget)
+        return await asyncio.shield(task)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here too: its caller may have been cancelled
 
     async def refresh(self) -> str:
         """Pick up changes other replicas made; return a short status for the log."""
         async with self._refreshing:
-            revision = await asyncio.to_thread(self.store.revision)
-            loads = await asyncio.to_thread(self.store.loads)
+            revision = await self._io(self.store.revision)
+            loads = await self._io(self.store.loads)
             changed = revision != self._revision
             if changed:
-                sites = await asyncio.to_thread(self.store.list_sites)
-                stored = await asyncio.to_thread(self.store.get_rules)
+                sites = await self._io(self.store.list_sites)
+                stored = await self._io(self.store.get_rules)
                 self._rules = self._compile_stored(stored)
                 await self._install(revision, sites)
             new_loads = self._merge_loads(loads)
@@ -98,7 +120,7 @@ class Farm:
 
     async def create_site(self, site: SiteSpec) -> SiteSpec:
         self._check_site(site)
-        created = await asyncio.to_thread(self.store.create_site, site)
+        created = await self._io(self.store.create_site, site)
         await self.refresh()
         return created
 
@@ -108,18 +130,18 @@ class Farm:
             self._check_site(new)
             return new
 
-        modified = await asyncio.to_thread(self.store.modify_site, name, checked)
+        modified = await self._io(self.store.modify_site, name, checked)
         await self.refresh()
         return modified
 
     async def delete_site(self, name: str) -> None:
-        await asyncio.to_thread(self.store.delete_site, name)
+        await self._io(self.store.delete_site, name)
         self.redirects.pop(name, None)
         await self.refresh()
 
     async def report_load(self, site: str, load: float, connections: int | None) -> LoadReport:
         report = LoadReport(site, load, connections, _now())
-        await asyncio.to_thread(self.store.record_load, report)
+        await self._io(self.store.record_load, report)
         self._loads[site] = Load(report, time.monotonic())
         self.snapshot = self._build()
         return report
@@ -157,15 +179,15 @@ class Farm:
     async def set_rules(self, text: str) -> RewriteProgram:
         """Validate, store and swap in new rules; the running ones stay if ``text`` is bad."""
         program = self.compile(text, "<admin API>")
-        stored = await asyncio.to_thread(self.store.get_rules)
+        stored = await self._io(self.store.get_rules)
         digest = stored.file_digest if stored else None
         rules = StoredRules(text, "admin API", digest, _now())
-        await asyncio.to_thread(self.store.set_rules, rules)
+        await self._io(self.store.set_rules, rules)
         await self.refresh()
         return program
 
     async def current_rules(self) -> StoredRules | None:
-        return await asyncio.to_thread(self.store.get_rules)
+        return await self._io(self.store.get_rules)
 
     def _compile_stored(self, stored: StoredRules | None) -> RewriteProgram | None:
         if stored is None:

@@ -325,7 +325,12 @@ class _Transaction:
 
     def __enter__(self) -> Session:
         self.lock.__enter__()
-        self.session.begin()
+        try:
+            self.session.begin()
+        except BaseException:
+            self.session.close()
+            self.lock.__exit__(None, None, None)
+            raise
         return self.session
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
