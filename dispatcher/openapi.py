@@ -79,6 +79,36 @@ def openapi_document() -> dict[str, Any]:
                     "Pools and sites, health, load, redirects", {"200": _ok("status", "Status")}
                 ),
             },
+            "/api/v1/rules": {
+                "get": {
+                    "summary": "The rewrite rules in force",
+                    "responses": {
+                        "200": {
+                            "description": "the rules (X-Rules-Origin says where from)",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "4XX": _ERROR,
+                    },
+                },
+                "put": {
+                    "summary": "Replace the rules (validated, swapped atomically, stored)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "responses": {
+                        "200": _ok("in force", "RulesIn"),
+                        "4XX": _ERROR,
+                    },
+                },
+            },
+            "/api/v1/explain": {
+                "post": _op(
+                    "What a client asking for a URL would get, rule by rule",
+                    {"200": _ok("the explanation", "Explained")},
+                    "ExplainIn",
+                ),
+            },
             "/api/v1/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "ok"}}},
             },
@@ -137,6 +167,29 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
                 "Status": {"type": "object"},
+                "RulesIn": {
+                    "type": "object",
+                    "properties": {"rules": {"type": "integer"}, "enabled": {"type": "boolean"}},
+                },
+                "ExplainIn": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["url"],
+                    "properties": {
+                        "url": {"type": "string", "description": "absolute http(s) URL"},
+                        "method": {"type": "string"},
+                        "remote_addr": {"type": "string"},
+                        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    },
+                },
+                "Explained": {
+                    "type": "object",
+                    "properties": {
+                        "outcome": {"type": ["object", "null"]},
+                        "answer": {"type": "object"},
+                        "text": {"type": "string"},
+                    },
+                },
                 "Error": {
                     "type": "object",
                     "required": ["error"],
