@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,23 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 POSTGRES_ADMIN_URL = os.environ.get(
     "FARM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+FARM_DISPATCHER = str(Path(sys.executable).parent / "farm-dispatcher")
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``farm-dispatcher ARGS`` as a user would, capturing its output (30 s at most)."""
+    return subprocess.run(
+        [FARM_DISPATCHER, *args],
+        capture_output=True,
+        text=True,
+        env=None if env is None else dict(env),
+        timeout=30,
+        check=check,
+    )
 
 
 def skip_or_fail(reason: str) -> None:

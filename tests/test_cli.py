@@ -8,16 +8,12 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import farm_toml
-
-BIN = Path(sys.executable).parent
-DISPATCHER = str(BIN / "farm-dispatcher")
+from tests.conftest import FARM_DISPATCHER, farm_toml, run_cli
 
 
 def free(port: int) -> bool:
@@ -41,7 +37,7 @@ def demo_port() -> int:
 def test_demo_runs_redirects_and_stops_cleanly_on_ctrl_c() -> None:
     port = demo_port()
     proc = subprocess.Popen(
-        [DISPATCHER, "demo", "--port", str(port)],
+        [FARM_DISPATCHER, "demo", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -86,43 +82,21 @@ def test_serve_refuses_a_schema_that_is_behind_and_db_upgrade_fixes_it(tmp_path:
     config = tmp_path / "farm.toml"
     config.write_text(farm_toml({}, database_url="sqlite:///farm.db"))
     env = {**os.environ, "FARM_CONFIG": str(config)}
-    refused = subprocess.run(
-        [DISPATCHER, "serve"], capture_output=True, text=True, env=env, timeout=30, check=False
-    )
+    refused = run_cli("serve", env=env)
     assert refused.returncode == 1
     assert "farm-dispatcher db upgrade --config" in refused.stderr
     assert "Traceback" not in refused.stderr
 
-    current = subprocess.run(
-        [DISPATCHER, "db", "current"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-        check=False,
-    )
+    current = run_cli("db", "current", env=env)
     assert current.returncode == 1
     assert "behind" in current.stdout
 
-    upgraded = subprocess.run(
-        [DISPATCHER, "db", "upgrade", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    upgraded = run_cli("db", "upgrade", "--config", str(config))
     assert upgraded.returncode == 0, upgraded.stderr
     assert re.search(r"database schema at \d{4}\n", upgraded.stdout)
     assert (tmp_path / "farm.db").exists()  # relative to the config file, not the CWD
 
-    current = subprocess.run(
-        [DISPATCHER, "db", "current"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-        check=False,
-    )
+    current = run_cli("db", "current", env=env)
     assert current.returncode == 0
     assert "up to date" in current.stdout
 
@@ -130,14 +104,9 @@ def test_serve_refuses_a_schema_that_is_behind_and_db_upgrade_fixes_it(tmp_path:
 def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     config = tmp_path / "farm.toml"
     config.write_text(farm_toml({}, database_url="sqlite:///farm.db"))
-    subprocess.run(
-        [DISPATCHER, "db", "upgrade", "-c", str(config)],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    run_cli("db", "upgrade", "-c", str(config), check=True)
     proc = subprocess.Popen(
-        [DISPATCHER, "serve", "-c", str(config)],
+        [FARM_DISPATCHER, "serve", "-c", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -161,13 +130,7 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
 def test_a_bad_config_exits_2_naming_the_problem(tmp_path: Path) -> None:
     config = tmp_path / "farm.toml"
     config.write_text('[dispatcher]\nlisten = "nowhere"\nadmin_tokens = ["t"]\n')
-    result = subprocess.run(
-        [DISPATCHER, "serve", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_cli("serve", "-c", str(config))
     assert result.returncode == 2
     assert f"{config}: dispatcher.listen: " in result.stderr
     assert '"host:port"' in result.stderr
@@ -184,18 +147,7 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
                 'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"', 1
             )
         )
-        subprocess.run(
-            [DISPATCHER, "db", "upgrade", "-c", str(config)],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        result = subprocess.run(
-            [DISPATCHER, "serve", "-c", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        run_cli("db", "upgrade", "-c", str(config), check=True)
+        result = run_cli("serve", "-c", str(config))
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from dispatcher.redirect import RuleSyntaxError
-from tests.conftest import ADMIN_TOKEN, LoopbackSite, RunningDispatcher
+from tests.conftest import ADMIN_TOKEN, LoopbackSite, RunningDispatcher, run_cli
 
 pytestmark = pytest.mark.anyio
-DISPATCHER = str(Path(sys.executable).parent / "farm-dispatcher")
 
 RULES = r"""
 RewriteEngine on
@@ -235,22 +232,15 @@ def test_explain_command(tmp_path: Path) -> None:
         '[[sites]]\nname = "home"\nbase_url = "http://home.example"\n\n'
         '[[sites]]\nname = "us"\nbase_url = "http://us.example"\npool = "america"\n'
     )
-    result = subprocess.run(
-        [
-            DISPATCHER,
-            "explain",
-            "-c",
-            str(config),
-            "--remote-addr",
-            "198.51.100.7",
-            "-H",
-            "X-Region: US",
-            "http://www.example.com/cart?x=1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    result = run_cli(
+        "explain",
+        "-c",
+        str(config),
+        "--remote-addr",
+        "198.51.100.7",
+        "-H",
+        "X-Region: US",
+        "http://www.example.com/cart?x=1",
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -259,22 +249,10 @@ def test_explain_command(tmp_path: Path) -> None:
     assert "'US'" in out
     assert "dispatcher answers: 302 Location: http://us.example/cart?x=1" in out
 
-    plain = subprocess.run(
-        [DISPATCHER, "explain", "-c", str(config), "http://www.example.com/cart"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    plain = run_cli("explain", "-c", str(config), "http://www.example.com/cart")
     assert "dispatcher answers: 302 Location: http://home.example/cart" in plain.stdout
 
     (tmp_path / "rules.conf").write_text("RewriteEngine on\nRewriteRule ^/(.*$ /x\n")
-    broken = subprocess.run(
-        [DISPATCHER, "check-config", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    broken = run_cli("check-config", "-c", str(config))
     assert broken.returncode == 2
     assert "rules.conf:2:" in broken.stderr
