@@ -57,8 +57,7 @@ class DispatchApp:
         rules = snapshot.rules
         if rules is not None:
             chosen: list[str] = []
-            request = RewriteRequest.from_scope(scope)
-            outcome = rules.evaluate(request, sites=site_selector(snapshot, now, host, chosen))
+            outcome = rules.evaluate_scope(scope, site_selector(snapshot, now, host, chosen))
             if outcome.cookies:
                 headers.extend((b"set-cookie", c.encode("latin-1")) for c in outcome.cookies)
             if outcome.action != "none":  # the rules answer, or rewrote the path

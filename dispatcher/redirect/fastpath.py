@@ -44,6 +44,7 @@ RuleFunction = Callable[[EvalState], int]
 _NOMATCH, _MATCH, _NOSUB, _FORBIDDEN = engine._NOMATCH, engine._MATCH, engine._NOSUB, 3
 _UNCHANGED, _NORMAL, _NOESCAPE, _STATUS = 0, 1, 2, 3
 _EMPTY_ENV: MappingProxyType[str, str] = MappingProxyType({})
+_new = tuple.__new__
 
 
 def _escaped(text: str | None, escape: Callable[[str], str]) -> str:
@@ -94,32 +95,35 @@ class FastRules:
         if isinstance(uri, int):
             return engine._status(request, uri, (), _EMPTY_ENV)
         state = EvalState(request, uri, sites=sites, now=now, rng=rng)
-        return engine._finish(state, self._apply_list(state), None)
+        result = self._apply_list(state)
+        if result == _UNCHANGED and not state.env_set and not state.cookies:
+            # engine._finish's first answer, built directly (the common case)
+            return _new(
+                Outcome, ("none", None, None, request.path, request.query_string, (), _EMPTY_ENV)
+            )
+        return engine._finish(state, result, None)
 
     def _apply_list(self, state: EvalState) -> int:
-        """:func:`engine._apply_list` with the index, without the tracer."""
+        """:func:`engine._apply_list` with the index, without the tracer.
+
+        A rule that does not apply leaves the URL as it was, so only one that applied can
+        make the candidates change.
+        """
         functions, post, after_fail = self._functions, self._post, self._after_fail
         candidates_of = self._index.candidates
-        changed, rounds, i = _UNCHANGED, 1, 0
+        changed, rounds = _UNCHANGED, 1
         indexed_uri = state.uri
         candidates = candidates_of(indexed_uri)
         count = len(candidates)
         position = 0
-        while True:
-            uri = state.uri
-            if uri is not indexed_uri:
-                indexed_uri, candidates = uri, candidates_of(uri)
-                count = len(candidates)
-                position = bisect_left(candidates, i)
-            else:
-                while position < count and candidates[position] < i:
-                    position += 1
-            if position == count:
-                break
+        while position < count:
             i = candidates[position]
             rc = functions[i](state)
+            position += 1
             if rc == _NOMATCH:
-                i = after_fail[i]
+                following = after_fail[i]
+                while position < count and candidates[position] < following:
+                    position += 1
                 continue
             status, noescape, stops, max_rounds, skip = post[i]
             if _answers_status(rc, status, state):
@@ -133,10 +137,17 @@ class FastRules:
                 if rounds >= max_rounds:
                     state.status = 500
                     return _STATUS
-                i = 0
-                position = 0 if state.uri is indexed_uri else position
-                continue
-            i += 1 + skip
+                following = position = 0
+            else:
+                following = i + 1 + skip
+            uri = state.uri
+            if uri is not indexed_uri:
+                indexed_uri, candidates = uri, candidates_of(uri)
+                count = len(candidates)
+                position = bisect_left(candidates, following)
+            else:
+                while position < count and candidates[position] < following:
+                    position += 1
         return changed
 
 
@@ -187,7 +198,7 @@ def _compile_rule(rule: Rule) -> RuleFunction:
     if rule.prefix is not None:
         src.emit(1, f"if not uri.startswith({src.constant(rule.prefix)}):")
         src.emit(2, "return 0")
-    src.emit(1, f"m = {src.constant(rule.regex)}.search(uri)")
+    src.emit(1, f"m = {_match(src, rule)}")
     if rule.negate:
         src.emit(1, "if m is not None:")
         src.emit(2, "return 0")
@@ -227,6 +238,17 @@ def _compile_rule(rule: Rule) -> RuleFunction:
     exec(compile(code, f"<rule at line {rule.line}>", "exec"), src.names)  # noqa: S102 - our own source
     function: RuleFunction = src.names["rule"]
     return function
+
+
+def _match(src: _Source, rule: Rule) -> str:
+    """The expression for the rule pattern's match on ``uri``.
+
+    ``^`` matches every path, empty, at its start: one such match serves every request
+    (only its groups are read, through ``_group``: it has none, and ``$0`` is ``""``).
+    """
+    if rule.regex.pattern == "^" and not rule.negate:
+        return src.constant(rule.regex.search(""))
+    return f"{src.constant(rule.regex)}.search(uri)"
 
 
 def _conditions(src: _Source, conditions: tuple[Condition, ...], match: str, groups: int) -> None:

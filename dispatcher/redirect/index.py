@@ -29,6 +29,9 @@ class RuleIndex:
     always: tuple[int, ...]
     short: dict[str, tuple[int, ...]]
     groups: dict[str, _Group]
+    #: Per one-character prefix: its rules and ``always`` merged in order, for URLs whose
+    #: first two characters start no longer prefix (worked out once, not per request).
+    merged: dict[str, tuple[int, ...]]
 
     @classmethod
     def build(cls, rules: Sequence[Rule]) -> RuleIndex:
@@ -48,28 +51,25 @@ class RuleIndex:
             head: (tuple(sorted({len(p) for p in table})), {p: tuple(r) for p, r in table.items()})
             for head, table in grouped.items()
         }
-        return cls(tuple(always), {p: tuple(r) for p, r in short.items()}, groups)
+        merged = {p: tuple(sorted({*always, *r})) for p, r in short.items()}
+        return cls(tuple(always), {p: tuple(r) for p, r in short.items()}, groups, merged)
 
     def candidates(self, uri: str) -> tuple[int, ...] | list[int]:
         """Positions of the rules that may match ``uri``, in order."""
-        hit = self.short.get(uri[:1])
         group = self.groups.get(uri[:2])
         if group is None:
-            if hit is None:
-                return self.always
-            if not self.always:
-                return hit
+            return self.merged.get(uri[:1], self.always)
+        hit = self.short.get(uri[:1])
         found = list(self.always)
         if hit is not None:
             found.extend(hit)
-        if group is not None:
-            size = len(uri)
-            lengths, table = group
-            for length in lengths:
-                if length > size:
-                    break
-                hit = table.get(uri[:length])
-                if hit is not None:
-                    found.extend(hit)
+        size = len(uri)
+        lengths, table = group
+        for length in lengths:
+            if length > size:
+                break
+            hit = table.get(uri[:length])
+            if hit is not None:
+                found.extend(hit)
         found.sort()
         return found

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
 from dispatcher.redirect import engine
 from dispatcher.redirect.compiler import CompiledRules, Compiler
@@ -73,6 +74,17 @@ class RewriteProgram:
         if self._fast is not None:
             return self._fast.evaluate(request, sites, now, rng)
         return engine.evaluate(self._compiled, request, sites=sites, now=now, rng=rng)
+
+    def evaluate_scope(self, scope: Mapping[str, Any], sites: SiteSelector | None) -> Outcome:
+        """``evaluate(RewriteRequest.from_scope(scope), sites=sites)``: the dispatcher's way in.
+
+        The same answer, with less in between (one request view, no keyword passing).
+        """
+        request = RewriteRequest.from_scope(scope)
+        fast = self._fast
+        if fast is not None:
+            return fast.evaluate(request, sites, None, None)
+        return engine.evaluate(self._compiled, request, sites=sites, now=None, rng=None)
 
     def explain(
         self,

@@ -7,7 +7,7 @@ characters above U+00FF gets them treated as their UTF-8 bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -57,13 +57,18 @@ class RewriteRequest(NamedTuple):
         scheme = "https" if get("scheme") in ("https", "wss") else "http"
         default_port = 443 if scheme == "https" else 80
         raw_headers = get("headers")
-        headers = _join_headers(raw_headers) if raw_headers else {}
-        host = headers.get("host", "")
+        if raw_headers:
+            raw = tuple(raw_headers)
+            host = _find_host(raw)
+            headers: Mapping[str, str] = ScopeHeaders(raw)
+        else:
+            host, headers = "", _EMPTY
         if host:
             server_name, server_port = split_host(host, default_port)
         else:
             server_name, server_port = _listen_address(scope, default_port)
         client = get("client") or ("", 0)
+        version = get("http_version", "1.1")
         return _new(
             cls,
             (
@@ -73,14 +78,66 @@ class RewriteRequest(NamedTuple):
                 server_name,
                 server_port,
                 _raw_path(scope),
-                bytes(get("query_string", b"")).decode("latin-1"),
+                _latin1(get("query_string", b"")),
                 str(client[0]),
                 int(client[1]),
-                MappingProxyType(headers),
-                f"HTTP/{get('http_version', '1.1')}",
+                headers,
+                _PROTOCOLS.get(version) or f"HTTP/{version}",
                 env,
             ),
         )
+
+
+class ScopeHeaders(Mapping[str, str]):
+    """An ASGI scope's headers as :attr:`RewriteRequest.headers` shows them, decoded lazily.
+
+    Read-only; holds its own copy of the (name, value) pairs. Names are lower-cased and
+    repeated headers joined with ``", "`` on the first look-up (most requests that no rule
+    answers read one or two headers, or none): :meth:`from_scope` stays cheap.
+    """
+
+    __slots__ = ("_joined", "_raw")
+
+    def __init__(self, raw: tuple[tuple[bytes, bytes], ...]) -> None:
+        self._raw = raw
+        self._joined: dict[str, str] | None = None
+
+    def _map(self) -> dict[str, str]:
+        joined = self._joined
+        if joined is None:
+            joined = self._joined = _join_headers(self._raw)
+        return joined
+
+    def __getitem__(self, name: str) -> str:
+        return self._map()[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._map().get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._map()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map())
+
+    def __len__(self) -> int:
+        return len(self._map())
+
+    def __repr__(self) -> str:
+        return f"ScopeHeaders({self._map()!r})"
+
+
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}
+
+
+def _find_host(raw: tuple[tuple[bytes, bytes], ...]) -> str:
+    """The Host header as ``headers["host"]`` would give it (repeats joined), or ``""``."""
+    found: str | None = None
+    for name, value in raw:
+        if len(name) == 4 and (name == b"host" or name.lower() == b"host"):
+            text = value.decode("latin-1")
+            found = text if found is None else f"{found}, {text}"
+    return found or ""
 
 
 _new = tuple.__new__
@@ -120,7 +177,7 @@ def _split_host(host: str, default_port: int) -> tuple[str, int]:
 
 
 def _join_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    if raw.__class__ is list:  # the common case: no header repeated, one pass
+    if raw.__class__ in (list, tuple):  # the common case: no header repeated, one pass
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
         if len(headers) == len(raw):
             return headers
@@ -134,6 +191,12 @@ def _join_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
+def _latin1(raw: Any) -> str:
+    if raw.__class__ is bytes:
+        return raw.decode("latin-1")
+    return bytes(raw).decode("latin-1")
+
+
 def _listen_address(scope: Mapping[str, Any], default_port: int) -> tuple[str, int]:
     server = scope.get("server")
     if not server:
@@ -145,6 +208,6 @@ def _listen_address(scope: Mapping[str, Any], default_port: int) -> tuple[str, i
 def _raw_path(scope: Mapping[str, Any]) -> str:
     raw = scope.get("raw_path")
     if raw:
-        text = bytes(raw).decode("latin-1")
+        text = _latin1(raw)
         return text.split("?", 1)[0] if "?" in text else text
     return quote(str(scope.get("path", "/")), safe="/:@!$&'()*+,;=-._~")

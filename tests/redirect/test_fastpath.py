@@ -125,3 +125,76 @@ def test_the_benchmark_rules_agree(path: str, query: str, site: str | None) -> N
     program = load_rules(RULES50)
     fast, reference = both(program, request(path, query), site, 0)
     assert fast == reference
+
+
+SCOPE_HEADERS = [
+    [(b"host", b"www.example.com"), (b"user-agent", b"wrk")],
+    [(b"Host", b"Example.COM:8080"), (b"user-agent", b"BadBot/1.0")],
+    [(b"host", b"a"), (b"HOST", b"b"), (b"x-dup", b"1"), (b"X-Dup", b"2")],
+    [(b"host", b""), (b"host", b"example.com")],
+    [(b"user-agent", b"evilcrawler")],
+    [],
+]
+
+
+@pytest.mark.parametrize("headers", SCOPE_HEADERS)
+@pytest.mark.parametrize(
+    ("method", "raw_path", "query"),
+    [
+        ("GET", b"/bench/path", b"x=1"),
+        ("TRACE", b"/bench/path", b""),
+        ("GET", b"/shop1/a", b"region=us1"),
+        ("GET", b"/index.html", b""),
+        ("GET", b"/retired/section3/x?y", b"z=%20"),
+        ("GET", b"/Docs/ReadMe", b""),
+    ],
+)
+@pytest.mark.parametrize("site", [None, "http://eu.example:8080/"])
+def test_evaluate_scope_equals_evaluate_from_scope(
+    headers: list[tuple[bytes, bytes]], method: str, raw_path: bytes, query: bytes, site: str | None
+) -> None:
+    """The dispatcher's entry point answers as the view built from the scope, interpreted."""
+    program = load_rules(RULES50)
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": raw_path.decode(),
+        "raw_path": raw_path,
+        "query_string": query,
+        "server": ("10.0.0.5", 8000),
+        "client": ("192.0.2.7", 51515),
+        "headers": headers,
+    }
+    answers = []
+    for entry in ("scope", "interpreter"):
+        asked: list[str] = []
+
+        def sites(pool: str, request: RewriteRequest, asked: list[str] = asked) -> str | None:
+            asked.append(pool)
+            return site
+
+        if entry == "scope":
+            outcome = program.evaluate_scope(scope, sites)
+        else:
+            req = RewriteRequest.from_scope(scope)
+            outcome = engine.evaluate(program._compiled, req, sites=sites, now=None, rng=None)
+        answers.append((outcome, asked))
+    assert answers[0] == answers[1]
+
+
+@SETTINGS
+@given(prefix_programs(), st.text(alphabet="/abz", max_size=8))
+def test_index_candidates_are_the_rules_that_could_match(
+    program: RewriteProgram, path: str
+) -> None:
+    """Every rule without a prefix (or chained), and those whose prefix starts the path."""
+    uri = "/" + path
+    rules = program._compiled.rules
+    expected = [
+        i
+        for i, rule in enumerate(rules)
+        if rule.prefix is None or rule.flags.chain or uri.startswith(rule.prefix)
+    ]
+    assert list(program._compiled.index.candidates(uri)) == expected

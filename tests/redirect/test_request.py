@@ -97,3 +97,37 @@ def test_requests_are_frozen_and_slotted() -> None:
     with pytest.raises(AttributeError):
         req.path = "/other"  # type: ignore[misc]
     assert not hasattr(req, "__dict__")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"host", b"a.example"), (b"user-agent", b"ua")],
+        [(b"Host", b"A.example:81"), (b"X-Dup", b"one"), (b"x-dup", b"two")],
+        [(b"host", b"a"), (b"HOST", b"b")],
+        [(b"host", b""), (b"host", b"b")],
+        [(b"x-only", b"\xe9")],
+        ((b"host", b"t.example"), (b"a", b"1")),
+    ],
+)
+def test_headers_are_decoded_lazily_as_joined(headers: Any) -> None:
+    """The lazy headers view equals the eagerly joined dict; ``host`` agrees with it."""
+    req = RewriteRequest.from_scope(scope(headers=headers))
+    expected: dict[str, str] = {}
+    for name, value in headers:
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        expected[key] = f"{expected[key]}, {text}" if key in expected else text
+    assert req.host == expected.get("host", "")
+    assert dict(req.headers) == expected
+    assert req.headers == expected
+    assert len(req.headers) == len(expected)
+    assert ("host" in req.headers) == ("host" in expected)
+    assert req.headers.get("missing", "") == ""
+    assert req == req._replace(headers=dict(expected))
+
+
+def test_headers_view_keeps_its_own_copy() -> None:
+    raw = [(b"host", b"a.example"), (b"x", b"1")]
+    req = RewriteRequest.from_scope(scope(headers=raw))
+    raw.append((b"x", b"2"))
+    assert req.headers["x"] == "1"
