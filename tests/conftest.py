@@ -237,6 +237,14 @@ check = {{ url = "/health", expect = "OK", {check} }}
 """
         for name, (site, weight) in sites.items()
     )
+    return f"""{dispatcher_table(database_url, extra)}
+[pools.default]
+{pool}
+{blocks}"""
+
+
+def dispatcher_table(database_url: str, extra: str = "") -> str:
+    """The ``[dispatcher]`` table every test config shares: free loopback ports, fast refresh."""
     return f"""
 [dispatcher]
 listen = "127.0.0.1:0"
@@ -245,7 +253,4 @@ database_url = "{database_url}"
 admin_tokens = ["{ADMIN_TOKEN}"]
 registry_refresh = 0.2
 {extra}
-
-[pools.default]
-{pool}
-{blocks}"""
+"""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.redirect import RuleSyntaxError
-from tests.conftest import ADMIN_TOKEN, LoopbackSite, RunningDispatcher, run_cli
+from tests.conftest import LoopbackSite, RunningDispatcher, dispatcher_table, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -27,15 +27,7 @@ RewriteRule ^/track$ - [CO=seen:1:.example.com:60]
 
 def config_text(sites: dict[str, LoopbackSite], database_url: str, rules: str | None) -> str:
     rules_line = f'rules = "{rules}"' if rules else ""
-    return f"""
-[dispatcher]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-database_url = "{database_url}"
-admin_tokens = ["{ADMIN_TOKEN}"]
-registry_refresh = 0.2
-{rules_line}
-
+    return f"""{dispatcher_table(database_url, rules_line)}
 [pools.default]
 [pools.europe]
 [pools.america]
