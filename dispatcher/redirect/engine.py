@@ -62,7 +62,7 @@ def evaluate(
         if tracer is not None:
             tracer.note(f"the path {request.path!r} is rejected before any rule runs ({uri})")
         return _status(request, uri, (), _EMPTY_ENV)
-    state = EvalState(request, uri, sites=sites, now=now, rng=rng)
+    state = EvalState(request, uri, sites, now, rng)
     index = compiled.index if tracer is None else None
     return _finish(state, _apply_list(compiled.rules, index, state, tracer), tracer)
 

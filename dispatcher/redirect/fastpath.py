@@ -91,10 +91,15 @@ class FastRules:
         rng: random.Random | None,
     ) -> Outcome:
         """What ``request`` gets: the same as :func:`engine.evaluate` (the engine is on)."""
-        uri = decode_request_path(request.path)
-        if isinstance(uri, int):
-            return engine._status(request, uri, (), _EMPTY_ENV)
-        state = EvalState(request, uri, sites=sites, now=now, rng=rng)
+        path = request.path
+        if path.isascii() and path[:1] == "/" and not ("%" in path or "/." in path or "//" in path):
+            uri = path  # decode_request_path's common case: nothing to decode
+        else:
+            decoded = decode_request_path(path)
+            if isinstance(decoded, int):
+                return engine._status(request, decoded, (), _EMPTY_ENV)
+            uri = decoded
+        state = EvalState(request, uri, sites, now, rng)
         result = self._apply_list(state)
         if result == _UNCHANGED and not state.env_set and not state.cookies:
             # engine._finish's first answer, built directly (the common case)

@@ -54,31 +54,44 @@ class RewriteRequest(NamedTuple):
         come from ``scope["server"]``.
         """
         get = scope.get
-        scheme = "https" if get("scheme") in ("https", "wss") else "http"
-        default_port = 443 if scheme == "https" else 80
+        https = get("scheme") in ("https", "wss")
+        found: str | None = None
         raw_headers = get("headers")
         if raw_headers:
-            raw = tuple(raw_headers)
-            host = _find_host(raw)
+            raw = raw_headers if raw_headers.__class__ is tuple else tuple(raw_headers)
+            for name, value in raw:  # the Host header, repeats joined as headers["host"] would
+                if len(name) == 4 and (name == b"host" or name.lower() == b"host"):
+                    text = value.decode("latin-1")
+                    found = text if found is None else f"{found}, {text}"
             headers: Mapping[str, str] = ScopeHeaders(raw)
         else:
-            host, headers = "", _EMPTY
+            headers = _EMPTY
+        host = found or ""
         if host:
-            server_name, server_port = split_host(host, default_port)
+            known = (_HOSTS_HTTPS if https else _HOSTS_HTTP).get(host)
+            server_name, server_port = known or split_host(host, 443 if https else 80)
         else:
-            server_name, server_port = _listen_address(scope, default_port)
+            server_name, server_port = _listen_address(scope, 443 if https else 80)
+        raw_path = get("raw_path")
+        if raw_path:
+            path = raw_path.decode("latin-1") if raw_path.__class__ is bytes else _latin1(raw_path)
+            if "?" in path:
+                path = path.split("?", 1)[0]
+        else:
+            path = _quoted_path(scope)
+        query = get("query_string", b"")
         client = get("client") or ("", 0)
         version = get("http_version", "1.1")
         return _new(
             cls,
             (
                 str(get("method", "GET")),
-                scheme,
+                "https" if https else "http",
                 host,
                 server_name,
                 server_port,
-                _raw_path(scope),
-                _latin1(get("query_string", b"")),
+                path,
+                query.decode("latin-1") if query.__class__ is bytes else _latin1(query),
                 str(client[0]),
                 int(client[1]),
                 headers,
@@ -92,15 +105,18 @@ class ScopeHeaders(Mapping[str, str]):
     """An ASGI scope's headers as :attr:`RewriteRequest.headers` shows them, decoded lazily.
 
     Read-only; holds its own copy of the (name, value) pairs. Names are lower-cased and
-    repeated headers joined with ``", "`` on the first look-up (most requests that no rule
-    answers read one or two headers, or none): :meth:`from_scope` stays cheap.
+    repeated headers joined with ``", "``. Most requests that no rule answers read one or
+    two headers, or none: the first :data:`_SCANS` look-ups scan the raw pairs for the one
+    name asked, and only a request that reads more decodes them all into a dict, so
+    :meth:`from_scope` and a rule reading ``%{HTTP_USER_AGENT}`` stay cheap.
     """
 
-    __slots__ = ("_joined", "_raw")
+    __slots__ = ("_joined", "_raw", "_scans")
 
     def __init__(self, raw: tuple[tuple[bytes, bytes], ...]) -> None:
         self._raw = raw
         self._joined: dict[str, str] | None = None
+        self._scans = 0
 
     def _map(self) -> dict[str, str]:
         joined = self._joined
@@ -109,10 +125,19 @@ class ScopeHeaders(Mapping[str, str]):
         return joined
 
     def __getitem__(self, name: str) -> str:
-        return self._map()[name]
+        value = self.get(name, _MISSING)
+        if value is _MISSING:
+            raise KeyError(name)
+        return value  # type: ignore[no-any-return]
 
     def get(self, name: str, default: Any = None) -> Any:
-        return self._map().get(name, default)
+        joined = self._joined
+        if joined is not None:
+            return joined.get(name, default)
+        if self._scans >= _SCANS or not name.isascii():
+            return self._map().get(name, default)
+        self._scans += 1
+        return _scan(self._raw, name, default)
 
     def __contains__(self, name: object) -> bool:
         return name in self._map()
@@ -128,22 +153,35 @@ class ScopeHeaders(Mapping[str, str]):
 
 
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}
+#: How many single-name look-ups scan the raw headers before they are all decoded.
+_SCANS = 2
+_MISSING = object()
 
 
-def _find_host(raw: tuple[tuple[bytes, bytes], ...]) -> str:
-    """The Host header as ``headers["host"]`` would give it (repeats joined), or ``""``."""
+def _scan(raw: Iterable[tuple[bytes, bytes]], name: str, default: Any) -> Any:
+    """``_join_headers(raw).get(name, default)`` for an ASCII ``name``, decoding nothing else.
+
+    (Only A-Z lower-case into ASCII among the latin-1 characters, so ``bytes.lower`` finds
+    exactly the names ``str.lower`` does.)
+    """
+    if name.lower() != name:
+        return default  # the joined names are all lower-case
+    key = name.encode("ascii")
+    size = len(key)
     found: str | None = None
-    for name, value in raw:
-        if len(name) == 4 and (name == b"host" or name.lower() == b"host"):
+    for header, value in raw:
+        if header == key or (len(header) == size and header.lower() == key):
             text = value.decode("latin-1")
             found = text if found is None else f"{found}, {text}"
-    return found or ""
+    return default if found is None else found
 
 
 _new = tuple.__new__
-#: split_host's answers for the Host values seen last (a client sends the same one
-#: again and again); cleared when it grows past _HOSTS_MAX entries.
-_HOSTS: dict[tuple[str, int], tuple[str, int]] = {}
+#: split_host's answers for the Host values seen last (a client sends the same one again
+#: and again), for http's default port and https's; each cleared past _HOSTS_MAX entries.
+_HOSTS_HTTP: dict[str, tuple[str, int]] = {}
+_HOSTS_HTTPS: dict[str, tuple[str, int]] = {}
+_HOSTS_BY_PORT = {80: _HOSTS_HTTP, 443: _HOSTS_HTTPS}
 _HOSTS_MAX = 256
 
 
@@ -152,13 +190,15 @@ def split_host(host: str, default_port: int) -> tuple[str, int]:
 
     A missing or unparsable port yields ``default_port``.
     """
-    key = (host, default_port)
-    known = _HOSTS.get(key)
+    cache = _HOSTS_BY_PORT.get(default_port)
+    if cache is None:
+        return _split_host(host, default_port)
+    known = cache.get(host)
     if known is None:
         known = _split_host(host, default_port)
-        if len(_HOSTS) >= _HOSTS_MAX:
-            _HOSTS.clear()
-        _HOSTS[key] = known
+        if len(cache) >= _HOSTS_MAX:
+            cache.clear()
+        cache[host] = known
     return known
 
 
@@ -205,9 +245,6 @@ def _listen_address(scope: Mapping[str, Any], default_port: int) -> tuple[str, i
     return str(server[0]).lower(), int(port)
 
 
-def _raw_path(scope: Mapping[str, Any]) -> str:
-    raw = scope.get("raw_path")
-    if raw:
-        text = _latin1(raw)
-        return text.split("?", 1)[0] if "?" in text else text
+def _quoted_path(scope: Mapping[str, Any]) -> str:
+    """The path as sent, for a scope without ``raw_path``: ``path`` %-encoded again."""
     return quote(str(scope.get("path", "/")), safe="/:@!$&'()*+,;=-._~")

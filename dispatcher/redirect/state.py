@@ -53,15 +53,16 @@ class EvalState:
         self,
         request: RewriteRequest,
         request_uri: str,
-        *,
         sites: SiteSelector | None,
         now: datetime.datetime | None,
         rng: random.Random | None,
     ) -> None:
+        # (positional arguments: one is built per request, and keywords cost more)
         self.request = request
         self.request_uri = request_uri
         self.uri = request_uri
-        self.args: str | None = octets(request.query_string) or None
+        query = request.query_string
+        self.args: str | None = (query if query.isascii() else octets(query)) or None
         self.original_args = self.args
         self.rule_match: re.Match[str] | None = None
         self.cond_match: re.Match[str] | None = None
