@@ -3,28 +3,41 @@
 - :class:`Hysteresis` is the pure core: ``rise`` consecutive successes bring a target up,
   ``fall`` consecutive failures take it down. The very first result decides the initial
   state, so a freshly started dispatcher knows after one round which sites are alive.
-- :func:`probe_http` fetches a known page and expects a 2xx with a string in the body.
+- The probes (:mod:`dispatcher.backends.probes`, re-exported here): ``http`` fetches a known
+  page and expects a 2xx with a string in the body, ``tcp`` connects, ``agent`` reads the
+  server's own verdict (HAProxy agent-check words).
 - :class:`Prober` keeps one probing task per target on its own interval, including targets
-  that are down (so they can come back), and reports every state change.
+  that are down (so they can come back), chooses the probe by the target's ``kind`` and
+  reports every state change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import httpx
 
+from dispatcher.backends.probes import (
+    MAX_BODY,
+    AgentReplyError,
+    AgentReport,
+    ProbeResult,
+    parse_agent_reply,
+    probe_agent,
+    probe_http,
+    probe_tcp,
+)
+
 log = logging.getLogger("webfarm.health")
 
 State = Literal["unknown", "up", "down"]
-MAX_BODY = 64 * 1024
+ProbeKind = Literal["http", "tcp", "agent"]
 
 
 class Hysteresis:
@@ -56,21 +69,28 @@ class Hysteresis:
             self.state = "down"
         return self.state != old
 
+    def force(self, up: bool) -> bool:
+        """Set the state at once (an agent said so); return ``True`` when it changed.
 
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """One probe's verdict. ``at`` is monotonic; ``wall`` is for people reading status."""
-
-    ok: bool
-    detail: str
-    at: float
-    wall: dt.datetime
-    duration: float
+        The run counters restart as if ``rise``/``fall`` results had just been seen, so the
+        next ordinary result continues from the forced state.
+        """
+        old = self.state
+        self.state = "up" if up else "down"
+        self.successes, self.failures = (self.rise, 0) if up else (0, self.fall)
+        return self.state != old
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What to probe: ``key`` names it (a site, a real server), the rest says how."""
+    """What to probe: ``key`` names it (a site, a real server), the rest says how.
+
+    ``kind`` picks the probe: ``http`` GETs ``url`` and expects ``expect`` in a 2xx body;
+    ``tcp`` connects to ``host:port``; ``agent`` reads an agent's line from ``host:port``
+    (for a real server, its agent port). ``url``/``expect`` matter only for ``http``,
+    ``host``/``port`` only for the others. Raises ``ValueError`` when the kind's fields are
+    missing, so a bad target fails where it is built, not in the probing loop.
+    """
 
     key: str
     url: str
@@ -79,40 +99,34 @@ class Target:
     timeout: float
     rise: int
     fall: int
+    kind: ProbeKind = "http"
+    host: str = ""
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROBES:
+            raise ValueError(f"probe kind must be one of {', '.join(PROBES)}, got {self.kind!r}")
+        if self.kind == "http" and not self.url:
+            raise ValueError(f"{self.key}: an http target needs a url")
+        if self.kind != "http" and (not self.host or not 0 < self.port < 65536):
+            raise ValueError(f"{self.key}: a {self.kind} target needs a host and a port 1-65535")
+
+    @property
+    def where(self) -> str:
+        """What is probed, for logs: the URL, or ``kind host:port``."""
+        if self.kind == "http":
+            return self.url
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.kind} {host}:{self.port}"
 
 
-async def probe_http(
-    client: httpx.AsyncClient, url: str, expect: str, timeout: float
-) -> ProbeResult:
-    """GET ``url``; success is a 2xx answer whose body (first 64 KiB) contains ``expect``."""
-    start = time.monotonic()
-    wall = dt.datetime.now(dt.UTC)
-    try:
-        async with asyncio.timeout(timeout):
-            ok, detail = await _fetch(client, url, expect)
-    except TimeoutError:
-        ok, detail = False, f"no answer within {timeout:g}s"
-    except httpx.HTTPError as exc:
-        ok, detail = False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    except OSError as exc:
-        ok, detail = False, f"{type(exc).__name__}: {exc}"
-    end = time.monotonic()
-    return ProbeResult(ok=ok, detail=detail, at=end, wall=wall, duration=end - start)
+Probe = Callable[[httpx.AsyncClient, Target], Awaitable[ProbeResult]]
 
-
-async def _fetch(client: httpx.AsyncClient, url: str, expect: str) -> tuple[bool, str]:
-    async with client.stream("GET", url, follow_redirects=False) as response:
-        body = b""
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) >= MAX_BODY:
-                break
-    status = response.status_code
-    if not 200 <= status < 300:
-        return False, f"HTTP {status}"
-    if expect and expect.encode() not in body:
-        return False, f"HTTP {status}, body lacks {expect!r}"
-    return True, f"HTTP {status}"
+PROBES: Mapping[str, Probe] = {
+    "http": lambda client, t: probe_http(client, t.url, t.expect, t.timeout),
+    "tcp": lambda _client, t: probe_tcp(t.host, t.port, t.timeout),
+    "agent": lambda _client, t: probe_agent(t.host, t.port, t.timeout),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +145,13 @@ class Prober:
 
     ``listener(key, health, changed)`` runs in the event loop after every probe; ``changed``
     is ``True`` when the up/down state moved. Targets are replaced with :meth:`sync`.
+
+    Agent targets follow HAProxy: a word the agent does not repeat keeps its last value, so
+    each result's ``agent`` is the *standing* report (every answer so far merged, also kept
+    on a failed probe), and ``ok`` is that report's ``serving``. An explicit ``up``, ``down``
+    (``fail``, ``stopped``) or ``maint`` moves the state at once instead of waiting for
+    rise/fall; an agent that cannot be reached counts as a failed probe (in webfarm the agent
+    is a server's only check, unlike HAProxy where it rides along a regular one).
     """
 
     def __init__(self, listener: Listener, client: httpx.AsyncClient | None = None) -> None:
@@ -142,6 +163,7 @@ class Prober:
         self._states: dict[str, Hysteresis] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last: dict[str, ProbeResult] = {}
+        self._agents: dict[str, AgentReport] = {}
 
     def health(self, key: str) -> Health:
         state = self._states.get(key)
@@ -175,6 +197,7 @@ class Prober:
         self._targets.pop(key, None)
         self._states.pop(key, None)
         self._last.pop(key, None)
+        self._agents.pop(key, None)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -188,16 +211,50 @@ class Prober:
             await self._probe(target)
 
     async def _probe(self, target: Target) -> None:
-        result = await probe_http(self._client, target.url, target.expect, target.timeout)
+        result = await PROBES[target.kind](self._client, target)
         state = self._states.get(target.key)
         if state is None:  # removed while the probe was in flight
             return
-        changed = state.observe(result.ok)
+        said = result.agent
+        result = self._with_standing_agent(target.key, result)
+        if said is not None and said.decisive:
+            changed = state.force(result.ok)
+        else:
+            changed = state.observe(result.ok)
         self._last[target.key] = result
         if changed:
             level = logging.INFO if state.state == "up" else logging.WARNING
-            log.log(level, "%s is %s: %s %s", target.key, state.state, target.url, result.detail)
+            log.log(level, "%s is %s: %s %s", target.key, state.state, target.where, result.detail)
         try:
             self._listener(target.key, Health(state.state, result), changed)
         except Exception:  # a listener bug must not stop probing
             log.exception("health listener failed for %s", target.key)
+
+    def _with_standing_agent(self, key: str, result: ProbeResult) -> ProbeResult:
+        """Merge an agent's answer into what it said before (unsaid words stay)."""
+        standing = self._agents.get(key)
+        if result.agent is None:
+            return result if standing is None else replace(result, agent=standing)
+        merged = result.agent if standing is None else standing.updated(result.agent)
+        self._agents[key] = merged
+        return replace(result, ok=merged.serving, agent=merged)
+
+
+__all__ = [
+    "MAX_BODY",
+    "PROBES",
+    "AgentReplyError",
+    "AgentReport",
+    "Health",
+    "Hysteresis",
+    "Listener",
+    "ProbeKind",
+    "ProbeResult",
+    "Prober",
+    "State",
+    "Target",
+    "parse_agent_reply",
+    "probe_agent",
+    "probe_http",
+    "probe_tcp",
+]
