@@ -12,8 +12,11 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
+from dispatcher.affinity import Affinity, Recalled
 from dispatcher.backends.snapshot import PoolView, Snapshot
 from dispatcher.redirect import Outcome, RewriteRequest
+from dispatcher.relay import HandoffRelay, has_handoff, split_handoff
+from dispatcher.session.tokens import HANDOFF_PARAM
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,10 +39,23 @@ class FarmState(Protocol):
 
 
 class DispatchApp:
-    """Redirects each client to a site of the default pool, or answers with its fallback."""
+    """Redirects each client to a site of the default pool, or answers with its fallback.
 
-    def __init__(self, farm: FarmState, *, retry_after: int = 30) -> None:
+    ``affinity`` keeps returning clients on their site (see :mod:`dispatcher.affinity`);
+    ``relay`` passes hand-off tokens on to the site chosen (see :mod:`dispatcher.relay`).
+    """
+
+    def __init__(
+        self,
+        farm: FarmState,
+        *,
+        retry_after: int = 30,
+        affinity: Affinity | None = None,
+        relay: HandoffRelay | None = None,
+    ) -> None:
         self.farm = farm
+        self.affinity = affinity
+        self.relay = relay
         self._selection = _Selection()
         self._sorry_headers = [
             (b"content-type", b"text/html; charset=utf-8"),
@@ -52,53 +68,100 @@ class DispatchApp:
         if scope["type"] != "http":
             await _not_http(scope, receive, send)
             return
+        if self.relay is not None and has_handoff(scope.get("query_string", b"")):
+            await self._relay(self.relay, scope, send)
+            return
+        await self._dispatch(scope, send)
+
+    async def _dispatch(self, scope: Scope, send: Send) -> None:
         snapshot = self.farm.snapshot
         now, host = time.monotonic(), _host(scope)
         headers: list[tuple[bytes, bytes]] = [(b"content-length", b"0")]
+        affinity = self.affinity
+        recalled = affinity.recall(scope, now) if affinity is not None else None
         rules = snapshot.rules
         if rules is not None:
             selection = self._selection
             selection.snapshot, selection.now, selection.host = snapshot, now, host
+            selection.recalled = recalled
             outcome = rules.evaluate_scope(scope, selection)
             chosen, selection.chosen = selection.chosen, ()
             if outcome.cookies:
                 headers.extend((b"set-cookie", c.encode("latin-1")) for c in outcome.cookies)
             if outcome.action != "none":  # the rules answer, or rewrote the path
-                await self._decided(snapshot, outcome, scope, send, now, host, chosen, headers)
+                decision = decide(
+                    snapshot, outcome, _target(scope), host, now, chosen, recalled=recalled
+                )
+                await self._decided(decision, scope, send, now, recalled, headers)
                 return
         # the common case: a site of the default pool, path and query as they came
         pool = snapshot.default_pool
-        site = pool.choose(now, host)
+        if affinity is None:
+            site, cookie = pool.choose(now, host), None
+        else:
+            site, cookie = affinity.place(scope, pool, now, host, recalled)
         if site is None:
             await self._fallback(pool, scope, send)
             return
         self.farm.redirects[site.name] += 1
+        if cookie is not None:
+            headers.append((b"set-cookie", cookie.encode("latin-1")))
         headers.append((b"location", site.location_base + _target(scope)))
         await send({"type": "http.response.start", "status": pool.status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
     async def _decided(
         self,
-        snapshot: Snapshot,
-        outcome: Outcome,
+        decision: Decision,
         scope: Scope,
         send: Send,
         now: float,
-        host: bytes,
-        chosen: Sequence[str],
+        recalled: Recalled | None,
         headers: list[tuple[bytes, bytes]],
     ) -> None:
         """Answer what the rules decided: their redirect or status, or a rewritten path."""
-        decision = decide(snapshot, outcome, _target(scope), host, now, chosen)
         for name in decision.sites:
             self.farm.redirects[name] += 1
         if decision.sorry:
-            await self._fallback(snapshot.default_pool, scope, send)
+            await self._fallback(self.farm.snapshot.default_pool, scope, send)
             return
+        affinity = self.affinity
+        if affinity is not None and len(decision.sites) == 1:
+            site = decision.sites[0]
+            if recalled is not None and recalled[0] == site:
+                cookie = affinity.renew(scope, recalled, now)
+            else:
+                cookie = affinity.placed(scope, site, now)
+            if cookie is not None:
+                headers.append((b"set-cookie", cookie.encode("latin-1")))
         if decision.location is not None:
             headers.append((b"location", decision.location))
         await send({"type": "http.response.start", "status": decision.status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+
+    async def _relay(self, relay: HandoffRelay, scope: Scope, send: Send) -> None:
+        """Place a client that brings a hand-off token, and pass its state on to the site.
+
+        The request is dispatched as if the token were not in its query; when the answer is
+        a redirect to a registered site, a fresh token bound to that site is added to the
+        ``Location`` and the status keeps the method (307, or 308 for a permanent one).
+        """
+        token, rest = split_handoff(scope.get("query_string", b""))
+        answer = _Recorder()
+        await self._dispatch({**scope, "query_string": rest}, answer)
+        status, headers = answer.status, answer.headers
+        location = answer.header(b"location")
+        site = site_at(self.farm.snapshot, location) if location is not None else None
+        if location is not None and site is not None and token:
+            fresh = relay.forward(token, site)
+            if fresh is not None:
+                mark = b"&" if b"?" in location else b"?"
+                location = location + mark + _PARAM + fresh.encode("ascii")
+                headers = [(n, v) for n, v in headers if n != b"location"]
+                headers += [(b"location", location), *_NO_TRACE]
+                status = 308 if status in (301, 308) else 307
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
 
     async def _fallback(self, pool: PoolView, scope: Scope, send: Send) -> None:
         fallback = pool.config.fallback
@@ -111,6 +174,38 @@ class DispatchApp:
             headers = [(b"location", fallback.encode("ascii")), (b"content-length", b"0")]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+_PARAM = HANDOFF_PARAM.encode("ascii") + b"="
+_NO_TRACE = ((b"cache-control", b"no-store"), (b"referrer-policy", b"no-referrer"))
+
+
+class _Recorder:
+    """A ``send`` that keeps one response instead of sending it."""
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for n, v in self.headers if n == name), None)
+
+
+def site_at(snapshot: Snapshot, location: bytes) -> str | None:
+    """The registered site a ``Location`` points into, or None."""
+    for name, status in snapshot.sites.items():
+        base = status.spec.base_url.encode("ascii")
+        if location == base or location.startswith((base + b"/", base + b"?")):
+            return name
+    return None
 
 
 class Decision(NamedTuple):
@@ -137,18 +232,24 @@ class _Selection:
     That saves building a closure and a list for each request.
     """
 
-    __slots__ = ("chosen", "host", "now", "snapshot")
+    __slots__ = ("chosen", "host", "now", "recalled", "snapshot")
 
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
         self.now = 0.0
         self.host = b""
+        self.recalled: Recalled | None = None
         self.chosen: tuple[str, ...] = ()
 
     def __call__(self, pool_name: str, request: RewriteRequest) -> str | None:
         snapshot = self.snapshot
         pool = snapshot.pools.get(pool_name) if snapshot is not None else None
-        site = pool.choose(self.now, self.host) if pool is not None else None
+        if pool is None:
+            return None
+        recalled = self.recalled  # affinity: the client's site, if this pool can take it
+        site = pool.named(recalled[0], self.host) if recalled is not None else None
+        if site is None:
+            site = pool.choose(self.now, self.host)
         if site is None:
             return None
         self.chosen += (site.name,)
@@ -178,18 +279,23 @@ def decide(
     host: bytes,
     now: float,
     chosen: Sequence[str],
+    *,
+    recalled: Recalled | None = None,
 ) -> Decision:
     """Turn the rules' outcome into the answer (pure but for the pool's rotation).
 
     A redirect or an error status is the rules' own; anything else (no rule matched, or an
-    internal rewrite) is redirected to a site of the default pool, with the rewritten path.
+    internal rewrite) is redirected to a site of the default pool, with the rewritten path:
+    the ``recalled`` one (affinity) if the pool can take the client, else the policy's pick.
     """
     if outcome.action == "redirect" and outcome.location is not None and outcome.status:
         return Decision(outcome.status, outcome.location.encode("ascii"), tuple(chosen))
     if outcome.action in ("forbidden", "gone", "status") and outcome.status:
         return Decision(outcome.status, None)
     pool = snapshot.default_pool
-    site = pool.choose(now, host)
+    site = pool.named(recalled[0], host) if recalled is not None else None
+    if site is None:
+        site = pool.choose(now, host)
     if site is None:
         fallback = pool.config.fallback
         if fallback == "sorry":
@@ -207,12 +313,16 @@ def _rewritten(outcome: Outcome) -> bytes:
 
 
 def _target(scope: Scope) -> bytes:
-    """Path and query as the client sent them, byte for byte."""
+    """Path and query as the client sent them, byte for byte (a raw CR or LF, which no HTTP
+    server passes on, is %-encoded rather than put into a header)."""
     path: bytes | None = scope.get("raw_path")
     if path is None:
         path = scope["path"].encode("utf-8")
     query: bytes = scope.get("query_string", b"")
-    return path + b"?" + query if query else path
+    target = path + b"?" + query if query else path
+    if b"\r" in target or b"\n" in target:  # no server sends these; never echo them
+        target = target.replace(b"\r", b"%0D").replace(b"\n", b"%0A")
+    return target
 
 
 def _host(scope: Scope) -> bytes:

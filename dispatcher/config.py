@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from dispatcher.backends.sites import CheckSpec, SiteSpec, check_base_url, parse_check, parse_site
 from dispatcher.errors import ConfigError, InvalidValue
+from dispatcher.session.cookies import CookieAttributes
 
 POLICY_NAMES = ("weighted", "least-load", "failover")
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
@@ -50,6 +51,13 @@ class DispatcherSettings:
     access_log: bool = False
     log_level: str = "info"
     rules: Path | None = None
+    affinity: str = "off"
+    affinity_lifetime: int = 3600
+    affinity_netmask: int = 24
+    affinity_netmask6: int = 64
+    cookie_domain: str | None = None
+    handoff_name: str = "dispatcher"
+    handoff_lifetime: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,10 +166,23 @@ def _dispatcher_settings(
         "access_log": _get(raw, p, "access_log", bool, d.access_log, "true or false"),
         "log_level": _choice(raw, p, "log_level", d.log_level, ("debug", "info", "warning")),
         "rules": _optional_path(raw, p, "rules", "the path of a rewrite rule file"),
+        "affinity": _choice(raw, p, "affinity", d.affinity, ("off", "cookie", "network")),
+        "affinity_lifetime": _whole(raw, p, "affinity_lifetime", d.affinity_lifetime, 1, None),
+        "affinity_netmask": _whole(raw, p, "affinity_netmask", d.affinity_netmask, 0, 32),
+        "affinity_netmask6": _whole(raw, p, "affinity_netmask6", d.affinity_netmask6, 0, 128),
+        "cookie_domain": _cookie_domain(raw, p),
+        "handoff_name": _get(raw, p, "handoff_name", str, d.handoff_name, "a name"),
+        "handoff_lifetime": _whole(raw, p, "handoff_lifetime", d.handoff_lifetime, 1, 60),
     }
     if values["retry_after"] < 0:
         raise InvalidValue(f"{p}.retry_after", "whole seconds >= 0")
+    if not values["handoff_name"]:
+        raise InvalidValue(f"{p}.handoff_name", "a non-empty name for hand-off tokens")
     _environment_overrides(values, env)
+    if values["affinity"] == "cookie" and not values["secret_keys"]:
+        raise InvalidValue(
+            f"{p}.affinity", '"cookie" signs stamps: set secret_keys (or FARM_SECRET_KEYS)'
+        )
     if not values["database_url"]:
         raise InvalidValue(f"{p}.database_url", "a non-empty database URL")
     if not values["admin_tokens"]:
@@ -280,6 +301,32 @@ def _strings(raw: Mapping[str, Any], path: str, key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise InvalidValue(f"{path}.{key}", f"an array of non-empty strings, got {value!r}")
     return tuple(value)
+
+
+def _whole(
+    raw: Mapping[str, Any], path: str, key: str, default: int, low: int, high: int | None
+) -> int:
+    value = raw.get(key, default)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        span = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise InvalidValue(f"{path}.{key}", f"a whole number {span}, got {value!r}")
+    return value
+
+
+def _cookie_domain(raw: Mapping[str, Any], path: str) -> str | None:
+    value = _get(raw, path, "cookie_domain", str, "", 'a domain such as ".example.com"')
+    if not value:
+        return None
+    try:
+        CookieAttributes(domain=value)
+    except InvalidValue as exc:
+        raise InvalidValue(f"{path}.cookie_domain", exc.message) from None
+    return value
 
 
 def _choice(

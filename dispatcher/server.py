@@ -17,11 +17,14 @@ from typing import Any
 import uvicorn
 
 from dispatcher.admin import AdminApi
+from dispatcher.affinity import make_affinity
 from dispatcher.app import DispatchApp
 from dispatcher.backends.store import SiteStore, open_store
-from dispatcher.config import Config, parse_address
+from dispatcher.config import Config, DispatcherSettings, parse_address
 from dispatcher.errors import ListenError
 from dispatcher.farm import Farm
+from dispatcher.relay import HandoffRelay
+from dispatcher.session import HandoffToken
 
 log = logging.getLogger("webfarm.server")
 
@@ -96,6 +99,7 @@ class Runner:
         self.store = store or open_store(config.dispatcher.database_url)
         self.timeouts = timeouts or Timeouts()
         self.farm = Farm(config, self.store)
+        self.app: DispatchApp | None = None
         self.public: Listener | None = None
         self.admin: Listener | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -111,8 +115,9 @@ class Runner:
             access_log=True,
             **common,
         )
+        self.app = dispatch_app(self.farm, settings)
         self.public = Listener(
-            DispatchApp(self.farm, retry_after=settings.retry_after),
+            self.app,
             settings.listen,
             access_log=settings.access_log,
             **common,
@@ -146,3 +151,21 @@ class Runner:
             await stop.wait()
         finally:
             await self.stop()
+
+
+def dispatch_app(farm: Farm, settings: DispatcherSettings) -> DispatchApp:
+    """The public app as the settings ask: with affinity, and with the hand-off relay when
+    there are keys to verify tokens with."""
+    affinity = make_affinity(
+        settings.affinity,
+        settings.secret_keys,
+        lifetime=settings.affinity_lifetime,
+        cookie_domain=settings.cookie_domain,
+        netmask=settings.affinity_netmask,
+        netmask6=settings.affinity_netmask6,
+    )
+    relay = None
+    if settings.secret_keys:
+        tokens = HandoffToken(settings.secret_keys, lifetime=settings.handoff_lifetime)
+        relay = HandoffRelay(tokens, name=settings.handoff_name)
+    return DispatchApp(farm, retry_after=settings.retry_after, affinity=affinity, relay=relay)

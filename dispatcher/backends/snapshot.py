@@ -7,7 +7,7 @@ Everything slow (probes, load reports, database writes) ends by building a new
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
@@ -49,6 +49,11 @@ class PoolView:
     policy: Policy
     candidates: tuple[Candidate, ...]
     status: int
+    by_name: Mapping[str, Candidate] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.by_name and self.candidates:
+            object.__setattr__(self, "by_name", {c.name: c for c in self.candidates})
 
     def choose(self, now: float, host: bytes = b"") -> Candidate | None:
         """Pick a site for a new client; never one whose address is ``host`` (a loop)."""
@@ -56,6 +61,14 @@ class PoolView:
         if site is not None and host and site.netloc == host:
             others = [c for c in self.candidates if c.netloc != host]
             site = self.policy.choose(others, now)
+        return site
+
+    def named(self, name: str, host: bytes = b"") -> Candidate | None:
+        """The site ``name`` if this pool can give it a client now (eligible, and not the
+        address the request came to), else None: how affinity takes a client back."""
+        site = self.by_name.get(name)
+        if site is None or (host and site.netloc == host):
+            return None
         return site
 
 

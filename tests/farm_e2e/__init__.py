@@ -1,0 +1,1 @@
+"""End-to-end journeys: a client's cart moves between two real sites behind the dispatcher."""
