@@ -10,6 +10,7 @@ This is a benchmark, not a test: it prints figures for docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import socket
@@ -19,6 +20,8 @@ import sys
 from dataclasses import dataclass
 
 from bench import evaluator, session
+from bench.servers import KEYS
+from dispatcher.session import AffinityStamp
 
 ROUNDS = 5
 
@@ -27,6 +30,27 @@ ROUNDS = 5
 class Result:
     requests_per_s: float
     p99_ms: float
+    cpu_us: float  # the server process's CPU time per request (user + system)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured line: a server kind, and what wrk sends it."""
+
+    name: str
+    server: str
+    headers: tuple[str, ...] = ()
+
+
+def cases() -> list[Case]:
+    stamp = AffinityStamp(KEYS, lifetime=3600).encode("s0")
+    return [
+        Case("bare ASGI 302 app (peer)", "bare"),
+        Case("dispatcher hot path", "dispatcher"),
+        Case("dispatcher + 50 rules", "dispatcher-rules"),
+        Case("affinity, new clients", "dispatcher-affinity"),
+        Case("affinity, returning", "dispatcher-affinity", (f"Cookie: farm_site={stamp}",)),
+    ]
 
 
 def free_port() -> int:
@@ -49,7 +73,17 @@ def start(kind: str, port: int) -> subprocess.Popen[str]:
     return proc
 
 
-def wrk(port: int, seconds: int, connections: int) -> Result:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(
+    port: int, seconds: int, connections: int, headers: tuple[str, ...] = (), pid: int = 0
+) -> Result:
+    before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(
         [
             "wrk",
@@ -57,6 +91,7 @@ def wrk(port: int, seconds: int, connections: int) -> Result:
             f"-c{connections}",
             f"-d{seconds}s",
             "--latency",
+            *(arg for header in headers for arg in ("-H", header)),
             f"http://127.0.0.1:{port}/bench/path?x=1",
         ],
         capture_output=True,
@@ -64,24 +99,27 @@ def wrk(port: int, seconds: int, connections: int) -> Result:
         check=True,
         timeout=seconds + 30,
     ).stdout
+    used = cpu_seconds(pid) - before if pid else 0.0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
     assert p99 is not None, out
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     if " 302 " not in out and "Non-2xx or 3xx responses" in out:
         raise SystemExit(f"bench: unexpected responses:\n{out}")
-    return Result(rps, float(p99.group(1)) * scale)
+    return Result(rps, float(p99.group(1)) * scale, used / max(count, 1) * 1e6)
 
 
-def measure(kinds: list[str], seconds: int, connections: int) -> dict[str, list[Result]]:
-    results: dict[str, list[Result]] = {k: [] for k in kinds}
-    servers = {k: (start(k, port := free_port()), port) for k in kinds}
+def measure(todo: list[Case], seconds: int, connections: int) -> dict[str, list[Result]]:
+    results: dict[str, list[Result]] = {c.name: [] for c in todo}
+    servers = {kind: (start(kind, port := free_port()), port) for kind in {c.server for c in todo}}
     try:
         for _, port in servers.values():  # warm-up
             wrk(port, 1, connections)
         for _ in range(ROUNDS):
-            for kind, (_, port) in servers.items():
-                results[kind].append(wrk(port, seconds, connections))
+            for case in todo:
+                proc, port = servers[case.server]
+                results[case.name].append(wrk(port, seconds, connections, case.headers, proc.pid))
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -93,14 +131,15 @@ def median(results: list[Result]) -> Result:
     return Result(
         statistics.median(r.requests_per_s for r in results),
         statistics.median(r.p99_ms for r in results),
+        statistics.median(r.cpu_us for r in results),
     )
 
 
-def ratios(results: dict[str, list[Result]], kind: str) -> list[float]:
-    """Per round: ``kind``'s requests/s over the bare app's in the same round."""
+def ratios(results: dict[str, list[Result]], name: str, peer: str) -> list[float]:
+    """Per round: ``name``'s requests/s over the peer's in the same round."""
     return [
         r.requests_per_s / b.requests_per_s
-        for r, b in zip(results[kind], results["bare"], strict=True)
+        for r, b in zip(results[name], results[peer], strict=True)
     ]
 
 
@@ -111,30 +150,31 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is missing (make bench installs it: apt-get install wrk)")
-    names = {
-        "bare": "bare ASGI 302 app (peer)",
-        "dispatcher": "dispatcher hot path",
-        "dispatcher-rules": "dispatcher + 50 rules",
-    }
-    results = measure(list(names), args.seconds, args.connections)
-    bare = median(results["bare"])
+    todo = cases()
+    peer = todo[0].name
+    results = measure(todo, args.seconds, args.connections)
+    bare = median(results[peer])
     print(
         f"\nhot path, one worker, wrk -t1 -c{args.connections}, "
-        f"{ROUNDS} rounds of {args.seconds}s each, medians (ratio: median of the rounds' "
-        "ratios; of medians: median req/s over the bare app's median):"
+        f"{ROUNDS} rounds of {args.seconds}s each, medians. ratio: median of the rounds' "
+        "requests/s ratios; cpu ratio: the peer's server CPU time per request over this "
+        "one's (what the ratio would be with a core to itself):"
     )
-    print(f"{'server':<28}{'requests/s':>12}{'p99 ms':>10}{'ratio':>8}{'of medians':>12}")
-    for kind, name in names.items():
-        r = median(results[kind])
+    print(
+        f"{'server':<28}{'requests/s':>12}{'p99 ms':>9}{'ratio':>7}"
+        f"{'cpu us/req':>12}{'cpu ratio':>11}"
+    )
+    for case in todo:
+        r = median(results[case.name])
         print(
-            f"{name:<28}{r.requests_per_s:>12.0f}{r.p99_ms:>10.2f}"
-            f"{statistics.median(ratios(results, kind)):>8.2f}"
-            f"{r.requests_per_s / bare.requests_per_s:>12.2f}"
+            f"{case.name:<28}{r.requests_per_s:>12.0f}{r.p99_ms:>9.2f}"
+            f"{statistics.median(ratios(results, case.name, peer)):>7.2f}"
+            f"{r.cpu_us:>12.1f}{bare.cpu_us / r.cpu_us:>11.2f}"
         )
-    for kind, rounds in results.items():
-        print(f"  {kind} rounds: " + ", ".join(f"{r.requests_per_s:.0f}" for r in rounds))
-        if kind != "bare":
-            print(f"  {kind} ratios: " + ", ".join(f"{x:.2f}" for x in ratios(results, kind)))
+    for name, rounds in results.items():
+        print(f"  {name} rounds: " + ", ".join(f"{r.requests_per_s:.0f}" for r in rounds))
+        if name != peer:
+            print(f"  {name} ratios: " + ", ".join(f"{x:.2f}" for x in ratios(results, name, peer)))
     print("\nrewrite evaluator alone, 50-rule set, per request:")
     print(f"{'request':<36}{'median us':>10}{'p99 us':>10}")
     for name, (med, p99) in evaluator.measure().items():

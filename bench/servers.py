@@ -2,6 +2,7 @@
 
 ``python -m bench.servers dispatcher PORT`` runs the dispatcher's hot path in front of
 three loopback sites; ``dispatcher-rules`` the same with the 50-rule set ``rules50.conf``;
+``dispatcher-affinity`` the same with cookie affinity (signed ``farm_site`` stamps);
 ``python -m bench.servers bare PORT`` runs the peer: a bare ASGI app
 that answers every request with the same 302, on the same uvicorn settings (the same
 :class:`~dispatcher.server.Listener`, httptools, uvloop, no access log).
@@ -57,7 +58,13 @@ RULES = Path(__file__).with_name("rules50.conf")
 REGIONS = ("eu", "us", "asia")
 
 
-def dispatcher_config(port: int, site_ports: list[int], rules: Path | None = None) -> str:
+#: The bench's signing keys (the affinity servers' and the returning clients' stamps).
+KEYS = ("bench-old-key-0123456789", "bench-new-key-0123456789")
+
+
+def dispatcher_config(
+    port: int, site_ports: list[int], rules: Path | None = None, affinity: str = "off"
+) -> str:
     """Three sites in the default pool; with rules, one more in each regional pool."""
     placed = [(f"s{i}", "default", p) for i, p in enumerate(site_ports)]
     if rules is not None:
@@ -69,10 +76,12 @@ def dispatcher_config(port: int, site_ports: list[int], rules: Path | None = Non
     )
     pools = "".join(f"[pools.{region}]\n" for region in REGIONS) if rules else ""
     rules_line = f'rules = "{rules}"\n' if rules else ""
+    keys = ", ".join(f'"{k}"' for k in KEYS)
+    affinity_lines = f'affinity = "{affinity}"\nsecret_keys = [{keys}]\n'
     return (
         f'[dispatcher]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:0"\n'
         f'database_url = "sqlite:///farm.db"\nadmin_tokens = ["bench"]\nlog_level = "warning"\n'
-        f'{rules_line}\n[pools.default]\npolicy = "weighted"\n{pools}{sites}'
+        f'{rules_line}{affinity_lines}\n[pools.default]\npolicy = "weighted"\n{pools}{sites}'
     )
 
 
@@ -80,7 +89,13 @@ async def serve_dispatcher_rules(port: int, stop: asyncio.Event) -> None:
     await serve_dispatcher(port, stop, RULES)
 
 
-async def serve_dispatcher(port: int, stop: asyncio.Event, rules: Path | None = None) -> None:
+async def serve_dispatcher_affinity(port: int, stop: asyncio.Event) -> None:
+    await serve_dispatcher(port, stop, affinity="cookie")
+
+
+async def serve_dispatcher(
+    port: int, stop: asyncio.Event, rules: Path | None = None, affinity: str = "off"
+) -> None:
     with tempfile.TemporaryDirectory(prefix="webfarm-bench-") as tmp:
         sites = [
             Listener(
@@ -95,7 +110,8 @@ async def serve_dispatcher(port: int, stop: asyncio.Event, rules: Path | None = 
         for site in sites:
             await site.start()
         config_file = Path(tmp) / "farm.toml"
-        config_file.write_text(dispatcher_config(port, [s.port for s in sites], rules))
+        ports = [s.port for s in sites]
+        config_file.write_text(dispatcher_config(port, ports, rules, affinity))
         config = load_config(config_file, environ={})
         store = open_store(config.dispatcher.database_url)
         store.upgrade()
@@ -117,6 +133,7 @@ async def main(kind: str, port: int) -> None:
         "bare": serve_bare,
         "dispatcher": serve_dispatcher,
         "dispatcher-rules": serve_dispatcher_rules,
+        "dispatcher-affinity": serve_dispatcher_affinity,
     }
     await servers[kind](port, stop)
 

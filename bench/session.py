@@ -31,6 +31,10 @@ def measure() -> dict[str, tuple[float, float]]:
     session_token = codec.dumps(SESSION)
     stock_token = stock.dumps(SESSION)
     return {
+        "affinity stamp, hot path (encode/check)": (
+            _per_op(lambda: stamp.encode("eu")),
+            _per_op(lambda: stamp.check(stamp_token)),
+        ),
         "affinity stamp (webfarm)": (
             _per_op(lambda: stamp.encode("eu")),
             _per_op(lambda: stamp.decode(stamp_token)),
