@@ -1,24 +1,185 @@
-"""``farmnode``: the node daemon's command line.
+"""``farmnode``: the node daemon's command line. The only place in farmnode that exits.
 
-The node daemon's commands (``serve``, ``status``, ``check-config``) arrive with the
-layer-4 switch; until then this entry point only reports its version.
+Each subcommand is one function ``(args) -> exit status`` listed in :data:`COMMANDS`; every
+one of them takes ``--config``. Exit statuses: 0 ok, 1 failure, 2 invalid configuration
+(the message, naming file, key path and expectation, goes to stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import httpx
+import uvloop
 
 from farmnode import __version__
+from farmnode.config import NodeConfig, load_config
+from farmnode.daemon import Node
+from farmnode.errors import ConfigError, FarmnodeError
+from farmnode.status import render_text, status_url
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = "node.toml"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit status (0 ok, 1 failure, 2 bad config)."""
+    args = build_parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.command
+    try:
+        return command(args)
+    except ConfigError as exc:
+        print(f"farmnode: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FarmnodeError as exc:
+        print(f"farmnode: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+# --- the commands -----------------------------------------------------------------------
+
+
+def config_of(args: argparse.Namespace) -> NodeConfig:
+    """The validated configuration named by ``--config`` (raises :class:`ConfigError`)."""
+    return load_config(args.config)
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """Validate the configuration and print a one-line summary."""
+    config = config_of(args)
+    report = (
+        f", reporting to {config.report.url} as site {config.report.site}"
+        if config.report is not None
+        else ", no load reports"
+    )
+    print(
+        f"{config.source}: ok (node {config.node.name}, {len(config.services)} service(s), "
+        f"{config.real_server_count} real server(s){report})"
+    )
+    return EXIT_OK
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the node until SIGINT or SIGTERM; SIGHUP reloads ``--config``."""
+    path = args.config
+    config = load_config(path)
+    logging.basicConfig(
+        level=getattr(logging, config.node.log_level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
+    node = Node(config, loader=lambda: load_config(path))
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, node.request_reload)
+        await node.run()
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(body())
+    except KeyboardInterrupt:  # a SIGINT before the handlers were in place
+        return EXIT_OK
+    return EXIT_OK
+
+
+def status(args: argparse.Namespace) -> int:
+    """Ask the running node (at ``node.status_listen``) for its status and print it."""
+    config = config_of(args)
+    host, port = config.node.status_address
+    if port == 0:
+        raise FarmnodeError(
+            f"{config.source}: node.status_listen has port 0 (a free port picked at start), "
+            "so there is nothing to ask; give it a fixed port"
+        )
+    url = status_url(host, port)
+    try:
+        response = httpx.get(url, timeout=args.timeout, trust_env=False)
+    except httpx.HTTPError as exc:
+        print(
+            f"farmnode: node {config.node.name} is not running (nothing answers at {url}: "
+            f"{type(exc).__name__})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    if response.status_code != 200:
+        print(f"farmnode: {url} answered HTTP {response.status_code}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        document = response.json()
+    except ValueError:
+        print(f"farmnode: {url} did not answer JSON (is that a farmnode?)", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(render_text(document), end="")
+    return EXIT_OK
+
+
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the JSON document as is")
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the node (default 5)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One subcommand: its name, one line of help, and the function that runs it.
+
+    ``arguments`` adds the command's own options (``--config`` is added for every command).
+    """
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("serve", "run the node daemon (SIGHUP reloads, SIGTERM stops)", serve),
+    Command(
+        "status",
+        "print the running node's services and real servers",
+        status,
+        _status_arguments,
+    ),
+    Command("check-config", "validate a node configuration file and exit", check_config),
+)
+
+
+def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farmnode", description="webfarm's node daemon.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.parse_args(argv)
-    parser.print_help()
-    sys.exit(0)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    for command in commands:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        p.add_argument(
+            "--config",
+            "-c",
+            default=os.environ.get("FARMNODE_CONFIG", DEFAULT_CONFIG),
+            help=f"the node's TOML configuration file (default: $FARMNODE_CONFIG or "
+            f"{DEFAULT_CONFIG})",
+        )
+        if command.arguments is not None:
+            command.arguments(p)
+        p.set_defaults(command=command.run)
+    return parser
 
 
 if __name__ == "__main__":

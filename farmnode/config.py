@@ -1,0 +1,582 @@
+"""One configuration path for a node: ``node.toml`` plus environment -> one frozen ``NodeConfig``.
+
+Everything is validated while the object is built; a value that passes here is never
+checked again later. A problem raises :class:`~farmnode.errors.ConfigError` naming the file
+(or ``<environment>``), the key path (``services[0].real[1].weight``) and what was expected.
+Services come out as :mod:`farmnode.spec` objects, which the switch, the data planes and the
+daemon read as they are.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dispatcher.backends.sites import NAME_RE as SITE_NAME_RE
+from dispatcher.backends.sites import check_base_url
+from dispatcher.errors import InvalidValue
+from farmnode.dataplane.nftables import scheduler_reason, unsupported_reason
+from farmnode.errors import ConfigError
+from farmnode.spec import (
+    CheckKind,
+    CheckSpec,
+    PersistenceSpec,
+    PlaneName,
+    Protocol,
+    RealSpec,
+    ServiceSpec,
+)
+from farmnode.switch.schedulers import SCHEDULERS
+
+ENVIRONMENT = "<environment>"
+#: Node and service names: lowercase letters, digits and '-', like a host name's label.
+NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+NAME_RULE = "1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+LOG_LEVELS = ("debug", "info", "warning")
+PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp")
+PLANES: tuple[PlaneName, ...] = ("userspace", "nftables")
+CHECK_KINDS: tuple[CheckKind, ...] = ("http", "tcp", "agent", "none")
+MAX_WEIGHT = 65_535
+MAX_CAPACITY = 10**9
+HOUR, DAY, WEEK = 3600.0, 86_400.0, 604_800.0
+
+TOP_KEYS = frozenset({"node", "services", "report"})
+NODE_KEYS = frozenset({"name", "status_listen", "log_level"})
+REPORT_KEYS = frozenset({"url", "site", "token", "interval", "capacity"})
+SERVICE_KEYS = frozenset(
+    {
+        "name",
+        "protocol",
+        "listen",
+        "scheduler",
+        "persistence",
+        "fallback",
+        "check",
+        "dataplane",
+        "quiescent",
+        "expire_quiescent",
+        "udp_idle",
+        "connect_timeout",
+        "real",
+    }
+)
+REAL_KEYS = frozenset({"address", "weight"})
+CHECK_KEYS = frozenset(
+    {"kind", "url", "expect", "interval", "timeout", "rise", "fall", "agent_port"}
+)
+PERSISTENCE_KEYS = frozenset({"timeout", "netmask", "netmask6"})
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """``[node]``: who this node is and where it answers status requests."""
+
+    name: str
+    status_listen: str = "127.0.0.1:9100"
+    log_level: str = "info"
+
+    @property
+    def status_address(self) -> tuple[str, int]:
+        """``status_listen`` as (IP text, port) for binding; port 0 picks a free one."""
+        return parse_address(self.status_listen, allow_port_zero=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSettings:
+    """``[report]``: where and how often the node reports its site's load to the dispatcher.
+
+    ``url`` is the dispatcher's admin API base (no trailing ``/``); ``capacity`` is the number
+    of active connections that counts as 100 % utilisation. The token never appears in
+    ``repr``.
+    """
+
+    url: str
+    site: str
+    token: str = field(repr=False)
+    capacity: int
+    interval: float = 5.0
+
+    @property
+    def load_url(self) -> str:
+        """Where the load report is sent: ``PUT {url}/api/v1/sites/{site}/load``."""
+        return f"{self.url}/api/v1/sites/{self.site}/load"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """The whole validated node configuration; ``source`` names the file it came from."""
+
+    node: NodeSettings
+    services: tuple[ServiceSpec, ...]
+    report: ReportSettings | None = None
+    source: str = "<config>"
+
+    @property
+    def real_server_count(self) -> int:
+        return sum(len(service.real) for service in self.services)
+
+    def service(self, name: str) -> ServiceSpec:
+        """The service called ``name``; ``KeyError`` when there is none."""
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+
+class _Invalid(Exception):
+    """One value failed validation (internal; :func:`parse_config` makes it a ConfigError)."""
+
+    def __init__(self, path: str, expected: str, source: str | None = None) -> None:
+        self.path = path
+        self.expected = expected
+        self.source = source
+        super().__init__(f"{path}: {expected}")
+
+
+# --- building -----------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Read ``path`` and the ``FARMNODE_*`` environment into a validated :class:`NodeConfig`."""
+    file = Path(path)
+    try:
+        doc = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(file), "", "a readable TOML file (no such file)") from None
+    except OSError as exc:
+        raise ConfigError(str(file), "", f"a readable TOML file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(file), "", f"UTF-8 text ({exc.reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(file), "", f"valid TOML ({exc})") from None
+    return parse_config(doc, str(file), environ=environ)
+
+
+def parse_config(
+    doc: Mapping[str, Any], source: str = "<config>", *, environ: Mapping[str, str] | None = None
+) -> NodeConfig:
+    """Validate a parsed TOML document plus environment overrides into a :class:`NodeConfig`.
+
+    ``environ`` defaults to :data:`os.environ`. Raises :class:`ConfigError` and nothing else
+    for any document.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        return _build(doc, env, source)
+    except _Invalid as exc:
+        raise ConfigError(exc.source or source, exc.path, exc.expected) from None
+
+
+def _build(doc: Mapping[str, Any], env: Mapping[str, str], source: str) -> NodeConfig:
+    _only_keys(_mapping(doc, "", "a TOML document"), "", TOP_KEYS)
+    if "node" not in doc:
+        raise _Invalid("node", "a [node] table with at least name = ...")
+    node = _node(_mapping(doc["node"], "node", "a table ([node])"), env)
+    services = _services(doc.get("services", []))
+    report = None
+    if "report" in doc:
+        report = _report(_mapping(doc["report"], "report", "a table ([report])"), env)
+    return NodeConfig(node, services, report, source)
+
+
+def _node(raw: Mapping[str, Any], env: Mapping[str, str]) -> NodeSettings:
+    p = "node"
+    _only_keys(raw, p, NODE_KEYS)
+    _require(raw, p, "name")
+    d = NodeSettings(name="-")
+    status_listen = _text(raw, p, "status_listen", d.status_listen, '"host:port"')
+    _address(status_listen, f"{p}.status_listen", allow_port_zero=True)
+    if "FARMNODE_STATUS_LISTEN" in env:
+        status_listen = env["FARMNODE_STATUS_LISTEN"].strip()
+        _address(status_listen, "FARMNODE_STATUS_LISTEN", True, source=ENVIRONMENT)
+    return NodeSettings(
+        name=_name(raw["name"], f"{p}.name"),
+        status_listen=status_listen,
+        log_level=_choice(raw, p, "log_level", d.log_level, LOG_LEVELS),
+    )
+
+
+def _report(raw: Mapping[str, Any], env: Mapping[str, str]) -> ReportSettings:
+    p = "report"
+    _only_keys(raw, p, REPORT_KEYS)
+    _require(raw, p, "url", "site", "capacity")
+    try:
+        url = check_base_url(raw["url"], f"{p}.url")
+    except InvalidValue as exc:
+        raise _Invalid(exc.field, f"the dispatcher's admin API: {exc.message}") from None
+    site = raw["site"]
+    if not isinstance(site, str) or not SITE_NAME_RE.fullmatch(site):
+        expected = "the site's name at the dispatcher (1-63 letters, digits, '.', '_' or '-')"
+        raise _Invalid(f"{p}.site", f"{expected}, got {site!r}")
+    capacity = raw["capacity"]
+    if _not_int(capacity) or not 1 <= capacity <= MAX_CAPACITY:
+        expected = f"a whole number of active connections from 1 to {MAX_CAPACITY}"
+        raise _Invalid(f"{p}.capacity", f"{expected} (100% utilisation), got {capacity!r}")
+    return ReportSettings(
+        url=url,
+        site=site,
+        token=_report_token(raw, env),
+        capacity=capacity,
+        interval=_seconds(raw, p, "interval", 5.0, HOUR),
+    )
+
+
+def _report_token(raw: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    """``FARMNODE_REPORT_TOKEN`` wins over ``report.token``; one of them is required."""
+    expected = "a bearer token: visible ASCII characters, no spaces"
+    if "FARMNODE_REPORT_TOKEN" in env:
+        token = env["FARMNODE_REPORT_TOKEN"].strip()
+        if not _visible_ascii(token):
+            raise _Invalid("FARMNODE_REPORT_TOKEN", f"{expected} (set, but not one)", ENVIRONMENT)
+        return token
+    if "token" not in raw:
+        raise _Invalid("report.token", f"{expected} (or set FARMNODE_REPORT_TOKEN)")
+    token = raw["token"]
+    if not isinstance(token, str) or not _visible_ascii(token):  # never echo a secret
+        raise _Invalid("report.token", f"{expected} (the value given is not one)")
+    return token
+
+
+# --- services ---------------------------------------------------------------------------
+
+
+def _services(raw: Any) -> tuple[ServiceSpec, ...]:
+    if not isinstance(raw, list):
+        raise _Invalid("services", "an array of tables ([[services]])")
+    services = tuple(_service(table, f"services[{i}]") for i, table in enumerate(raw))
+    for i, service in enumerate(services):
+        for j, other in enumerate(services[:i]):
+            _distinct_services(service, other, f"services[{i}]", f"services[{j}]")
+    return services
+
+
+def _distinct_services(service: ServiceSpec, other: ServiceSpec, p: str, q: str) -> None:
+    if service.name == other.name:
+        raise _Invalid(f"{p}.name", f"a unique service name ({service.name!r} is {q}'s)")
+    if service.protocol == other.protocol and _overlap(
+        (service.host, service.port), (other.host, other.port)
+    ):
+        raise _Invalid(
+            f"{p}.listen",
+            f"an address no other {service.protocol} service listens on "
+            f"({q} {other.name!r} listens on {other.listen})",
+        )
+
+
+def _service(raw: Any, p: str) -> ServiceSpec:
+    table = _mapping(raw, p, "a table ([[services]])")
+    _only_keys(table, p, SERVICE_KEYS)
+    _require(table, p, "name", "protocol", "listen", "real")
+    listen = _address(table["listen"], f"{p}.listen")
+    d = ServiceSpec(name="-", protocol="tcp", host="-", port=1)
+    spec = ServiceSpec(
+        name=_name(table["name"], f"{p}.name"),
+        protocol=_protocol(table, p),
+        host=listen[0],
+        port=listen[1],
+        scheduler=_choice(table, p, "scheduler", d.scheduler, tuple(SCHEDULERS)),
+        real=_reals(table["real"], f"{p}.real", listen),
+        persistence=_persistence(table, p),
+        fallback=_fallback(table, p, listen),
+        check=_check(table.get("check", {}), f"{p}.check"),
+        dataplane=_plane(table, p),
+        quiescent=_flag(table, p, "quiescent", d.quiescent),
+        expire_quiescent=_flag(table, p, "expire_quiescent", d.expire_quiescent),
+        udp_idle=_seconds(table, p, "udp_idle", d.udp_idle, DAY),
+        connect_timeout=_seconds(table, p, "connect_timeout", d.connect_timeout, HOUR),
+    )
+    if spec.dataplane == "nftables":
+        _kernel_can_run(spec, p)
+    return spec
+
+
+def _kernel_can_run(spec: ServiceSpec, p: str) -> None:
+    """The nftables plane's own verdict; a scheduler problem is blamed on ``scheduler``."""
+    reason = scheduler_reason(spec.scheduler)
+    if reason is not None:
+        raise _Invalid(f"{p}.scheduler", f'{reason} (or dataplane = "userspace")')
+    reason = unsupported_reason(spec)
+    if reason is not None:
+        raise _Invalid(f"{p}.dataplane", f'"userspace" for this service: {reason}')
+
+
+def _protocol(table: Mapping[str, Any], p: str) -> Protocol:
+    value = table["protocol"]
+    for protocol in PROTOCOLS:
+        if value == protocol:
+            return protocol
+    raise _Invalid(f"{p}.protocol", f"one of {', '.join(PROTOCOLS)}, got {value!r}")
+
+
+def _plane(table: Mapping[str, Any], p: str) -> PlaneName:
+    value = table.get("dataplane", "userspace")
+    for plane in PLANES:
+        if value == plane:
+            return plane
+    raise _Invalid(f"{p}.dataplane", f"one of {', '.join(PLANES)}, got {value!r}")
+
+
+def _reals(raw: Any, p: str, listen: tuple[str, int]) -> tuple[RealSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise _Invalid(p, "at least one real server ([[services.real]] with an address)")
+    reals: list[RealSpec] = []
+    for j, item in enumerate(raw):
+        q = f"{p}[{j}]"
+        table = _mapping(item, q, "a table ([[services.real]])")
+        _only_keys(table, q, REAL_KEYS)
+        _require(table, q, "address")
+        host, port = _server_address(table["address"], f"{q}.address", listen)
+        real = RealSpec(host, port, _weight(table.get("weight", 1), f"{q}.weight"))
+        for k, earlier in enumerate(reals):
+            if earlier.key == real.key:
+                raise _Invalid(f"{q}.address", f"an address not already used by {p}[{k}]")
+        reals.append(real)
+    return tuple(reals)
+
+
+def _fallback(table: Mapping[str, Any], p: str, listen: tuple[str, int]) -> RealSpec | None:
+    if "fallback" not in table:
+        return None
+    host, port = _server_address(table["fallback"], f"{p}.fallback", listen)
+    return RealSpec(host, port)
+
+
+def _server_address(value: Any, path: str, listen: tuple[str, int]) -> tuple[str, int]:
+    """A real or fallback server: a concrete address that is not the service itself."""
+    host, port = _address(value, path)
+    if ipaddress.ip_address(host).is_unspecified:
+        raise _Invalid(path, f"a server's own address, not the wildcard {host}, got {value!r}")
+    if _overlap((host, port), listen, loopback=True):
+        raise _Invalid(path, f"a server other than the service itself (a loop), got {value!r}")
+    return host, port
+
+
+def _weight(value: Any, path: str) -> int:
+    if _not_int(value) or not 0 <= value <= MAX_WEIGHT:
+        raise _Invalid(path, f"a whole number from 0 to {MAX_WEIGHT}, got {value!r}")
+    return int(value)
+
+
+def _persistence(table: Mapping[str, Any], p: str) -> PersistenceSpec | None:
+    if "persistence" not in table:
+        return None
+    q = f"{p}.persistence"
+    raw = _mapping(table["persistence"], q, "a table such as { timeout = 300, netmask = 24 }")
+    _only_keys(raw, q, PERSISTENCE_KEYS)
+    d = PersistenceSpec()
+    return PersistenceSpec(
+        timeout=_seconds(raw, q, "timeout", d.timeout, WEEK),
+        netmask=_int_in(raw, q, "netmask", d.netmask, 0, 32),
+        netmask6=_int_in(raw, q, "netmask6", d.netmask6, 0, 128),
+    )
+
+
+def _check(raw: Any, p: str) -> CheckSpec:
+    table = _mapping(raw, p, 'a table such as { kind = "tcp", interval = 2.0 }')
+    _only_keys(table, p, CHECK_KEYS)
+    d = CheckSpec()
+    value = table.get("kind", d.kind)
+    kind = next((k for k in CHECK_KINDS if k == value), None)
+    if kind is None:
+        raise _Invalid(f"{p}.kind", f"one of {', '.join(CHECK_KINDS)}, got {value!r}")
+    _only_for_kind(table, p, kind)
+    interval = _seconds(table, p, "interval", d.interval, HOUR)
+    timeout = _seconds(table, p, "timeout", d.timeout, HOUR)
+    if timeout > interval:
+        raise _Invalid(f"{p}.timeout", f"seconds <= interval ({interval:g}), got {timeout:g}")
+    agent_port = None
+    if kind == "agent":
+        _require(table, p, "agent_port")
+        agent_port = _int_in(table, p, "agent_port", 0, 1, 65535)
+    return CheckSpec(
+        kind=kind,
+        url=_check_url(table.get("url", d.url), f"{p}.url"),
+        expect=_text(table, p, "expect", d.expect, "a string the page must contain"),
+        interval=interval,
+        timeout=timeout,
+        rise=_int_in(table, p, "rise", d.rise, 1, 100),
+        fall=_int_in(table, p, "fall", d.fall, 1, 100),
+        agent_port=agent_port,
+    )
+
+
+def _only_for_kind(table: Mapping[str, Any], p: str, kind: str) -> None:
+    for key, owner in (("url", "http"), ("expect", "http"), ("agent_port", "agent")):
+        if key in table and kind != owner:
+            raise _Invalid(f"{p}.{key}", f'no {key} unless kind = "{owner}" (kind is "{kind}")')
+
+
+def _check_url(value: Any, path: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or not _visible_ascii(value)
+        or "#" in value
+    ):
+        expected = "a path starting with / (visible ASCII, no spaces or #), such as /health"
+        raise _Invalid(path, f"{expected}, got {value!r}")
+    return value
+
+
+# --- addresses ----------------------------------------------------------------------------
+
+
+def parse_address(text: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split ``"host:port"`` or ``"[v6]:port"`` into a normalised IP text and a port.
+
+    The host must be an IP address (IPv6 in brackets); the port 1-65535, or 0 when
+    ``allow_port_zero`` (a listener that picks a free port). Raises ``ValueError`` saying
+    what is wrong.
+    """
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError("[v6]:port")
+        port_text = rest[1:]
+        if ":" not in host:
+            raise ValueError("brackets only around an IPv6 address")
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or not host:
+            raise ValueError("host:port")
+        if ":" in host:
+            raise ValueError("an IPv6 address goes in brackets, such as [::1]:80")
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        raise ValueError("a port number")
+    port = int(port_text)
+    if not (0 if allow_port_zero else 1) <= port <= 65535:
+        raise ValueError("a port from 1 to 65535" if not allow_port_zero else "a port 0-65535")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError("an IP address, not a host name") from None
+    return str(address), port
+
+
+def _address(
+    value: Any, path: str, allow_port_zero: bool = False, *, source: str | None = None
+) -> tuple[str, int]:
+    expected = '"host:port" with an IP address ("[v6]:port" for IPv6)'
+    if not isinstance(value, str):
+        raise _Invalid(path, f"{expected}, got {value!r}", source)
+    try:
+        return parse_address(value, allow_port_zero=allow_port_zero)
+    except ValueError as exc:
+        raise _Invalid(path, f"{expected}: {exc}, got {value!r}", source) from None
+
+
+def _overlap(a: tuple[str, int], b: tuple[str, int], *, loopback: bool = False) -> bool:
+    """Whether two addresses (same protocol) are the same socket.
+
+    The same host and port; or the same port where one is the wildcard of the other's
+    family (a listener on ``0.0.0.0:80`` owns ``127.0.0.1:80`` too). With ``loopback``, a
+    loopback server also matches a wildcard listener on its port (a sure loop).
+    """
+    if a[1] != b[1]:
+        return False
+    if a[0] == b[0]:
+        return True
+    x, y = ipaddress.ip_address(a[0]), ipaddress.ip_address(b[0])
+    if x.version != y.version:
+        return False
+    if not loopback:
+        return x.is_unspecified or y.is_unspecified
+    return (y.is_unspecified and x.is_loopback) or (x.is_unspecified and y.is_loopback)
+
+
+# --- small typed readers ----------------------------------------------------------------
+
+
+def _mapping(value: Any, path: str, expected: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _Invalid(path, f"{expected}, got {type(value).__name__}")
+    return value
+
+
+def _only_keys(raw: Mapping[str, Any], path: str, allowed: frozenset[str]) -> None:
+    for key in raw:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise _Invalid(where, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+
+
+def _require(raw: Mapping[str, Any], path: str, *keys: str) -> None:
+    for key in keys:
+        if key not in raw:
+            raise _Invalid(f"{path}.{key}", "a value (this key is required)")
+
+
+def _name(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise _Invalid(path, f"{NAME_RULE}, got {value!r}")
+    return value
+
+
+def _text(raw: Mapping[str, Any], path: str, key: str, default: str, expected: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        raise _Invalid(f"{path}.{key}", f"{expected}, got {value!r}")
+    return value
+
+
+def _choice(
+    raw: Mapping[str, Any], path: str, key: str, default: str, choices: Sequence[str]
+) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or value not in choices:
+        raise _Invalid(f"{path}.{key}", f"one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _flag(raw: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise _Invalid(f"{path}.{key}", f"true or false, got {value!r}")
+    return value
+
+
+def _seconds(raw: Mapping[str, Any], path: str, key: str, default: float, most: float) -> float:
+    value = raw.get(key, default)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= most
+    ):
+        raise _Invalid(f"{path}.{key}", f"a number of seconds > 0 and <= {most:g}, got {value!r}")
+    return float(value)
+
+
+def _int_in(
+    raw: Mapping[str, Any], path: str, key: str, default: int, least: int, most: int
+) -> int:
+    value = raw.get(key, default)
+    if _not_int(value) or not least <= value <= most:
+        raise _Invalid(f"{path}.{key}", f"a whole number from {least} to {most}, got {value!r}")
+    return int(value)
+
+
+def _not_int(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)
+
+
+def _visible_ascii(text: str) -> bool:
+    return bool(text) and all(0x21 <= ord(c) <= 0x7E for c in text)
+
+
+__all__ = [
+    "ENVIRONMENT",
+    "NodeConfig",
+    "NodeSettings",
+    "ReportSettings",
+    "load_config",
+    "parse_address",
+    "parse_config",
+]
