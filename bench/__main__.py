@@ -1,4 +1,5 @@
-"""``make bench``: the dispatcher's hot path against a bare ASGI 302 app, with wrk.
+"""``make bench``: the dispatcher's hot path against a bare ASGI 302 app, with wrk; then
+farmnode's layer-4 switch (``bench.l4``, ``bench.l4_nft``).
 
 Both servers run one worker on the same uvicorn settings, measured in the same run,
 alternating, several rounds each. Each server's figures are its median round; its ratio is
@@ -19,7 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from bench import evaluator, session
+from bench import evaluator, l4, l4_nft, session
 from bench.servers import KEYS
 from dispatcher.session import AffinityStamp
 
@@ -183,6 +184,10 @@ def main() -> None:
     print(f"{'token':<36}{'sign us':>10}{'verify us':>10}")
     for name, (sign, verify) in session.measure().items():
         print(f"{name:<36}{sign:>10.1f}{verify:>10.1f}")
+    print("\nfarmnode layer-4 switch, userspace plane against HAProxy:")
+    l4.main([])
+    print("\nfarmnode layer-4 switch, nftables plane against talking to the server directly:")
+    l4_nft.main([])
 
 
 if __name__ == "__main__":

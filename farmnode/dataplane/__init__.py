@@ -1,6 +1,8 @@
 """Data planes: what actually moves a virtual service's traffic to its real servers.
 
-Chosen per service by name (``dataplane = "userspace" | "nftables"``) from :data:`PLANES`.
+Chosen per service by name (``dataplane = "userspace" | "nftables"``) from the daemon's
+registry, :data:`farmnode.daemon.PLANES`: :mod:`.userspace` (an asyncio proxy, every
+scheduler, no root) and :mod:`.nftables` (kernel DNAT rules, Linux and root).
 """
 
 from __future__ import annotations

@@ -1,0 +1,634 @@
+"""The ``userspace`` data plane: an asyncio layer-4 proxy for TCP and UDP (no root needed).
+
+Full NAT from the client's view: the client talks to the virtual address, the real server
+sees connections from this node. Every new TCP connection and every new UDP flow asks the
+:class:`~farmnode.switch.service.VirtualService` where to go (scheduler, persistence,
+fallback); what is established stays where it is until it ends, whatever the service's
+membership, weights or health do meanwhile (so weight 0 drains: established connections go
+on, new ones go elsewhere).
+
+**TCP.** One pair of asyncio protocols per connection (transports, not streams): bytes are
+written to the peer as they arrive, with flow control both ways (a transport whose write
+buffer passes :data:`WRITE_HIGH` pauses reading on the other side until it drains) and
+half-close (an EOF one way is passed on with ``write_eof`` and the other way stays open;
+both ways closed ends the connection). An error or reset on one side closes the other at
+once, dropping what it had not sent yet. Bytes are counted into the service per chunk;
+:meth:`VirtualService.connected` is called when a server is chosen and
+:meth:`VirtualService.released` exactly once when the connection ends (also when connecting
+failed), so least-connection schedulers see connections being set up. ``total`` therefore
+counts connection *attempts* per server.
+
+A connect that fails or takes longer than ``spec.connect_timeout`` is retried on another
+server (the failed ones excluded, each server at most once, the fallback last): a real
+server that died but is not yet detected by its health checks costs the client latency,
+not a failed connection. When no server is left the client's connection is closed.
+Data the client sends before the real server answered is held (up to :data:`WRITE_HIGH`,
+then reading pauses) and passed on, with an early EOF, once it has.
+
+**UDP.** A flow is a client ``(address, port)``. Its first datagram chooses a real server
+and opens a connected UDP socket to it; the flow's later datagrams go the same way and the
+server's replies are sent back to the client from the listening socket. A flow ends after
+``spec.udp_idle`` seconds without a datagram either way, when the real server refuses
+(ICMP port unreachable), or when :meth:`UserspacePlane.refresh` finds its server down,
+removed, or (for the fallback) no longer needed — unlike TCP, a UDP flow has no state to
+lose, so it is rescheduled at once (IPVS's ``expire_nodest_conn``). A quiescent server keeps
+its flows. The flow table is bounded: at most ``max_udp_flows`` flows (default
+:data:`MAX_UDP_FLOWS`, each holds one socket); when full, the least recently active flow is
+closed to make room.
+
+The plane runs on the default asyncio loop and on uvloop alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+from collections.abc import Callable
+from typing import cast
+
+from farmnode.dataplane.base import DataPlane
+from farmnode.errors import DataplaneError
+from farmnode.spec import ServiceSpec
+from farmnode.switch.schedulers import RealServer
+from farmnode.switch.service import VirtualService
+
+log = logging.getLogger("webfarm.farmnode.userspace")
+
+PLANE = "userspace"
+#: A transport whose write buffer holds more than this pauses reading on the other side.
+WRITE_HIGH = 256 * 1024
+#: Listen backlog of a TCP virtual service.
+BACKLOG = 4096
+#: Default bound of the UDP flow table (each flow holds one socket, so one file descriptor).
+MAX_UDP_FLOWS = 4096
+#: Largest datagram read from a real server.
+MAX_DATAGRAM = 65535
+#: Replies read from one flow's socket per readiness callback (fairness between flows).
+UDP_BURST = 32
+#: Seconds between checks of the established connections while :meth:`stop` drains.
+DRAIN_POLL = 0.05
+
+
+class UserspacePlane(DataPlane):
+    """Proxies one virtual service (TCP or UDP) in this process's event loop.
+
+    :attr:`address` is the bound ``(host, port)`` once started (useful with port 0).
+    :attr:`connections` counts open TCP connections, :attr:`flows` open UDP flows.
+    """
+
+    name = PLANE
+
+    def __init__(
+        self, spec: ServiceSpec, service: VirtualService, *, max_udp_flows: int = MAX_UDP_FLOWS
+    ) -> None:
+        super().__init__(spec, service)
+        if max_udp_flows < 1:
+            raise DataplaneError(PLANE, f"service {spec.name}: max_udp_flows must be >= 1")
+        self.max_udp_flows = max_udp_flows
+        self.address: tuple[str, int] | None = None
+        self.loop: asyncio.AbstractEventLoop  # the running loop, from start() on
+        self._server: asyncio.AbstractServer | None = None
+        self._links: set[_Link] = set()
+        self._udp: _UdpListener | None = None
+        self._stopped = False
+
+    @property
+    def connections(self) -> int:
+        return len(self._links)
+
+    @property
+    def flows(self) -> int:
+        return len(self._udp.flows) if self._udp is not None else 0
+
+    # -- DataPlane ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the listener; :class:`DataplaneError` (nothing left open) when it cannot."""
+        if self._server is not None or self._udp is not None:
+            raise DataplaneError(PLANE, f"service {self.spec.name}: already started")
+        self._stopped = False
+        self.loop = asyncio.get_running_loop()
+        if self.spec.protocol == "tcp":
+            await self._start_tcp()
+        else:
+            await self._start_udp()
+        log.info("service %s: listening on %s %s", self.spec.name, self.spec.protocol, self.where)
+
+    async def refresh(self) -> None:
+        """New connections already ask the service each time; reschedule stale UDP flows."""
+        if self._udp is not None:
+            self._udp.reschedule_stale()
+
+    async def stop(self, drain: float = 0.0) -> None:
+        """Stop accepting; wait up to ``drain`` s for what is established, then cut it."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._server is not None:
+            await self._stop_tcp(drain)
+        if self._udp is not None:
+            await self._stop_udp(drain)
+        self.address = None
+
+    # -- TCP ------------------------------------------------------------------------------------
+
+    async def _start_tcp(self) -> None:
+        sock = self._bind(socket.SOCK_STREAM)
+        try:
+            self._server = await self.loop.create_server(
+                lambda: _Link(self), sock=sock, backlog=BACKLOG
+            )
+        except OSError as exc:
+            sock.close()
+            self.address = None
+            raise self._error("cannot listen", exc) from exc
+
+    async def _stop_tcp(self, drain: float) -> None:
+        server, self._server = self._server, None
+        assert server is not None
+        server.close()
+        await self._wait(lambda: not self._links, drain)
+        if self._links:
+            log.info("service %s: cutting %d connections", self.spec.name, len(self._links))
+        tasks = [link.task for link in self._links if link.task is not None]
+        for link in list(self._links):
+            link.close(abort=True)
+        if tasks:  # connect attempts cancelled by close(): let them unwind
+            await asyncio.wait(tasks, timeout=1.0)
+        await asyncio.sleep(0)  # let the aborted transports finish closing
+
+    # -- UDP ------------------------------------------------------------------------------------
+
+    async def _start_udp(self) -> None:
+        sock = self._bind(socket.SOCK_DGRAM)
+        listener = _UdpListener(self, self.loop)
+        try:
+            await self.loop.create_datagram_endpoint(lambda: listener, sock=sock)
+        except OSError as exc:
+            sock.close()
+            self.address = None
+            raise self._error("cannot listen", exc) from exc
+        self._udp = listener
+
+    async def _stop_udp(self, drain: float) -> None:
+        udp = self._udp
+        assert udp is not None
+        udp.accepting = False
+        await self._wait(lambda: not udp.flows, drain)
+        udp.close()
+        self._udp = None
+        await asyncio.sleep(0)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        """The listening address as ``host:port`` (the bound port once started)."""
+        if self.address is None:
+            return self.spec.listen
+        host, port = self.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _bind(self, kind: socket.SocketKind) -> socket.socket:
+        """A bound (and for TCP listening), non-blocking socket on the service's address."""
+        host, port = self.spec.host, self.spec.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = socket.socket(family, kind)
+        except OSError as exc:
+            raise self._error("cannot create a socket", exc) from exc
+        try:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(BACKLOG)
+            sock.setblocking(False)
+            name = sock.getsockname()
+        except OSError as exc:
+            sock.close()
+            raise self._error("cannot listen", exc) from exc
+        self.address = (str(name[0]), int(name[1]))
+        return sock
+
+    def _error(self, what: str, exc: OSError) -> DataplaneError:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return DataplaneError(
+            PLANE,
+            f"service {self.spec.name}: {what} on {self.spec.protocol} {self.where}: {reason}",
+        )
+
+    @staticmethod
+    async def _wait(done: Callable[[], bool], seconds: float) -> None:
+        """Poll ``done`` every :data:`DRAIN_POLL` s for at most ``seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(seconds, 0.0)
+        while not done() and loop.time() < deadline:
+            await asyncio.sleep(min(DRAIN_POLL, max(deadline - loop.time(), 0.0)))
+
+
+# --- TCP -----------------------------------------------------------------------------------
+
+
+class _Link(asyncio.Protocol):
+    """One proxied TCP connection: the client side's protocol, and the connection's state.
+
+    Lifecycle: accepted -> connecting (a task chooses a server and connects, retrying on
+    others) -> attached (bytes flow both ways) -> closed (:meth:`close`, exactly once:
+    both transports closed or aborted, the server released, the plane forgets the link).
+    """
+
+    __slots__ = (
+        "client",
+        "client_eof",
+        "closed",
+        "held",
+        "pending",
+        "plane",
+        "server",
+        "server_eof",
+        "service",
+        "task",
+        "transport",
+        "upstream",
+    )
+
+    def __init__(self, plane: UserspacePlane) -> None:
+        self.plane = plane
+        self.service = plane.service
+        self.transport: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.server: RealServer | None = None
+        self.client = ""
+        self.pending: list[bytes] = []
+        self.held = 0
+        self.client_eof = False
+        self.server_eof = False
+        self.closed = False
+        self.task: asyncio.Task[None] | None = None
+
+    # client side ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if peer else ""
+        self.plane._links.add(self)
+        self.task = self.plane.loop.create_task(self._connect())
+
+    def data_received(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is None:  # not connected yet: hold it, and pause past one buffer's worth
+            self.pending.append(data)  # (pause_reading in connection_made is ignored by some
+            self.held += len(data)  # loops; pausing costs two system calls)
+            if self.held >= WRITE_HIGH:
+                assert self.transport is not None
+                self.transport.pause_reading()
+            return
+        upstream.write(data)
+        self.service.add_bytes(self.server, len(data), 0)  # type: ignore[arg-type]
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        upstream = self.upstream
+        if upstream is not None:
+            if self.server_eof:
+                self.close(abort=False)
+            elif not upstream.is_closing():
+                upstream.write_eof()
+        return True  # keep the way back open (half-close)
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close(abort=exc is not None)
+
+    # connecting ----------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        """Choose a server and connect, excluding each server that failed; close if none."""
+        service, loop = self.service, self.plane.loop
+        exclude: list[str] = []
+        while not self.closed:
+            server = service.choose(self.client, exclude)
+            if server is None:
+                log.debug("%s: no real server for %s", self.plane.spec.name, self.client)
+                self.task = None
+                self.close(abort=False)
+                return
+            service.connected(server, self.client)
+            self.server = server
+            upstream = _Upstream(self)
+            # a timer, not asyncio.timeout(): cheaper, and this runs once per connection
+            timer = loop.call_later(service.spec.connect_timeout, upstream.time_out)
+            try:
+                await loop.create_connection(upstream.factory, server.host, server.port)
+            except OSError as exc:
+                failure: BaseException = exc
+            except asyncio.CancelledError:
+                if not upstream.timed_out or self.closed:
+                    upstream.abandon()
+                    raise
+                failure = TimeoutError(f"no connection within {service.spec.connect_timeout}s")
+                if self.task is not None:
+                    self.task.uncancel()
+            else:
+                return
+            finally:
+                timer.cancel()
+            if upstream.attached:
+                return  # connected after all (the timeout raced connection_made)
+            upstream.abandon()
+            log.debug("%s: connect to %s failed: %r", self.plane.spec.name, server.key, failure)
+            self.server = None
+            service.released(server, self.client)
+            exclude.append(server.key)
+
+    def attach(self, upstream: asyncio.Transport) -> bool:
+        """The real server answered: pass on what was held and let bytes flow."""
+        if self.closed:
+            return False
+        client = self.transport
+        assert client is not None
+        self.upstream = upstream
+        upstream.set_write_buffer_limits(high=WRITE_HIGH)
+        client.set_write_buffer_limits(high=WRITE_HIGH)
+        if self.pending:
+            upstream.writelines(self.pending)
+            self.service.add_bytes(self.server, self.held, 0)  # type: ignore[arg-type]
+            self.pending, self.held = [], 0
+        if self.client_eof:
+            upstream.write_eof()
+        else:
+            client.resume_reading()  # a no-op unless held data paused it
+        return True
+
+    # the end --------------------------------------------------------------------------------
+
+    def close(self, *, abort: bool) -> None:
+        """End the connection once: close (flushing) or abort both sides, release the server."""
+        if self.closed:
+            return
+        self.closed = True
+        self.plane._links.discard(self)
+        task, self.task = self.task, None
+        if task is not None and not task.done():
+            task.cancel()
+        for transport in (self.transport, self.upstream):
+            if transport is not None:
+                if abort:
+                    transport.abort()
+                else:
+                    transport.close()
+        server, self.server = self.server, None
+        if server is not None:
+            self.service.released(server, self.client)
+
+
+class _Upstream(asyncio.Protocol):
+    """The real-server side of a :class:`_Link`: passes bytes and EOF back to the client."""
+
+    __slots__ = ("abandoned", "attached", "client", "link", "service", "timed_out", "transport")
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+        self.service = link.service
+        self.client = link.transport
+        self.transport: asyncio.Transport | None = None
+        self.attached = False
+        self.abandoned = False
+        self.timed_out = False
+
+    def time_out(self) -> None:
+        """``connect_timeout`` passed: cancel the connect attempt (unless it is through)."""
+        task = self.link.task
+        if not self.attached and task is not None:
+            self.timed_out = True
+            task.cancel()
+
+    def factory(self) -> _Upstream:
+        """The protocol factory for ``create_connection``: this very object."""
+        return self
+
+    def abandon(self) -> None:
+        """The connect attempt is given up: a late connection is aborted, never attached."""
+        self.abandoned = True
+        if self.transport is not None and not self.attached:
+            self.transport.abort()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = cast(asyncio.Transport, transport)
+        self.transport = t
+        if self.abandoned or t.is_closing() or not self.link.attach(t):
+            t.abort()
+            return
+        self.attached = True
+
+    def data_received(self, data: bytes) -> None:
+        self.client.write(data)  # type: ignore[union-attr]
+        self.service.add_bytes(self.link.server, 0, len(data))  # type: ignore[arg-type]
+
+    def eof_received(self) -> bool:
+        link = self.link
+        link.server_eof = True
+        client = self.client
+        assert client is not None
+        if link.client_eof:
+            link.close(abort=False)
+        elif not client.is_closing():
+            client.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        self.client.pause_reading()  # type: ignore[union-attr]
+
+    def resume_writing(self) -> None:
+        self.client.resume_reading()  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.attached:
+            self.link.close(abort=exc is not None)
+
+
+# --- UDP -----------------------------------------------------------------------------------
+
+
+class _Flow:
+    """One client ``(address, port)`` and its connected socket to the chosen real server."""
+
+    __slots__ = ("addr", "client", "last", "server", "sock")
+
+    def __init__(
+        self, addr: tuple[str, int], server: RealServer, sock: socket.socket, now: float
+    ) -> None:
+        self.addr = addr
+        self.client = str(addr[0])
+        self.server = server
+        self.sock = sock
+        self.last = now
+
+
+class _UdpListener(asyncio.DatagramProtocol):
+    """The virtual service's UDP socket and its flow table (least recently active first)."""
+
+    def __init__(self, plane: UserspacePlane, loop: asyncio.AbstractEventLoop) -> None:
+        self.plane = plane
+        self.service = plane.service
+        self.loop = loop
+        self.transport: asyncio.DatagramTransport | None = None
+        self.flows: collections.OrderedDict[tuple[str, int], _Flow] = collections.OrderedDict()
+        self.accepting = True
+        self.paused = False
+        self.sweeper: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        self._schedule_sweep()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        flow = self.flows.get(addr)
+        if flow is None:
+            flow = self._open(addr)
+            if flow is None:
+                return
+        else:
+            self.flows.move_to_end(addr)
+        flow.last = self.loop.time()
+        try:
+            flow.sock.send(data)
+        except BlockingIOError:
+            return  # the socket buffer is full: drop, as a router would
+        except OSError as exc:  # refused (an earlier ICMP), unreachable...
+            log.debug("%s: flow %s -> %s: %r", self.plane.spec.name, addr, flow.server.key, exc)
+            self._close_flow(flow)
+            return
+        self.service.add_bytes(flow.server, len(data), 0)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("%s: listener error: %r", self.plane.spec.name, exc)
+
+    # flows ---------------------------------------------------------------------------------
+
+    def _open(self, addr: tuple[str, int]) -> _Flow | None:
+        """A new flow for ``addr`` (evicting the stalest when full), or ``None``."""
+        if not self.accepting:
+            return None
+        if len(self.flows) >= self.plane.max_udp_flows:
+            self._close_flow(next(iter(self.flows.values())))
+        service, client = self.service, str(addr[0])
+        exclude: list[str] = []
+        while True:
+            server = service.choose(client, exclude)
+            if server is None:
+                log.debug("%s: no real server for %s", self.plane.spec.name, addr)
+                return None
+            try:
+                sock = _connected_udp(server)
+            except OSError as exc:
+                log.debug("%s: udp to %s: %r", self.plane.spec.name, server.key, exc)
+                exclude.append(server.key)
+                continue
+            break
+        service.connected(server, client)
+        flow = _Flow(addr, server, sock, self.loop.time())
+        self.flows[addr] = flow
+        self.loop.add_reader(sock.fileno(), self._replies, flow)
+        return flow
+
+    def _replies(self, flow: _Flow) -> None:
+        """Relay what the real server sent back to the client, from the listening socket."""
+        transport = self.transport
+        for _ in range(UDP_BURST):
+            try:
+                data = flow.sock.recv(MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                log.debug("%s: flow %s: %r", self.plane.spec.name, flow.addr, exc)
+                self._close_flow(flow)
+                return
+            if transport is None or self.paused:
+                continue  # the listening socket's send queue is full: drop
+            transport.sendto(data, flow.addr)
+            self.service.add_bytes(flow.server, 0, len(data))
+        flow.last = self.loop.time()
+        if self.flows.get(flow.addr) is flow:
+            self.flows.move_to_end(flow.addr)
+
+    def _close_flow(self, flow: _Flow) -> None:
+        if self.flows.get(flow.addr) is not flow:
+            return
+        del self.flows[flow.addr]
+        self.loop.remove_reader(flow.sock.fileno())
+        flow.sock.close()
+        self.service.released(flow.server, flow.client)
+
+    def reschedule_stale(self) -> None:
+        """Close flows whose server is down or gone, and fallback flows no longer needed."""
+        service = self.service
+        servers, fallback = service.servers, service.fallback
+        fallback_needed = any(s is fallback for s in service.eligible())
+        for flow in list(self.flows.values()):
+            server = flow.server
+            if server is fallback:
+                stale = not fallback_needed
+            else:
+                stale = not server.up or servers.get(server.key) is not server
+            if stale:
+                self._close_flow(flow)
+
+    # idle timeout ----------------------------------------------------------------------------
+
+    def _schedule_sweep(self) -> None:
+        idle = self.service.spec.udp_idle
+        period = min(max(idle / 4, 0.05), 5.0)
+        self.sweeper = self.loop.call_later(period, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close flows idle for ``udp_idle`` s (the oldest are first in the table)."""
+        deadline = self.loop.time() - self.service.spec.udp_idle
+        while self.flows:
+            flow = next(iter(self.flows.values()))
+            if flow.last > deadline:
+                break
+            self._close_flow(flow)
+        self._schedule_sweep()
+
+    def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+        for flow in list(self.flows.values()):
+            self._close_flow(flow)
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _connected_udp(server: RealServer) -> socket.socket:
+    """A non-blocking UDP socket connected to ``server`` (no packet is sent by connecting)."""
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.connect((server.host, server.port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+__all__ = ["MAX_UDP_FLOWS", "WRITE_HIGH", "UserspacePlane"]
