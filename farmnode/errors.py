@@ -39,3 +39,12 @@ class DataplaneError(FarmnodeError):
         self.plane = plane
         self.detail = detail
         super().__init__(f"{plane} data plane: {detail}")
+
+
+class ListenError(FarmnodeError):
+    """A listener (the status listener) could not be opened on ``address``."""
+
+    def __init__(self, address: str, detail: str) -> None:
+        self.address = address
+        self.detail = detail
+        super().__init__(f"cannot listen on {address}: {detail}")

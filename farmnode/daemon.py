@@ -1,0 +1,650 @@
+"""The node daemon: one :class:`Node` owns the virtual services, their data planes, the
+health checker, the status listener and the load reporter, from start-up to clean shutdown.
+
+**Start** (:meth:`Node.start`), in this order, so the first client never meets a server
+nobody looked at: bind the status socket (a taken port fails before anything else
+happens); build every :class:`VirtualService` and its data plane (chosen by name from
+:data:`PLANES`); remove chains that a crashed run left in the nftables table for services
+this configuration no longer has; probe every real server once (the shared
+:class:`~dispatcher.backends.health.Prober`); start the data planes; serve status; start
+the load reporter. The probe loops run from the first probe on.
+
+**Health.** Each real server is one probe target, keyed ``"{service}/{host:port}"``. Every
+result moves the server's state in its service (rise/fall hysteresis is the prober's), and
+an agent's standing report sets the server's agent weight (``NN%`` scales the configured
+weight, ``drain`` is 0, ``ready`` and no percentage go back to the configured weight);
+when anything changed the service's plane is refreshed (coalesced, in its own task).
+
+**The loop** (:meth:`Node.run`, patroni-style): signal handlers only set :attr:`Node.flags`
+and wake the loop; each :meth:`Node.cycle` acts on the flags and returns a short status
+line, which is logged when it changes and shown as ``state`` in the status document.
+Timers run on :func:`time.monotonic`.
+
+**Reload** (:meth:`Node.reload`, SIGHUP): a service whose name, protocol, listen address
+and data plane stay is updated in place (:meth:`VirtualService.reload` and a plane
+refresh): its established connections go on. Other services are stopped (after a short
+drain) or started; probe targets are resynced, new servers probed at once. A new status
+address or ``[report]`` table takes effect too; ``log_level`` only at the next start.
+A configuration that does not load is logged and the running one stays.
+
+**Stop** (:meth:`Node.stop`): the reporter; every plane stops accepting, drains briefly and
+goes (nftables rules removed); the prober; the status listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from dispatcher.backends.health import Health, Prober, Target
+from farmnode.config import NodeConfig
+from farmnode.dataplane.base import DataPlane
+from farmnode.dataplane.nftables import NftablesPlane, chains, count_flows
+from farmnode.dataplane.userspace import UserspacePlane
+from farmnode.errors import ConfigError, FarmnodeError
+from farmnode.report import Measure, Reporter
+from farmnode.spec import RealSpec, ServiceSpec
+from farmnode.status import StatusApp, StatusListener
+from farmnode.switch.service import VirtualService
+
+log = logging.getLogger("webfarm.farmnode")
+
+PlaneFactory = Callable[[ServiceSpec, VirtualService], DataPlane]
+#: Data planes by the name a service's ``dataplane`` key gives.
+PLANES: Mapping[str, PlaneFactory] = {"userspace": UserspacePlane, "nftables": NftablesPlane}
+#: Seconds before a plane refresh that failed is tried again.
+REFRESH_RETRY = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """The daemon's timers, in seconds.
+
+    ``cycle``: between two cycles of the loop (a signal wakes it at once).
+    ``reload_drain``: how long a service that a reload removes or replaces lets its
+    established connections finish. ``shutdown_drain``: the same at shutdown.
+    """
+
+    cycle: float = 1.0
+    reload_drain: float = 2.0
+    shutdown_drain: float = 2.0
+
+
+class Flags:
+    """What the signal handlers ask for; the loop acts on it in its next cycle."""
+
+    __slots__ = ("reload", "stop")
+
+    def __init__(self) -> None:
+        self.reload = False
+        self.stop = False
+
+
+class Running:
+    """One service as the node runs it: its spec, its switch state and its data plane."""
+
+    __slots__ = ("on_fallback", "plane", "service", "spec", "started")
+
+    def __init__(self, spec: ServiceSpec, service: VirtualService, plane: DataPlane) -> None:
+        self.spec = spec
+        self.service = service
+        self.plane = plane
+        self.started = False
+        self.on_fallback = False
+
+    @property
+    def identity(self) -> tuple[str, str, int, str]:
+        """What must stay the same for a reload to update the service in place."""
+        spec = self.spec
+        return spec.protocol, spec.host, spec.port, spec.dataplane
+
+    @property
+    def address(self) -> str:
+        """Where the service listens (the bound port for a userspace plane)."""
+        plane = self.plane
+        if isinstance(plane, UserspacePlane) and plane.address is not None:
+            return plane.where
+        return self.spec.listen
+
+
+def identity(spec: ServiceSpec) -> tuple[str, str, int, str]:
+    return spec.protocol, spec.host, spec.port, spec.dataplane
+
+
+def target_key(service: str, real: str) -> str:
+    """The probe target's key for real server ``real`` (``host:port``) of ``service``."""
+    return f"{service}/{real}"
+
+
+def probe_targets(spec: ServiceSpec) -> list[Target]:
+    """The probe targets of one service's real servers (none for ``check.kind = "none"``)."""
+    check = spec.check
+    if check.kind == "none":
+        return []
+    return [_target(spec, real) for real in spec.real]
+
+
+def _target(spec: ServiceSpec, real: RealSpec) -> Target:
+    check = spec.check
+    common: dict[str, Any] = {
+        "key": target_key(spec.name, real.key),
+        "interval": check.interval,
+        "timeout": check.timeout,
+        "rise": check.rise,
+        "fall": check.fall,
+    }
+    if check.kind == "http":
+        return Target(url=f"http://{real.key}{check.url}", expect=check.expect, **common)
+    if check.kind == "agent":
+        assert check.agent_port is not None  # the config requires it for agent checks
+        return Target(
+            url="", expect="", kind="agent", host=real.host, port=check.agent_port, **common
+        )
+    return Target(url="", expect="", kind="tcp", host=real.host, port=real.port, **common)
+
+
+def agent_weight(health: Health, configured: int) -> int | None:
+    """The weight an agent's standing report asks for, or ``None`` for the configured one."""
+    report = health.last.agent if health.last is not None else None
+    if report is None:
+        return None
+    if report.weight_percent is None and report.admin in (None, "ready"):
+        return None
+    return report.weight(configured)
+
+
+class Node:
+    """Runs one node: see the module's docstring for the order of things.
+
+    ``loader`` reads the configuration again for a SIGHUP reload (``None``: reload requests
+    are refused with a status line saying so). ``planes`` maps data-plane names to
+    factories (tests give nftables a network namespace). ``prober_client`` and
+    ``report_client`` are for tests; by default each makes its own httpx client that ignores
+    proxy settings from the environment.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        loader: Callable[[], NodeConfig] | None = None,
+        planes: Mapping[str, PlaneFactory] = PLANES,
+        timeouts: Timeouts = Timeouts(),
+        prober_client: httpx.AsyncClient | None = None,
+        report_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.config = config
+        self.loader = loader
+        self.planes = planes
+        self.timeouts = timeouts
+        self.flags = Flags()
+        self.state = "new"
+        self.reloads = 0
+        self.last_reload: str | None = None
+        self.services: dict[str, Running] = {}
+        self.prober: Prober | None = None
+        self.listener: StatusListener | None = None
+        self.reporter: Reporter | None = None
+        self._prober_client = prober_client
+        self._report_client = report_client
+        self._started_at: float | None = None
+        self._reporter_task: asyncio.Task[None] | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._dirty: set[str] = set()
+        self._refresh_wake: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+
+    # -- start and stop ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start everything (see the module's docstring); on failure stop what started and
+        raise (:class:`FarmnodeError` for what a node can get wrong)."""
+        self.state = "starting"
+        self._started_at = time.monotonic()
+        self._wake = asyncio.Event()
+        self._refresh_wake = asyncio.Event()
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.state = self.summary()
+        log.info("node %s: %s", self.config.node.name, self.state)
+
+    async def _start(self) -> None:
+        config = self.config
+        self.listener = StatusListener(StatusApp(self.status), config.node.status_listen)
+        for spec in config.services:
+            self.services[spec.name] = self._build(spec)
+        await self._prune_stale_chains()
+        self.prober = Prober(self._on_health, self._prober_client)
+        await self.prober.sync(self._targets())
+        for running in self.services.values():
+            await self._start_plane(running)
+        self._refresh_task = asyncio.create_task(self._refresher(), name="plane refresher")
+        await self.listener.start()
+        log.info("node %s: status on %s", config.node.name, self.listener.url)
+        self._start_reporter()
+
+    async def stop(self) -> None:
+        """Stop everything that started; calling it again is harmless."""
+        if self.state == "stopped":
+            return
+        self.state = "stopping"
+        await self._stop_reporter()
+        await asyncio.gather(
+            *(self._stop_plane(r, self.timeouts.shutdown_drain) for r in self.services.values())
+        )
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh_task
+            self._refresh_task = None
+        if self.prober is not None:
+            await self.prober.close()
+            self.prober = None
+        if self.listener is not None:
+            await self.listener.stop()
+        self.state = "stopped"
+        log.info("node %s: stopped", self.config.node.name)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """For a SIGHUP handler: reload in the next cycle (which starts at once)."""
+        self.flags.reload = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def request_stop(self) -> None:
+        """For a SIGINT/SIGTERM handler: stop after the current cycle."""
+        self.flags.stop = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Start, run cycles until :meth:`request_stop`, stop."""
+        try:
+            await self.start()
+            while not self.flags.stop:
+                self._show(await self.cycle())
+                await self._sleep(self.timeouts.cycle)
+        finally:
+            await self.stop()
+
+    async def cycle(self) -> str:
+        """One turn of the loop: act on the flags, return the node's state in a line."""
+        if self.flags.stop:
+            return "stopping"
+        if self.flags.reload:
+            self.flags.reload = False
+            return await self.reload_from_source()
+        return self.summary()
+
+    def summary(self) -> str:
+        """``running: N service(s), U/R real server(s) available[; S on fallback]``."""
+        reals = [s for r in self.services.values() for s in r.service.servers.values()]
+        up = sum(1 for s in reals if s.available)
+        line = f"running: {len(self.services)} service(s), {up}/{len(reals)} real server(s) up"
+        fallback = [name for name, r in self.services.items() if r.on_fallback]
+        if fallback:
+            line += f"; on fallback: {', '.join(fallback)}"
+        down = [name for name, r in self.services.items() if not r.started]
+        if down:
+            line += f"; not running: {', '.join(down)}"
+        return line
+
+    def _show(self, status: str) -> None:
+        if status != self.state:
+            log.info("node %s: %s", self.config.node.name, status)
+        self.state = status
+
+    async def _sleep(self, seconds: float) -> None:
+        wake = self._wake
+        assert wake is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=seconds)
+        wake.clear()
+
+    # -- reload -----------------------------------------------------------------------------
+
+    async def reload_from_source(self) -> str:
+        """Read the configuration again (SIGHUP) and apply it; a bad one changes nothing."""
+        if self.loader is None:
+            return self._reloaded("reload refused: this node was not started from a file")
+        try:
+            config = await asyncio.to_thread(self.loader)
+        except ConfigError as exc:
+            log.error("reload failed, the running configuration stays: %s", exc)  # noqa: TRY400 - the message is the whole story
+            return self._reloaded(f"reload failed: {exc}")
+        return await self.reload(config)
+
+    async def reload(self, config: NodeConfig) -> str:
+        """Apply ``config``: keep what stays, restart what changed, stop what went.
+
+        Returns a status line; a service that cannot start is logged and named in it (the
+        others run on), and the node keeps trying it at the next reload.
+        """
+        wanted = {spec.name: spec for spec in config.services}
+        kept = [n for n, r in self.services.items() if n in wanted and _same(r, wanted[n])]
+        gone = [n for n in self.services if n not in kept]
+        for name in kept:  # in force for the next connection
+            self._update(self.services[name], wanted[name])
+        await asyncio.gather(  # before anything new binds what they leave
+            *(self._stop_plane(self.services.pop(n), self.timeouts.reload_drain) for n in gone)
+        )
+        fresh = [spec.name for spec in config.services if spec.name not in self.services]
+        failed = [name for name in fresh if not self._build_logged(wanted[name])]
+        self.config = config
+        assert self.prober is not None
+        await self.prober.sync(self._targets())
+        for running in self.services.values():  # kept targets keep their verdict
+            self._apply_known_health(running)
+        for name in fresh:
+            if name in self.services and not await self._start_logged(self.services[name]):
+                failed.append(name)
+        for name in kept:
+            self._mark_dirty(name)
+        await self._reload_node_settings(config)
+        self.reloads += 1
+        line = (
+            f"reloaded {config.source}: {len(kept)} kept, {len(fresh) - len(failed)} started, "
+            f"{len(gone)} stopped"
+        )
+        if failed:
+            line += f"; failed to start: {', '.join(sorted(set(failed)))}"
+        return self._reloaded(line)
+
+    def _reloaded(self, line: str) -> str:
+        self.last_reload = line
+        return line
+
+    def _update(self, running: Running, spec: ServiceSpec) -> None:
+        running.service.reload(spec)
+        running.spec = spec
+        running.plane.spec = spec
+
+    async def _reload_node_settings(self, config: NodeConfig) -> None:
+        listener = self.listener
+        if listener is not None and listener.address != config.node.status_listen:
+            try:
+                new = StatusListener(StatusApp(self.status), config.node.status_listen)
+                await new.start()
+            except FarmnodeError as exc:
+                log.error("status listener stays on %s: %s", listener.address, exc)  # noqa: TRY400 - the message is the whole story
+            else:
+                await listener.stop()
+                self.listener = new
+                log.info("node %s: status now on %s", config.node.name, new.url)
+        current = self.reporter.settings if self.reporter is not None else None
+        if current != config.report:
+            await self._stop_reporter()
+            self._start_reporter()
+
+    # -- services and planes -------------------------------------------------------------
+
+    def _build(self, spec: ServiceSpec) -> Running:
+        factory = self.planes.get(spec.dataplane)
+        if factory is None:
+            raise FarmnodeError(f"service {spec.name}: no data plane called {spec.dataplane!r}")
+        service = VirtualService(spec)
+        return Running(spec, service, factory(spec, service))
+
+    def _build_logged(self, spec: ServiceSpec) -> bool:
+        try:
+            self.services[spec.name] = self._build(spec)
+        except FarmnodeError as exc:
+            log.error("service %s cannot be built: %s", spec.name, exc)  # noqa: TRY400 - the message is the whole story
+            return False
+        return True
+
+    async def _start_plane(self, running: Running) -> None:
+        await running.plane.start()
+        running.started = True
+        self._note_fallback(running)
+
+    async def _start_logged(self, running: Running) -> bool:
+        try:
+            await self._start_plane(running)
+        except FarmnodeError as exc:
+            log.error("service %s cannot start: %s", running.spec.name, exc)  # noqa: TRY400 - the message is the whole story
+            return False
+        return True
+
+    async def _stop_plane(self, running: Running, drain: float) -> None:
+        if not running.started:
+            return
+        running.started = False
+        try:
+            await running.plane.stop(drain)
+        except FarmnodeError as exc:
+            log.error("service %s did not stop cleanly: %s", running.spec.name, exc)  # noqa: TRY400 - the message is the whole story
+
+    def _targets(self) -> list[Target]:
+        return [t for r in self.services.values() for t in probe_targets(r.spec)]
+
+    # -- health --------------------------------------------------------------------------
+
+    def _on_health(self, key: str, health: Health, changed: bool) -> None:
+        """The prober's listener: move the server's state, refresh the plane on a change."""
+        name, _, real = key.partition("/")
+        running = self.services.get(name)
+        if running is not None and self._apply(running, real, health):
+            self._mark_dirty(name)
+
+    def _apply(self, running: Running, real: str, health: Health) -> bool:
+        service = running.service
+        server = service.servers.get(real)
+        if server is None or health.state == "unknown":
+            return False
+        changed = False
+        if running.spec.check.kind == "agent":
+            changed |= service.set_agent_weight(real, agent_weight(health, server.weight))
+        changed |= service.set_health(real, health.state == "up")
+        if changed:
+            self._note_fallback(running)
+        return changed
+
+    def _apply_known_health(self, running: Running) -> None:
+        prober = self.prober
+        assert prober is not None
+        changed = False
+        for key in list(running.service.servers):
+            health = prober.health(target_key(running.spec.name, key))
+            changed |= self._apply(running, key, health)
+        if changed:
+            self._mark_dirty(running.spec.name)
+
+    def _note_fallback(self, running: Running) -> None:
+        """Log when a service goes on its fallback server or comes back from it."""
+        fallback = running.service.fallback
+        using = fallback is not None and running.service.eligible() == [fallback]
+        if using == running.on_fallback:
+            return
+        running.on_fallback = using
+        if using and fallback is not None:
+            log.warning(
+                "service %s: no real server available; the fallback %s takes new connections",
+                running.spec.name,
+                fallback.key,
+            )
+        elif running.started:
+            log.info("service %s: real servers are back; the fallback leaves", running.spec.name)
+
+    def _mark_dirty(self, name: str) -> None:
+        self._dirty.add(name)
+        if self._refresh_wake is not None:
+            self._refresh_wake.set()
+
+    async def _refresher(self) -> None:
+        """Refresh the planes of services whose health or weights changed, coalesced."""
+        wake = self._refresh_wake
+        assert wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await wake.wait()
+            wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            for name in sorted(dirty):
+                running = self.services.get(name)
+                if running is None or not running.started:
+                    continue
+                try:
+                    await running.plane.refresh()
+                except FarmnodeError as exc:
+                    log.error("service %s: refresh failed, retrying: %s", name, exc)  # noqa: TRY400 - the message is the whole story
+                    loop.call_later(REFRESH_RETRY, self._mark_dirty, name)
+
+    # -- nftables leftovers --------------------------------------------------------------
+
+    async def _prune_stale_chains(self) -> None:
+        """Delete chains of services this node no longer has from its nftables table(s).
+
+        Only chains a crashed run can have left: a clean stop removes its own. Chains of
+        configured services stay (their start flushes and refills them, keeping NAT).
+        """
+        planes = [r.plane for r in self.services.values() if isinstance(r.plane, NftablesPlane)]
+        wanted = {name for p in planes for name in chains(p.spec)}
+        done: set[tuple[str, str | None]] = set()
+        for plane in planes:
+            where = (plane.options.table, plane.nft.netns)
+            if where not in done:
+                done.add(where)
+                await asyncio.to_thread(_prune, plane, wanted)
+
+    # -- what the node reports -------------------------------------------------------------
+
+    async def measure(self) -> Measure:
+        """Open connections over all services, and whether any real server is available."""
+        connections = 0
+        for running in list(self.services.values()):
+            connections += await _connections(running)
+        available = any(
+            server.available
+            for running in self.services.values()
+            for server in running.service.servers.values()
+        )
+        return Measure(connections, available)
+
+    def _start_reporter(self) -> None:
+        settings = self.config.report
+        if settings is None:
+            return
+        self.reporter = Reporter(settings, self.measure, client=self._report_client)
+        self._reporter_task = asyncio.create_task(self.reporter.run(), name="load reporter")
+        log.info("node %s: reporting load to %s", self.config.node.name, settings.load_url)
+
+    async def _stop_reporter(self) -> None:
+        task, self._reporter_task = self._reporter_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        reporter, self.reporter = self.reporter, None
+        if reporter is not None:
+            await reporter.close()
+
+    def status(self) -> dict[str, Any]:
+        """The status document (see :mod:`farmnode.status`)."""
+        started = self._started_at
+        return {
+            "node": self.config.node.name,
+            "uptime": round(time.monotonic() - started, 3) if started is not None else 0.0,
+            "state": self.state,
+            "config": self.config.source,
+            "reloads": self.reloads,
+            "last_reload": self.last_reload,
+            "report": self.reporter.status() if self.reporter is not None else None,
+            "services": [self._service_status(r) for r in self.services.values()],
+        }
+
+    def _service_status(self, running: Running) -> dict[str, Any]:
+        doc: dict[str, Any] = dict(running.service.status())
+        doc["address"] = running.address
+        doc["running"] = running.started
+        doc["check"] = running.spec.check.kind
+        for real in doc["real"]:
+            real["check"] = self._check_view(running.spec, str(real["address"]))
+        return doc
+
+    def _check_view(self, spec: ServiceSpec, real: str) -> dict[str, Any] | None:
+        if spec.check.kind == "none" or self.prober is None:
+            return None
+        health = self.prober.health(target_key(spec.name, real))
+        last = health.last
+        return {
+            "health": health.state,
+            "detail": last.detail if last is not None else None,
+            "age": round(time.monotonic() - last.at, 3) if last is not None else None,
+        }
+
+    @property
+    def status_port(self) -> int:
+        """The status listener's bound port (useful with port 0)."""
+        assert self.listener is not None
+        return self.listener.port
+
+    def address(self, name: str) -> tuple[str, int]:
+        """Where service ``name``'s userspace plane listens (useful with port 0)."""
+        plane = self.services[name].plane
+        assert isinstance(plane, UserspacePlane)
+        assert plane.address is not None
+        return plane.address
+
+
+def _same(running: Running, spec: ServiceSpec) -> bool:
+    return running.started and running.identity == identity(spec)
+
+
+async def _connections(running: Running) -> int:
+    """Open connections (TCP) or flows (UDP) of one service as its plane sees them."""
+    plane = running.plane
+    if not running.started:
+        return 0
+    if isinstance(plane, UserspacePlane):
+        return plane.connections + plane.flows
+    if isinstance(plane, NftablesPlane):
+        text = await asyncio.to_thread(plane.nft.read, "/proc/net/nf_conntrack")
+        return count_flows(text, running.spec) if text is not None else 0
+    total = sum(server.active for server in running.service.servers.values())
+    fallback = running.service.fallback
+    return total + (fallback.active if fallback is not None else 0)
+
+
+def _prune(plane: NftablesPlane, wanted: set[str]) -> None:
+    """Blocking: delete chains not in ``wanted`` from ``plane``'s table, if it exists."""
+    table = plane.options.table
+    listing = plane.nft.run(["-j", "list", "table", "ip", table], check=False)
+    if listing.returncode != 0:
+        return  # no table yet
+    items: list[Any] = json.loads(listing.stdout).get("nftables", [])
+    names = {str(i["chain"]["name"]) for i in items if isinstance(i, dict) and "chain" in i}
+    stale = sorted(names - wanted)
+    if not stale:
+        return
+    log.info("nftables table %s: removing chains left by an earlier run: %s", table, stale)
+    script = "".join(
+        f"flush chain ip {table} {name}\ndelete chain ip {table} {name}\n" for name in stale
+    )
+    plane.nft.transact(script)
+
+
+__all__ = [
+    "PLANES",
+    "Flags",
+    "Node",
+    "PlaneFactory",
+    "Running",
+    "Timeouts",
+    "agent_weight",
+    "probe_targets",
+    "target_key",
+]

@@ -1,0 +1,290 @@
+"""The node's status: a JSON endpoint for machines and a text table for people.
+
+:class:`StatusApp` is a plain ASGI app: ``GET /status`` answers the JSON document the
+daemon builds (:meth:`farmnode.daemon.Node.status`); any other path is a 404, any other
+method on ``/status`` a 405, both as JSON errors. :class:`StatusListener` serves it with
+uvicorn on a pre-bound socket (port 0 picks a free one). :func:`render_text` turns the
+document into the table ``farmnode status`` prints.
+
+The document::
+
+    {"node": "n1", "uptime": 12.3, "state": "running: ...", "config": "node.toml",
+     "reloads": 0, "report": {...} | null,
+     "services": [VirtualService.status() + "address" (where the plane listens), ...]}
+
+Each real server of a service carries ``check``: the health checker's view of it
+(``health``, ``detail`` of the last probe, ``age`` in seconds), or ``null`` for
+``kind = "none"``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+import uvicorn
+
+from farmnode.config import parse_address
+from farmnode.errors import ListenError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+STATUS_PATH = "/status"
+#: Seconds uvicorn waits for open status requests at shutdown.
+SHUTDOWN_GRACE = 1
+
+
+class StatusApp:
+    """``GET /status`` -> ``document()`` as JSON; everything else a JSON 404 or 405.
+
+    ``document`` is called once per request, in the event loop; it must not block.
+    """
+
+    def __init__(self, document: Callable[[], Mapping[str, Any]]) -> None:
+        self.document = document
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path != STATUS_PATH:
+            status, body = 404, _error("not_found", f"no such path {path!r}; try GET /status")
+            await _send_json(send, status, body, method == "HEAD")
+        elif method not in ("GET", "HEAD"):
+            body = _error("method_not_allowed", f"{method} {path}: only GET is allowed")
+            await _send_json(send, 405, body, False, extra=[(b"allow", b"GET, HEAD")])
+        else:
+            await _send_json(send, 200, dict(self.document()), method == "HEAD")
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+async def _send_json(
+    send: Send,
+    status: int,
+    body: Mapping[str, Any],
+    head: bool,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+        (b"cache-control", b"no-store"),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else data})
+
+
+# --- the listener ---------------------------------------------------------------------------
+
+
+def bind(address: str) -> socket.socket:
+    """A listening, non-blocking TCP socket on ``host:port`` (port 0 picks a free one).
+
+    Raises :class:`ListenError` naming the address when it cannot listen.
+    """
+    try:
+        host, port = parse_address(address, allow_port_zero=True)
+    except ValueError as exc:
+        raise ListenError(f"status listener {address!r}", f"expected {exc}") from None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise ListenError(f"status listener on {address}", reason) from None
+    sock.setblocking(False)
+    return sock
+
+
+class StatusListener:
+    """One uvicorn server for :class:`StatusApp` on a pre-bound socket, no signal handling.
+
+    Binds in the constructor (so a taken port fails before anything else starts);
+    :meth:`start` serves, :meth:`stop` stops accepting, lets open requests finish (about a
+    second at most) and closes the socket. :meth:`stop` twice is harmless.
+    """
+
+    def __init__(self, app: StatusApp, address: str) -> None:
+        self.address = address
+        self.socket = bind(address)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            proxy_headers=False,
+            server_header=False,
+            timeout_keep_alive=2,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        )
+        config.load()
+        self._server = uvicorn.Server(config)
+        self._server.lifespan = config.lifespan_class(config)
+        self._closed = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one picked for port 0)."""
+        return int(self.socket.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """``http://host:port/status`` as bound (a wildcard address is asked on loopback)."""
+        return status_url(self.socket.getsockname()[0], self.port)
+
+    async def start(self) -> None:
+        await self._server.startup(sockets=[self.socket])
+
+    async def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._server.started:
+            await self._server.shutdown(sockets=[self.socket])
+        self.socket.close()
+
+
+def status_url(host: str, port: int) -> str:
+    """Where to ask a node listening on ``host:port``; ``0.0.0.0``/``::`` become loopback."""
+    if host == "0.0.0.0":  # noqa: S104 - mapping a wildcard to loopback, not binding
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}{STATUS_PATH}"
+
+
+# --- the text table -------------------------------------------------------------------------
+
+_COLUMNS = ("REAL SERVER", "STATE", "WEIGHT", "ACTIVE", "TOTAL", "IN", "OUT", "CHECK")
+
+
+def render_text(doc: Mapping[str, Any]) -> str:
+    """The status document as ``farmnode status`` prints it: a header, then one block per
+    service with one row per real server (and the fallback, marked ``in use`` or
+    ``standby``)."""
+    lines = [_header(doc)]
+    report = doc.get("report")
+    if isinstance(report, Mapping):
+        lines.append(
+            f"load report to {report.get('url')} as site {report.get('site')}: "
+            f"{report.get('last') or 'not sent yet'}"
+        )
+    services = doc.get("services") or []
+    if not services:
+        lines.append("no services")
+    for service in services:
+        lines.append("")
+        lines.extend(_service_lines(service))
+    return "\n".join(lines) + "\n"
+
+
+def _header(doc: Mapping[str, Any]) -> str:
+    uptime = float(doc.get("uptime", 0.0))
+    return (
+        f"node {doc.get('node')}: up {_duration(uptime)}, {doc.get('state', '')} "
+        f"(config {doc.get('config')}, {doc.get('reloads', 0)} reload(s))"
+    )
+
+
+def _service_lines(service: Mapping[str, Any]) -> list[str]:
+    persistence = service.get("persistence")
+    sticky = ""
+    if isinstance(persistence, Mapping):
+        sticky = (
+            f", persistence {persistence.get('timeout'):g}s /{persistence.get('netmask')}"
+            f" ({service.get('templates', 0)} template(s))"
+        )
+    title = (
+        f"service {service.get('name')}: {service.get('protocol')} "
+        f"{service.get('address') or service.get('listen')}, scheduler "
+        f"{service.get('scheduler')}, {service.get('dataplane')} plane{sticky}"
+    )
+    rows = [list(_COLUMNS)]
+    rows += [_real_row(real) for real in service.get("real", [])]
+    fallback = service.get("fallback")
+    if isinstance(fallback, Mapping):
+        rows.append(_fallback_row(fallback))
+    return [title, *_table(rows)]
+
+
+def _real_row(real: Mapping[str, Any]) -> list[str]:
+    weight, effective = real.get("weight"), real.get("effective_weight")
+    shown = str(effective) if effective == weight else f"{effective} (of {weight})"
+    check = real.get("check")
+    detail = "-"
+    if isinstance(check, Mapping):
+        detail = f"{check.get('health')}: {check.get('detail') or 'not probed yet'}"
+    return [
+        str(real.get("address")),
+        str(real.get("state")),
+        shown,
+        str(real.get("active", 0)),
+        str(real.get("total", 0)),
+        _bytes(int(real.get("bytes_in", 0))),
+        _bytes(int(real.get("bytes_out", 0))),
+        detail,
+    ]
+
+
+def _fallback_row(fallback: Mapping[str, Any]) -> list[str]:
+    state = "in use" if fallback.get("in_use") else "standby"
+    return [
+        f"{fallback.get('address')} (fallback)",
+        state,
+        "-",
+        str(fallback.get("active", 0)),
+        str(fallback.get("total", 0)),
+        "-",
+        "-",
+        "-",
+    ]
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def _bytes(count: int) -> str:
+    """Bytes for people: ``812``, ``1.2K``, ``3.4M``, ``5.6G`` (powers of 1024)."""
+    value = float(count)
+    for unit in ("", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{count}" if not unit else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(count)  # pragma: no cover - the loop always returns
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours}h{minutes}m"
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s"
+
+
+__all__ = ["STATUS_PATH", "StatusApp", "StatusListener", "bind", "render_text", "status_url"]
