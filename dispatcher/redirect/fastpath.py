@@ -25,7 +25,7 @@ from typing import Any
 
 from dispatcher.redirect import engine
 from dispatcher.redirect.compiler import CompiledRules, Condition, Rule
-from dispatcher.redirect.escape import decode_request_path
+from dispatcher.redirect.escape import decode_request_path, octets
 from dispatcher.redirect.model import Outcome
 from dispatcher.redirect.request import RewriteRequest
 from dispatcher.redirect.state import EvalState, NotApplicable, SiteSelector
@@ -38,7 +38,7 @@ from dispatcher.redirect.template import (
     VarRef,
     _group,
 )
-from dispatcher.redirect.variables import authority, scheme
+from dispatcher.redirect.variables import authority, inline_form, scheme
 
 RuleFunction = Callable[[EvalState], int]
 _NOMATCH, _MATCH, _NOSUB, _FORBIDDEN = engine._NOMATCH, engine._MATCH, engine._NOSUB, 3
@@ -182,6 +182,7 @@ class _Source:
             "_absolute": engine._absolute,
             "_scheme": scheme,
             "_authority": authority,
+            "_octets": octets,
         }
         self.lines: list[str] = []
 
@@ -203,11 +204,12 @@ def _compile_rule(rule: Rule) -> RuleFunction:
     if rule.prefix is not None:
         src.emit(1, f"if not uri.startswith({src.constant(rule.prefix)}):")
         src.emit(2, "return 0")
-    src.emit(1, f"m = {_match(src, rule)}")
+    matched = _match(src, rule)
+    src.emit(1, f"m = {matched}")
     if rule.negate:
         src.emit(1, "if m is not None:")
         src.emit(2, "return 0")
-    else:
+    elif ".search(" in matched:  # (a constant match, for ``^``, always matches)
         src.emit(1, "if m is None:")
         src.emit(2, "return 0")
     src.emit(1, "st.cond_match = None")
@@ -280,7 +282,8 @@ def _conditions(src: _Source, conditions: tuple[Condition, ...], match: str, gro
 
 def _condition(src: _Source, depth: int, cond: Condition, match: str, groups: int) -> None:
     """``engine._condition``: sets ``ok``; only a regex that matched (unnegated) sets ``%N``."""
-    src.emit(depth, f"text = {_expression(src, cond.test, None, match, groups)}")
+    if not _inline_variable(src, depth, cond.test):
+        src.emit(depth, f"text = {_expression(src, cond.test, None, match, groups)}")
     if cond.regex is not None:
         src.emit(depth, f"c = {src.constant(cond.regex)}.search(text)")
         if cond.negate:
@@ -292,6 +295,28 @@ def _condition(src: _Source, depth: int, cond: Condition, match: str, groups: in
     else:
         test = src.constant(cond.compare)
         src.emit(depth, f"ok = not {test}(text)" if cond.negate else f"ok = bool({test}(text))")
+
+
+def _inline_variable(src: _Source, depth: int, test: Template) -> bool:
+    """``text = <a request header, the Host or the method>`` without calling its getter, for
+    a test string that is that one variable (the common ``%{HTTP_USER_AGENT}``); else False.
+    The same value as the getter's (:mod:`variables`): octets, ``""`` when absent."""
+    if test.constant is not None or len(test.parts) != 1:
+        return False
+    part = test.parts[0]
+    form = inline_form(part.getter) if isinstance(part, VarRef) else None
+    if form is None:
+        return False
+    kind, name = form
+    if kind == "header":
+        src.emit(depth, f'text = st.request.headers.get({src.constant(name)}, "")')
+    elif kind == "host":
+        src.emit(depth, 'text = st.request.host or st.request.headers.get("host", "")')
+    else:
+        src.emit(depth, "text = st.request.method")
+    src.emit(depth, "if not text.isascii():")
+    src.emit(depth + 1, "text = _octets(text)")
+    return True
 
 
 def _part(src: _Source, part: str | object, escape: Escaper, match: str, groups: int) -> str | None:

@@ -60,12 +60,33 @@ def _method(st: EvalState) -> str:
 def _header(name: str) -> Getter:
     if name == "host":
         return _host
+    known = _HEADERS.get(name)
+    if known is not None:
+        return known
 
     def get(st: EvalState) -> str:
         value = st.request.headers.get(name, "")
         return value if value.isascii() else octets(value)
 
+    _HEADERS[name] = get
+    _HEADER_OF[get] = name
     return get
+
+
+#: One getter per header name (a rule set reads few), and the name each one reads.
+_HEADERS: dict[str, Getter] = {}
+_HEADER_OF: dict[Getter, str] = {}
+
+
+def inline_form(getter: Getter) -> tuple[str, str | None] | None:
+    """How the fast path may read a variable without calling its getter: ``("header",
+    name)``, ``("host", None)`` or ``("method", None)``; None for any other variable."""
+    if getter is _host:
+        return "host", None
+    if getter is _method:
+        return "method", None
+    name = _HEADER_OF.get(getter)
+    return ("header", name) if name is not None else None
 
 
 def _timestamp(st: EvalState) -> str:
