@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Protocol
 from dispatcher.affinity import Affinity, Recalled
 from dispatcher.backends.snapshot import PoolView, Snapshot
 from dispatcher.redirect import Outcome, RewriteRequest
-from dispatcher.relay import HandoffRelay, has_handoff, split_handoff
+from dispatcher.relay import HandoffRelay, split_handoff
 from dispatcher.session.tokens import HANDOFF_PARAM
 
 Scope = MutableMapping[str, Any]
@@ -68,12 +68,10 @@ class DispatchApp:
         if scope["type"] != "http":
             await _not_http(scope, receive, send)
             return
-        if self.relay is not None and has_handoff(scope.get("query_string", b"")):
-            await self._relay(self.relay, scope, send)
+        relay = self.relay
+        if relay is not None and _PARAM in scope.get("query_string", b""):
+            await self._relay(relay, scope, receive, send)
             return
-        await self._dispatch(scope, send)
-
-    async def _dispatch(self, scope: Scope, send: Send) -> None:
         snapshot = self.farm.snapshot
         now, host = time.monotonic(), _host(scope)
         headers: list[tuple[bytes, bytes]] = [(b"content-length", b"0")]
@@ -139,7 +137,7 @@ class DispatchApp:
         await send({"type": "http.response.start", "status": decision.status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _relay(self, relay: HandoffRelay, scope: Scope, send: Send) -> None:
+    async def _relay(self, relay: HandoffRelay, scope: Scope, receive: Receive, send: Send) -> None:
         """Place a client that brings a hand-off token, and pass its state on to the site.
 
         The request is dispatched as if the token were not in its query; when the answer is
@@ -148,7 +146,7 @@ class DispatchApp:
         """
         token, rest = split_handoff(scope.get("query_string", b""))
         answer = _Recorder()
-        await self._dispatch({**scope, "query_string": rest}, answer)
+        await self({**scope, "query_string": rest}, receive, answer)  # no token left in it
         status, headers = answer.status, answer.headers
         location = answer.header(b"location")
         site = site_at(self.farm.snapshot, location) if location is not None else None
