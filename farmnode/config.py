@@ -22,6 +22,7 @@ from typing import Any
 from dispatcher.backends.sites import NAME_RE as SITE_NAME_RE
 from dispatcher.backends.sites import check_base_url
 from dispatcher.errors import InvalidValue
+from farmnode.cluster.settings import ClusterSettings, parse_cluster
 from farmnode.dataplane.nftables import scheduler_reason, unsupported_reason
 from farmnode.errors import ConfigError
 from farmnode.spec import (
@@ -47,7 +48,7 @@ MAX_WEIGHT = 65_535
 MAX_CAPACITY = 10**9
 HOUR, DAY, WEEK = 3600.0, 86_400.0, 604_800.0
 
-TOP_KEYS = frozenset({"node", "services", "report"})
+TOP_KEYS = frozenset({"node", "services", "report", "cluster", "groups"})
 NODE_KEYS = frozenset({"name", "status_listen", "log_level"})
 REPORT_KEYS = frozenset({"url", "site", "token", "interval", "capacity"})
 SERVICE_KEYS = frozenset(
@@ -117,6 +118,7 @@ class NodeConfig:
     services: tuple[ServiceSpec, ...]
     report: ReportSettings | None = None
     source: str = "<config>"
+    cluster: ClusterSettings | None = None  # [cluster] and [[groups]]: docs/cluster.md
 
     @property
     def real_server_count(self) -> int:
@@ -183,7 +185,15 @@ def _build(doc: Mapping[str, Any], env: Mapping[str, str], source: str) -> NodeC
     report = None
     if "report" in doc:
         report = _report(_mapping(doc["report"], "report", "a table ([report])"), env)
-    return NodeConfig(node, services, report, source)
+    cluster = parse_cluster(
+        doc.get("cluster"),
+        doc.get("groups", []),
+        source,
+        env,
+        node_name=node.name,
+        service_names=frozenset(s.name for s in services),
+    )
+    return NodeConfig(node, services, report, source, cluster)
 
 
 def _node(raw: Mapping[str, Any], env: Mapping[str, str]) -> NodeSettings:

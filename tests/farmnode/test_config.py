@@ -556,7 +556,7 @@ HEAD = '[node]\nname = "n"\n[[services]]\nname = "w"\nprotocol = "tcp"\nlisten =
         (
             '[node]\nname = "n"\n[colours]\nred = 1',
             "colours",
-            "unknown key; expected one of node, report, services",
+            "unknown key; expected one of cluster, groups, node, report, services",
         ),
         ('[node]\nname = "n"\n[services]\nname = "x"', "services", "an array of tables"),
         ('services = [1]\n[node]\nname = "n"', "services[0]", "a table ([[services]])"),
