@@ -20,6 +20,7 @@ from farmnode.cluster.protocol import (
     encode,
     new_incarnation,
 )
+from farmnode.cluster.runtime import ClusterRuntime
 from farmnode.cluster.transports import (
     TRANSPORTS,
     OnDatagram,
@@ -33,6 +34,7 @@ __all__ = [
     "MAX_MESSAGE",
     "STATES",
     "TRANSPORTS",
+    "ClusterRuntime",
     "Heartbeat",
     "HeartbeatError",
     "OnDatagram",

@@ -1,0 +1,596 @@
+"""The cluster runtime: heartbeat, membership, election and resource groups, run together.
+
+One :class:`ClusterRuntime` per node. The daemon builds it from the node's ``[cluster]``
+and ``[[groups]]`` (:class:`~farmnode.cluster.settings.ClusterSettings`), calls
+:meth:`ClusterRuntime.start` and, on a clean shutdown, :meth:`ClusterRuntime.stop`.
+
+**Start**: stop every resource of every group (a ``kill -9`` of the previous run may have
+left an address up), start the transports, then run the loop as a task. Each run of the
+node has a fresh incarnation, membership and planner.
+
+**The loop** (one :meth:`ClusterRuntime.cycle` every ``interval``): read the membership
+view, let the :class:`~farmnode.cluster.election.Planner` decide, send the heartbeat it
+says to advertise (claims go out *before* any resource starts), start the plan's steps and
+the monitors that are due. Received datagrams are handled as they arrive (the receiver's
+filter, then :meth:`Membership.heard`, both on the injected clock). Actions on one group
+run one at a time, in order, in tasks of their own, so a slow start never delays a
+heartbeat; their results go back to the planner (``stopped``, ``start_failed``,
+``monitor_ok``, ``monitor_failed``). Every cycle returns a status line (logged when it
+changes); every group transition is logged with its reason and handed to ``notify`` and to
+the configured notify command (run without a shell, bounded by :data:`NOTIFY_TIMEOUT`,
+never awaited by the loop).
+
+**Stop** (the clean leave): the planner leaves, the loop keeps sending heartbeats while
+the owned groups stop (in reverse order of the configuration), a last ``leaving``
+heartbeat with no groups goes out, then the transports close. A peer takes the groups over
+within about one interval. :meth:`ClusterRuntime.abandon` is what ``kill -9`` leaves
+behind: the loop and the transports end, nothing is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Any, Final, Literal
+
+from farmnode.agents import IpAddr, ResourceGroup, build_agent
+from farmnode.agents.base import OcfResult, run_process
+from farmnode.cluster.election import Plan, Planner, Step
+from farmnode.cluster.membership import Heartbeat as Advert
+from farmnode.cluster.membership import Liveness, Membership, PeerView, View
+from farmnode.cluster.protocol import Heartbeat, HeartbeatError, Receiver, new_incarnation
+from farmnode.cluster.protocol import encode as encode_heartbeat
+from farmnode.cluster.settings import KEY_ENV, ClusterSettings, TransportSettings
+from farmnode.cluster.transports import (
+    TRANSPORTS,
+    Serial,
+    Transport,
+    UdpMulticast,
+    UdpUnicast,
+)
+from farmnode.errors import ConfigError, FarmnodeError
+
+log = logging.getLogger("farmnode.cluster")
+
+#: Called with (event, group, reason) on every group transition; must not block.
+Notify = Callable[[str, str, str], None]
+#: What this node is doing with a group.
+LocalState = Literal["stopped", "starting", "running", "stopping", "stop_failed"]
+#: Seconds the notify command may run before it is killed.
+NOTIFY_TIMEOUT: Final = 10.0
+#: Seconds between retries of a release whose stop failed (the claim is kept meanwhile).
+STOP_RETRY: Final = 1.0
+#: Monitor period of a group the settings do not describe.
+DEFAULT_MONITOR_INTERVAL: Final = 10.0
+
+
+def build_transports(settings: ClusterSettings) -> list[Transport]:
+    """The transports ``[[cluster.transports]]`` describes, chosen from :data:`TRANSPORTS`.
+
+    A udp transport sends to every address of every peer.
+    """
+    return [_transport(t, settings) for t in settings.transports]
+
+
+def _transport(t: TransportSettings, settings: ClusterSettings) -> Transport:
+    cls = TRANSPORTS[t.kind]
+    if cls is UdpUnicast and t.bind is not None:
+        peers = [address for peer in settings.peers for address in peer.addresses]
+        return UdpUnicast(t.bind, peers)
+    if cls is UdpMulticast and t.group is not None and t.interface is not None:
+        return UdpMulticast(t.group, t.port, t.interface, ttl=t.ttl)
+    if cls is Serial and t.device is not None:
+        return Serial(t.device, t.baudrate)
+    raise ConfigError("cluster", "cluster.transports", f"a complete {t.kind} transport")
+
+
+def build_groups(settings: ClusterSettings) -> dict[str, ResourceGroup]:
+    """The resource groups ``[[groups]]`` describes, their agents built with ``build_agent``.
+
+    Raises :class:`~farmnode.agents.AgentParamError` for an agent not in the registry (the
+    ``switch`` agent needs the daemon: it passes its own groups).
+    """
+    return {
+        g.name: ResourceGroup(
+            g.name, [build_agent(r.agent_table(), name=r.name) for r in g.resources]
+        )
+        for g in settings.groups
+    }
+
+
+class _GroupRun:
+    """The runtime's side of one group: its local state, its action lock, its monitor timer."""
+
+    __slots__ = ("group", "lock", "monitor_at", "monitor_every", "retry_at", "state")
+
+    def __init__(self, group: ResourceGroup, monitor_every: float) -> None:
+        self.group = group
+        self.lock = asyncio.Lock()
+        self.monitor_every = monitor_every
+        self.monitor_at = 0.0
+        self.retry_at = 0.0
+        self.state: LocalState = "stopped"
+
+
+class ClusterRuntime:
+    """Heartbeat, membership, election and resource groups of one node (module docstring).
+
+    ``groups`` default to those ``settings`` describe (:func:`build_groups`), ``transports``
+    to :func:`build_transports`; ``clock`` (monotonic seconds) drives membership, receiver
+    and planner; ``notify`` is called on every group transition. Nothing touches the
+    network or a resource before :meth:`start`.
+    """
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        node_name: str,
+        groups: Mapping[str, ResourceGroup] | None = None,
+        *,
+        transports: Iterable[Transport] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        notify: Notify | None = None,
+    ) -> None:
+        self.settings = settings
+        self.node_name = node_name
+        self.clock = clock
+        self.notify = notify
+        built = build_groups(settings) if groups is None else dict(groups)
+        wanted = [g.name for g in settings.groups]
+        if sorted(built) != sorted(wanted):
+            expected = f"exactly the groups of [[groups]] ({', '.join(wanted) or 'none'})"
+            raise ConfigError("cluster runtime", "groups", f"{expected}, got {sorted(built)}")
+        self.groups = {
+            name: _GroupRun(built[name], _monitor_every(settings, name)) for name in wanted
+        }
+        self.transports = build_transports(settings) if transports is None else list(transports)
+        self.sent = 0
+        self.send_errors = 0
+        self.last_status = "not started"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._fresh_run()
+
+    def _fresh_run(self) -> None:
+        """A new incarnation: receiver, membership and planner start from nothing."""
+        s = self.settings
+        self.incarnation = new_incarnation()
+        self.sequence = 0
+        self.receiver = Receiver(
+            s.key, s.name, self.node_name, forget_after=s.deadtime, clock=self.clock
+        )
+        self.membership = Membership(
+            self.node_name,
+            [t.name for t in self.transports],
+            s.interval,
+            s.deadtime,
+            s.warntime,
+            s.initdead,
+            self.clock,
+            peers=[p.name for p in s.peers],
+        )
+        self.planner = Planner.from_settings(self.node_name, s, self.incarnation)
+        self._plan: Plan | None = None
+        self._liveness: dict[str, Liveness] = {}
+        self._adverts: dict[str, Heartbeat] = {}  # each peer's last accepted heartbeat
+
+    # --- start and stop ------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None
+
+    async def start(self) -> None:
+        """Stop every resource, start the transports, run the loop. Raises
+        :class:`~farmnode.cluster.protocol.TransportError` when a transport cannot start
+        (the ones already started are stopped again)."""
+        if self._loop_task is not None:
+            raise FarmnodeError(f"cluster runtime of {self.node_name}: already started")
+        for name in reversed(list(self.groups)):
+            result = await self.groups[name].group.stop()
+            if not result.ok:
+                log.error("group %s: clean-up stop at start-up failed: %s", name, result.reason)
+            self.groups[name].state = "stopped"
+        self._fresh_run()
+        started: list[Transport] = []
+        try:
+            for transport in self.transports:
+                await transport.start(self._on_datagram)
+                started.append(transport)
+        except BaseException:
+            for transport in reversed(started):
+                await transport.stop()
+            raise
+        for warning in self.settings.warnings:
+            log.warning("cluster %s: %s", self.settings.name, warning)
+        self._loop_task = asyncio.create_task(self._run(), name=f"cluster-{self.node_name}")
+
+    async def stop(self) -> None:
+        """The clean leave (see the module docstring). Idempotent."""
+        if self._loop_task is None:
+            return
+        self.planner.leave()
+        self._wake.set()
+        limit = self._leave_limit()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                while self.planner.claims or self._busy():
+                    await asyncio.sleep(min(self.settings.interval, 0.05))
+        if self.planner.claims:
+            log.error("leaving: groups still claimed after %.1f s: %s", limit, self._claims())
+        await self._end_loop()
+        if not self.planner.claims:
+            plan = self.planner.plan(self.membership.view())
+            self._send(plan.heartbeat)
+        await self._close()
+        self.last_status = "stopped"
+
+    async def abandon(self) -> None:
+        """End the loop and the transports without releasing anything (what ``kill -9``
+        leaves behind: resources stay as they are; peers notice after ``deadtime``)."""
+        await self._end_loop()
+        await self._close(cancel=True)
+        self.last_status = "abandoned"
+
+    async def _end_loop(self) -> None:
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _close(self, *, cancel: bool = False) -> None:
+        if cancel:
+            for task in list(self._tasks):
+                task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=NOTIFY_TIMEOUT)
+        for transport in reversed(self.transports):
+            await transport.stop()
+        for run in self.groups.values():
+            for agent in run.group.agents:
+                await agent.close()
+
+    def _leave_limit(self) -> float:
+        """Seconds a clean leave may wait for the groups: every action's timeout, and some."""
+        agents = [agent for run in self.groups.values() for agent in run.group.agents]
+        total = sum(sum(agent.timeouts.values()) for agent in agents)
+        return total + 5 * self.settings.interval + 1.0
+
+    def _busy(self) -> bool:
+        return any(run.lock.locked() for run in self.groups.values())
+
+    def _claims(self) -> str:
+        return ", ".join(sorted(self.planner.claims)) or "none"
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        interval = self.settings.interval
+        while True:
+            began = time.monotonic()
+            try:
+                self._show(await self.cycle())
+            except Exception:
+                log.exception("cluster cycle failed")  # one bad cycle never ends the loop
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                left = max(0.0, interval - (time.monotonic() - began))
+                await asyncio.wait_for(self._wake.wait(), left)
+
+    def _show(self, status: str) -> None:
+        if status != self.last_status:
+            log.info("cluster: %s", status)
+        self.last_status = status
+
+    async def cycle(self) -> str:
+        """One turn: plan, advertise, act, monitor; returns the status line."""
+        view = self.membership.view()
+        self._log_liveness(view)
+        plan = self.planner.plan(view)
+        self._plan = plan
+        self._send(plan.heartbeat)
+        self._execute(plan.steps)
+        self._schedule_monitors(view.now)
+        self._retry_stops(view.now)
+        return plan.status
+
+    def _send(self, advert: Advert) -> None:
+        self.sequence += 1
+        hb = Heartbeat(
+            cluster=self.settings.name,
+            node=self.node_name,
+            incarnation=self.incarnation,
+            sequence=self.sequence,
+            sent=time.monotonic_ns(),
+            state=advert.state,
+            priority=advert.priority,
+            groups=tuple(sorted(advert.groups)),
+            quorum=advert.quorum,
+            role=advert.role,
+            failed=tuple(sorted(advert.failed)),
+            sees=tuple(sorted(advert.sees)),
+        )
+        try:
+            payload = encode_heartbeat(hb, self.settings.key)
+        except HeartbeatError as exc:
+            self.send_errors += 1
+            log.error("cannot encode heartbeat: %s", exc)  # noqa: TRY400 - no traceback: a known refusal
+            return
+        for transport in self.transports:
+            transport.send(payload)
+        self.sent += 1
+
+    def _on_datagram(self, data: bytes, transport: str) -> None:
+        outcome, hb = self.receiver.receive(data, transport)
+        if hb is not None:
+            self.membership.heard(hb.node, transport, hb)
+            if outcome == "accepted":
+                self._accepted(hb)
+        elif outcome not in ("replay", "self"):
+            log.debug("heartbeat dropped on %s: %s", transport, outcome)
+
+    def _accepted(self, hb: Heartbeat) -> None:
+        known = self._adverts.get(hb.node)
+        self._adverts[hb.node] = hb
+        if known is not None and known.state != hb.state:
+            log.info("peer %s: %s -> %s", hb.node, known.state, hb.state)
+        if _news(known, hb):
+            self._wake.set()  # claims or state changed: decide now, not an interval later
+
+    def _log_liveness(self, view: View) -> None:
+        for name, peer in view.peers.items():
+            before = self._liveness.get(name)
+            if before == peer.liveness:
+                continue
+            self._liveness[name] = peer.liveness
+            silent = peer.silent_for
+            since = "never heard" if silent is None else f"silent for {silent:.2f} s"
+            level = logging.WARNING if peer.liveness in ("late", "dead") else logging.INFO
+            log.log(
+                level, "peer %s: %s -> %s (%s)", name, before or "unknown", peer.liveness, since
+            )
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def _execute(self, steps: tuple[Step, ...]) -> None:
+        for step in steps:
+            log.info("group %s: %s: %s", step.group, step.action, step.reason)
+            self._notify(step.action, step.group, step.reason)
+        if self._leaving():  # a clean leave stops the groups one by one, in reverse order
+            releases = [s for s in steps if s.action == "release"]
+            if releases:
+                self._spawn(self._release_all(releases[::-1]))
+            steps = tuple(s for s in steps if s.action != "release")
+        for step in steps:
+            self._spawn(self._step(step))
+
+    def _leaving(self) -> bool:
+        return self._plan is not None and self._plan.heartbeat.state == "leaving"
+
+    async def _release_all(self, steps: list[Step]) -> None:
+        for step in steps:
+            await self._step(step)
+
+    async def _step(self, step: Step) -> None:
+        run = self.groups[step.group]
+        async with run.lock:
+            if step.action == "acquire":
+                await self._acquire(run)
+            elif step.action == "release":
+                await self._release(run)
+            else:
+                await self._announce(run)
+
+    async def _acquire(self, run: _GroupRun) -> None:
+        run.state = "starting"
+        result = await run.group.start()
+        if result.ok:
+            run.state = "running"
+            run.monitor_at = self.clock() + run.monitor_every
+            log.info("group %s: started", run.group.name)
+            return
+        run.state = "stopped"
+        log.error("group %s: start failed: %s", run.group.name, result.reason)
+        self.planner.start_failed(run.group.name, self.clock())
+        self._wake.set()
+
+    async def _release(self, run: _GroupRun) -> None:
+        run.state = "stopping"
+        result = await run.group.stop()
+        if result.ok:
+            run.state = "stopped"
+            self.planner.stopped(run.group.name)
+            log.info("group %s: stopped", run.group.name)
+            self._wake.set()
+            return
+        run.state = "stop_failed"
+        run.retry_at = self.clock() + STOP_RETRY
+        log.error(
+            "group %s: stop failed (%s); still claimed, retrying in %g s",
+            run.group.name,
+            result.reason,
+            STOP_RETRY,
+        )
+
+    async def _announce(self, run: _GroupRun) -> None:
+        if run.state != "running":
+            return
+        for agent in run.group.agents:
+            if isinstance(agent, IpAddr):
+                result = await agent.announce()
+                if result is not OcfResult.SUCCESS:
+                    log.warning("resource %s announce: %s", agent.name, agent.reason)
+
+    def _retry_stops(self, now: float) -> None:
+        for run in self.groups.values():
+            if run.state == "stop_failed" and now >= run.retry_at and not run.lock.locked():
+                run.retry_at = now + STOP_RETRY
+                self._spawn(self._step(Step("release", run.group.name, "retrying a failed stop")))
+
+    # --- monitors ----------------------------------------------------------------------------
+
+    def _schedule_monitors(self, now: float) -> None:
+        for run in self.groups.values():
+            if run.state == "running" and now >= run.monitor_at and not run.lock.locked():
+                run.monitor_at = now + run.monitor_every
+                self._spawn(self._monitor(run))
+
+    async def _monitor(self, run: _GroupRun) -> None:
+        async with run.lock:
+            if run.state != "running":
+                return
+            result = await run.group.monitor()  # the lock keeps the state as it is
+            if result.ok:
+                self.planner.monitor_ok(run.group.name)
+                return
+            log.warning("group %s: monitor failed: %s", run.group.name, result.reason)
+            self.planner.monitor_failed(run.group.name, self.clock())
+            self._wake.set()
+
+    # --- notify ------------------------------------------------------------------------------
+
+    def _notify(self, event: str, group: str, reason: str) -> None:
+        if self.notify is not None:
+            try:
+                self.notify(event, group, reason)
+            except Exception:
+                log.exception("notify callback failed for %s %s", event, group)
+        if self.settings.notify:
+            self._spawn(self._notify_command(event, group, reason))
+
+    async def _notify_command(self, event: str, group: str, reason: str) -> None:
+        argv = [*self.settings.notify, event, group, reason]
+        env = {
+            **{k: v for k, v in os.environ.items() if k != KEY_ENV},  # never hand out the key
+            "FARM_CLUSTER_EVENT": event,
+            "FARM_CLUSTER_GROUP": group,
+            "FARM_CLUSTER_REASON": reason,
+            "FARM_CLUSTER_NODE": self.node_name,
+            "FARM_CLUSTER_NAME": self.settings.name,
+        }
+        try:
+            async with asyncio.timeout(NOTIFY_TIMEOUT):
+                code, output = await run_process(argv, env)
+        except TimeoutError:
+            log.warning("notify %s: killed after %g s", argv[0], NOTIFY_TIMEOUT)
+            return
+        except OSError as exc:
+            log.warning("notify %s: cannot run: %s", argv[0], exc)
+            return
+        if code != 0:
+            log.warning("notify %s exited %d: %s", argv[0], code, output.strip()[-200:])
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Members, quorum, groups and counters, as ``farmnode status`` shows them."""
+        view = self.membership.view()
+        advert = self._plan.heartbeat if self._plan is not None else None
+        return {
+            "node": self.node_name,
+            "cluster": self.settings.name,
+            "role": self.settings.role,
+            "priority": self.settings.priority,
+            "state": advert.state if advert is not None else "starting",
+            "incarnation": self.incarnation,
+            "status": self.last_status,
+            "members": {name: _member(peer) for name, peer in view.peers.items()},
+            "quorum": {
+                "quorate": view.quorate,
+                "voters": view.voters,
+                "seen": 1 + sum(1 for p in view.peers.values() if p.fresh),
+                "warnings": list(self.settings.warnings),
+            },
+            "groups": {name: self._group_status(name, view) for name in self.groups},
+            "counters": {
+                "heartbeats_sent": self.sent,
+                "encode_errors": self.send_errors,
+                "receiver": dict(self.receiver.stats),
+                "restarts": dict(self.receiver.restarts),
+                "transports": {t.name: dict(t.stats) for t in self.transports},
+            },
+        }
+
+    def owner(self, group: str) -> str | None:
+        """Who owns ``group`` as seen here: this node while it runs it, else the peer that
+        claims it (the best-ranked one if several do), else ``None``."""
+        run = self.groups.get(group)
+        if run is not None and run.state == "running":
+            return self.node_name
+        claims = self._claimants(group, self.membership.view())
+        return claims[0] if claims else None
+
+    def _claimants(self, group: str, view: View) -> list[str]:
+        peers = [p for p in view.peers.values() if p.claims(group)]
+        peers.sort(key=_order)
+        return [p.name for p in peers]
+
+    def _group_status(self, name: str, view: View) -> dict[str, Any]:
+        claimants = self._claimants(name, view)
+        if name in self.planner.claims:
+            claimants.insert(0, self.node_name)
+        return {
+            "owner": self.owner(name),
+            "claimed_by": claimants,
+            "local": self.groups[name].state,
+        }
+
+
+def _news(known: Heartbeat | None, hb: Heartbeat) -> bool:
+    """Whether ``hb`` changes what the election knows of its sender (claims, state, ...)."""
+    if known is None or known.incarnation != hb.incarnation:
+        return True
+    return (
+        set(known.groups) != set(hb.groups)
+        or known.state != hb.state
+        or set(known.failed) != set(hb.failed)
+        or known.priority != hb.priority
+    )
+
+
+def _order(peer: PeerView) -> tuple[int, str]:
+    """Best-ranked first: higher priority, then the name that sorts first."""
+    return (-peer.heartbeat.priority if peer.heartbeat is not None else 0), peer.name
+
+
+def _member(peer: PeerView) -> dict[str, Any]:
+    hb = peer.heartbeat
+    return {
+        "liveness": peer.liveness,
+        "alive": peer.alive,
+        "fresh": peer.fresh,
+        "last_heard": {t: round(ago, 3) for t, ago in peer.last_heard.items()},
+        "state": hb.state if hb is not None else None,
+        "role": hb.role if hb is not None else None,
+        "priority": hb.priority if hb is not None else None,
+        "groups": sorted(hb.groups) if hb is not None else [],
+    }
+
+
+def _monitor_every(settings: ClusterSettings, name: str) -> float:
+    try:
+        resources = settings.group(name).resources
+    except KeyError:
+        return DEFAULT_MONITOR_INTERVAL
+    return min((r.monitor_interval for r in resources), default=DEFAULT_MONITOR_INTERVAL)
+
+
+__all__ = [
+    "NOTIFY_TIMEOUT",
+    "ClusterRuntime",
+    "LocalState",
+    "Notify",
+    "build_groups",
+    "build_transports",
+]
