@@ -170,7 +170,7 @@ def _cookie_values(scope: Scope, prefix: bytes) -> list[str]:
     """Every value of the cookie whose ``name=`` is ``prefix``, from every Cookie header."""
     found: list[str] = []
     for name, value in scope.get("headers") or ():
-        if name == b"cookie" and prefix in value:
+        if name == b"cookie" and value.find(prefix) >= 0:  # (find: cheaper than `in`)
             for part in bytes(value).split(b";"):
                 pair = part.strip()
                 if pair.startswith(prefix):
