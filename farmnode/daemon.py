@@ -7,7 +7,17 @@ happens); build every :class:`VirtualService` and its data plane (chosen by name
 :data:`PLANES`); remove chains that a crashed run left in the nftables table for services
 this configuration no longer has; probe every real server once (the shared
 :class:`~dispatcher.backends.health.Prober`); start the data planes; serve status; start
-the load reporter. The probe loops run from the first probe on.
+the load reporter; last, with a ``[cluster]``, the :class:`ClusterRuntime`. The probe
+loops run from the first probe on.
+
+**Cluster.** With ``[cluster]`` the node runs a :class:`ClusterRuntime` (heartbeats,
+election, resource groups, ``docs/cluster.md``) once everything else is up. Its groups are
+built from ``[[groups]]``; a ``switch`` resource is a :class:`SwitchAgent` bound to this
+node (the :class:`~farmnode.agents.switch.ServiceController`: :meth:`Node.start_service`,
+:meth:`Node.stop_service`, :meth:`Node.service_running`). A service named by a ``switch``
+resource is *deferred* (:func:`deferred_services`): it is built and health-checked at
+start-up like every service, but its data plane opens only when this node acquires its
+group, and closes (after ``Timeouts.switch_drain``) when it releases it.
 
 **Health.** Each real server is one probe target, keyed ``"{service}/{host:port}"``. Every
 result moves the server's state in its service (rise/fall hysteresis is the prober's), and
@@ -28,7 +38,13 @@ address or ``[report]`` table takes effect too; ``log_level`` only at the next s
 A configuration that does not load is logged and the running one stays.
 
 **Stop** (:meth:`Node.stop`): the reporter; every plane stops accepting, drains briefly and
-goes (nftables rules removed); the prober; the status listener.
+goes (nftables rules removed); the prober; the status listener. A cluster runtime stops
+first, with its clean leave (groups released in reverse order, a last ``leaving``
+heartbeat), so a peer takes the groups over while this node's planes still close.
+
+``[cluster]`` and ``[[groups]]`` are **not reloaded**: a SIGHUP that changes them logs a
+warning and the running cluster stays as started (restart the node to apply them); the
+set of deferred services stays too.
 """
 
 from __future__ import annotations
@@ -45,6 +61,10 @@ from typing import Any
 import httpx
 
 from dispatcher.backends.health import Health, Prober, Target
+from farmnode.agents import Agent, ResourceGroup, SwitchAgent, build_agent
+from farmnode.agents.switch import ServiceController
+from farmnode.cluster import ClusterRuntime
+from farmnode.cluster.settings import ClusterSettings, ResourceSettings
 from farmnode.config import NodeConfig
 from farmnode.dataplane.base import DataPlane
 from farmnode.dataplane.nftables import NftablesPlane, chains, count_flows
@@ -71,11 +91,14 @@ class Timeouts:
     ``cycle``: between two cycles of the loop (a signal wakes it at once).
     ``reload_drain``: how long a service that a reload removes or replaces lets its
     established connections finish. ``shutdown_drain``: the same at shutdown.
+    ``switch_drain``: the same when a cluster group's ``switch`` resource stops (kept
+    short: the release of the group, and so the takeover, waits for it).
     """
 
     cycle: float = 1.0
     reload_drain: float = 2.0
     shutdown_drain: float = 2.0
+    switch_drain: float = 0.5
 
 
 class Flags:
@@ -151,6 +174,39 @@ def _target(spec: ServiceSpec, real: RealSpec) -> Target:
     return Target(url="", expect="", kind="tcp", host=real.host, port=real.port, **common)
 
 
+def deferred_services(settings: ClusterSettings | None) -> frozenset[str]:
+    """The services named by a ``switch`` resource: opened only by their group's owner."""
+    if settings is None:
+        return frozenset()
+    return frozenset(
+        str(resource.params["service"])
+        for group in settings.groups
+        for resource in group.resources
+        if resource.agent == "switch"
+    )
+
+
+def cluster_groups(
+    settings: ClusterSettings, controller: ServiceController
+) -> dict[str, ResourceGroup]:
+    """The resource groups of ``[[groups]]``, ``switch`` resources bound to ``controller``.
+
+    Raises :class:`~farmnode.agents.AgentParamError` for a bad agent parameter.
+    """
+    return {
+        group.name: ResourceGroup(group.name, [_agent(r, controller) for r in group.resources])
+        for group in settings.groups
+    }
+
+
+def _agent(resource: ResourceSettings, controller: ServiceController) -> Agent:
+    table = resource.agent_table()
+    if resource.agent == "switch":
+        del table["agent"]
+        return SwitchAgent(table, name=resource.name, controller=controller)
+    return build_agent(table, name=resource.name)
+
+
 def agent_weight(health: Health, configured: int) -> int | None:
     """The weight an agent's standing report asks for, or ``None`` for the configured one."""
     report = health.last.agent if health.last is not None else None
@@ -190,6 +246,8 @@ class Node:
         self.reloads = 0
         self.last_reload: str | None = None
         self.services: dict[str, Running] = {}
+        self.deferred = deferred_services(config.cluster)
+        self.cluster: ClusterRuntime | None = None
         self.prober: Prober | None = None
         self.listener: StatusListener | None = None
         self.reporter: Reporter | None = None
@@ -227,18 +285,40 @@ class Node:
         await self._prune_stale_chains()
         self.prober = Prober(self._on_health, self._prober_client)
         await self.prober.sync(self._targets())
-        for running in self.services.values():
-            await self._start_plane(running)
+        for name, running in self.services.items():
+            if name not in self.deferred:
+                await self._start_plane(running)
         self._refresh_task = asyncio.create_task(self._refresher(), name="plane refresher")
         await self.listener.start()
         log.info("node %s: status on %s", config.node.name, self.listener.url)
         self._start_reporter()
+        await self._start_cluster()
+
+    async def _start_cluster(self) -> None:
+        settings = self.config.cluster
+        if settings is None:
+            return
+        runtime = ClusterRuntime(settings, self.config.node.name, cluster_groups(settings, self))
+        await runtime.start()
+        self.cluster = runtime
+        log.info(
+            "node %s: cluster %s started (deferred services: %s)",
+            self.config.node.name,
+            settings.name,
+            ", ".join(sorted(self.deferred)) or "none",
+        )
+
+    async def _stop_cluster(self) -> None:
+        runtime, self.cluster = self.cluster, None
+        if runtime is not None:
+            await runtime.stop()
 
     async def stop(self) -> None:
         """Stop everything that started; calling it again is harmless."""
         if self.state == "stopped":
             return
         self.state = "stopping"
+        await self._stop_cluster()  # the clean leave, while the planes are still open
         await self._stop_reporter()
         await asyncio.gather(
             *(self._stop_plane(r, self.timeouts.shutdown_drain) for r in self.services.values())
@@ -297,9 +377,13 @@ class Node:
         fallback = [name for name, r in self.services.items() if r.on_fallback]
         if fallback:
             line += f"; on fallback: {', '.join(fallback)}"
-        down = [name for name, r in self.services.items() if not r.started]
+        closed = [name for name, r in self.services.items() if not r.started]
+        down = [name for name in closed if name not in self.deferred]
         if down:
             line += f"; not running: {', '.join(down)}"
+        standby = [name for name in closed if name in self.deferred]
+        if standby:
+            line += f"; standby (cluster): {', '.join(standby)}"
         return line
 
     def _show(self, status: str) -> None:
@@ -334,8 +418,9 @@ class Node:
         others run on), and the node keeps trying it at the next reload.
         """
         wanted = {spec.name: spec for spec in config.services}
-        kept = [n for n, r in self.services.items() if n in wanted and _same(r, wanted[n])]
+        kept = [n for n, r in self.services.items() if n in wanted and self._keeps(r, wanted[n])]
         gone = [n for n in self.services if n not in kept]
+        owned = {n for n in gone if n in self.deferred and self.services[n].started}
         for name in kept:  # in force for the next connection
             self._update(self.services[name], wanted[name])
         await asyncio.gather(  # before anything new binds what they leave
@@ -349,11 +434,18 @@ class Node:
         for running in self.services.values():  # kept targets keep their verdict
             self._apply_known_health(running)
         for name in fresh:
+            if name in self.deferred and name not in owned:
+                continue  # opened by its group's owner only
             if name in self.services and not await self._start_logged(self.services[name]):
                 failed.append(name)
         for name in kept:
             self._mark_dirty(name)
         await self._reload_node_settings(config)
+        if self.cluster is not None and config.cluster != self.cluster.settings:
+            log.warning(
+                "[cluster] or [[groups]] changed: not reloaded; the running cluster stays "
+                "until the node restarts"
+            )
         self.reloads += 1
         line = (
             f"reloaded {config.source}: {len(kept)} kept, {len(fresh) - len(failed)} started, "
@@ -362,6 +454,13 @@ class Node:
         if failed:
             line += f"; failed to start: {', '.join(sorted(set(failed)))}"
         return self._reloaded(line)
+
+    def _keeps(self, running: Running, spec: ServiceSpec) -> bool:
+        """Whether a reload updates ``running`` in place: the same identity, and running
+        (or deferred: a closed standby service stays closed and is updated too)."""
+        return (running.started or running.spec.name in self.deferred) and (
+            running.identity == identity(spec)
+        )
 
     def _reloaded(self, line: str) -> str:
         self.last_reload = line
@@ -427,6 +526,32 @@ class Node:
             await running.plane.stop(drain)
         except FarmnodeError as exc:
             log.error("service %s did not stop cleanly: %s", running.spec.name, exc)  # noqa: TRY400 - the message is the whole story
+
+    # -- the switch agent's controller (farmnode.agents.switch.ServiceController) -----------
+
+    async def start_service(self, name: str) -> None:
+        """Open service ``name``'s data plane (idempotent); raises :class:`FarmnodeError`."""
+        running = self.services.get(name)
+        if running is None:
+            raise FarmnodeError(f"no service called {name!r} on node {self.config.node.name}")
+        if not running.started:
+            await self._start_plane(running)
+            log.info("service %s: opened (its cluster group is owned here)", name)
+
+    async def stop_service(self, name: str) -> None:
+        """Close service ``name``'s data plane after ``Timeouts.switch_drain`` (idempotent;
+        an unknown service is closed already). Raises :class:`FarmnodeError`."""
+        running = self.services.get(name)
+        if running is None or not running.started:
+            return
+        running.started = False
+        await running.plane.stop(self.timeouts.switch_drain)
+        log.info("service %s: closed (its cluster group is released)", name)
+
+    def service_running(self, name: str) -> bool:
+        """Whether service ``name``'s data plane is open."""
+        running = self.services.get(name)
+        return running is not None and running.started
 
     def _targets(self) -> list[Target]:
         return [t for r in self.services.values() for t in probe_targets(r.spec)]
@@ -563,6 +688,7 @@ class Node:
             "reloads": self.reloads,
             "last_reload": self.last_reload,
             "report": self.reporter.status() if self.reporter is not None else None,
+            "cluster": self.cluster.status() if self.cluster is not None else None,
             "services": [self._service_status(r) for r in self.services.values()],
         }
 
@@ -570,6 +696,7 @@ class Node:
         doc: dict[str, Any] = dict(running.service.status())
         doc["address"] = running.address
         doc["running"] = running.started
+        doc["deferred"] = running.spec.name in self.deferred
         doc["check"] = running.spec.check.kind
         for real in doc["real"]:
             real["check"] = self._check_view(running.spec, str(real["address"]))
@@ -598,10 +725,6 @@ class Node:
         assert isinstance(plane, UserspacePlane)
         assert plane.address is not None
         return plane.address
-
-
-def _same(running: Running, spec: ServiceSpec) -> bool:
-    return running.started and running.identity == identity(spec)
 
 
 async def _connections(running: Running) -> int:
@@ -645,6 +768,8 @@ __all__ = [
     "Running",
     "Timeouts",
     "agent_weight",
+    "cluster_groups",
+    "deferred_services",
     "probe_targets",
     "target_key",
 ]

@@ -9,8 +9,13 @@ document into the table ``farmnode status`` prints.
 The document::
 
     {"node": "n1", "uptime": 12.3, "state": "running: ...", "config": "node.toml",
-     "reloads": 0, "report": {...} | null,
+     "reloads": 0, "report": {...} | null, "cluster": {...} | null,
      "services": [VirtualService.status() + "address" (where the plane listens), ...]}
+
+``cluster`` is :meth:`farmnode.cluster.ClusterRuntime.status` (members with their liveness
+and last heard per transport, quorum and its warnings, each group's owner), or ``null``
+without a ``[cluster]``. A service's ``deferred`` is true when a cluster group's ``switch``
+resource opens it (only on the group's owner).
 
 Each real server of a service carries ``check``: the health checker's view of it
 (``health``, ``detail`` of the last probe, ``age`` in seconds), or ``null`` for
@@ -184,6 +189,10 @@ def render_text(doc: Mapping[str, Any]) -> str:
             f"load report to {report.get('url')} as site {report.get('site')}: "
             f"{report.get('last') or 'not sent yet'}"
         )
+    cluster = doc.get("cluster")
+    if isinstance(cluster, Mapping):
+        lines.append("")
+        lines.extend(cluster_lines(cluster))
     services = doc.get("services") or []
     if not services:
         lines.append("no services")
@@ -201,6 +210,45 @@ def _header(doc: Mapping[str, Any]) -> str:
     )
 
 
+def cluster_lines(cluster: Mapping[str, Any]) -> list[str]:
+    """The cluster section of ``farmnode status``: a title, the quorum and its warnings,
+    one row per member (liveness, seconds since last heard on each transport) and one row
+    per group (its owner, and what this node is doing with it)."""
+    quorum = cluster.get("quorum") or {}
+    quorate = "yes" if quorum.get("quorate") else "NO"
+    lines = [
+        f"cluster {cluster.get('cluster')}: {cluster.get('node')} ({cluster.get('role')}, "
+        f"priority {cluster.get('priority')}, {cluster.get('state')}); quorum {quorate} "
+        f"({quorum.get('seen')}/{quorum.get('voters')} voters seen)",
+    ]
+    lines += [f"  WARNING {warning}" for warning in quorum.get("warnings") or []]
+    rows = [["MEMBER", "LIVENESS", "STATE", "PRIORITY", "LAST HEARD", "GROUPS"]]
+    for name, member in sorted((cluster.get("members") or {}).items()):
+        rows.append(_member_row(str(name), member))
+    if len(rows) > 1:
+        lines += _table(rows)
+    groups = [["GROUP", "OWNER", "HERE"]]
+    for name, group in (cluster.get("groups") or {}).items():
+        groups.append([str(name), str(group.get("owner") or "none"), str(group.get("local"))])
+    if len(groups) > 1:
+        lines += _table(groups)
+    return lines
+
+
+def _member_row(name: str, member: Mapping[str, Any]) -> list[str]:
+    heard = member.get("last_heard") or {}
+    shown = ", ".join(f"{t} {float(ago):.2f}s ago" for t, ago in sorted(heard.items()))
+    priority = member.get("priority")
+    return [
+        name,
+        str(member.get("liveness")),
+        str(member.get("state") or "-"),
+        "-" if priority is None else str(priority),
+        shown or "never",
+        ", ".join(member.get("groups") or []) or "-",
+    ]
+
+
 def _service_lines(service: Mapping[str, Any]) -> list[str]:
     persistence = service.get("persistence")
     sticky = ""
@@ -214,6 +262,10 @@ def _service_lines(service: Mapping[str, Any]) -> list[str]:
         f"{service.get('address') or service.get('listen')}, scheduler "
         f"{service.get('scheduler')}, {service.get('dataplane')} plane{sticky}"
     )
+    if service.get("deferred"):
+        title += ", cluster: " + (
+            "open (group owned here)" if service.get("running") else "closed (standby)"
+        )
     rows = [list(_COLUMNS)]
     rows += [_real_row(real) for real in service.get("real", [])]
     fallback = service.get("fallback")
@@ -287,4 +339,12 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs}s"
 
 
-__all__ = ["STATUS_PATH", "StatusApp", "StatusListener", "bind", "render_text", "status_url"]
+__all__ = [
+    "STATUS_PATH",
+    "StatusApp",
+    "StatusListener",
+    "bind",
+    "cluster_lines",
+    "render_text",
+    "status_url",
+]

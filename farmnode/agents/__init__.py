@@ -1,8 +1,9 @@
 """Resource agents: everything that moves on failover, behind one OCF-like contract.
 
-``AGENTS`` maps the ``agent`` key of a ``[[groups.resources]]`` table to its class; the
-``switch`` agent (a virtual service of the layer-4 switch) needs the daemon and is added
-where the daemon builds its groups.
+``AGENTS`` maps the ``agent`` key of a ``[[groups.resources]]`` table to its class. The
+``switch`` agent (:class:`SwitchAgent`, a virtual service of the layer-4 switch) needs the
+daemon's services: the daemon builds it, bound to itself, where it builds its groups
+(``farmnode.daemon.cluster_groups``).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from farmnode.agents.group import GroupResult, ResourceGroup
 from farmnode.agents.ipaddr import IpAddr
 from farmnode.agents.ocf import OcfAgent
 from farmnode.agents.script import ScriptAgent
+from farmnode.agents.switch import ServiceController, SwitchAgent
 
 AGENTS: dict[str, type[Agent]] = {
     "ipaddr": IpAddr,
     "ocf": OcfAgent,
     "script": ScriptAgent,
+    "switch": SwitchAgent,  # built unbound here (validation); the daemon binds it to itself
 }
 
 
@@ -59,6 +62,8 @@ __all__ = [
     "Param",
     "ResourceGroup",
     "ScriptAgent",
+    "ServiceController",
+    "SwitchAgent",
     "build_agent",
     "run_action",
 ]

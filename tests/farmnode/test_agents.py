@@ -126,12 +126,15 @@ def test_bad_params_raise_a_typed_error_naming_the_param(
 
 
 def test_registry_builds_agents_by_name(tmp_path: Path) -> None:
-    assert set(AGENTS) == {"ipaddr", "ocf", "script"}
+    assert set(AGENTS) == {"ipaddr", "ocf", "script", "switch"}
     agent = build_agent({"agent": "ipaddr", "name": "vip", **VIP})
     assert isinstance(agent, IpAddr)
     assert agent.name == "vip"
-    with pytest.raises(AgentParamError, match="agent: one of ipaddr, ocf, script"):
+    with pytest.raises(AgentParamError, match="agent: one of ipaddr, ocf, script, switch"):
+        build_agent({"agent": "switchd"})
+    with pytest.raises(AgentParamError) as missing:
         build_agent({"agent": "switch"})
+    assert missing.value.param == "service"
     with pytest.raises(AgentParamError) as caught:
         build_agent({"agent": "script"})
     assert caught.value.param == "path"
