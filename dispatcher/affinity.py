@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,7 +37,7 @@ Recalled = tuple[str, float]
 MAX_TEMPLATES = 100_000
 
 
-class Affinity:
+class Affinity(ABC):
     """The contract of both kinds.
 
     :meth:`recall` is cheap and never raises: the site this client was placed on (a name,
@@ -48,8 +49,8 @@ class Affinity:
 
     name = ""
 
-    def recall(self, scope: Scope, now: float) -> Recalled | None:
-        raise NotImplementedError
+    @abstractmethod
+    def recall(self, scope: Scope, now: float) -> Recalled | None: ...
 
     def place(
         self, scope: Scope, pool: PoolView, now: float, host: bytes, recalled: Recalled | None
@@ -60,13 +61,13 @@ class Affinity:
         site = pool.choose(now, host)
         return site, (self.placed(scope, site.name, now) if site is not None else None)
 
+    @abstractmethod
     def placed(self, scope: Scope, site: str, now: float) -> str | None:
         """Remember that this client now goes to ``site``; the header to send, if any."""
-        raise NotImplementedError
 
+    @abstractmethod
     def renew(self, scope: Scope, recalled: Recalled, now: float) -> str | None:
         """The client went back to its site as remembered; keep the memory alive."""
-        raise NotImplementedError
 
 
 class CookieAffinity(Affinity):
