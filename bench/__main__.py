@@ -1,5 +1,6 @@
 """``make bench``: the dispatcher's hot path against a bare ASGI 302 app, with wrk; then
-farmnode's layer-4 switch (``bench.l4``, ``bench.l4_nft``).
+farmnode's layer-4 switch (``bench.l4``, ``bench.l4_nft``) and its failover against
+keepalived (``bench.failover``).
 
 Both servers run one worker on the same uvicorn settings, measured in the same run,
 alternating, several rounds each. Each server's figures are its median round; its ratio is
@@ -20,7 +21,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from bench import evaluator, l4, l4_nft, session
+from bench import evaluator, failover, l4, l4_nft, session
 from bench.servers import KEYS
 from dispatcher.session import AffinityStamp
 
@@ -188,6 +189,8 @@ def main() -> None:
     l4.main([])
     print("\nfarmnode layer-4 switch, nftables plane against talking to the server directly:")
     l4_nft.main([])
+    print("\nfarmnode failover against keepalived (kill -9 of the owner):")
+    failover.main([])
 
 
 if __name__ == "__main__":

@@ -130,10 +130,15 @@ monitor_interval = 1.0
 
 
 class Responder:
-    """The real server in a node's namespace: each connection gets the node's name, then EOF."""
+    """The real server in a node's namespace: each connection gets the node's name, then EOF.
 
-    def __init__(self, ns: Namespace, name: str) -> None:
-        self.sock = ns.listen(("127.0.0.1", REAL_PORT))
+    ``address`` defaults to the switch service's real server (127.0.0.1:REAL_PORT).
+    """
+
+    def __init__(
+        self, ns: Namespace, name: str, address: tuple[str, int] = ("127.0.0.1", REAL_PORT)
+    ) -> None:
+        self.sock = ns.listen(address)
         self.sock.settimeout(0.1)
         self.name = name.encode()
         self.done = threading.Event()
