@@ -10,11 +10,9 @@ daemon read as they are.
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
-import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +33,19 @@ from farmnode.spec import (
     ServiceSpec,
 )
 from farmnode.switch.schedulers import SCHEDULERS
+from farmnode.validation import Invalid as _Invalid
+from farmnode.validation import choice as _choice
+from farmnode.validation import flag as _flag
+from farmnode.validation import int_in as _int_in
+from farmnode.validation import mapping as _mapping
+from farmnode.validation import name as _name
+from farmnode.validation import not_int as _not_int
+from farmnode.validation import only_keys as _only_keys
+from farmnode.validation import require as _require
+from farmnode.validation import seconds as _seconds
 
 ENVIRONMENT = "<environment>"
 #: Node and service names: lowercase letters, digits and '-', like a host name's label.
-NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-NAME_RULE = "1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
 LOG_LEVELS = ("debug", "info", "warning")
 PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp")
 PLANES: tuple[PlaneName, ...] = ("userspace", "nftables")
@@ -130,16 +136,6 @@ class NodeConfig:
             if service.name == name:
                 return service
         raise KeyError(name)
-
-
-class _Invalid(Exception):
-    """One value failed validation (internal; :func:`parse_config` makes it a ConfigError)."""
-
-    def __init__(self, path: str, expected: str, source: str | None = None) -> None:
-        self.path = path
-        self.expected = expected
-        self.source = source
-        super().__init__(f"{path}: {expected}")
 
 
 # --- building -----------------------------------------------------------------------------
@@ -504,77 +500,11 @@ def _overlap(a: tuple[str, int], b: tuple[str, int], *, loopback: bool = False) 
 # --- small typed readers ----------------------------------------------------------------
 
 
-def _mapping(value: Any, path: str, expected: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _Invalid(path, f"{expected}, got {type(value).__name__}")
-    return value
-
-
-def _only_keys(raw: Mapping[str, Any], path: str, allowed: frozenset[str]) -> None:
-    for key in raw:
-        if key not in allowed:
-            where = f"{path}.{key}" if path else str(key)
-            raise _Invalid(where, f"unknown key; expected one of {', '.join(sorted(allowed))}")
-
-
-def _require(raw: Mapping[str, Any], path: str, *keys: str) -> None:
-    for key in keys:
-        if key not in raw:
-            raise _Invalid(f"{path}.{key}", "a value (this key is required)")
-
-
-def _name(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise _Invalid(path, f"{NAME_RULE}, got {value!r}")
-    return value
-
-
 def _text(raw: Mapping[str, Any], path: str, key: str, default: str, expected: str) -> str:
     value = raw.get(key, default)
     if not isinstance(value, str):
         raise _Invalid(f"{path}.{key}", f"{expected}, got {value!r}")
     return value
-
-
-def _choice(
-    raw: Mapping[str, Any], path: str, key: str, default: str, choices: Sequence[str]
-) -> str:
-    value = raw.get(key, default)
-    if not isinstance(value, str) or value not in choices:
-        raise _Invalid(f"{path}.{key}", f"one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _flag(raw: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
-    value = raw.get(key, default)
-    if not isinstance(value, bool):
-        raise _Invalid(f"{path}.{key}", f"true or false, got {value!r}")
-    return value
-
-
-def _seconds(raw: Mapping[str, Any], path: str, key: str, default: float, most: float) -> float:
-    value = raw.get(key, default)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 < value <= most
-    ):
-        raise _Invalid(f"{path}.{key}", f"a number of seconds > 0 and <= {most:g}, got {value!r}")
-    return float(value)
-
-
-def _int_in(
-    raw: Mapping[str, Any], path: str, key: str, default: int, least: int, most: int
-) -> int:
-    value = raw.get(key, default)
-    if _not_int(value) or not least <= value <= most:
-        raise _Invalid(f"{path}.{key}", f"a whole number from {least} to {most}, got {value!r}")
-    return int(value)
-
-
-def _not_int(value: Any) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int)
 
 
 def _visible_ascii(text: str) -> bool:

@@ -18,6 +18,15 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from farmnode.errors import ConfigError
+from farmnode.validation import Invalid as _Invalid
+from farmnode.validation import choice as _choice
+from farmnode.validation import flag as _flag
+from farmnode.validation import int_in as _int_in
+from farmnode.validation import mapping as _mapping
+from farmnode.validation import name as _name
+from farmnode.validation import only_keys as _only_keys
+from farmnode.validation import require as _require
+from farmnode.validation import seconds as _seconds
 
 ENVIRONMENT = "<environment>"
 KEY_ENV = "FARM_CLUSTER_KEY"
@@ -201,16 +210,6 @@ class ClusterSettings:
             if group.name == name:
                 return group
         raise KeyError(name)
-
-
-class _Invalid(Exception):
-    """One value failed validation (internal; :func:`parse_cluster` makes it a ConfigError)."""
-
-    def __init__(self, path: str, expected: str, source: str | None = None) -> None:
-        self.path = path
-        self.expected = expected
-        self.source = source
-        super().__init__(f"{path}: {expected}")
 
 
 def parse_cluster(
@@ -611,78 +610,6 @@ def _address(value: Any, path: str) -> tuple[str, int]:
         return parse_address(value)
     except ValueError as exc:
         raise _Invalid(path, f"{expected}: {exc}, got {value!r}") from None
-
-
-def _name(value: Any, path: str) -> str:
-    from farmnode.config import NAME_RE, NAME_RULE  # see _address
-
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise _Invalid(path, f"{NAME_RULE}, got {value!r}")
-    return value
-
-
-def _mapping(value: Any, path: str, expected: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _Invalid(path, f"{expected}, got {type(value).__name__}")
-    return value
-
-
-def _only_keys(raw: Mapping[str, Any], path: str, allowed: frozenset[str]) -> None:
-    for key in raw:
-        if key not in allowed:
-            raise _Invalid(
-                f"{path}.{key}", f"unknown key; expected one of {', '.join(sorted(allowed))}"
-            )
-
-
-def _require(raw: Mapping[str, Any], path: str, *keys: str) -> None:
-    for key in keys:
-        if key not in raw:
-            raise _Invalid(f"{path}.{key}", "a value (this key is required)")
-
-
-def _choice(
-    raw: Mapping[str, Any], path: str, key: str, default: str, choices: Sequence[Any]
-) -> Any:
-    value = raw.get(key, default)
-    if not isinstance(value, str) or value not in choices:
-        raise _Invalid(f"{path}.{key}", f"one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _flag(raw: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
-    value = raw.get(key, default)
-    if not isinstance(value, bool):
-        raise _Invalid(f"{path}.{key}", f"true or false, got {value!r}")
-    return value
-
-
-def _seconds(
-    raw: Mapping[str, Any], path: str, key: str, default: float, most: float, *, zero: bool = False
-) -> float:
-    value = raw.get(key, default)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not zero)
-        or value > most
-    ):
-        bound = ">= 0" if zero else "> 0"
-        raise _Invalid(
-            f"{path}.{key}", f"a number of seconds {bound} and <= {most:g}, got {value!r}"
-        )
-    return float(value)
-
-
-def _int_in(
-    raw: Mapping[str, Any], path: str, key: str, default: int, least: int, most: int
-) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
-        raise _Invalid(f"{path}.{key}", f"a whole number from {least} to {most}, got {value!r}")
-    return value
 
 
 __all__ = [

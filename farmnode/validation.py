@@ -1,0 +1,98 @@
+"""The checks the node's configuration parsers share (``farmnode.config`` for the node and
+its services, ``farmnode.cluster.settings`` for ``[cluster]`` and ``[[groups]]``).
+
+Each check raises :class:`Invalid` naming the key path and what was expected; each parser
+turns that into a :class:`farmnode.errors.ConfigError` naming the file as well.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+NAME_RULE = "1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+
+
+class Invalid(Exception):
+    """One value failed validation (internal; the parsers make it a ConfigError)."""
+
+    def __init__(self, path: str, expected: str, source: str | None = None) -> None:
+        self.path = path
+        self.expected = expected
+        self.source = source
+        super().__init__(f"{path}: {expected}")
+
+
+def mapping(value: Any, path: str, expected: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise Invalid(path, f"{expected}, got {type(value).__name__}")
+    return value
+
+
+def only_keys(raw: Mapping[str, Any], path: str, allowed: frozenset[str]) -> None:
+    for key in raw:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise Invalid(where, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+
+
+def require(raw: Mapping[str, Any], path: str, *keys: str) -> None:
+    for key in keys:
+        if key not in raw:
+            raise Invalid(f"{path}.{key}", "a value (this key is required)")
+
+
+def name(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise Invalid(path, f"{NAME_RULE}, got {value!r}")
+    return value
+
+
+def choice(
+    raw: Mapping[str, Any], path: str, key: str, default: str, choices: Sequence[str]
+) -> Any:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or value not in choices:
+        raise Invalid(f"{path}.{key}", f"one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def flag(raw: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise Invalid(f"{path}.{key}", f"true or false, got {value!r}")
+    return value
+
+
+def seconds(
+    raw: Mapping[str, Any], path: str, key: str, default: float, most: float, *, zero: bool = False
+) -> float:
+    """A finite number of seconds, > 0 (>= 0 with ``zero``) and <= ``most``."""
+    value = raw.get(key, default)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero)
+        or value > most
+    ):
+        bound = ">= 0" if zero else "> 0"
+        raise Invalid(
+            f"{path}.{key}", f"a number of seconds {bound} and <= {most:g}, got {value!r}"
+        )
+    return float(value)
+
+
+def int_in(raw: Mapping[str, Any], path: str, key: str, default: int, least: int, most: int) -> int:
+    value = raw.get(key, default)
+    if not_int(value) or not least <= value <= most:
+        raise Invalid(f"{path}.{key}", f"a whole number from {least} to {most}, got {value!r}")
+    return int(value)
+
+
+def not_int(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)
