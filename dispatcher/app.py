@@ -56,7 +56,7 @@ class DispatchApp:
         self.farm = farm
         self.affinity = affinity
         self.relay = relay
-        self._selection = _Selection()
+        self._selection = SiteSelection()
         self._sorry_headers = [
             (b"content-type", b"text/html; charset=utf-8"),
             (b"content-length", str(len(SORRY_BODY)).encode()),
@@ -223,22 +223,29 @@ class Decision(NamedTuple):
     sorry: bool = False
 
 
-class _Selection:
-    """The ``${site:POOL}`` map of :class:`DispatchApp`: :func:`site_selector`, kept.
+class SiteSelection:
+    """The ``${site:POOL}`` map: the pool's pick for this client (its affinity site if the
+    pool can take it), never the site at ``host``; the sites picked, in order, in ``chosen``.
 
-    Evaluating the rules is synchronous, so one instance per app serves every request in
-    turn: the app points it at the request's snapshot, time and Host just before evaluating
-    and takes ``chosen`` (the sites picked, in order) just after, with no ``await`` between.
-    That saves building a closure and a list for each request.
+    Evaluating the rules is synchronous, so :class:`DispatchApp` keeps one instance and
+    serves every request with it in turn: it points it at the request's snapshot, time and
+    Host just before evaluating and takes ``chosen`` just after, with no ``await`` between.
+    That saves building a selector for each request. ``explain`` builds its own.
     """
 
     __slots__ = ("chosen", "host", "now", "recalled", "snapshot")
 
-    def __init__(self) -> None:
-        self.snapshot: Snapshot | None = None
-        self.now = 0.0
-        self.host = b""
-        self.recalled: Recalled | None = None
+    def __init__(
+        self,
+        snapshot: Snapshot | None = None,
+        now: float = 0.0,
+        host: bytes = b"",
+        recalled: Recalled | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.now = now
+        self.host = host
+        self.recalled = recalled
         self.chosen: tuple[str, ...] = ()
 
     def __call__(self, pool_name: str, request: RewriteRequest) -> str | None:
@@ -254,22 +261,6 @@ class _Selection:
             return None
         self.chosen += (site.name,)
         return site.base_url
-
-
-def site_selector(
-    snapshot: Snapshot, now: float, host: bytes, chosen: list[str]
-) -> Callable[[str, RewriteRequest], str | None]:
-    """The ``${site:POOL}`` map: the pool's pick for this client, remembered in ``chosen``."""
-
-    def select(pool_name: str, request: RewriteRequest) -> str | None:
-        pool = snapshot.pools.get(pool_name)
-        site = pool.choose(now, host) if pool is not None else None
-        if site is None:
-            return None
-        chosen.append(site.name)
-        return site.base_url
-
-    return select
 
 
 def decide(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from dispatcher.app import Decision, decide, site_selector
+from dispatcher.app import Decision, SiteSelection, decide
 from dispatcher.backends.health import Health
 from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.backends.store import SiteStore
@@ -121,12 +121,12 @@ def explain(snapshot: Snapshot, request: RewriteRequest) -> Explained:
     target = request.path.encode("latin-1")
     if request.query_string:
         target += b"?" + request.query_string.encode("latin-1")
-    chosen: list[str] = []
     if dry.rules is None:
         outcome = Outcome("none", None, None, request.path, request.query_string, (), {})
-        return Explained(request, None, decide(dry, outcome, target, host, now, chosen))
-    explanation = dry.rules.explain(request, sites=site_selector(dry, now, host, chosen))
-    decision = decide(dry, explanation.outcome, target, host, now, chosen)
+        return Explained(request, None, decide(dry, outcome, target, host, now, ()))
+    selection = SiteSelection(dry, now, host)
+    explanation = dry.rules.explain(request, sites=selection)
+    decision = decide(dry, explanation.outcome, target, host, now, selection.chosen)
     return Explained(request, explanation, decision)
 
 
