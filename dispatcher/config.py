@@ -88,17 +88,23 @@ class Config:
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read ``path`` and the ``FARM_*`` environment into a validated :class:`Config`."""
     file = Path(path)
-    try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(file), "", "a readable TOML file (no such file)") from None
-    except OSError as exc:
-        raise ConfigError(str(file), "", f"a readable TOML file ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(file), "", f"UTF-8 text ({exc.reason})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(file), "", f"valid TOML ({exc})") from None
+    raw = read_toml(file, ConfigError)
     return build_config(raw, source=str(file), environ=environ, base_dir=file.resolve().parent)
+
+
+def read_toml(file: Path, error: Callable[[str, str, str], Exception]) -> dict[str, Any]:
+    """The TOML document in ``file``; ``error(file, "", expectation)`` is raised when it
+    cannot be read or parsed (each package passes its own ``ConfigError``)."""
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(str(file), "", "a readable TOML file (no such file)") from None
+    except OSError as exc:
+        raise error(str(file), "", f"a readable TOML file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise error(str(file), "", f"UTF-8 text ({exc.reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(str(file), "", f"valid TOML ({exc})") from None
 
 
 def build_config(
@@ -383,4 +389,5 @@ __all__ = [
     "load_config",
     "parse_address",
     "parse_check",
+    "read_toml",
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from dispatcher.backends.sites import NAME_RE as SITE_NAME_RE
 from dispatcher.backends.sites import check_base_url
+from dispatcher.config import read_toml
 from dispatcher.errors import InvalidValue
 from farmnode.cluster.settings import ClusterSettings, parse_cluster
 from farmnode.dataplane.nftables import scheduler_reason, unsupported_reason
@@ -144,16 +144,7 @@ class NodeConfig:
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> NodeConfig:
     """Read ``path`` and the ``FARMNODE_*`` environment into a validated :class:`NodeConfig`."""
     file = Path(path)
-    try:
-        doc = tomllib.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(file), "", "a readable TOML file (no such file)") from None
-    except OSError as exc:
-        raise ConfigError(str(file), "", f"a readable TOML file ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(file), "", f"UTF-8 text ({exc.reason})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(file), "", f"valid TOML ({exc})") from None
+    doc = read_toml(file, ConfigError)
     return parse_config(doc, str(file), environ=environ)
 
 
