@@ -28,6 +28,7 @@ from farmnode.errors import DataplaneError
 from farmnode.spec import CheckSpec, PersistenceSpec, RealSpec, ServiceSpec
 from farmnode.switch.schedulers import SCHEDULERS
 from farmnode.switch.service import VirtualService
+from tests.farmnode.realservers import IdServer
 
 pytestmark = pytest.mark.anyio
 
@@ -42,65 +43,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]
 
 
 # --- real servers ----------------------------------------------------------------------------
-
-
-class _IdHttp(asyncio.Protocol):
-    """HTTP/1.1 keep-alive: every request head gets ``200`` with the server's id as body."""
-
-    def __init__(self, server: IdServer) -> None:
-        self.server = server
-        self.buffer = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.server.conns.add(self.transport)
-        self.server.accepted += 1
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            body = self.server.ident.encode()
-            assert self.transport is not None
-            self.transport.write(
-                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
-            self.server.conns.discard(self.transport)
-
-
-class IdServer:
-    """A real server that answers every HTTP request with its id; can be killed and revived."""
-
-    def __init__(self, ident: str) -> None:
-        self.ident = ident
-        self.port = 0
-        self.accepted = 0
-        self.conns: set[asyncio.Transport] = set()
-        self.server: asyncio.AbstractServer | None = None
-
-    @property
-    def real(self) -> RealSpec:
-        return RealSpec("127.0.0.1", self.port)
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: _IdHttp(self), "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def kill(self) -> None:
-        """Stop listening and reset every open connection, like a crashed server."""
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        for transport in list(self.conns):
-            transport.abort()
-        await asyncio.sleep(0)
 
 
 @pytest.fixture
