@@ -29,6 +29,7 @@ from dispatcher.backends.probes import (
     AgentReport,
     parse_agent_reply,
 )
+from tests.conftest import skip_or_fail
 
 # --- the agent's line, pure -------------------------------------------------------------
 
@@ -270,7 +271,7 @@ async def test_tcp_probe_works_over_ipv6_loopback() -> None:
     try:
         await a.start("::1")
     except OSError as exc:
-        pytest.skip(f"no IPv6 loopback here: {exc}")
+        skip_or_fail(f"no IPv6 loopback here: {exc}")
     try:
         assert (await probe_tcp("::1", a.port, timeout=2)).ok
         assert (await probe_agent("::1", a.port, timeout=2)).ok
