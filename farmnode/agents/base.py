@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 from xml.sax.saxutils import escape, quoteattr
 
+from farmnode.agents.context import ClusterContext, LocalContext
 from farmnode.errors import ConfigError, FarmnodeError
 
 log = logging.getLogger("farmnode.agents")
@@ -171,6 +172,7 @@ class Agent(ABC):
         self.reason = ""
         self.values = self._validate(params)
         self.timeouts = {action: float(self.values[f"{action}_timeout"]) for action in Action}
+        self.context: ClusterContext = LocalContext(name or self.kind)
 
     def _validate(self, given: Mapping[str, Any]) -> dict[str, Any]:
         declared = {param.name: param for param in (*self.params, *COMMON_PARAMS)}
@@ -194,6 +196,13 @@ class Agent(ABC):
 
     def param_error(self, param: str, expected: str) -> AgentParamError:
         return AgentParamError(self.name, self.kind, param, expected)
+
+    def bind(self, context: ClusterContext) -> None:
+        """Give the agent its cluster's view (node attributes; see
+        :mod:`farmnode.agents.context`). The cluster runtime binds every agent of every group
+        before the first action; until then, and on a node without a cluster, the agent has a
+        :class:`~farmnode.agents.context.LocalContext`."""
+        self.context = context
 
     def fail(self, result: OcfResult, reason: str) -> OcfResult:
         """Record ``reason`` for a result other than ``SUCCESS`` and return ``result``."""

@@ -252,6 +252,20 @@ class Membership:
             return False
         return now - max(last.values()) <= self.fresh_window
 
+    def next_change(self) -> float | None:
+        """Seconds from now until the next moment a peer's liveness or freshness lapses on
+        its own (it turns fresh -> not fresh, alive -> late -> dead, or pending -> dead);
+        ``None`` when nothing is due. The daemon wakes then instead of at its next interval,
+        so a death is acted on when it happens, not up to an interval later."""
+        now = self._clock()
+        due = [self._started + self.initdead] if any(not t for t in self._last.values()) else []
+        for last in self._last.values():
+            if last:
+                heard = max(last.values())
+                due += (heard + self.fresh_window, heard + self.warntime, heard + self.deadtime)
+        ahead = [at - now for at in due if at > now]
+        return min(ahead) if ahead else None
+
     def members(self) -> Mapping[str, PeerView]:
         """Every configured peer as seen now (alive, last heard per transport, its heartbeat)."""
         return self.view().peers

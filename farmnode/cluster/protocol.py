@@ -22,10 +22,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Final, Literal, NamedTuple
 
+from farmnode.agents.context import MAX_ATTRIBUTES, MAX_KEY, MAX_VALUE
 from farmnode.errors import FarmnodeError
 
 MAGIC: Final = b"FHB"
-VERSION: Final = 1
+#: The version this node sends. Version 2 added node attributes after ``sees``; version 1
+#: messages (no attributes) are still accepted, so a cluster can be upgraded node by node.
+VERSION: Final = 2
+#: The versions this node decodes.
+VERSIONS: Final = frozenset({1, 2})
 #: magic(3) version(1) length(2) flags(1) state(1) priority(1) reserved(1)
 #: incarnation(8) sequence(8) sent(8): 34 bytes, all big-endian.
 HEADER: Final = struct.Struct("!3sBHBBBBQQQ")
@@ -97,6 +102,8 @@ class Heartbeat(NamedTuple):
     ``quorum`` whether it sees a majority, ``role`` ``witness`` for a voter that owns
     nothing, ``failed`` the groups whose monitor failed on the sender, ``sees`` the peers
     it heard within deadtime. Each of the three lists holds distinct names.
+    ``attributes`` are the node's attributes (``(key, value)`` pairs, distinct keys; see
+    :mod:`farmnode.agents.context`): version 2 only.
     """
 
     cluster: str
@@ -111,6 +118,7 @@ class Heartbeat(NamedTuple):
     role: Role = "member"
     failed: tuple[str, ...] = ()
     sees: tuple[str, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()
     version: int = VERSION
 
 
@@ -133,6 +141,11 @@ def encode(hb: Heartbeat, key: Keys) -> bytes:
         body.append(len(names))
         for index, name in enumerate(names):
             body += _name(name, f"{what}[{index}]")
+    if hb.version >= 2:
+        body.append(len(hb.attributes))
+        for name, value in hb.attributes:
+            body += _name(name, "attribute key", MAX_KEY)
+            body += _value(value, name)
     total = len(body) + MAC_SIZE
     if total > MAX_MESSAGE:
         raise HeartbeatError("too_large", f"{total} bytes, at most {MAX_MESSAGE}")
@@ -153,8 +166,16 @@ def _keys(key: Keys) -> Sequence[bytes]:
 
 
 def _check(hb: Heartbeat) -> None:
-    if hb.version != VERSION:
-        raise HeartbeatError("invalid", f"version {hb.version}: only {VERSION} is spoken")
+    if hb.version not in VERSIONS:
+        raise HeartbeatError("invalid", f"version {hb.version}: one of {sorted(VERSIONS)}")
+    if hb.attributes and hb.version < 2:
+        raise HeartbeatError("invalid", "attributes need version 2")
+    if len(hb.attributes) > MAX_ATTRIBUTES:
+        raise HeartbeatError(
+            "invalid", f"{len(hb.attributes)} attributes, at most {MAX_ATTRIBUTES}"
+        )
+    if len({key for key, _ in hb.attributes}) != len(hb.attributes):
+        raise HeartbeatError("invalid", "an attribute key repeats")
     if hb.state not in _STATE_CODE:
         raise HeartbeatError("invalid", f"state {hb.state!r}: one of {', '.join(STATES)}")
     if not 0 <= hb.priority <= 255:
@@ -172,13 +193,23 @@ def _check(hb: Heartbeat) -> None:
             raise HeartbeatError("invalid", f"{what} {names!r} repeat a name")
 
 
-def _name(text: str, what: str) -> bytes:
+def _name(text: str, what: str, longest: int = MAX_NAME) -> bytes:
     try:
         raw = text.encode("utf-8")
     except UnicodeEncodeError:
         raw = b""  # a lone surrogate: not UTF-8 text
-    if not 1 <= len(raw) <= MAX_NAME:
-        raise HeartbeatError("invalid", f"{what} {text!r}: 1-{MAX_NAME} bytes of UTF-8")
+    if not 1 <= len(raw) <= longest:
+        raise HeartbeatError("invalid", f"{what} {text!r}: 1-{longest} bytes of UTF-8")
+    return bytes((len(raw),)) + raw
+
+
+def _value(text: str, key: str) -> bytes:
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HeartbeatError("invalid", f"attribute {key!r}: value is not UTF-8 text") from None
+    if len(raw) > MAX_VALUE:
+        raise HeartbeatError("invalid", f"attribute {key!r}: value over {MAX_VALUE} bytes")
     return bytes((len(raw),)) + raw
 
 
@@ -201,8 +232,8 @@ def decode(data: bytes, key: Keys, cluster: str) -> Heartbeat:
     fields = HEADER.unpack_from(view)
     if fields[0] != MAGIC:
         raise HeartbeatError("magic", f"starts {bytes(view[:3])!r}, not {MAGIC!r}")
-    if fields[1] != VERSION:
-        raise HeartbeatError("version", f"version {fields[1]}, this node speaks {VERSION}")
+    if fields[1] not in VERSIONS:
+        raise HeartbeatError("version", f"version {fields[1]}, this node speaks {sorted(VERSIONS)}")
     if fields[2] != size or size > MAX_MESSAGE:
         raise HeartbeatError("length", f"{size} bytes, length field says {fields[2]}")
     name, at = _read_name(view, HEADER.size, size - MAC_SIZE, "cluster")
@@ -231,6 +262,9 @@ def _parse(view: memoryview, fields: tuple[int, ...], cluster: str, at: int) -> 
     groups, at = _read_names(view, at, end, "groups")
     failed, at = _read_names(view, at, end, "failed")
     sees, at = _read_names(view, at, end, "sees")
+    attributes: tuple[tuple[str, str], ...] = ()
+    if version >= 2:
+        attributes, at = _read_attributes(view, at, end)
     if at != end:
         raise HeartbeatError("malformed", f"{end - at} stray bytes before the MAC")
     quorum = bool(flags & FLAG_QUORUM)
@@ -238,8 +272,39 @@ def _parse(view: memoryview, fields: tuple[int, ...], cluster: str, at: int) -> 
     state = STATES[code]
     return Heartbeat(
         cluster, node, incarnation, sequence, sent, state, priority, groups, quorum, role,
-        failed, sees, version,
+        failed, sees, attributes, version,
     )  # fmt: skip
+
+
+def _read_attributes(
+    view: memoryview, at: int, end: int
+) -> tuple[tuple[tuple[str, str], ...], int]:
+    """The counted ``(key, value)`` pairs at ``at`` (distinct keys) and the offset after."""
+    if at >= end:
+        raise HeartbeatError("malformed", "the attribute count is missing")
+    count, at = view[at], at + 1
+    if count > MAX_ATTRIBUTES:
+        raise HeartbeatError("malformed", f"{count} attributes, at most {MAX_ATTRIBUTES}")
+    pairs = []
+    for index in range(count):
+        key, at = _read_name(view, at, end, f"attribute[{index}] key")
+        if len(key.encode()) > MAX_KEY:
+            raise HeartbeatError("malformed", f"attribute[{index}] key over {MAX_KEY} bytes")
+        if at >= end:
+            raise HeartbeatError("malformed", f"attribute {key!r}: value is missing")
+        length, at = view[at], at + 1
+        stop = at + length
+        if length > MAX_VALUE or stop > end:
+            raise HeartbeatError("malformed", f"attribute {key!r}: bad value length {length}")
+        try:
+            value = str(view[at:stop], "utf-8")
+        except UnicodeDecodeError:
+            raise HeartbeatError("malformed", f"attribute {key!r}: value is not UTF-8") from None
+        pairs.append((key, value))
+        at = stop
+    if len({key for key, _ in pairs}) != count:
+        raise HeartbeatError("malformed", "an attribute key is listed twice")
+    return tuple(pairs), at
 
 
 def _read_names(view: memoryview, at: int, end: int, what: str) -> tuple[tuple[str, ...], int]:

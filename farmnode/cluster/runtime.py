@@ -39,6 +39,12 @@ from typing import Any, Final, Literal
 
 from farmnode.agents import IpAddr, ResourceGroup, build_agent
 from farmnode.agents.base import OcfResult, run_process
+from farmnode.agents.context import (
+    MAX_ATTRIBUTES,
+    AttributeRefused,
+    Observation,
+    check_attribute,
+)
 from farmnode.cluster.election import Plan, Planner, Step
 from farmnode.cluster.membership import Heartbeat as Advert
 from farmnode.cluster.membership import Liveness, Membership, PeerView, View
@@ -64,6 +70,8 @@ LocalState = Literal["stopped", "starting", "running", "stopping", "stop_failed"
 NOTIFY_TIMEOUT: Final = 10.0
 #: Seconds between retries of a release whose stop failed (the claim is kept meanwhile).
 STOP_RETRY: Final = 1.0
+#: Seconds past a peer's deadline (deadtime, fresh window) at which the loop wakes to act on it.
+LAPSE_MARGIN: Final = 0.002
 #: Monitor period of a group the settings do not describe.
 DEFAULT_MONITOR_INTERVAL: Final = 10.0
 
@@ -154,7 +162,11 @@ class ClusterRuntime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._attributes: dict[str, str] = {}
         self._fresh_run()
+        for run in self.groups.values():
+            for agent in run.group.agents:
+                agent.bind(self)
 
     def _fresh_run(self) -> None:
         """A new incarnation: receiver, membership and planner start from nothing."""
@@ -279,8 +291,12 @@ class ClusterRuntime:
             except Exception:
                 log.exception("cluster cycle failed")  # one bad cycle never ends the loop
             self._wake.clear()
+            left = max(0.0, interval - (time.monotonic() - began))
+            lapse = self.membership.next_change()
+            if lapse is not None:
+                # a peer's deadline falls inside this interval: wake just after it
+                left = min(left, lapse + LAPSE_MARGIN)
             with contextlib.suppress(TimeoutError):
-                left = max(0.0, interval - (time.monotonic() - began))
                 await asyncio.wait_for(self._wake.wait(), left)
 
     def _show(self, status: str) -> None:
@@ -302,7 +318,19 @@ class ClusterRuntime:
 
     def _send(self, advert: Advert) -> None:
         self.sequence += 1
-        hb = Heartbeat(
+        hb = self._wire(advert, self._attributes)
+        try:
+            payload = encode_heartbeat(hb, self.settings.key)
+        except HeartbeatError as exc:
+            self.send_errors += 1
+            log.error("cannot encode heartbeat: %s", exc)  # noqa: TRY400 - no traceback: a known refusal
+            return
+        for transport in self.transports:
+            transport.send(payload)
+        self.sent += 1
+
+    def _wire(self, advert: Advert, attributes: Mapping[str, str]) -> Heartbeat:
+        return Heartbeat(
             cluster=self.settings.name,
             node=self.node_name,
             incarnation=self.incarnation,
@@ -315,16 +343,66 @@ class ClusterRuntime:
             role=advert.role,
             failed=tuple(sorted(advert.failed)),
             sees=tuple(sorted(advert.sees)),
+            attributes=tuple(sorted(attributes.items())),
+            # version 1 while there is nothing to carry: nodes of the first release read it
+            version=2 if attributes else 1,
         )
-        try:
-            payload = encode_heartbeat(hb, self.settings.key)
-        except HeartbeatError as exc:
-            self.send_errors += 1
-            log.error("cannot encode heartbeat: %s", exc)  # noqa: TRY400 - no traceback: a known refusal
+
+    # --- node attributes: the ClusterContext of this node's agents ---------------------------
+
+    @property
+    def node(self) -> str:
+        """This node's name (:class:`~farmnode.agents.context.ClusterContext`)."""
+        return self.node_name
+
+    def publish(self, key: str, value: str | None) -> None:
+        """Advertise ``key`` = ``value`` in every heartbeat from the next one; ``None``
+        withdraws it. Raises :class:`~farmnode.agents.context.AttributeRefused` for a key or
+        value the heartbeat cannot carry (checked by encoding one)."""
+        if value is None:
+            self._attributes.pop(key, None)
             return
-        for transport in self.transports:
-            transport.send(payload)
-        self.sent += 1
+        check_attribute(key, value)
+        wanted = {**self._attributes, key: value}
+        if len(wanted) > MAX_ATTRIBUTES:
+            raise AttributeRefused(f"attribute {key!r}: at most {MAX_ATTRIBUTES} keys per node")
+        advert = self._plan.heartbeat if self._plan is not None else self._idle_advert()
+        try:
+            encode_heartbeat(self._wire(advert, wanted), self.settings.key)
+        except HeartbeatError as exc:
+            raise AttributeRefused(f"attribute {key!r}: {exc.detail}") from None
+        self._attributes = wanted
+
+    def observed(self, key: str) -> dict[str, Observation]:
+        """Each node's last advertised ``key`` (this node's too), kept after a peer dies."""
+        seen: dict[str, Observation] = {}
+        if key in self._attributes:
+            seen[self.node_name] = Observation(self.node_name, self._attributes[key], 0.0, True)
+        peers = self.membership.members()
+        for name, hb in self._adverts.items():
+            value = dict(hb.attributes).get(key)
+            peer = peers.get(name)
+            if value is None or peer is None:
+                continue
+            age = peer.silent_for
+            seen[name] = Observation(name, value, age if age is not None else 0.0, peer.alive)
+        return seen
+
+    def alive(self, node: str) -> bool:
+        """Whether ``node`` is alive now (this node always is)."""
+        return self.membership.alive(node)
+
+    def _idle_advert(self) -> Advert:
+        return Advert(
+            incarnation=self.incarnation,
+            priority=self.settings.priority,
+            role=self.settings.role,
+            state="active",
+            groups=frozenset(self.groups),
+            failed=frozenset(),
+            sees=frozenset(p.name for p in self.settings.peers),
+            quorum=True,
+        )
 
     def _on_datagram(self, data: bytes, transport: str) -> None:
         outcome, hb = self.receiver.receive(data, transport)
@@ -548,7 +626,8 @@ class ClusterRuntime:
 
 
 def _news(known: Heartbeat | None, hb: Heartbeat) -> bool:
-    """Whether ``hb`` changes what the election knows of its sender (claims, state, ...)."""
+    """Whether ``hb`` changes what the election knows of its sender (claims, state, the
+    peers it sees: a witness that stops seeing a dead owner unblocks the takeover)."""
     if known is None or known.incarnation != hb.incarnation:
         return True
     return (
@@ -556,6 +635,7 @@ def _news(known: Heartbeat | None, hb: Heartbeat) -> bool:
         or known.state != hb.state
         or set(known.failed) != set(hb.failed)
         or known.priority != hb.priority
+        or set(known.sees) != set(hb.sees)
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from farmnode.agents import ResourceGroup, ScriptAgent
+from farmnode.agents.context import AttributeRefused
 from farmnode.cluster import Heartbeat, TransportError, encode
 from farmnode.cluster.runtime import ClusterRuntime
 from farmnode.cluster.settings import ClusterSettings, parse_cluster
@@ -391,3 +392,48 @@ def test_groups_must_match_the_configuration(tmp_path: Path) -> None:
     other = ResourceGroup("back", [ScriptAgent({"path": "/bin/true"}, name="s")])
     with pytest.raises(ConfigError, match="exactly the groups of"):
         ClusterRuntime(config, "n1", {"back": other})
+
+
+# --- node attributes --------------------------------------------------------------------------
+
+
+async def test_attributes_reach_the_peers_and_outlive_their_node(tmp_path: Path) -> None:
+    """What an agent publishes rides every heartbeat; a peer keeps the last value after the
+    node died (that is when a promotion needs it), marked not alive."""
+    runtimes = two_nodes(tmp_path)
+    n1, n2 = runtimes["n1"], runtimes["n2"]
+    for runtime in runtimes.values():
+        agent = runtime.groups["front"].group.agents[0]
+        assert agent.context is runtime  # every agent is bound to its node's cluster
+    async with lab(tmp_path, runtimes) as cluster:
+        await cluster.until(cluster.owned_by("n1"))
+        n1.publish("pg.role", "primary")
+        n1.publish("pg.lsn", "83886080")
+        await cluster.until(lambda: "n1" in n2.observed("pg.lsn"))
+        seen = n2.observed("pg.role")["n1"]
+        assert (seen.value, seen.alive) == ("primary", True)
+        assert n1.observed("pg.role")["n1"].age == 0.0
+        n1.publish("pg.lsn", None)  # withdrawn
+        await cluster.until(lambda: "n1" not in n2.observed("pg.lsn"))
+        await n1.abandon()
+        cluster.dead.add("n1")
+        await cluster.until(lambda: not n2.observed("pg.role")["n1"].alive)
+        last = n2.observed("pg.role")["n1"]
+        assert last.value == "primary"
+        assert last.age >= DEADTIME
+        assert not n2.alive("n1")
+        assert n2.alive("n2")
+
+
+def test_attributes_the_heartbeat_cannot_carry_are_refused(tmp_path: Path) -> None:
+    runtime = two_nodes(tmp_path)["n1"]
+    for key, value in [("Pg.Role", "x"), ("1st", "x"), ("k" * 33, "x"), ("pg.lsn", "x" * 121)]:
+        with pytest.raises(AttributeRefused):
+            runtime.publish(key, value)
+    for index in range(8):
+        runtime.publish(f"k{index}", "v" * 100)
+    with pytest.raises(AttributeRefused, match="at most 8"):
+        runtime.publish("k8", "v")
+    runtime.publish("k0", None)
+    runtime.publish("k8", "v")  # room again
+    assert sorted(runtime.observed("k8")) == ["n1"]

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from farmnode.agents.context import KEY_PATTERN
 from farmnode.cluster.protocol import (
     HEADER,
     MAC_SIZE,
@@ -32,6 +33,7 @@ OTHER_KEY = b"o" * 32
 CLUSTER = "eu-front"
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 NAME = st.text(min_size=1, max_size=20).filter(lambda s: 1 <= len(s.encode()) <= 63)
+VALUE = st.text(max_size=30).filter(lambda s: len(s.encode("utf-8", "replace")) <= 120)
 
 
 def hb(node: str = "n1", incarnation: int = 1, sequence: int = 1, **kw: Any) -> Heartbeat:
@@ -54,6 +56,15 @@ def heartbeats(draw: st.DrawFn) -> Heartbeat:
         role=draw(st.sampled_from(["member", "witness"])),
         failed=tuple(draw(st.lists(NAME, max_size=4, unique=True))),
         sees=tuple(draw(st.lists(NAME, max_size=6, unique=True))),
+        attributes=tuple(
+            draw(
+                st.lists(
+                    st.tuples(st.from_regex(KEY_PATTERN, fullmatch=True), VALUE),
+                    max_size=3,
+                    unique_by=lambda pair: pair[0],
+                )
+            )
+        ),
     )
 
 
@@ -116,7 +127,7 @@ def test_error_reasons_name_what_was_wrong() -> None:
     cases = {
         "short": wire[: MIN_MESSAGE - 1],
         "magic": b"XYZ" + wire[3:],
-        "version": wire[:3] + b"\x02" + wire[4:],
+        "version": wire[:3] + b"\x03" + wire[4:],
         "length": wire + b"\x00",
         "mac": wire[:-1] + bytes((wire[-1] ^ 1,)),
         "cluster": encode(hb(cluster="us-front"), KEY),
@@ -136,7 +147,7 @@ def test_foreign_cluster_is_reported_even_with_a_foreign_key() -> None:
 
 
 def test_fields_behind_a_valid_mac_are_still_checked() -> None:
-    body = encode(hb(), KEY)[:-MAC_SIZE]
+    body = encode(hb(version=1), KEY)[:-MAC_SIZE]
     unknown_state = bytearray(body)
     unknown_state[7] = len(STATES)
     unknown_flag = bytearray(body)
@@ -159,7 +170,7 @@ def test_fields_behind_a_valid_mac_are_still_checked() -> None:
 def test_layout_is_the_documented_one() -> None:
     message = Heartbeat(
         CLUSTER, "n1", 7, 9, 11, "standby", 150, ("front", "db"), quorum=True,
-        failed=("mail",), sees=("n2",),
+        failed=("mail",), sees=("n2",), version=1,
     )  # fmt: skip
     wire = encode(message, KEY)
     assert wire[:3] == b"FHB"
@@ -172,6 +183,11 @@ def test_layout_is_the_documented_one() -> None:
     assert len(wire) == 66 + MAC_SIZE
     witness = encode(message._replace(role="witness", quorum=False), KEY)
     assert witness[6] == 0x02
+    v2 = encode(message._replace(version=2, attributes=(("pg.role", "primary"),)), KEY)
+    assert v2[3] == 2
+    assert v2[62:66] == b"\x01\x02n2"
+    assert v2[66:83] == b"\x01\x07pg.role\x07primary"
+    assert len(v2) == 83 + MAC_SIZE
     assert wire[-MAC_SIZE:] == hmac.digest(KEY, wire[:-MAC_SIZE], hashlib.sha256)
 
 
@@ -180,9 +196,13 @@ def test_the_example_in_the_docs_is_what_encode_writes() -> None:
     block = doc[doc.index("    46 48 42 01") :].split("    ..")[0]
     documented = bytes.fromhex(" ".join(ln.strip().split("   ")[0] for ln in block.splitlines()))
     message = Heartbeat(
-        CLUSTER, "n1", 7, 9, 11, "standby", 150, ("front", "db"), quorum=True
+        CLUSTER, "n1", 7, 9, 11, "standby", 150, ("front", "db"), quorum=True, version=1
     )  # fmt: skip
     assert encode(message, KEY)[:-MAC_SIZE] == documented
+    assert (
+        encode(message._replace(version=2), KEY)[:-MAC_SIZE]
+        == documented[:3] + bytes([2, 0, 91]) + documented[6:] + b"\x00"
+    )
 
 
 def test_encode_refuses_what_the_wire_cannot_carry() -> None:
@@ -204,7 +224,14 @@ def test_encode_refuses_what_the_wire_cannot_carry() -> None:
             hb(sees=("",)),
             hb(role="leader"),
             hb(state="master"),
-            hb(version=2),
+            hb(version=3),
+            hb(version=1, attributes=(("pg.role", "primary"),)),
+            hb(attributes=(("pg.role", "a"), ("pg.role", "b"))),
+            hb(attributes=tuple((f"k{i}", "") for i in range(9))),
+            hb(attributes=(("k" * 33, "v"),)),
+            hb(attributes=(("", "v"),)),
+            hb(attributes=(("pg.lsn", "x" * 121),)),
+            hb(attributes=(("pg.lsn", "\ud800"),)),
         ],
         "too_large": [hb(groups=long_names)],
     }
@@ -213,6 +240,34 @@ def test_encode_refuses_what_the_wire_cannot_carry() -> None:
             with pytest.raises(HeartbeatError) as caught:
                 encode(message, KEY)
             assert caught.value.reason == reason, message
+
+
+def test_version_1_is_still_understood_and_has_no_attributes() -> None:
+    """A node of the previous release (version 1, no attributes) stays a member: a cluster
+    is upgraded one node at a time."""
+    old = hb(version=1)
+    assert old.attributes == ()
+    assert decode(encode(old, KEY), KEY, CLUSTER) == old
+    new = hb(attributes=(("pg.role", "primary"), ("pg.lsn", "83886080")))
+    assert new.version == 2
+    assert decode(encode(new, KEY), KEY, CLUSTER).attributes == new.attributes
+
+
+def test_attribute_section_garbage_is_malformed() -> None:
+    """Bad attribute bytes, correctly signed, are ``malformed``: count, key, value length."""
+    base = encode(hb(), KEY)[:-MAC_SIZE]  # ends with the attribute count 0
+    bodies = {
+        "count over the limit": base[:-1] + b"\x09",
+        "key missing": base[:-1] + b"\x01",
+        "value missing": base[:-1] + b"\x01\x01k",
+        "value past the end": base[:-1] + b"\x01\x01k\x05ab",
+        "value not UTF-8": base[:-1] + b"\x01\x01k\x01\xff",
+        "key twice": base[:-1] + b"\x02\x01k\x00\x01k\x00",
+    }
+    for what, body in bodies.items():
+        with pytest.raises(HeartbeatError) as caught:
+            decode(_resign(body), KEY, CLUSTER)
+        assert caught.value.reason == "malformed", what
 
 
 def test_keys_rotate_sign_with_newest_verify_any() -> None:

@@ -147,3 +147,25 @@ def test_the_wire_protocols_heartbeat_is_read_as_it_is() -> None:
     for state in ("starting", "standby", "noquorum", "leaving"):
         assert m.heard("n2", SERIAL, wire._replace(state=state, groups=()))
         assert not m.members()["n2"].candidate("db")
+
+
+def test_next_change_is_the_next_deadline_of_any_peer() -> None:
+    """The loop wakes when a peer's freshness, warntime or deadtime lapses, not an interval
+    later: a death is acted on when it happens."""
+    clock = Clock()
+    m = membership(clock, peers=("n2", "n3"))
+    assert m.next_change() == pytest.approx(INITDEAD)  # both pending until initdead
+    m.heard("n2", LAN, HB)
+    m.heard("n3", LAN, HB)
+    assert m.fresh_window == pytest.approx(0.6)
+    assert m.next_change() == pytest.approx(WARNTIME)  # 0.5: late first
+    clock.now += 0.55
+    assert m.next_change() == pytest.approx(0.05)  # then no longer fresh (quorum) at 0.6
+    clock.now += 0.1
+    m.heard("n3", LAN, HB)  # n3 again: n2's deadtime (1.0) is now the nearest
+    assert m.next_change() == pytest.approx(DEADTIME - 0.65)
+    clock.now += 0.36
+    assert m.status("n2") == "dead"
+    assert m.next_change() == pytest.approx(WARNTIME - 0.36)  # n3 turns late next
+    clock.now += 1.0
+    assert m.next_change() is None  # every deadline is behind: nothing lapses by itself
