@@ -11,7 +11,10 @@ Both sides of the comparison cross the switch namespace; they differ only in the
 - **direct**: the client talks to 10.213.1.2; the switch only forwards (no table, so no
   conntrack either);
 - **nftables**: the client talks to the VIP; :class:`NftablesPlane` (scheduler ``rr`` over
-  the one server) DNATs the first packet, conntrack the rest.
+  the one server) DNATs the first packet, conntrack the rest;
+- **stateless**: the client talks to a second VIP, 10.213.0.11, served by the plane's
+  stateless NAT (``nat = "stateless"``, scheduler ``sh``): no conntrack, every packet
+  rewritten on its way in and every reply on its way out.
 
 Figures, per side, in rounds that alternate between the sides (the plane is started before
 each nftables round and stopped after it): **connections/s** and p99 latency with wrk
@@ -20,12 +23,12 @@ each nftables round and stopped after it): **connections/s** and p99 latency wit
 bulk server's sendfile loop, read by a client for the round's length). Ratio: nftables over
 direct, per round, then the median of the rounds.
 
-The client talks to the server directly from 10.213.0.2 and to the VIP from 10.213.0.3:
-with one address, a port that a direct round left in TIME_WAIT on the server would meet a
-VIP round's SYN with unrelated sequence numbers and cost a 1 s SYN retransmission (an
-artefact of mixing both paths from one address, not a cost of the plane). The switch's
-conntrack TIME_WAIT timeout is set to 1 s so that the connection-per-request rounds do not
-fill the conntrack table (262,144 entries by default; 120 s each).
+The client talks to the server directly from 10.213.0.2, to the VIP from 10.213.0.3 and to
+the stateless VIP from 10.213.0.4: with one address, a port that one side left in TIME_WAIT
+on the server would meet another side's SYN with unrelated sequence numbers and cost a 1 s
+SYN retransmission (an artefact of mixing paths from one address, not a cost of the plane).
+The switch's conntrack TIME_WAIT timeout is set to 1 s so that the connection-per-request
+rounds do not fill the conntrack table (262,144 entries by default; 120 s each).
 
 Needs root, ``ip``, ``nft`` and ``wrk``; without them it prints why and returns 0.
 """
@@ -52,8 +55,8 @@ from farmnode.switch.service import VirtualService
 from tests.farmnode.netns import Lab, Namespace, unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
-VIP = "10.213.0.10"
-CLIENT_DIRECT, CLIENT_VIP = "10.213.0.2", "10.213.0.3"
+VIP, STATELESS_VIP = "10.213.0.10", "10.213.0.11"
+CLIENT_DIRECT, CLIENT_VIP, CLIENT_STATELESS = "10.213.0.2", "10.213.0.3", "10.213.0.4"
 SERVER = "10.213.1.2"
 BULK_PORT, SHORT_PORT, KEEP_PORT = 9000, 8080, 8081
 VIP_BULK, VIP_SHORT, VIP_KEEP = 9000, 80, 81
@@ -152,9 +155,12 @@ def build(lab: Lab) -> Bench:
     client, switch, server = (lab.namespace(r) for r in ("client", "switch", "server"))
     lab.link(client, f"{CLIENT_DIRECT}/24", switch, "10.213.0.1/24")
     client.add_address("v-switch", f"{CLIENT_VIP}/24")
+    client.add_address("v-switch", f"{CLIENT_STATELESS}/24")
     client.ip("route", "add", "10.213.1.0/24", "via", "10.213.0.1", "src", CLIENT_DIRECT)
     client.ip("route", "add", f"{VIP}/32", "dev", "v-switch", "src", CLIENT_VIP)
+    client.ip("route", "add", f"{STATELESS_VIP}/32", "dev", "v-switch", "src", CLIENT_STATELESS)
     switch.add_address("v-client", f"{VIP}/32")
+    switch.add_address("v-client", f"{STATELESS_VIP}/32")
     switch.sysctl("net.ipv4.ip_forward", "1")
     lab.bridge(switch, "br0", "10.213.1.1/24")
     lab.attach(server, f"{SERVER}/24", switch)
@@ -171,17 +177,21 @@ def build(lab: Lab) -> Bench:
     return Bench(lab, client, switch, server)
 
 
-def services() -> list[ServiceSpec]:
+def services(*, stateless: bool = False) -> list[ServiceSpec]:
+    """The three services (short, keep-alive, bulk) of one side: stateful ``rr`` on the VIP,
+    or stateless ``sh`` on the second VIP. The two sides use the same real server ports, so
+    they are never installed together (a stateless service owns its servers' replies)."""
     return [
         ServiceSpec(
-            name=name,
+            name=f"{name}-sl" if stateless else name,
             protocol="tcp",
-            host=VIP,
+            host=STATELESS_VIP if stateless else VIP,
             port=vip_port,
-            scheduler="rr",
+            scheduler="sh" if stateless else "rr",
             real=(RealSpec(SERVER, port),),
             check=CheckSpec(kind="none"),
             dataplane="nftables",
+            nat="stateless" if stateless else "stateful",
         )
         for name, vip_port, port in (
             ("bench-short", VIP_SHORT, SHORT_PORT),
@@ -232,20 +242,28 @@ def one_round(
 
 
 def measure(bench: Bench, args: argparse.Namespace) -> dict[str, list[Round]]:
-    planes = [NftablesPlane(s, VirtualService(s), netns=bench.switch.name) for s in services()]
-    results: dict[str, list[Round]] = {"direct": [], "nftables": []}
+    sides = {
+        "nftables": (VIP, _planes(bench, services())),
+        "stateless": (STATELESS_VIP, _planes(bench, services(stateless=True))),
+    }
+    results: dict[str, list[Round]] = {"direct": [], "nftables": [], "stateless": []}
     direct_ports, vip_ports = (SHORT_PORT, KEEP_PORT, BULK_PORT), (VIP_SHORT, VIP_KEEP, VIP_BULK)
     one_round(bench, SERVER, direct_ports, _warmup(args))
     for _ in range(args.rounds):
         results["direct"].append(one_round(bench, SERVER, direct_ports, args))
-        for plane in planes:
-            asyncio.run(plane.start())
-        try:
-            results["nftables"].append(one_round(bench, VIP, vip_ports, args))
-        finally:
+        for side, (vip, planes) in sides.items():
             for plane in planes:
-                asyncio.run(plane.stop())
+                asyncio.run(plane.start())
+            try:
+                results[side].append(one_round(bench, vip, vip_ports, args))
+            finally:
+                for plane in planes:
+                    asyncio.run(plane.stop())
     return results
+
+
+def _planes(bench: Bench, specs: list[ServiceSpec]) -> list[NftablesPlane]:
+    return [NftablesPlane(s, VirtualService(s), netns=bench.switch.name) for s in specs]
 
 
 def _warmup(args: argparse.Namespace) -> argparse.Namespace:
@@ -269,9 +287,9 @@ RATIOS = (
 )
 
 
-def ratios(results: dict[str, list[Round]], attribute: str) -> list[float]:
-    """Per round: the nftables figure over the direct one of the same round."""
-    pairs = zip(results["direct"], results["nftables"], strict=True)
+def ratios(results: dict[str, list[Round]], attribute: str, side: str = "nftables") -> list[float]:
+    """Per round: the ``side`` figure over the direct one of the same round."""
+    pairs = zip(results["direct"], results[side], strict=True)
     return [getattr(n, attribute) / getattr(d, attribute) for d, n in pairs]
 
 
@@ -289,18 +307,21 @@ def report(results: dict[str, list[Round]], args: argparse.Namespace) -> None:
             for _, attribute, fmt in FIGURES
         )
         print(f"{name:<10}" + "".join(f"{cell:>18}" for cell in cells))
-    print(
-        "ratio nftables/direct (median of the per-round ratios): "
-        + ", ".join(
-            f"{title} {statistics.median(ratios(results, attribute)):.2f}"
-            for title, attribute in RATIOS
+    for side in ("nftables", "stateless"):
+        print(
+            f"ratio {side}/direct (median of the per-round ratios): "
+            + ", ".join(
+                f"{title} {statistics.median(ratios(results, attribute, side)):.2f}"
+                for title, attribute in RATIOS
+            )
         )
-    )
     for title, attribute in RATIOS:
         for name, rounds in results.items():
             figures = ", ".join(f"{getattr(r, attribute):.2f}" for r in rounds)
             print(f"  {title} {name} rounds: {figures}")
-        print(f"  {title} ratios: " + ", ".join(f"{x:.2f}" for x in ratios(results, attribute)))
+        for side in ("nftables", "stateless"):
+            each = ratios(results, attribute, side)
+            print(f"  {title} {side} ratios: " + ", ".join(f"{x:.2f}" for x in each))
 
 
 def missing() -> str | None:

@@ -24,8 +24,10 @@ from farmnode.cluster.settings import ClusterSettings, parse_cluster
 from farmnode.dataplane.nftables import scheduler_reason, unsupported_reason
 from farmnode.errors import ConfigError
 from farmnode.spec import (
+    STATELESS_SCHEDULERS,
     CheckKind,
     CheckSpec,
+    NatMode,
     PersistenceSpec,
     PlaneName,
     Protocol,
@@ -49,6 +51,7 @@ ENVIRONMENT = "<environment>"
 LOG_LEVELS = ("debug", "info", "warning")
 PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp")
 PLANES: tuple[PlaneName, ...] = ("userspace", "nftables")
+NAT_MODES: tuple[NatMode, ...] = ("stateful", "stateless")
 CHECK_KINDS: tuple[CheckKind, ...] = ("http", "tcp", "agent", "none")
 MAX_WEIGHT = 65_535
 MAX_CAPACITY = 10**9
@@ -71,6 +74,7 @@ SERVICE_KEYS = frozenset(
         "expire_quiescent",
         "udp_idle",
         "connect_timeout",
+        "nat",
         "real",
     }
 )
@@ -265,6 +269,21 @@ def _distinct_services(service: ServiceSpec, other: ServiceSpec, p: str, q: str)
             f"an address no other {service.protocol} service listens on "
             f"({q} {other.name!r} listens on {other.listen})",
         )
+    stateless = [s for s in (service, other) if s.nat == "stateless"]
+    kernel = service.dataplane == other.dataplane == "nftables"
+    if stateless and kernel and service.protocol == other.protocol:
+        shared = sorted(_servers(service) & _servers(other))
+        if shared:
+            raise _Invalid(
+                f"{p}.real",
+                f"real servers no other {service.protocol} service uses: the replies of a "
+                f"stateless service ({stateless[0].name!r}) are told apart by server address "
+                f"and port alone, and {', '.join(shared)} also serves {q} {other.name!r}",
+            )
+
+
+def _servers(spec: ServiceSpec) -> set[str]:
+    return {r.key for r in (*spec.real, *([spec.fallback] if spec.fallback else []))}
 
 
 def _service(raw: Any, p: str) -> ServiceSpec:
@@ -288,7 +307,14 @@ def _service(raw: Any, p: str) -> ServiceSpec:
         expire_quiescent=_flag(table, p, "expire_quiescent", d.expire_quiescent),
         udp_idle=_seconds(table, p, "udp_idle", d.udp_idle, DAY),
         connect_timeout=_seconds(table, p, "connect_timeout", d.connect_timeout, HOUR),
+        nat=_choice(table, p, "nat", d.nat, NAT_MODES),
     )
+    if spec.nat == "stateless" and spec.dataplane != "nftables":
+        raise _Invalid(
+            f"{p}.nat",
+            '"stateful" (the default) for this service: stateless NAT is a mode of '
+            'dataplane = "nftables"; the userspace plane is a proxy',
+        )
     if spec.dataplane == "nftables":
         _kernel_can_run(spec, p)
     return spec
@@ -299,6 +325,13 @@ def _kernel_can_run(spec: ServiceSpec, p: str) -> None:
     reason = scheduler_reason(spec.scheduler)
     if reason is not None:
         raise _Invalid(f"{p}.scheduler", f'{reason} (or dataplane = "userspace")')
+    if spec.nat == "stateless" and spec.scheduler not in STATELESS_SCHEDULERS:
+        raise _Invalid(
+            f"{p}.scheduler",
+            f'one of {", ".join(STATELESS_SCHEDULERS)} with nat = "stateless" (every '
+            f"packet is scheduled again: the choice must depend on the client address "
+            f'alone), got {spec.scheduler!r} (or nat = "stateful")',
+        )
     reason = unsupported_reason(spec)
     if reason is not None:
         raise _Invalid(f"{p}.dataplane", f'"userspace" for this service: {reason}')

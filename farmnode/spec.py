@@ -13,6 +13,10 @@ from typing import Literal
 Protocol = Literal["tcp", "udp"]
 PlaneName = Literal["userspace", "nftables"]
 CheckKind = Literal["http", "tcp", "agent", "none"]
+NatMode = Literal["stateful", "stateless"]
+#: Schedulers whose choice is a pure function of the packet (the client address): the only
+#: ones stateless NAT can run, since every packet of a connection is chosen for again.
+STATELESS_SCHEDULERS = ("sh", "mh", "fo")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,7 @@ class ServiceSpec:
     expire_quiescent: bool = False  # drop persistence templates of quiescent servers
     udp_idle: float = 30.0  # seconds a UDP flow lives without datagrams
     connect_timeout: float = 3.0  # userspace plane: seconds to connect to a real server
+    nat: NatMode = "stateful"  # nftables plane: conntrack NAT, or per-packet rewriting
 
     @property
     def listen(self) -> str:

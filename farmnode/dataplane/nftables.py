@@ -29,6 +29,24 @@ works because the VIP is an address of the switch, as in LVS.)
 
 Not supported, refused at config time by :func:`unsupported_reason`: the connection-counting
 schedulers, persistence templates (use ``sh`` or ``mh``), IPv6 and host names.
+
+**Stateless NAT** (``nat = "stateless"``, for ``sh``, ``mh`` and ``fo``, whose choice is a
+pure function of the client address): no conntrack at all. Every packet to VIP:PORT is
+marked ``notrack`` and has its destination rewritten (the same hash picks the same server
+for every packet of a connection), and every reply from a real server on its way to a
+client has its source rewritten back to VIP:PORT, in two more chains::
+
+    chain NAME-raw      filter, hook prerouting, priority raw: notrack + destination rewrite
+                        (and notrack of the real servers' replies not addressed to this node)
+    chain NAME-reply    filter, hook postrouting, priority srcnat: source rewrite of replies
+
+It saves the conntrack entry and NAT binding of every connection (the cost that remains in
+the stateful plane) at a price: a change of the server set moves the clients whose slot
+changed *with their established connections* (``mh``: only the clients of the server that
+left), so weight 0 does not drain gracefully; replies must route back through the switch
+(LVS-NAT; no ``snat``); ICMP errors about switched packets are not translated; clients on the
+switch itself are not switched; and a real server (address and port) may serve only this
+service, since its replies are rewritten by address and port alone.
 """
 
 from __future__ import annotations
@@ -50,7 +68,7 @@ from typing import NamedTuple, Protocol
 
 from farmnode.dataplane.base import DataPlane
 from farmnode.errors import DataplaneError, SchedulerError
-from farmnode.spec import RealSpec, ServiceSpec
+from farmnode.spec import STATELESS_SCHEDULERS, RealSpec, ServiceSpec
 from farmnode.switch.service import VirtualService
 from farmnode.switch.tables import maglev_table, sh_table
 
@@ -103,6 +121,7 @@ def unsupported_reason(spec: ServiceSpec) -> str | None:
     """
     checks: tuple[Callable[[ServiceSpec], str | None], ...] = (
         _scheduler_reason,
+        _nat_reason,
         _persistence_reason,
         _address_reason,
     )
@@ -127,6 +146,16 @@ def scheduler_reason(name: str) -> str | None:
     else:
         why = "is not a scheduler the kernel plane knows"
     return f"scheduler {name!r} {why}; the nftables plane does {does}"
+
+
+def _nat_reason(spec: ServiceSpec) -> str | None:
+    if spec.nat == "stateful" or spec.scheduler in STATELESS_SCHEDULERS:
+        return None
+    does = ", ".join(STATELESS_SCHEDULERS)
+    return (
+        f"stateless NAT chooses a server for every packet again, so it needs a scheduler "
+        f"that picks by client address ({does}), not {spec.scheduler!r}"
+    )
 
 
 def _persistence_reason(spec: ServiceSpec) -> str | None:
@@ -198,12 +227,14 @@ class NftOptions:
 
 
 class Chains(NamedTuple):
-    """The chains one service owns in the table."""
+    """The chains one service owns in the table (each service uses some of them)."""
 
     prerouting: str
     output: str
     input: str
     postrouting: str
+    raw: str
+    reply: str
 
 
 _CHAIN_SPECS = {
@@ -211,6 +242,8 @@ _CHAIN_SPECS = {
     "output": "type nat hook output priority -100; policy accept;",
     "input": "type filter hook input priority filter; policy accept;",
     "postrouting": "type nat hook postrouting priority srcnat; policy accept;",
+    "raw": "type filter hook prerouting priority raw; policy accept;",
+    "reply": "type filter hook postrouting priority srcnat; policy accept;",
 }
 
 
@@ -284,17 +317,44 @@ def wrr_cycle(weights: Sequence[int], limit: int = WRR_SLOTS) -> list[int]:
     return cycle
 
 
+def _chooser(scheduler: str, size: int) -> str:
+    if scheduler in ("sh", "mh"):
+        return f"jhash ip saddr mod {size} seed {HASH_SEED:#x}"
+    return f"numgen inc mod {size}"
+
+
 def dnat_statement(scheduler: str, servers: Sequence[Backend], options: NftOptions) -> str:
     """``dnat to ...`` sending a new connection to one of ``servers`` (not empty)."""
     table = slots(scheduler, servers, options)
     if len(table) == 1:
         return f"dnat to {table[0].host}:{table[0].port}"
     elements = ", ".join(f"{i} : {s.host} . {s.port}" for i, s in enumerate(table))
-    if scheduler in ("sh", "mh"):
-        chooser = f"jhash ip saddr mod {len(table)} seed {HASH_SEED:#x}"
-    else:
-        chooser = f"numgen inc mod {len(table)}"
-    return f"dnat to {chooser} map {{ {elements} }}"
+    return f"dnat to {_chooser(scheduler, len(table))} map {{ {elements} }}"
+
+
+def rewrite_statement(spec: ServiceSpec, servers: Sequence[Backend], options: NftOptions) -> str:
+    """Stateless NAT: the destination rewrite of one packet to one of ``servers`` (not
+    empty): the address, then the port (one map each; a constant when all agree)."""
+    table = slots(spec.scheduler, servers, options)
+    chooser = _chooser(spec.scheduler, len(table))
+
+    def choose(field: str, values: Sequence[str]) -> str:
+        if len(set(values)) == 1:
+            return f"{field} set {values[0]}"
+        elements = ", ".join(f"{i} : {v}" for i, v in enumerate(values))
+        return f"{field} set {chooser} map {{ {elements} }}"
+
+    hosts = choose("ip daddr", [s.host for s in table])
+    ports = choose(f"{spec.protocol} dport", [str(s.port) for s in table])
+    return f"{hosts} {ports}"
+
+
+def _replies(spec: ServiceSpec) -> str:
+    """Match of packets from any of ``spec``'s real servers (and fallback), eligible or not:
+    a server just removed still has connections whose replies need their source back."""
+    reals = [*spec.real, *([spec.fallback] if spec.fallback is not None else [])]
+    keys = ", ".join(sorted({f"{r.host} . {r.port}" for r in reals}))
+    return f"ip saddr . {spec.protocol} sport {{ {keys} }}"
 
 
 def _match(spec: ServiceSpec) -> str:
@@ -311,6 +371,8 @@ def service_rules(
     """The rules of one service as ``(chain, rule)``, in order."""
     names = chains(spec)
     match = _match(spec)
+    if spec.nat == "stateless":
+        return _stateless_rules(spec, eligible, options, names)
     rules: list[tuple[str, str]] = []
     if eligible:
         dnat = f"{match} counter {dnat_statement(spec.scheduler, eligible, options)}"
@@ -329,10 +391,30 @@ def service_rules(
     return rules
 
 
-def _used_chains(names: Chains, options: NftOptions) -> list[tuple[str, str]]:
-    hooks = list(Chains._fields)
-    if not options.snat:
-        hooks.remove("postrouting")
+def _stateless_rules(
+    spec: ServiceSpec, eligible: Sequence[Backend], options: NftOptions, names: Chains
+) -> list[tuple[str, str]]:
+    match = _match(spec)
+    rules: list[tuple[str, str]] = []
+    if eligible:
+        rewrite = rewrite_statement(spec, eligible, options)
+        rules.append((names.raw, f"{match} notrack counter {rewrite}"))
+    replies = _replies(spec)
+    # replies to this node's own connections to the servers (health checks) stay as they are
+    rules.append((names.raw, f"{replies} fib daddr type != local notrack"))
+    rules.append((names.reply, f"{replies} counter ip saddr set {spec.host} {spec.protocol} "
+                  f"sport set {spec.port}"))  # fmt: skip
+    # nothing eligible: the packet stays addressed to the VIP and is refused here
+    rules.append((names.input, f"{match} counter {_reject(spec)}"))
+    return rules
+
+
+def _used_chains(spec: ServiceSpec, options: NftOptions) -> list[tuple[str, str]]:
+    names = chains(spec)
+    if spec.nat == "stateless":
+        hooks = ["raw", "reply", "input"]
+    else:
+        hooks = ["prerouting", "output", "input", *(["postrouting"] if options.snat else [])]
     return [(getattr(names, hook), _CHAIN_SPECS[hook]) for hook in hooks]
 
 
@@ -352,7 +434,7 @@ def render(
     lines = [f"add table {t}"]
     for spec, _ in services:
         names = chains(spec)
-        used = _used_chains(names, options)
+        used = _used_chains(spec, options)
         for name, definition in used:
             lines += [f"add chain {t} {name} {{ {definition} }}", f"flush chain {t} {name}"]
         unused = [name for name in names if name not in dict(used)]
@@ -552,6 +634,10 @@ class NftablesPlane(DataPlane):
     ) -> None:
         super().__init__(spec, service)
         _refuse_unsupported(spec)
+        if options.snat and spec.nat == "stateless":
+            raise DataplaneError(
+                PLANE, f"service {spec.name!r}: stateless NAT cannot masquerade (snat)"
+            )
         self.options = options
         self.nft = Nft(nft, netns, owner=spec.name)
         self._installed: ServiceSpec | None = None

@@ -221,6 +221,61 @@ def test_the_kernel_plane_refuses_the_rest_at_the_dataplane(
     assert reason in error.expected
 
 
+STATELESS = 'dataplane = "nftables"\nnat = "stateless"\nlisten = "10.0.0.1:80"\n'
+
+
+def test_stateless_nat_is_read_for_the_hash_schedulers(tmp_path: Path) -> None:
+    for scheduler in ("sh", "mh", "fo"):
+        text = MINIMAL.replace(
+            'listen = "127.0.0.1:8000"\n', f'{STATELESS}scheduler = "{scheduler}"\n'
+        )
+        assert load_text(tmp_path, text).services[0].nat == "stateless"
+    assert load_text(tmp_path, MINIMAL).services[0].nat == "stateful"
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "says"),
+    [
+        ('nat = "stateless"\nscheduler = "sh"', "services[0].nat", "mode of"),
+        (f'{STATELESS}scheduler = "rr"', "services[0].scheduler", "sh, mh, fo"),
+        (f'{STATELESS}scheduler = "wrr"', "services[0].scheduler", "client address"),
+        (
+            STATELESS.replace("stateless", "none") + 'scheduler = "sh"',
+            "services[0].nat",
+            "stateful",
+        ),
+    ],
+)
+def test_stateless_nat_errors(tmp_path: Path, change: str, path: str, says: str) -> None:
+    text = MINIMAL.replace('listen = "127.0.0.1:8000"\n', change + "\n")
+    if "listen" not in change:
+        text = text.replace("[[services.real]]", 'listen = "127.0.0.1:8000"\n[[services.real]]')
+    error = error_of(tmp_path, text)
+    assert error.path == path
+    assert says in error.expected
+
+
+def test_a_stateless_service_owns_its_real_servers(tmp_path: Path) -> None:
+    """Its replies are recognised by server address and port alone: no other kernel-plane
+    service of the protocol may use the same server (a userspace one may: the proxy's
+    connections come from the switch itself)."""
+    other = """
+[[services]]
+name = "other"
+protocol = "tcp"
+listen = "10.0.0.2:80"
+scheduler = "rr"
+dataplane = "@PLANE@"
+[[services.real]]
+address = "127.0.0.1:9001"
+"""
+    text = MINIMAL.replace('listen = "127.0.0.1:8000"\n', f'{STATELESS}scheduler = "sh"\n')
+    error = error_of(tmp_path, text + other.replace("@PLANE@", "nftables"))
+    assert error.path == "services[1].real"
+    assert "127.0.0.1:9001 also serves services[0] 'web'" in error.expected
+    assert load_text(tmp_path, text + other.replace("@PLANE@", "userspace")).services
+
+
 def test_environment_overrides(tmp_path: Path) -> None:
     env = {"FARMNODE_STATUS_LISTEN": "[::1]:0", "FARMNODE_REPORT_TOKEN": " env-token "}
     config = load_text(tmp_path, EXAMPLE, env)
@@ -624,6 +679,7 @@ PLAUSIBLE: dict[str, list[Any]] = {
     "listen": ADDRESSES,
     "scheduler": [*sorted(SCHEDULERS), "random"],
     "dataplane": ["userspace", "nftables", "userspace", "kernel"],
+    "nat": ["stateful", "stateless", "none"],
     "quiescent": [True, False, 1],
     "expire_quiescent": [True, False, "yes"],
     "udp_idle": SECONDS,

@@ -37,12 +37,20 @@ from farmnode.dataplane.nftables import (
     NftablesPlane,
     NftOptions,
     chains,
+    count_flows,
     prune_table,
     remove_table,
     render,
 )
 from farmnode.errors import DataplaneError
-from farmnode.spec import CheckSpec, Protocol, RealSpec, ServiceSpec
+from farmnode.spec import (
+    STATELESS_SCHEDULERS,
+    CheckSpec,
+    NatMode,
+    Protocol,
+    RealSpec,
+    ServiceSpec,
+)
 from farmnode.switch.schedulers import RealServer
 from farmnode.switch.service import VirtualService
 from tests.conftest import skip_or_fail
@@ -172,6 +180,7 @@ def service(
     protocol: Protocol = "tcp",
     reals: tuple[str, ...] = REALS,
     fallback: RealSpec | None = None,
+    nat: NatMode = "stateful",
 ) -> VirtualService:
     real_port = UDP_PORT if protocol == "udp" else HTTP_PORT
     spec = ServiceSpec(
@@ -184,6 +193,7 @@ def service(
         fallback=fallback,
         check=CheckSpec(kind="none"),
         dataplane="nftables",
+        nat=nat,
     )
     return VirtualService(spec)
 
@@ -270,6 +280,19 @@ def test_rendered_rules_are_accepted_by_nft(
     for eligible in (servers, servers[:1], []):
         for snat in (False, True):
             text = render([(spec, eligible)], NftOptions(snat=snat))
+            checked = subprocess.run(
+                topo.switch.exec_argv(["nft", "-c", "-f", "-"]),
+                input=text,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert checked.returncode == 0, f"{text}\n{checked.stderr}"
+    if scheduler in STATELESS_SCHEDULERS:
+        spec = replace(spec, nat="stateless", fallback=RealSpec(REALS[0], FALLBACK_PORT))
+        for eligible in (servers, servers[:1], []):
+            text = render([(spec, eligible)])
             checked = subprocess.run(
                 topo.switch.exec_argv(["nft", "-c", "-f", "-"]),
                 input=text,
@@ -581,3 +604,85 @@ async def test_prune_removes_dropped_services_and_keeps_the_rest_switching(
     with pytest.raises(ConnectionRefusedError):
         fetch(topo, 97)
     assert fetch(topo, 96) in IDS
+
+
+# -- stateless NAT ---------------------------------------------------------------------------------
+
+
+def conntrack_flows(topo: Topology, spec: ServiceSpec) -> int:
+    return count_flows(topo.switch.run("cat", "/proc/net/nf_conntrack"), spec)
+
+
+@pytest.mark.parametrize("scheduler", ["sh", "mh"])
+async def test_stateless_nat_switches_without_conntrack(
+    topo: Topology, planes: list[NftablesPlane], scheduler: str
+) -> None:
+    """Every packet is rewritten both ways: clients stick to their server by address, a
+    keep-alive connection carries several requests, and the switch keeps no flow at all."""
+    port = 91 if scheduler == "sh" else 92
+    vs = service(f"sl-{scheduler}", port, scheduler, nat="stateless")
+    await start(topo, planes, vs)
+    first = {source: fetch(topo, port, source) for source in CLIENTS}
+    assert len(set(first.values())) > 1, first
+    assert {source: fetch(topo, port, source) for source in CLIENTS} == first
+    client = Client(topo.client, port, CLIENTS[0])
+    try:
+        assert [client.ident() for _ in range(5)] == [first[CLIENTS[0]]] * 5
+        assert client.conn.sock.getpeername() == (VIP, port)  # replies came from VIP:port
+        assert conntrack_flows(topo, vs.spec) == 0  # notrack: no entry for any of them
+    finally:
+        client.close()
+    assert fetch_from_switch(topo, REALS[1]) == "r1"  # the switch's own checks still work
+
+
+def fetch_from_switch(topo: Topology, host: str) -> str:
+    """What a connection from the switch itself to a real server reads (a health check)."""
+    sock = topo.switch.connect((host, HTTP_PORT))
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    finally:
+        sock.close()
+    return data.rpartition(b"\r\n\r\n")[2].decode()
+
+
+async def test_stateless_udp_answers_come_from_the_vip(
+    topo: Topology, planes: list[NftablesPlane]
+) -> None:
+    vs = service("sl-udp", 93, "mh", protocol="udp", nat="stateless")
+    await start(topo, planes, vs)
+    sock = udp_socket(topo)
+    try:
+        sock.sendto(b"who", (VIP, 93))
+        data, source = sock.recvfrom(2048)
+        assert source == (VIP, 93)
+        assert data.decode() in IDS
+    finally:
+        sock.close()
+
+
+async def test_stateless_fallback_and_refusal(topo: Topology, planes: list[NftablesPlane]) -> None:
+    vs = service("sl-sorry", 94, "mh", nat="stateless", fallback=RealSpec(REALS[0], FALLBACK_PORT))
+    plane = await start(topo, planes, vs)
+    for real in vs.spec.real:
+        vs.set_health(real.key, False)
+    await plane.refresh()
+    assert {fetch(topo, 94) for _ in range(3)} == {"fallback"}
+    bare = service("sl-none", 95, "sh", nat="stateless")
+    plane = await start(topo, planes, bare)
+    for real in bare.spec.real:
+        bare.set_health(real.key, False)
+    await plane.refresh()
+    with pytest.raises(ConnectionRefusedError):
+        fetch(topo, 95)
+
+
+def test_stateless_nat_refuses_what_it_cannot_do() -> None:
+    rr = service("sl-rr", 96, "rr", nat="stateless")
+    with pytest.raises(DataplaneError, match="picks by client address"):
+        NftablesPlane(rr.spec, rr)
+    sh = service("sl-snat", 97, "sh", nat="stateless")
+    with pytest.raises(DataplaneError, match="masquerade"):
+        NftablesPlane(sh.spec, sh, options=NftOptions(snat=True))

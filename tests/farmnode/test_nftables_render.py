@@ -145,6 +145,8 @@ def test_chain_names_follow_the_service_name() -> None:
         "web-output",
         "web-input",
         "web-postrouting",
+        "web-raw",
+        "web-reply",
     )
 
 
@@ -154,7 +156,7 @@ def test_every_service_name_gives_chain_names_nft_can_read(name: str) -> None:
     for chain in names:
         assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", chain), chain
         assert len(chain) <= 80
-    assert len(set(names)) == 4
+    assert len(set(names)) == 6
 
 
 @given(st.lists(st.text(min_size=1, max_size=20), min_size=2, max_size=6, unique=True))
@@ -318,17 +320,19 @@ def test_render_creates_flushes_and_fills_in_one_transaction() -> None:
         "{ type filter hook input priority filter; policy accept; }",
         "flush chain ip farmnode web-input",
     ]
-    # the SNAT chain of an older configuration goes; deleting never fails (added first)
-    assert lines[7:9] == [
-        "add chain ip farmnode web-postrouting",
-        "delete chain ip farmnode web-postrouting",
+    # the SNAT chain and the stateless chains of an older configuration go; deleting never
+    # fails (added first)
+    assert lines[7:13] == [
+        f"{verb} chain ip farmnode web-{hook}"
+        for hook in ("postrouting", "raw", "reply")
+        for verb in ("add", "delete")
     ]
-    assert [line.split()[4] for line in lines[9:]] == [
+    assert [line.split()[4] for line in lines[13:]] == [
         "web-prerouting",
         "web-output",
         "web-input",
     ]
-    assert all(line.startswith("add rule ip farmnode ") for line in lines[9:])
+    assert all(line.startswith("add rule ip farmnode ") for line in lines[13:])
     assert text.endswith("\n")
 
 
@@ -340,7 +344,8 @@ def test_render_of_several_services_keeps_them_apart() -> None:
     assert text.count("add table ip node1") == 1
     assert "add chain ip node1 a-postrouting { type nat hook postrouting" in text
     assert "add rule ip node1 b-prerouting ip daddr 10.213.0.10 tcp dport 81" in text
-    assert "delete chain" not in text
+    deleted = {line.split()[-1] for line in text.splitlines() if line.startswith("delete chain")}
+    assert deleted == {"a-raw", "a-reply", "b-raw", "b-reply"}  # only what neither uses
 
 
 def test_removal_deletes_the_service_chains_only() -> None:
@@ -349,13 +354,46 @@ def test_removal_deletes_the_service_chains_only() -> None:
         "add table ip farmnode",
         *(
             line
-            for hook in ("prerouting", "output", "input", "postrouting")
+            for hook in ("prerouting", "output", "input", "postrouting", "raw", "reply")
             for line in (
                 f"add chain ip farmnode gone-{hook}",
                 f"delete chain ip farmnode gone-{hook}",
             )
         ),
     ]
+
+
+def test_stateless_nat_rewrites_both_ways_without_conntrack() -> None:
+    """Every packet to the VIP: notrack, then the hash picks address and port; every reply
+    from any real server (or the fallback), not for this node: notrack, then its source goes
+    back to VIP:PORT; nothing eligible: refused in the input chain."""
+    stateless = spec(
+        scheduler="mh",
+        nat="stateless",
+        real=(RealSpec("10.213.1.2", 8080), RealSpec("10.213.1.3", 8081)),
+        fallback=RealSpec("10.213.1.9", 8099),
+    )
+    reals = [RealServer(r.host, r.port, r.weight) for r in stateless.real]
+    rules = service_rules(stateless, reals, NftOptions(mh_size=7))
+    assert [chain for chain, _ in rules] == ["web-raw", "web-raw", "web-reply", "web-input"]
+    inbound = rules[0][1]
+    assert inbound.startswith("ip daddr 10.213.0.10 tcp dport 80 notrack counter ip daddr set ")
+    assert "jhash ip saddr mod 7 seed 0x6661726d map" in inbound
+    assert "tcp dport set jhash ip saddr mod 7" in inbound  # ports differ: a map of them too
+    servers_ = "ip saddr . tcp sport { 10.213.1.2 . 8080, 10.213.1.3 . 8081, 10.213.1.9 . 8099 }"
+    assert rules[1][1] == f"{servers_} fib daddr type != local notrack"
+    assert rules[2][1] == f"{servers_} counter ip saddr set 10.213.0.10 tcp sport set 80"
+    assert rules[3][1] == "ip daddr 10.213.0.10 tcp dport 80 counter reject with tcp reset"
+    one = service_rules(stateless, reals[:1])[0][1]
+    assert one.endswith("notrack counter ip daddr set 10.213.1.2 tcp dport set 8080")
+    assert [chain for chain, _ in service_rules(stateless, [])] == [
+        "web-raw",
+        "web-reply",
+        "web-input",
+    ]
+    text = render([(stateless, reals)])
+    assert "add chain ip farmnode web-raw { type filter hook prerouting priority raw;" in text
+    assert "delete chain ip farmnode web-prerouting" in text  # the stateful chains go
 
 
 def test_table_is_empty_reads_nft_json() -> None:
