@@ -9,6 +9,10 @@ reads an immutable :class:`View` from :meth:`Membership.view`. Rules (heartbeat'
 - a configured peer never heard since our start is *pending* for ``initdead`` (alive for
   election purposes, so nobody acquires over it, but with unknown claims), then dead;
 - a peer is *fresh* while heard within ``deadtime - 2 x interval`` (at least one interval).
+- both windows get :data:`SLACK` x ``interval`` more, for scheduling jitter: heartbeats
+  come on a fixed grid, so ``k`` lost in a row make a silence of exactly ``k + 1``
+  intervals, and without slack a heartbeat one millisecond late would count as one more
+  loss (``deadtime`` = 5 intervals would then act on 4 losses, the fresh window of 3 on 2).
   Quorum counts fresh voters, so a node cut off from the majority loses quorum (and
   releases) about two intervals before the others declare it dead and take its groups over
   (see docs/cluster.md, "Why no two owners"). The ``sees`` list a node advertises holds the
@@ -32,6 +36,8 @@ CANDIDATE_STATES = frozenset({"active"})
 Role = Literal["member", "witness"]
 Liveness = Literal["alive", "late", "pending", "dead"]
 TWO_NODE_REASON = "two-node cluster without a witness: relies on redundant transports"
+#: Fraction of an interval a heartbeat may be late (scheduling, the network) and still count.
+SLACK = 0.1
 
 
 class HeartbeatFields(Protocol):
@@ -182,8 +188,18 @@ class Membership:
 
     @property
     def fresh_window(self) -> float:
-        """Seconds within which a peer counts as fresh (for quorum and ``sees``)."""
-        return max(self.interval, self.deadtime - 2 * self.interval)
+        """Seconds within which a peer counts as fresh (for quorum), slack included."""
+        return max(self.interval, self.deadtime - 2 * self.interval) + self.slack
+
+    @property
+    def slack(self) -> float:
+        """Seconds of scheduling jitter a heartbeat may be late without counting as lost."""
+        return SLACK * self.interval
+
+    @property
+    def dead_after(self) -> float:
+        """Seconds of silence after which a peer is dead: ``deadtime`` plus the slack."""
+        return self.deadtime + self.slack
 
     def heard(self, node: str, transport: str, heartbeat: HeartbeatFields) -> bool:
         """Record an authenticated heartbeat from ``node`` received on ``transport`` now."""
@@ -220,7 +236,7 @@ class Membership:
         if not last:
             return "pending" if now - self._started < self.initdead else "dead"
         silent = now - max(last.values())
-        if silent > self.deadtime:
+        if silent > self.dead_after:
             return "dead"
         return "late" if silent > self.warntime else "alive"
 
@@ -262,7 +278,7 @@ class Membership:
         for last in self._last.values():
             if last:
                 heard = max(last.values())
-                due += (heard + self.fresh_window, heard + self.warntime, heard + self.deadtime)
+                due += (heard + self.fresh_window, heard + self.warntime, heard + self.dead_after)
         ahead = [at - now for at in due if at > now]
         return min(ahead) if ahead else None
 

@@ -283,15 +283,22 @@ class ClusterRuntime:
     # --- the loop ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """Cycles on a fixed grid of ``interval`` (so heartbeats do not drift late by the
+        timer's overshoot, cycle after cycle), plus extra cycles when news arrives or a
+        peer's deadline passes; an extra cycle does not move the grid."""
         interval = self.settings.interval
+        beat = time.monotonic()
         while True:
-            began = time.monotonic()
             try:
                 self._show(await self.cycle())
             except Exception:
                 log.exception("cluster cycle failed")  # one bad cycle never ends the loop
             self._wake.clear()
-            left = max(0.0, interval - (time.monotonic() - began))
+            now = time.monotonic()
+            if beat <= now:
+                # the next grid point; a stall longer than an interval skips, not bunches
+                beat += interval * (1 + int((now - beat) / interval))
+            left = beat - now
             lapse = self.membership.next_change()
             if lapse is not None:
                 # a peer's deadline falls inside this interval: wake just after it
