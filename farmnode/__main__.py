@@ -21,6 +21,8 @@ import httpx
 import uvloop
 
 from farmnode import __version__
+from farmnode.agents import AGENTS, AgentParamError, build_agent
+from farmnode.agents.postgresql import FORCE_VALID, request_forced_promotion
 from farmnode.config import NodeConfig, load_config
 from farmnode.daemon import Node
 from farmnode.errors import ConfigError, FarmnodeError
@@ -57,8 +59,10 @@ def config_of(args: argparse.Namespace) -> NodeConfig:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    """Validate the configuration and print a one-line summary."""
+    """Validate the configuration, check what each resource agent needs on this system
+    (:meth:`farmnode.agents.Agent.check`), and print a one-line summary."""
     config = config_of(args)
+    check_agents(config)
     report = (
         f", reporting to {config.report.url} as site {config.report.site}"
         if config.report is not None
@@ -69,6 +73,71 @@ def check_config(args: argparse.Namespace) -> int:
         f"{config.real_server_count} real server(s){report})"
     )
     return EXIT_OK
+
+
+def check_agents(config: NodeConfig) -> None:
+    """Each resource's :meth:`~farmnode.agents.Agent.check`, its error placed at the
+    resource's key path (``groups[0].resources[1].data_dir``). The ``switch`` agent needs the
+    daemon and checks nothing on the system."""
+    if config.cluster is None:
+        return
+    for i, group in enumerate(config.cluster.groups):
+        for j, resource in enumerate(group.resources):
+            if resource.agent not in AGENTS:
+                continue
+            agent = build_agent(resource.agent_table(), name=resource.name)
+            try:
+                agent.check()
+            except AgentParamError as exc:
+                path = f"groups[{i}].resources[{j}].{exc.param}"
+                raise ConfigError(config.source, path, exc.expected) from None
+
+
+def promote(args: argparse.Namespace) -> int:
+    """``farmnode promote --force NODE``: let NODE's next promotion of its PostgreSQL skip
+    the synchronous and lag rules (the operator accepts losing what the old primary had and
+    NODE lacks). Run on NODE itself, with its configuration."""
+    config = config_of(args)
+    if not args.force:
+        raise FarmnodeError(
+            "promote only overrides the promotion rules, and says so: give --force "
+            "(an unforced promotion happens by itself when the rules allow it)"
+        )
+    if args.node != config.node.name:
+        raise FarmnodeError(
+            f"{config.source} is node {config.node.name}'s configuration: run "
+            f"`farmnode promote --force {args.node}` on {args.node}"
+        )
+    databases = [
+        (group.name, resource)
+        for group in (config.cluster.groups if config.cluster is not None else ())
+        for resource in group.resources
+        if resource.agent == "postgresql"
+    ]
+    if not databases:
+        raise FarmnodeError(f"{config.source}: no postgresql resource in any [[groups]]")
+    for group, resource in databases:
+        data_dir = str(resource.agent_table()["data_dir"])
+        try:
+            marker = request_forced_promotion(data_dir, args.node)
+        except OSError as exc:
+            raise FarmnodeError(f"cannot leave the request in {data_dir}: {exc}") from None
+        print(
+            f"{args.node}: group {group}: the next promotion of {resource.name} skips the "
+            f"synchronous and lag rules (requested in {marker}; valid for "
+            f"{FORCE_VALID / 60:.0f} minutes; the node tries again within the group's "
+            "failure_timeout)"
+        )
+    return EXIT_OK
+
+
+def _promote_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("node", help="this node's name (a check that it is the right node)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="required: override the synchronous/lag rules once (may lose committed data)",
+    )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -160,6 +229,12 @@ COMMANDS: tuple[Command, ...] = (
         _status_arguments,
     ),
     Command("check-config", "validate a node configuration file and exit", check_config),
+    Command(
+        "promote",
+        "force this node's next PostgreSQL promotion past the lag/synchronous rules",
+        promote,
+        _promote_arguments,
+    ),
 )
 
 

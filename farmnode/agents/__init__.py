@@ -23,13 +23,17 @@ from farmnode.agents.base import (
 )
 from farmnode.agents.group import GroupResult, ResourceGroup
 from farmnode.agents.ipaddr import IpAddr
+from farmnode.agents.nfs import NfsGanesha
 from farmnode.agents.ocf import OcfAgent
+from farmnode.agents.postgresql import PostgresAgent
 from farmnode.agents.script import ScriptAgent
 from farmnode.agents.switch import ServiceController, SwitchAgent
 
 AGENTS: dict[str, type[Agent]] = {
     "ipaddr": IpAddr,
+    "nfsganesha": NfsGanesha,
     "ocf": OcfAgent,
+    "postgresql": PostgresAgent,
     "script": ScriptAgent,
     "switch": SwitchAgent,  # built unbound here (validation); the daemon binds it to itself
 }
@@ -56,10 +60,12 @@ __all__ = [
     "AgentParamError",
     "GroupResult",
     "IpAddr",
+    "NfsGanesha",
     "OcfAgent",
     "OcfResult",
     "Outcome",
     "Param",
+    "PostgresAgent",
     "ResourceGroup",
     "ScriptAgent",
     "ServiceController",

@@ -23,6 +23,8 @@ Contract of every agent:
   seconds, 20 by default, common to all agents). :func:`run_action` applies it: an action
   that overruns is cancelled (subprocesses killed) and reported as ``ERR_GENERIC``.
 - :meth:`Agent.close` frees what the agent object holds without touching the resource.
+- :meth:`Agent.check` checks the system for what the resource needs (``farmnode
+  check-config`` calls it) and raises :class:`AgentParamError` naming the parameter.
 - :meth:`Agent.meta_data` describes the agent in OCF meta-data XML; it raises
   :class:`AgentError` when the agent cannot describe itself (an OCF script missing).
 """
@@ -196,6 +198,13 @@ class Agent(ABC):
 
     def param_error(self, param: str, expected: str) -> AgentParamError:
         return AgentParamError(self.name, self.kind, param, expected)
+
+    def check(self) -> None:
+        """Check what the resource needs on this system (directories, programs, versions)
+        without touching it; raise :class:`AgentParamError` naming the parameter at fault.
+        ``farmnode check-config`` calls it; most agents need nothing beyond their
+        parameters."""
+        return
 
     def bind(self, context: ClusterContext) -> None:
         """Give the agent its cluster's view (node attributes; see

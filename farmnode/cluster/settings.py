@@ -33,13 +33,13 @@ KEY_ENV = "FARM_CLUSTER_KEY"
 MIN_KEY_BYTES = 16
 Role = Literal["member", "witness"]
 TransportKind = Literal["udp", "multicast", "serial"]
-AgentName = Literal["ipaddr", "switch", "ocf", "script"]
+AgentName = Literal["ipaddr", "switch", "ocf", "script", "nfsganesha", "postgresql"]
 Scalar = str | int | float | bool
 #: An agent parameter: a scalar, or (ocf's ``params``) a flat table of scalars.
 ParamValue = Scalar | Mapping[str, Scalar]
 ROLES: tuple[Role, ...] = ("member", "witness")
 TRANSPORT_KINDS: tuple[TransportKind, ...] = ("udp", "multicast", "serial")
-AGENTS: tuple[AgentName, ...] = ("ipaddr", "switch", "ocf", "script")
+AGENTS: tuple[AgentName, ...] = ("ipaddr", "switch", "ocf", "script", "nfsganesha", "postgresql")
 BAUDRATES = (9600, 19200, 38400, 57600, 115200, 230400)
 DEFAULT_PORT = 6940
 MAX_PRIORITY = 255
@@ -82,6 +82,8 @@ REQUIRED_PARAMS: Mapping[str, tuple[str, ...]] = {
     "switch": ("service",),
     "ocf": (),  # type ("provider/type") or path: the agent checks that exactly one is given
     "script": ("path",),
+    "nfsganesha": ("export", "state_dir"),
+    "postgresql": ("data_dir", "primary_host"),
 }
 IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 PARAM_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")

@@ -126,11 +126,13 @@ def test_bad_params_raise_a_typed_error_naming_the_param(
 
 
 def test_registry_builds_agents_by_name(tmp_path: Path) -> None:
-    assert set(AGENTS) == {"ipaddr", "ocf", "script", "switch"}
+    assert set(AGENTS) == {"ipaddr", "nfsganesha", "ocf", "postgresql", "script", "switch"}
     agent = build_agent({"agent": "ipaddr", "name": "vip", **VIP})
     assert isinstance(agent, IpAddr)
     assert agent.name == "vip"
-    with pytest.raises(AgentParamError, match="agent: one of ipaddr, ocf, script, switch"):
+    with pytest.raises(
+        AgentParamError, match="agent: one of ipaddr, nfsganesha, ocf, postgresql, script, switch"
+    ):
         build_agent({"agent": "switchd"})
     with pytest.raises(AgentParamError) as missing:
         build_agent({"agent": "switch"})

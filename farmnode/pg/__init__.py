@@ -1,0 +1,8 @@
+"""The truth tier's PostgreSQL: one data directory (:mod:`farmnode.pg.instance`) and the
+Patroni-compatible HTTP health endpoints (:mod:`farmnode.pg.health`). The resource agent that
+moves the primary role is :mod:`farmnode.agents.postgresql`."""
+
+from farmnode.pg.health import HealthServer, HealthState, parse_size
+from farmnode.pg.instance import Instance, InstanceError, Snapshot
+
+__all__ = ["HealthServer", "HealthState", "Instance", "InstanceError", "Snapshot", "parse_size"]

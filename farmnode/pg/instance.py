@@ -1,0 +1,639 @@
+"""Control of one PostgreSQL data directory: commands, state, the files farmnode owns in it.
+
+Everything runs as the cluster's OS user (``postgres``): farmnode runs as root, and
+``pg_ctl`` refuses root, so each command is ``setpriv --reuid USER --regid GROUP
+--init-groups -- COMMAND`` through :func:`farmnode.agents.base.run_process` (killed with its
+process group when the caller is cancelled). SQL goes over the unix socket with psycopg as
+that user, no password, autocommit, with short connect timeouts.
+
+The one safety rule kept here rather than in the agent: :meth:`Instance.start` refuses to
+start a server without ``standby.signal``. A node becomes writable only by
+:meth:`Instance.promote`, never by starting.
+
+Files of farmnode's in the data directory:
+
+- ``farmnode.conf``: the settings the agent owns, included at the end of
+  ``postgresql.conf`` (``include_if_exists = 'farmnode.conf'``), so they win over it;
+- ``farmnode.rewind``: this data directory was a primary and must be rewound
+  (``pg_rewind``) before it may run again;
+- ``farmnode-postgresql.log``: what the server writes before its own logging starts
+  (``pg_ctl -l``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import re
+import signal
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+
+from farmnode.agents.base import last_line, run_process
+from farmnode.errors import FarmnodeError
+
+AGENT_CONF: Final = "farmnode.conf"
+REWIND_MARKER: Final = "farmnode.rewind"
+SERVER_LOG: Final = "farmnode-postgresql.log"
+INCLUDE_LINE: Final = f"include_if_exists = '{AGENT_CONF}'\t# added by farmnode"
+#: Configuration files a rewind copies from its source; saved before and restored after.
+CONFIG_FILES: Final = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
+#: ``Database cluster state`` values (pg_controldata) of a data directory that ran writable.
+PRIMARY_STATES: Final = frozenset(
+    {"in production", "shut down", "shutting down", "in crash recovery"}
+)
+CONNECT_TIMEOUT: Final = 2
+_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+_SYNC = re.compile(r"\s*(?:(?:FIRST|ANY)\s+(\d+)\s*\((.*)\)|(.*))\s*", re.IGNORECASE | re.DOTALL)
+
+
+class InstanceError(FarmnodeError):
+    """A command on the data directory failed; ``detail`` says which and what it printed."""
+
+    def __init__(self, data_dir: str, detail: str) -> None:
+        self.data_dir = data_dir
+        self.detail = detail
+        super().__init__(f"{data_dir}: {detail}")
+
+
+# --- pure helpers: LSNs, quoting, synchronous_standby_names ------------------------------
+
+
+def parse_lsn(text: str) -> int:
+    """``'0/3000060'`` -> 50331744. Raises :class:`ValueError` for anything else."""
+    match = _LSN.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not an LSN: {text!r}")
+    return int(match[1], 16) << 32 | int(match[2], 16)
+
+
+def format_lsn(value: int) -> str:
+    """50331744 -> ``'0/3000060'`` (PostgreSQL's notation)."""
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def conf_quote(value: str) -> str:
+    """``value`` as a quoted string of ``postgresql.conf`` (quotes doubled, backslashes
+    escaped: the configuration parser reads backslash escapes in quoted strings)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def conninfo_quote(value: str) -> str:
+    """``value`` as a libpq connection-string value (``'...'`` with ``\\'`` and ``\\\\``)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def make_conninfo(**fields: str | int | None) -> str:
+    """A libpq connection string of the fields that are not ``None``."""
+    return " ".join(
+        f"{key}={conninfo_quote(str(value))}" for key, value in fields.items() if value is not None
+    )
+
+
+def render_sync_names(names: Sequence[str]) -> str:
+    """``synchronous_standby_names`` naming ``names`` in priority order: ``FIRST 1 ("n2")``;
+    empty (asynchronous) without names."""
+    if not names:
+        return ""
+    quoted = ", ".join('"' + name.replace('"', '""') + '"' for name in names)
+    return f"FIRST 1 ({quoted})"
+
+
+def parse_sync_names(value: str) -> list[str]:
+    """The standby names of a ``synchronous_standby_names`` value (any of PostgreSQL's three
+    forms: ``FIRST n (...)``, ``ANY n (...)``, ``a, b``); ``*`` stays ``*``."""
+    match = _SYNC.fullmatch(value)
+    body = "" if match is None else (match[2] if match[2] is not None else match[3] or "")
+    names: list[str] = []
+    item, quoted, i = "", False, 0
+    while i < len(body):
+        char = body[i]
+        if quoted and char == '"':
+            if body[i + 1 : i + 2] == '"':
+                item, i = item + '"', i + 2
+                continue
+            quoted = False
+        elif char == '"' and not quoted:
+            quoted = True
+        elif char == "," and not quoted:
+            names.append(item.strip())
+            item = ""
+        else:
+            item += char
+        i += 1
+    names.append(item.strip())
+    return [name for name in names if name]
+
+
+def render_conf(settings: Mapping[str, str | int | bool], header: str) -> str:
+    """A configuration file of ``settings`` (strings quoted, booleans ``on``/``off``)."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            text = "on" if value else "off"
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            text = conf_quote(value)
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_controldata(output: str) -> dict[str, str]:
+    """``pg_controldata`` output (in the C locale) as a mapping of its labels."""
+    fields: dict[str, str] = {}
+    for line in output.splitlines():
+        label, sep, value = line.partition(":")
+        if sep:
+            fields[label.strip()] = value.strip()
+    return fields
+
+
+# --- state snapshots -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One row of ``pg_stat_replication`` on a primary."""
+
+    name: str
+    state: str
+    sync_state: str
+    flush_lsn: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the server said at one moment. ``running``: a postmaster is alive;
+    ``reachable``: it answered SQL. ``lsn`` is the flush position on a primary, the larger
+    of the receive and replay positions on a standby. ``receiver`` is the WAL receiver's
+    status on a standby (``streaming`` when it streams). ``sync_names`` is the effective
+    ``synchronous_standby_names``."""
+
+    running: bool
+    reachable: bool = False
+    in_recovery: bool | None = None
+    timeline: int | None = None
+    lsn: int | None = None
+    receiver: str | None = None
+    replicas: tuple[Replica, ...] = ()
+    sync_names: str = ""
+    error: str = ""
+
+    @property
+    def writable(self) -> bool:
+        return self.reachable and self.in_recovery is False
+
+    @property
+    def standby(self) -> bool:
+        return self.reachable and self.in_recovery is True
+
+
+_PRIMARY_SQL = """
+SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint,
+       ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+"""
+_STANDBY_SQL = """
+SELECT pg_wal_lsn_diff(greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()),
+                       '0/0')::bigint,
+       coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
+                (SELECT timeline_id FROM pg_control_checkpoint())),
+       (SELECT status FROM pg_stat_wal_receiver)
+"""
+_REPLICAS_SQL = """
+SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sync_state, ''),
+       pg_wal_lsn_diff(flush_lsn, '0/0')::bigint
+FROM pg_stat_replication ORDER BY application_name
+"""
+
+
+# --- the instance ------------------------------------------------------------------------------
+
+
+class Instance:
+    """One data directory and the server that runs on it (see the module docstring)."""
+
+    def __init__(self, data_dir: str, bin_dir: str, user: str, port: int, socket_dir: str) -> None:
+        self.data_dir = data_dir
+        self.bin_dir = bin_dir
+        self.user = user
+        self.port = port
+        self.socket_dir = socket_dir
+        self.path = Path(data_dir)
+
+    # --- running commands as the user ---------------------------------------------------
+
+    def account(self) -> pwd.struct_passwd:
+        """The OS user's entry; raises :class:`InstanceError` when there is none."""
+        try:
+            return pwd.getpwnam(self.user)
+        except KeyError:
+            raise InstanceError(self.data_dir, f"no such OS user {self.user!r}") from None
+
+    def command(self, program: str, *args: str) -> list[str]:
+        """The argv that runs ``bin_dir/program args`` as the user."""
+        argv = [str(Path(self.bin_dir, program)), *args]
+        entry = self.account()
+        if os.geteuid() == entry.pw_uid:
+            return argv
+        if os.geteuid() != 0:
+            raise InstanceError(
+                self.data_dir, f"cannot run {program} as {self.user}: farmnode is not root"
+            )
+        return [
+            "setpriv",
+            f"--reuid={entry.pw_uid}",
+            f"--regid={entry.pw_gid}",
+            "--init-groups",
+            "--",
+            *argv,
+        ]
+
+    def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A small, predictable environment: C locale (pg_controldata is parsed), the user's
+        home, nothing of farmnode's own (no cluster key)."""
+        entry = self.account()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "LC_ALL": "C",
+            "LANG": "C",
+            "HOME": entry.pw_dir,
+            "USER": self.user,
+            "LOGNAME": self.user,
+        }
+        env.update(extra or {})
+        return env
+
+    async def run(
+        self, program: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> tuple[int, str]:
+        """Run ``program`` from ``bin_dir`` as the user: exit code and output. Raises
+        :class:`InstanceError` when it cannot be executed."""
+        argv = self.command(program, *args)
+        try:
+            return await run_process(argv, self.environment(env))
+        except OSError as exc:
+            raise InstanceError(self.data_dir, f"cannot run {argv[0]}: {exc}") from exc
+
+    async def checked(self, program: str, *args: str, env: Mapping[str, str] | None = None) -> str:
+        """:meth:`run`, raising :class:`InstanceError` (with the last line printed) when the
+        exit code is not 0."""
+        code, output = await self.run(program, *args, env=env)
+        if code != 0:
+            said = last_line(output)
+            raise InstanceError(self.data_dir, f"{program} exited {code}: {said or 'no output'}")
+        return output
+
+    # --- files ---------------------------------------------------------------------------
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def exists(self, name: str) -> bool:
+        return self.file(name).exists()
+
+    def write_file(self, name: str, data: bytes, mode: int = 0o600) -> None:
+        """Replace ``name`` atomically with ``data``, owned by the user."""
+        entry = self.account()
+        target = self.file(name)
+        temporary = target.with_name(f".{target.name}.farmnode-tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, mode)
+        with contextlib.suppress(PermissionError):  # not root: the file is ours already
+            os.chown(temporary, entry.pw_uid, entry.pw_gid)
+        os.replace(temporary, target)
+
+    def remove_file(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.file(name).unlink()
+
+    def write_agent_conf(self, text: str) -> bool:
+        """Write ``farmnode.conf`` (and the include line into ``postgresql.conf``); whether
+        anything changed."""
+        changed = self.ensure_include()
+        data = text.encode()
+        current = self.file(AGENT_CONF).read_bytes() if self.exists(AGENT_CONF) else None
+        if current != data:
+            self.write_file(AGENT_CONF, data)
+            changed = True
+        return changed
+
+    def ensure_include(self) -> bool:
+        """Append the include of ``farmnode.conf`` to ``postgresql.conf`` unless there."""
+        conf = self.file("postgresql.conf")
+        text = conf.read_text() if conf.exists() else ""
+        if any(line.strip().startswith(INCLUDE_LINE.split("\t")[0]) for line in text.splitlines()):
+            return False
+        if text and not text.endswith("\n"):
+            text += "\n"
+        self.write_file("postgresql.conf", (text + INCLUDE_LINE + "\n").encode())
+        return True
+
+    def save_config(self) -> dict[str, bytes]:
+        """The configuration files a rewind would replace (the ones that exist)."""
+        return {name: self.file(name).read_bytes() for name in CONFIG_FILES if self.exists(name)}
+
+    def restore_config(self, saved: Mapping[str, bytes]) -> None:
+        """Put back what :meth:`save_config` returned; remove the ones that did not exist."""
+        for name in CONFIG_FILES:
+            if name in saved:
+                self.write_file(name, saved[name])
+            else:
+                self.remove_file(name)
+
+    # --- the postmaster --------------------------------------------------------------------
+
+    def postmaster_pid(self) -> int | None:
+        """The pid of the live postmaster of this data directory, or ``None``."""
+        try:
+            first = self.file("postmaster.pid").read_text().split("\n", 1)[0].strip()
+            pid = int(first)
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (OSError, ValueError):
+            return None
+        name = stat[stat.find("(") + 1 : stat.rfind(")")]
+        state = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
+        if state == "Z" or name not in ("postgres", "postmaster"):
+            return None
+        return pid
+
+    def running(self) -> bool:
+        return self.postmaster_pid() is not None
+
+    async def wait_reaped(self, timeout: float = 15.0) -> None:
+        """Wait (at most ``timeout``) while the pid in ``postmaster.pid`` is a zombie: a
+        killed postmaster not yet reaped by its parent (init) still holds the lock file for
+        PostgreSQL, which would refuse to start (and pg_rewind with it)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                pid = int(self.file("postmaster.pid").read_text().split("\n", 1)[0].strip())
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except (OSError, ValueError):
+                return
+            if stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] != "Z":
+                return
+            await asyncio.sleep(0.1)
+
+    async def start(self, timeout: float) -> None:
+        """Start the server as a standby and wait (``timeout``) until it accepts connections.
+
+        Raises :class:`InstanceError` without ``standby.signal`` (this class never starts a
+        writable server) or when ``pg_ctl start`` fails.
+        """
+        if not self.exists("standby.signal"):
+            raise InstanceError(self.data_dir, "refusing to start without standby.signal")
+        await self.wait_reaped(min(timeout, 15.0))
+        log = str(self.file(SERVER_LOG))
+        code, output = await self.run(
+            "pg_ctl",
+            "start",
+            "-D",
+            self.data_dir,
+            "-l",
+            log,
+            "-w",
+            "-t",
+            str(max(1, round(timeout))),
+        )
+        if code != 0:
+            said = last_line(output)
+            if not said or "log output" in said:  # "Examine the log output."
+                said = self._last_log_line()
+            raise InstanceError(self.data_dir, f"pg_ctl start exited {code}: {said}")
+
+    def _last_log_line(self) -> str:
+        try:
+            return last_line(self.file(SERVER_LOG).read_text(errors="replace")[-4096:])
+        except OSError:
+            return "no output"
+
+    async def stop(self, mode: str, timeout: float) -> bool:
+        """``pg_ctl stop -m MODE`` within ``timeout``; whether the server is down after it."""
+        if not self.running():
+            return True
+        try:
+            async with asyncio.timeout(timeout + 1.0):
+                await self.run(
+                    "pg_ctl", "stop", "-D", self.data_dir, "-m", mode, "-w",
+                    "-t", str(max(1, round(timeout))),
+                )  # fmt: skip
+        except TimeoutError:
+            pass
+        return not self.running()
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every child of it (backends run in their own process
+        groups, so its group is not enough). The last resort of a demotion."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            return
+        children = list(_children_of(pid))
+        for target in (pid, *children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGKILL)
+
+    async def promote(self, timeout: float) -> None:
+        """``pg_ctl promote -w``; raises :class:`InstanceError` when it fails."""
+        await self.checked(
+            "pg_ctl", "promote", "-D", self.data_dir, "-w", "-t", str(max(1, round(timeout)))
+        )
+
+    async def controldata(self) -> dict[str, str]:
+        """``pg_controldata`` of the data directory as a mapping of its labels."""
+        return parse_controldata(await self.checked("pg_controldata", "-D", self.data_dir))
+
+    # --- SQL ---------------------------------------------------------------------------
+
+    async def connect(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            host=self.socket_dir,
+            port=self.port,
+            user=self.user,
+            dbname="postgres",
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name="farmnode",
+            autocommit=True,
+        )
+
+    async def execute(self, sql: str) -> None:
+        """Run one statement (``CHECKPOINT``, ``SELECT pg_reload_conf()``); raises
+        :class:`InstanceError` on failure."""
+        try:
+            async with await self.connect() as conn:
+                await conn.execute(sql.encode())
+        except psycopg.Error as exc:
+            raise InstanceError(self.data_dir, f"{sql}: {_pg_error(exc)}") from exc
+
+    async def snapshot(self) -> Snapshot:
+        """What the server says now (never raises: an unreachable server is a snapshot)."""
+        if not self.running():
+            return Snapshot(running=False)
+        try:
+            async with await self.connect() as conn:
+                return await _query_snapshot(conn)
+        except psycopg.Error as exc:
+            return Snapshot(running=self.running(), error=_pg_error(exc))
+
+    async def wait_writable(self, timeout: float) -> Snapshot:
+        """Poll until the server accepts writes; the last snapshot (maybe not writable)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            snap = await self.snapshot()
+            if snap.writable or asyncio.get_running_loop().time() >= deadline:
+                return snap
+            await asyncio.sleep(0.1)
+
+
+async def _query_snapshot(conn: psycopg.AsyncConnection[Any]) -> Snapshot:
+    cur = await conn.execute(
+        b"SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')"
+    )
+    row = await cur.fetchone() or (None, "")
+    in_recovery, sync_names = bool(row[0]), str(row[1])
+    if in_recovery:
+        cur = await conn.execute(_STANDBY_SQL.encode())
+        lsn, timeline, receiver = await cur.fetchone() or (None, None, None)
+        return Snapshot(True, True, True, timeline, lsn, receiver, (), sync_names)
+    cur = await conn.execute(_PRIMARY_SQL.encode())
+    lsn, timeline = await cur.fetchone() or (None, None)
+    cur = await conn.execute(_REPLICAS_SQL.encode())
+    replicas = tuple(Replica(*r) for r in await cur.fetchall())
+    return Snapshot(True, True, False, timeline, lsn, None, replicas, sync_names)
+
+
+def _pg_error(exc: psycopg.Error) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _children_of(parent: int) -> Iterable[int]:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1 and fields[1] == str(parent):
+            yield int(entry.name)
+
+
+async def tcp_reachable(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def postgres_major(version_output: str) -> str | None:
+    """``'postgres (PostgreSQL) 15.8 (Debian ...)'`` -> ``'15'``."""
+    match = re.search(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?", version_output)
+    if match is None:
+        return None
+    major = int(match[1])
+    return f"{major}.{match[2]}" if major < 10 and match[2] is not None else str(major)
+
+
+# --- checking the system (farmnode check-config) -------------------------------------------------
+
+
+class CheckFailed(FarmnodeError):
+    """The system does not fit a parameter: ``param`` and what was ``expected``."""
+
+    def __init__(self, param: str, expected: str) -> None:
+        self.param = param
+        self.expected = expected
+        super().__init__(f"{param}: {expected}")
+
+
+def default_bin_dir(data_dir: str, bin_dir: str | None) -> str:
+    """``bin_dir``, or ``/usr/lib/postgresql/<PG_VERSION>/bin``; :class:`CheckFailed` when
+    PG_VERSION cannot be read."""
+    if bin_dir:
+        return bin_dir
+    try:
+        version = Path(data_dir, "PG_VERSION").read_text().strip()
+    except OSError:
+        raise CheckFailed(
+            "data_dir",
+            f"a data directory with PG_VERSION ({data_dir}/PG_VERSION cannot be read: "
+            "not made by initdb?)",
+        ) from None
+    return f"/usr/lib/postgresql/{version}/bin"
+
+
+def check_system(data_dir: str, user: str, bin_dir: str | None, socket_dir: str) -> None:
+    """Raise :class:`CheckFailed` unless ``data_dir`` is a data directory owned by ``user``
+    with ``PG_VERSION`` and ``postgresql.conf``, ``bin_dir`` (or the default) holds the
+    programs of that major version, and ``socket_dir`` exists."""
+    data = Path(data_dir)
+    if not data.is_dir():
+        raise CheckFailed("data_dir", f"an existing data directory ({data_dir} does not exist)")
+    try:
+        owner = pwd.getpwnam(user)
+    except KeyError:
+        raise CheckFailed("user", f"an OS user ({user!r} does not exist)") from None
+    uid = data.stat().st_uid
+    if uid != owner.pw_uid:
+        raise CheckFailed(
+            "data_dir", f"a data directory owned by {user} ({data_dir} is owned by {_user(uid)})"
+        )
+    programs = default_bin_dir(data_dir, bin_dir)
+    version = Path(data_dir, "PG_VERSION").read_text().strip()
+    if not data.joinpath("postgresql.conf").is_file():
+        raise CheckFailed(
+            "data_dir",
+            f"a data directory holding postgresql.conf ({data_dir} has none; farmnode manages "
+            "clusters whose configuration lives in the data directory, as initdb makes them)",
+        )
+    for program in ("postgres", "pg_ctl", "pg_rewind", "pg_controldata"):
+        if not os.access(Path(programs, program), os.X_OK):
+            raise CheckFailed(
+                "bin_dir",
+                f"PostgreSQL {version}'s programs ({programs}/{program} is missing; the data "
+                f"directory is version {version})",
+            )
+    major = _binary_major(Path(programs, "postgres"))
+    if major != version:
+        raise CheckFailed(
+            "bin_dir",
+            f"PostgreSQL {version}, the version of {data_dir} (PG_VERSION), but "
+            f"{programs}/postgres is version {major or 'unknown'}",
+        )
+    if not Path(socket_dir).is_dir():
+        raise CheckFailed("socket_dir", f"an existing directory ({socket_dir} does not exist)")
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _binary_major(postgres: Path) -> str | None:
+    try:
+        done = subprocess.run(  # noqa: S603 - a fixed argv
+            [str(postgres), "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return postgres_major(done.stdout)
