@@ -80,7 +80,7 @@ SERVICE_KEYS = frozenset(
 )
 REAL_KEYS = frozenset({"address", "weight"})
 CHECK_KEYS = frozenset(
-    {"kind", "url", "expect", "interval", "timeout", "rise", "fall", "agent_port"}
+    {"kind", "url", "expect", "interval", "timeout", "rise", "fall", "agent_port", "port"}
 )
 PERSISTENCE_KEYS = frozenset({"timeout", "netmask", "netmask6"})
 
@@ -434,6 +434,7 @@ def _check(raw: Any, p: str) -> CheckSpec:
         rise=_int_in(table, p, "rise", d.rise, 1, 100),
         fall=_int_in(table, p, "fall", d.fall, 1, 100),
         agent_port=agent_port,
+        port=_int_in(table, p, "port", 0, 1, 65535) if "port" in table else None,
     )
 
 
@@ -441,6 +442,8 @@ def _only_for_kind(table: Mapping[str, Any], p: str, kind: str) -> None:
     for key, owner in (("url", "http"), ("expect", "http"), ("agent_port", "agent")):
         if key in table and kind != owner:
             raise _Invalid(f"{p}.{key}", f'no {key} unless kind = "{owner}" (kind is "{kind}")')
+    if "port" in table and kind not in ("http", "tcp"):
+        raise _Invalid(f"{p}.port", f'no port unless kind is "http" or "tcp" (kind is "{kind}")')
 
 
 def _check_url(value: Any, path: str) -> str:

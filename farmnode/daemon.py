@@ -164,14 +164,16 @@ def _target(spec: ServiceSpec, real: RealSpec) -> Target:
         "rise": check.rise,
         "fall": check.fall,
     }
+    port = check.port if check.port is not None else real.port
     if check.kind == "http":
-        return Target(url=f"http://{real.key}{check.url}", expect=check.expect, **common)
+        where = RealSpec(real.host, port).key
+        return Target(url=f"http://{where}{check.url}", expect=check.expect, **common)
     if check.kind == "agent":
         assert check.agent_port is not None  # the config requires it for agent checks
         return Target(
             url="", expect="", kind="agent", host=real.host, port=check.agent_port, **common
         )
-    return Target(url="", expect="", kind="tcp", host=real.host, port=real.port, **common)
+    return Target(url="", expect="", kind="tcp", host=real.host, port=port, **common)
 
 
 def deferred_services(settings: ClusterSettings | None) -> frozenset[str]:

@@ -52,6 +52,9 @@ class CheckSpec:
     rise: int = 2
     fall: int = 3
     agent_port: int | None = None
+    #: ``http`` and ``tcp``: probe this port of each real server instead of its service port
+    #: (ldirectord's ``checkport``, HAProxy's ``check port``): a database's health endpoint.
+    port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

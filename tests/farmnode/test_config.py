@@ -276,6 +276,21 @@ address = "127.0.0.1:9001"
     assert load_text(tmp_path, text + other.replace("@PLANE@", "userspace")).services
 
 
+def test_a_check_may_probe_another_port(tmp_path: Path) -> None:
+    check = '\ncheck = { kind = "http", url = "/primary", port = 8008 }\n[[services.real]]'
+    text = MINIMAL.replace("\n[[services.real]]", check)
+    assert load_text(tmp_path, text).services[0].check.port == 8008
+    for bad, says in (
+        ('{ kind = "agent", agent_port = 9, port = 8008 }', 'no port unless kind is "http"'),
+        ('{ kind = "tcp", port = 0 }', "1"),
+    ):
+        error = error_of(
+            tmp_path, MINIMAL.replace("\n[[services.real]]", f"\ncheck = {bad}\n[[services.real]]")
+        )
+        assert error.path == "services[0].check.port"
+        assert says in error.expected
+
+
 def test_environment_overrides(tmp_path: Path) -> None:
     env = {"FARMNODE_STATUS_LISTEN": "[::1]:0", "FARMNODE_REPORT_TOKEN": " env-token "}
     config = load_text(tmp_path, EXAMPLE, env)
@@ -693,6 +708,7 @@ PLAUSIBLE: dict[str, list[Any]] = {
     "rise": [1, 2, 3, 0, True],
     "fall": [1, 3, 5, 101],
     "agent_port": [9777, 1, 0, 70000],
+    "port": [8008, 1, 0, 70000],
     "netmask": [24, 32, 0, 33],
     "netmask6": [64, 128, 129],
     "address": ADDRESSES,

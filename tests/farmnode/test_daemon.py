@@ -236,6 +236,14 @@ def test_probe_targets_follow_the_check_kind() -> None:
         ("agent", "::1", 9777),
     ]
     assert probe_targets(_spec(CheckSpec(kind="none"))) == []
+    # a check port: the database's health endpoint beside its service port
+    primary = probe_targets(_spec(CheckSpec(kind="http", url="/primary", port=8008)))
+    assert [t.url for t in primary] == [
+        "http://127.0.0.1:8008/primary",
+        "http://[::1]:8008/primary",
+    ]
+    tcp_port = probe_targets(_spec(CheckSpec(kind="tcp", port=8008)))
+    assert [(t.host, t.port) for t in tcp_port] == [("127.0.0.1", 8008), ("::1", 8008)]
 
 
 @pytest.mark.parametrize(
