@@ -42,12 +42,13 @@ client has its source rewritten back to VIP:PORT, in two more chains::
 
 It keeps no state per connection (no conntrack table to fill, e.g. under a SYN flood); it is
 not faster than the stateful plane in ``make bench`` (rule evaluation and two rewrites on
-every packet replace the per-connection conntrack work; ``docs/performance.md``). The price: a change of the server set moves the clients whose slot
-changed *with their established connections* (``mh``: only the clients of the server that
-left), so weight 0 does not drain gracefully; replies must route back through the switch
-(LVS-NAT; no ``snat``); ICMP errors about switched packets are not translated; clients on the
-switch itself are not switched; and a real server (address and port) may serve only this
-service, since its replies are rewritten by address and port alone.
+every packet replace the per-connection conntrack work; ``docs/performance.md``). The
+price: a change of the server set moves the clients whose slot changed *with their
+established connections* (``mh``: only the clients of the server that left), so weight 0
+does not drain gracefully; replies must route back through the switch (LVS-NAT; no
+``snat``); ICMP errors about switched packets are not translated; clients on the switch
+itself are not switched; and a real server (address and port) may serve only this service,
+since its replies are rewritten by address and port alone.
 """
 
 from __future__ import annotations
