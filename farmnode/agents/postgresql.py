@@ -82,6 +82,9 @@ REWIND_TIMEOUT: Final = 600.0
 #: Seconds between warnings while writes wait for a synchronous standby.
 SYNC_WARN_EVERY: Final = 60.0
 ROLE, LSN, SYNC = "pg.role", "pg.lsn", "pg.sync"
+#: Who the last primary seen from here was, kept in the data directory across restarts of
+#: farmnode (node attributes live only in a running cluster).
+LAST_PRIMARY: Final = "farmnode.last-primary"
 #: The file ``farmnode promote --force`` leaves in the data directory for the agent.
 FORCE_MARKER: Final = "farmnode.force-promote"
 #: Seconds a forced promotion stays requested; an older request is dropped, not obeyed.
@@ -147,13 +150,20 @@ def fence_argv(value: str | Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class LastPrimary:
-    """The other node whose last advertised role was ``primary`` or ``demoted``."""
+    """The other node whose last advertised role was ``primary`` or ``demoted``.
+
+    ``remembered``: not heard in this run of farmnode but read back from the data directory
+    (:data:`LAST_PRIMARY`): who it was and its synchronous standbys then; its position since
+    is unknown (``lsn`` is ``None``), so only a standby it named synchronous may be promoted
+    without ``--force``.
+    """
 
     node: str
     role: str
     alive: bool
     lsn: int | None
     sync: tuple[str, ...]
+    remembered: bool = False
 
 
 def _override(me: str) -> str:
@@ -184,6 +194,11 @@ def lag_reason(
     if last is None or (sync_name or me) in last.sync:
         return None
     head = f"not promoting {me}: not synchronous at {last.node}'s last report and"
+    if last.remembered:
+        return (
+            f"{head} its position is unknown: {last.node} was last seen as primary before "
+            f"farmnode restarted here; {_override(me)}"
+        )
     if last.lsn is None or position is None:
         return f"{head} its position is unknown (limit {format_size(limit)}); {_override(me)}"
     lag = last.lsn - position
@@ -241,6 +256,7 @@ class PostgresAgent(Agent):
         self._task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
         self._force = False
+        self._remembered: dict[str, object] | None = None  # last record written
         self._sync_names: list[str] = []
         self._last_sync: tuple[str, ...] = ()
         self._lsn: int | None = None
@@ -804,7 +820,7 @@ class PostgresAgent(Agent):
             if node != me and seen.value in ("primary", "demoted")
         ]
         if not roles:
-            return None
+            return self._remembered_primary()
         best = min(roles, key=lambda s: (not (s.alive and s.value == "primary"), s.age))
         lsn_seen = self.context.observed(LSN).get(best.node)
         sync_seen = self.context.observed(SYNC).get(best.node)
@@ -813,7 +829,44 @@ class PostgresAgent(Agent):
         except ValueError:
             lsn = None
         sync = tuple(n for n in (sync_seen.value.split(",") if sync_seen else ()) if n)
-        return LastPrimary(best.node, best.value, self.context.alive(best.node), lsn, sync)
+        last = LastPrimary(best.node, best.value, self.context.alive(best.node), lsn, sync)
+        self._remember(last)
+        return last
+
+    def _remember(self, last: LastPrimary) -> None:
+        """Keep who the last primary was (not its position: that goes stale at once) in the
+        data directory, rewritten only when it changes."""
+        record: dict[str, object] = {"node": last.node, "role": last.role, "sync": list(last.sync)}
+        if record == self._remembered:
+            return
+        path = Path(self.data_dir) / LAST_PRIMARY
+        temporary = path.with_name(f".{LAST_PRIMARY}.tmp")
+        try:
+            temporary.write_text(json.dumps(record), encoding="utf-8")
+            os.replace(temporary, path)
+        except OSError as exc:
+            log.warning("resource %s: cannot keep the last primary in %s: %s", self.name, path, exc)
+            return
+        self._remembered = record
+
+    def _remembered_primary(self) -> LastPrimary | None:
+        """The last primary as kept in the data directory, or ``None`` (a fresh cluster)."""
+        path = Path(self.data_dir) / LAST_PRIMARY
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            node, role, sync = record["node"], record["role"], record["sync"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            # unreadable: assume the worst (a primary we know nothing of), never "fresh"
+            log.warning("resource %s: %s unreadable (%s)", self.name, path, exc)
+            return LastPrimary("unknown", "primary", False, None, (), remembered=True)
+        if node == self.context.node or not isinstance(sync, list):
+            return None
+        names = tuple(str(name) for name in sync)
+        return LastPrimary(
+            str(node), str(role), self.context.alive(str(node)), None, names, remembered=True
+        )
 
     # --- health ------------------------------------------------------------------------------
 

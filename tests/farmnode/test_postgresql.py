@@ -882,3 +882,61 @@ def test_promote_force_leaves_a_request_the_agent_uses_once(
         (data / FORCE_MARKER).write_text(json.dumps(request))
         assert not agent._take_force_marker(), request
         assert not (data / FORCE_MARKER).exists()  # dropped, not kept for later
+
+
+def test_a_remembered_primary_promotes_only_its_synchronous_standby() -> None:
+    """After farmnode restarts, the last primary is known from the data directory but not
+    its position: only a standby it named synchronous may take over without --force."""
+    remembered = LastPrimary("n1", "primary", False, None, ("n2",), remembered=True)
+    assert lag_reason("n2", remembered, 5 * MiB, MiB) is None
+    stranger = LastPrimary("n1", "primary", False, None, ("n3",), remembered=True)
+    said = lag_reason("n2", stranger, 5 * MiB, MiB)
+    assert said is not None
+    assert "last seen as primary before farmnode restarted" in said
+    assert "farmnode promote --force n2" in said
+
+
+def test_the_last_primary_is_kept_in_the_data_directory(tmp_path: Path) -> None:
+    from farmnode.agents.context import LocalContext
+    from farmnode.agents.postgresql import LAST_PRIMARY
+
+    class Seen(LocalContext):
+        """n2's view while n1 was primary, then after a restart (nothing heard)."""
+
+        def __init__(self, heard: bool) -> None:
+            super().__init__("n2")
+            self.heard = heard
+
+        def observed(self, key: str) -> Mapping[str, Observation]:
+            values = {"pg.role": "primary", "pg.lsn": "4096", "pg.sync": "n3"}
+            if not self.heard:
+                return {}
+            return {"n1": Observation("n1", values[key], 0.5, alive=True)}
+
+        def alive(self, node: str) -> bool:
+            return node == "n2" or (self.heard and node == "n1")
+
+    data = tmp_path / "data"
+    data.mkdir()
+    agent = PostgresAgent({**BASE, "data_dir": str(data)}, name="db")
+    agent.bind(Seen(heard=True))
+    live = agent._last_primary()
+    assert live is not None
+    assert not live.remembered
+    assert (live.lsn, live.sync) == (4096, ("n3",))
+    assert json.loads((data / LAST_PRIMARY).read_text()) == {
+        "node": "n1",
+        "role": "primary",
+        "sync": ["n3"],
+    }
+    restarted = PostgresAgent({**BASE, "data_dir": str(data)}, name="db")
+    restarted.bind(Seen(heard=False))
+    kept = restarted._last_primary()
+    assert kept == LastPrimary("n1", "primary", False, None, ("n3",), remembered=True)
+    (data / LAST_PRIMARY).write_text("{not json")
+    worst = restarted._last_primary()  # unreadable: never taken for a fresh cluster
+    assert worst is not None
+    assert worst.remembered
+    assert worst.sync == ()
+    (data / LAST_PRIMARY).unlink()
+    assert restarted._last_primary() is None  # nothing kept: a fresh cluster
