@@ -276,15 +276,21 @@ def _parse(view: memoryview, fields: tuple[int, ...], cluster: str, at: int) -> 
     )  # fmt: skip
 
 
+def _read_count(view: memoryview, at: int, end: int, what: str, most: int) -> tuple[int, int]:
+    """The count byte of a list at ``at`` (at most ``most``) and the offset after it."""
+    if at >= end:
+        raise HeartbeatError("malformed", f"the {what} count is missing")
+    count = view[at]
+    if count > most:
+        raise HeartbeatError("malformed", f"{count} {what}, at most {most}")
+    return count, at + 1
+
+
 def _read_attributes(
     view: memoryview, at: int, end: int
 ) -> tuple[tuple[tuple[str, str], ...], int]:
     """The counted ``(key, value)`` pairs at ``at`` (distinct keys) and the offset after."""
-    if at >= end:
-        raise HeartbeatError("malformed", "the attribute count is missing")
-    count, at = view[at], at + 1
-    if count > MAX_ATTRIBUTES:
-        raise HeartbeatError("malformed", f"{count} attributes, at most {MAX_ATTRIBUTES}")
+    count, at = _read_count(view, at, end, "attributes", MAX_ATTRIBUTES)
     pairs = []
     for index in range(count):
         key, at = _read_name(view, at, end, f"attribute[{index}] key")
@@ -309,11 +315,7 @@ def _read_attributes(
 
 def _read_names(view: memoryview, at: int, end: int, what: str) -> tuple[tuple[str, ...], int]:
     """The counted list of distinct names at ``at`` and the offset after it."""
-    if at >= end:
-        raise HeartbeatError("malformed", f"the {what} count is missing")
-    count, at = view[at], at + 1
-    if count > MAX_GROUPS:
-        raise HeartbeatError("malformed", f"{count} {what}, at most {MAX_GROUPS}")
+    count, at = _read_count(view, at, end, what, MAX_GROUPS)
     names = []
     for index in range(count):
         name, at = _read_name(view, at, end, f"{what}[{index}]")
