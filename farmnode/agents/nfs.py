@@ -50,9 +50,9 @@ from farmnode.agents.base import (
     OcfResult,
     Param,
     in_netns,
-    last_line,
     positive,
 )
+from farmnode.process import last_line
 
 log = logging.getLogger("farmnode.agents.nfs")
 

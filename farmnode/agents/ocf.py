@@ -28,9 +28,8 @@ from farmnode.agents.base import (
     AgentError,
     OcfResult,
     Param,
-    last_line,
-    run_process,
 )
+from farmnode.process import last_line, run_process
 
 DEFAULT_OCF_ROOT = "/usr/lib/ocf"
 _TYPE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")

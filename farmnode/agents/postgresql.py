@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
-from farmnode.agents.base import Action, Agent, OcfResult, Param, last_line, run_process
+from farmnode.agents.base import Action, Agent, OcfResult, Param
 from farmnode.agents.context import AttributeRefused
 from farmnode.errors import ConfigError, FarmnodeError
 from farmnode.pg.health import HealthServer, HealthState, format_size, parse_listen
@@ -69,6 +69,7 @@ from farmnode.pg.instance import (
     render_sync_names,
     tcp_reachable,
 )
+from farmnode.process import last_line, run_process
 
 log = logging.getLogger("farmnode.agents.postgresql")
 

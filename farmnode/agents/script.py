@@ -14,7 +14,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from farmnode.agents.base import Agent, OcfResult, Param, last_line, run_process
+from farmnode.agents.base import Agent, OcfResult, Param
+from farmnode.process import last_line, run_process
 
 LSB_STATUS: dict[int, OcfResult] = {
     0: OcfResult.SUCCESS,

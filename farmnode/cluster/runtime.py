@@ -38,7 +38,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, Literal
 
 from farmnode.agents import IpAddr, ResourceGroup, build_agent
-from farmnode.agents.base import OcfResult, run_process
+from farmnode.agents.base import OcfResult
 from farmnode.agents.context import (
     MAX_ATTRIBUTES,
     AttributeRefused,
@@ -59,6 +59,7 @@ from farmnode.cluster.transports import (
     UdpUnicast,
 )
 from farmnode.errors import ConfigError, FarmnodeError
+from farmnode.process import run_process
 
 log = logging.getLogger("farmnode.cluster")
 

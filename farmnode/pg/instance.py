@@ -36,8 +36,8 @@ from typing import Any, Final
 
 import psycopg
 
-from farmnode.agents.base import last_line, run_process
 from farmnode.errors import FarmnodeError
+from farmnode.process import last_line, run_process
 
 AGENT_CONF: Final = "farmnode.conf"
 REWIND_MARKER: Final = "farmnode.rewind"
