@@ -55,6 +55,8 @@ from farmnode.agents.context import AttributeRefused
 from farmnode.errors import ConfigError, FarmnodeError
 from farmnode.pg.health import HealthServer, HealthState, format_size, parse_listen
 from farmnode.pg.instance import (
+    FORCE_MARKER,
+    LAST_PRIMARY,
     REWIND_MARKER,
     CheckFailed,
     Instance,
@@ -83,11 +85,6 @@ REWIND_TIMEOUT: Final = 600.0
 #: Seconds between warnings while writes wait for a synchronous standby.
 SYNC_WARN_EVERY: Final = 60.0
 ROLE, LSN, SYNC = "pg.role", "pg.lsn", "pg.sync"
-#: Who the last primary seen from here was, kept in the data directory across restarts of
-#: farmnode (node attributes live only in a running cluster).
-LAST_PRIMARY: Final = "farmnode.last-primary"
-#: The file ``farmnode promote --force`` leaves in the data directory for the agent.
-FORCE_MARKER: Final = "farmnode.force-promote"
 #: Seconds a forced promotion stays requested; an older request is dropped, not obeyed.
 FORCE_VALID: Final = 900.0
 _APP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,63}")
@@ -753,7 +750,6 @@ class PostgresAgent(Agent):
         if self.instance.running():
             await self._halt()
         await self.instance.wait_reaped()
-        saved = self.instance.save_config()
         self.instance.remove_file("standby.signal")  # single-user recovery refuses it
         code, output = -1, "interrupted"
         v = self.values
@@ -763,13 +759,13 @@ class PostgresAgent(Agent):
         )  # fmt: skip
         env = {"PGPASSWORD": v["replication_password"]} if v["replication_password"] else {}
         try:
-            async with asyncio.timeout(REWIND_TIMEOUT):
-                code, output = await self.instance.run(
-                    "pg_rewind", f"--target-pgdata={self.data_dir}",
-                    f"--source-server={conninfo}", env=env,
-                )  # fmt: skip
+            with self.instance.kept_from_rewind():
+                async with asyncio.timeout(REWIND_TIMEOUT):
+                    code, output = await self.instance.run(
+                        "pg_rewind", f"--target-pgdata={self.data_dir}",
+                        f"--source-server={conninfo}", env=env,
+                    )  # fmt: skip
         finally:
-            self.instance.restore_config(saved)
             self._write_conf()
             if code != 0:
                 self.instance.write_file(REWIND_MARKER, b"rewind before running again\n")
@@ -840,12 +836,10 @@ class PostgresAgent(Agent):
         record: dict[str, object] = {"node": last.node, "role": last.role, "sync": list(last.sync)}
         if record == self._remembered:
             return
-        path = Path(self.data_dir) / LAST_PRIMARY
-        temporary = path.with_name(f".{LAST_PRIMARY}.tmp")
         try:
-            temporary.write_text(json.dumps(record), encoding="utf-8")
-            os.replace(temporary, path)
+            self.instance.write_file(LAST_PRIMARY, json.dumps(record).encode())
         except OSError as exc:
+            path = self.instance.file(LAST_PRIMARY)
             log.warning("resource %s: cannot keep the last primary in %s: %s", self.name, path, exc)
             return
         self._remembered = record

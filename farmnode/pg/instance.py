@@ -17,7 +17,14 @@ Files of farmnode's in the data directory:
 - ``farmnode.rewind``: this data directory was a primary and must be rewound
   (``pg_rewind``) before it may run again;
 - ``farmnode-postgresql.log``: what the server writes before its own logging starts
-  (``pg_ctl -l``).
+  (``pg_ctl -l``);
+- ``farmnode.last-primary`` and ``farmnode.force-promote``: the agent's (who the last
+  primary was; an operator's forced promotion).
+
+A rewind (``pg_rewind``) makes the data directory a copy of the source's, files outside the
+WAL included: the configuration and the files above would become the source's, or vanish.
+:meth:`Instance.kept_from_rewind` keeps this node's own beside the data directory for the
+rewind and puts them back after it, also after a crash in between.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import pwd
 import re
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -42,13 +49,23 @@ from farmnode.process import last_line, run_process
 AGENT_CONF: Final = "farmnode.conf"
 REWIND_MARKER: Final = "farmnode.rewind"
 SERVER_LOG: Final = "farmnode-postgresql.log"
+#: Who the last primary seen from here was, kept across restarts of farmnode.
+LAST_PRIMARY: Final = "farmnode.last-primary"
+#: The file ``farmnode promote --force`` leaves in the data directory for the agent.
+FORCE_MARKER: Final = "farmnode.force-promote"
 INCLUDE_LINE: Final = f"include_if_exists = '{AGENT_CONF}'\t# added by farmnode"
-#: Configuration files a rewind copies from its source; saved before and restored after.
+#: Configuration files a rewind copies from its source: copied aside (single-user recovery
+#: in pg_rewind reads them in place) and put back after it.
 CONFIG_FILES: Final = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
+#: This node's files that a rewind would replace with the source's or remove: moved aside.
+NODE_FILES: Final = (SERVER_LOG, LAST_PRIMARY, FORCE_MARKER)
+#: In the directory aside, once every file is there: only then is a missing one "absent".
+_KEPT_ALL: Final = ".complete"
 #: ``Database cluster state`` values (pg_controldata) of a data directory that ran writable.
 PRIMARY_STATES: Final = frozenset(
     {"in production", "shut down", "shutting down", "in crash recovery"}
 )
+
 CONNECT_TIMEOUT: Final = 2
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 _SYNC = re.compile(r"\s*(?:(?:FIRST|ANY)\s+(\d+)\s*\((.*)\)|(.*))\s*", re.IGNORECASE | re.DOTALL)
@@ -339,17 +356,51 @@ class Instance:
         self.write_file("postgresql.conf", (text + INCLUDE_LINE + "\n").encode())
         return True
 
-    def save_config(self) -> dict[str, bytes]:
-        """The configuration files a rewind would replace (the ones that exist)."""
-        return {name: self.file(name).read_bytes() for name in CONFIG_FILES if self.exists(name)}
+    @property
+    def aside(self) -> Path:
+        """Where :meth:`kept_from_rewind` keeps this node's files: beside the data directory
+        (the same filesystem, so a move is a rename), out of pg_rewind's reach."""
+        return self.path.parent / f".{self.path.name}.farmnode-rewind"
 
-    def restore_config(self, saved: Mapping[str, bytes]) -> None:
-        """Put back what :meth:`save_config` returned; remove the ones that did not exist."""
+    @contextlib.contextmanager
+    def kept_from_rewind(self) -> Iterator[None]:
+        """Around a pg_rewind: :data:`CONFIG_FILES` copied aside and :data:`NODE_FILES` moved
+        aside; afterwards, also when the body raises, each put back over whatever the rewind
+        left, and one that did not exist before removed (:meth:`put_back`)."""
+        self.put_back()  # an earlier rewind that never finished: its files first
+        self.aside.mkdir(mode=0o700)
         for name in CONFIG_FILES:
-            if name in saved:
-                self.write_file(name, saved[name])
-            else:
+            if self.exists(name):
+                (self.aside / name).write_bytes(self.file(name).read_bytes())
+        for name in NODE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.file(name), self.aside / name)
+        (self.aside / _KEPT_ALL).touch()
+        try:
+            yield
+        finally:
+            self.put_back()
+
+    def put_back(self) -> None:
+        """Put the files :meth:`kept_from_rewind` keeps aside back into the data directory
+        (configuration owned by the user, the rest as they were) and remove the aside
+        directory. Where it was complete, a file it lacks did not exist before the rewind
+        and is removed; where it was not (farmnode died while filling it), only what is
+        there is put back. Nothing aside: nothing to do."""
+        if not self.aside.is_dir():
+            return
+        complete = (self.aside / _KEPT_ALL).exists()
+        for name in (*CONFIG_FILES, *NODE_FILES):
+            kept = self.aside / name
+            if name in CONFIG_FILES and kept.exists():
+                self.write_file(name, kept.read_bytes())
+                kept.unlink()
+            elif kept.exists():
+                os.replace(kept, self.file(name))
+            elif complete:
                 self.remove_file(name)
+        (self.aside / _KEPT_ALL).unlink(missing_ok=True)
+        self.aside.rmdir()
 
     # --- the postmaster --------------------------------------------------------------------
 

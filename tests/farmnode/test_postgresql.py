@@ -854,7 +854,8 @@ def test_promote_force_leaves_a_request_the_agent_uses_once(
 ) -> None:
     from farmnode.__main__ import run
     from farmnode.agents.context import LocalContext
-    from farmnode.agents.postgresql import FORCE_MARKER, FORCE_VALID
+    from farmnode.agents.postgresql import FORCE_VALID
+    from farmnode.pg.instance import FORCE_MARKER
 
     data = tmp_path / "data"
     data.mkdir()
@@ -898,7 +899,7 @@ def test_a_remembered_primary_promotes_only_its_synchronous_standby() -> None:
 
 def test_the_last_primary_is_kept_in_the_data_directory(tmp_path: Path) -> None:
     from farmnode.agents.context import LocalContext
-    from farmnode.agents.postgresql import LAST_PRIMARY
+    from farmnode.pg.instance import LAST_PRIMARY
 
     class Seen(LocalContext):
         """n2's view while n1 was primary, then after a restart (nothing heard)."""
@@ -918,7 +919,8 @@ def test_the_last_primary_is_kept_in_the_data_directory(tmp_path: Path) -> None:
 
     data = tmp_path / "data"
     data.mkdir()
-    agent = PostgresAgent({**BASE, "data_dir": str(data)}, name="db")
+    params = {**BASE, "data_dir": str(data), "bin_dir": "/usr/lib/postgresql/15/bin"}
+    agent = PostgresAgent(params, name="db")
     agent.bind(Seen(heard=True))
     live = agent._last_primary()
     assert live is not None
@@ -929,7 +931,7 @@ def test_the_last_primary_is_kept_in_the_data_directory(tmp_path: Path) -> None:
         "role": "primary",
         "sync": ["n3"],
     }
-    restarted = PostgresAgent({**BASE, "data_dir": str(data)}, name="db")
+    restarted = PostgresAgent(params, name="db")
     restarted.bind(Seen(heard=False))
     kept = restarted._last_primary()
     assert kept == LastPrimary("n1", "primary", False, None, ("n3",), remembered=True)
