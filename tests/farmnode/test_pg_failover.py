@@ -728,10 +728,10 @@ class DbLab:
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def template() -> Iterator[PgLab]:
+@contextlib.contextmanager
+def make_template() -> Iterator[PgLab]:
     """One initdb (``tpl``, trusting the lab's LAN) and one base backup of it
-    (``tpl-standby``), both stopped; copied by each test."""
+    (``tpl-standby``), both stopped; copied by each lab. Needs what the lab needs (no nft)."""
     reason = _unavailable(nft=False)
     if reason is not None:
         skip_or_fail(reason)
@@ -744,6 +744,12 @@ def template() -> Iterator[PgLab]:
         made.basebackup(primary, "tpl-standby")
         primary.stop()
         print(f"\ntemplate pair (initdb + base backup): {time.monotonic() - began:.2f} s")
+        yield made
+
+
+@pytest.fixture(scope="module")
+def template() -> Iterator[PgLab]:
+    with make_template() as made:
         yield made
 
 
@@ -829,69 +835,90 @@ def test_kill_9_of_the_primary_under_write_load(
     tmp_path: Path, template: PgLab, cycles: int
 ) -> None:
     with db_lab(tmp_path, template) as lab:
-        print(f"\nbring-up: n1 primary, n2 its synchronous standby after {lab.bring_up():.2f} s")
-        writer = lab.start_writer()
-        lab.writes_by("n1")
-        failovers: list[float] = []
-        rejoins: list[float] = []
-        primary, standby = "n1", "n2"
-        for cycle in range(1, cycles + 1):
-            lab.wait(f"{standby} is {primary}'s synchronous standby",
-                     functools.partial(lab.synchronous_pair, primary, standby))  # fmt: skip
-            lab.writes_by(primary)
-            killed = lab.kill(primary)
-            failover = lab.first_ack(standby, killed).ended - killed
-            acked = writer.acked_ids()
-            missing = lab.missing(standby, acked)
-            assert not missing, f"cycle {cycle}: acknowledged ids lost on {standby}: {missing[:20]}"
-            assert lab.referee.first(standby, "primary", killed) is not None
-            assert lab.health(standby, "/primary")[0] == 200
+        kill_cycles(lab, cycles)
 
-            rewound = lab.rewinds(primary)
-            restarted = lab.start(primary)  # the dead machine reboots
-            lab.wait(f"{primary} rejoins as {standby}'s synchronous standby",
-                     functools.partial(lab.synchronous_pair, standby, primary))  # fmt: skip
-            rejoin = time.monotonic() - restarted
-            assert lab.pg[primary].in_recovery() is True
-            assert lab.health(primary, "/replica")[0] == 200
-            assert lab.health(primary, "/primary")[0] == 503
-            assert not (lab.pg[primary].data_dir / "farmnode.rewind").exists()
-            assert lab.rewinds(primary) == rewound + 1, f"{primary} rejoined without pg_rewind"
-            print(
-                f"cycle {cycle}: kill -9 {primary} -> first commit acknowledged by {standby} "
-                f"through {VIP}: {failover:.2f} s; {primary} rejoined (farmnode start -> "
-                f"synchronous standby): {rejoin:.2f} s; "
-                f"{len(acked)} ids acknowledged so far, none lost; "
-                f"{len(writer.unknown)} commits failed (outcome unknown)"
-            )
-            assert failover <= FAILOVER_BOUND, (
-                f"cycle {cycle}: {standby} writable through {VIP} only after {failover:.2f} s"
-            )
-            failovers.append(failover)
-            rejoins.append(rejoin)
-            primary, standby = standby, primary
 
+@dataclass(frozen=True, slots=True)
+class Cycles:
+    """What :func:`kill_cycles` measured: per cycle, kill -> first commit acknowledged by the
+    new primary through the floating address, and the old node's farmnode start -> it is the
+    synchronous standby again; the writer's counts over the whole run."""
+
+    failovers: list[float]
+    rejoins: list[float]
+    acknowledged: int
+    unknown: int  # commits that raised: outcome unknown, never counted as acknowledged
+
+
+def kill_cycles(lab: DbLab, cycles: int) -> Cycles:
+    """Test 1 in ``lab`` (nothing started yet): bring-up, the writer, ``cycles`` kill -9
+    cycles alternating nodes, each asserted (within ``FAILOVER_BOUND``, no acknowledged id
+    lost, the old node rewound and synchronous again), then the whole run (every id on both
+    nodes, never two writable primaries). Also the benchmark's loop (``bench.pg_failover``)."""
+    print(f"\nbring-up: n1 primary, n2 its synchronous standby after {lab.bring_up():.2f} s")
+    writer = lab.start_writer()
+    lab.writes_by("n1")
+    failovers: list[float] = []
+    rejoins: list[float] = []
+    primary, standby = "n1", "n2"
+    for cycle in range(1, cycles + 1):
+        lab.wait(f"{standby} is {primary}'s synchronous standby",
+                 functools.partial(lab.synchronous_pair, primary, standby))  # fmt: skip
         lab.writes_by(primary)
-        writer.stop()
-        writer.check()
+        killed = lab.kill(primary)
+        failover = lab.first_ack(standby, killed).ended - killed
         acked = writer.acked_ids()
-        assert len(set(acked)) == len(acked)
-        assert not lab.missing(primary, acked), "acknowledged ids lost on the last primary"
-        lab.wait(f"{standby} has every acknowledged id", lab.has_all(standby, acked))
-        lab.referee.check()
-        for name in ("n1", "n2"):  # the referee saw each role and each death
-            assert {"primary", "standby", "down"} <= lab.referee.states(name, 0.0), name
+        missing = lab.missing(standby, acked)
+        assert not missing, f"cycle {cycle}: acknowledged ids lost on {standby}: {missing[:20]}"
+        assert lab.referee.first(standby, "primary", killed) is not None
+        assert lab.health(standby, "/primary")[0] == 200
+
+        rewound = lab.rewinds(primary)
+        restarted = lab.start(primary)  # the dead machine reboots
+        lab.wait(f"{primary} rejoins as {standby}'s synchronous standby",
+                 functools.partial(lab.synchronous_pair, standby, primary))  # fmt: skip
+        rejoin = time.monotonic() - restarted
+        assert lab.pg[primary].in_recovery() is True
+        assert lab.health(primary, "/replica")[0] == 200
+        assert lab.health(primary, "/primary")[0] == 503
+        assert not (lab.pg[primary].data_dir / "farmnode.rewind").exists()
+        assert lab.rewinds(primary) == rewound + 1, f"{primary} rejoined without pg_rewind"
         print(
-            f"{cycles} cycles: failover median {statistics.median(failovers):.2f} s, "
-            f"max {max(failovers):.2f} s ({_seconds(failovers)}); rejoin median "
-            f"{statistics.median(rejoins):.2f} s, max {max(rejoins):.2f} s ({_seconds(rejoins)})"
+            f"cycle {cycle}: kill -9 {primary} -> first commit acknowledged by {standby} "
+            f"through {VIP}: {failover:.2f} s; {primary} rejoined (farmnode start -> "
+            f"synchronous standby): {rejoin:.2f} s; "
+            f"{len(acked)} ids acknowledged so far, none lost; "
+            f"{len(writer.unknown)} commits failed (outcome unknown)"
         )
-        print(
-            f"writer: {len(acked)} ids acknowledged, 0 lost; {len(writer.unknown)} commits "
-            f"failed (outcome unknown); {writer.connects} connections, "
-            f"{writer.connect_failures} failed connection attempts"
+        assert failover <= FAILOVER_BOUND, (
+            f"cycle {cycle}: {standby} writable through {VIP} only after {failover:.2f} s"
         )
-        print(lab.referee.summary())
+        failovers.append(failover)
+        rejoins.append(rejoin)
+        primary, standby = standby, primary
+
+    lab.writes_by(primary)
+    writer.stop()
+    writer.check()
+    acked = writer.acked_ids()
+    assert len(set(acked)) == len(acked)
+    assert not lab.missing(primary, acked), "acknowledged ids lost on the last primary"
+    lab.wait(f"{standby} has every acknowledged id", lab.has_all(standby, acked))
+    lab.referee.check()
+    for name in ("n1", "n2"):  # the referee saw each role and each death
+        assert {"primary", "standby", "down"} <= lab.referee.states(name, 0.0), name
+    print(
+        f"{cycles} cycles: failover median {statistics.median(failovers):.2f} s, "
+        f"max {max(failovers):.2f} s ({_seconds(failovers)}); rejoin median "
+        f"{statistics.median(rejoins):.2f} s, max {max(rejoins):.2f} s ({_seconds(rejoins)})"
+    )
+    print(
+        f"writer: {len(acked)} ids acknowledged, 0 lost; {len(writer.unknown)} commits "
+        f"failed (outcome unknown); {writer.connects} connections, "
+        f"{writer.connect_failures} failed connection attempts"
+    )
+    print(lab.referee.summary())
+    return Cycles(failovers, rejoins, len(acked), len(writer.unknown))
 
 
 # --- 2. the primary partitioned away --------------------------------------------------------------
