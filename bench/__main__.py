@@ -1,6 +1,9 @@
 """``make bench``: the dispatcher's hot path against a bare ASGI 302 app, with wrk; then
-farmnode's layer-4 switch (``bench.l4``, ``bench.l4_nft``) and its failover against
-keepalived (``bench.failover``).
+farmnode's layer-4 switch (``bench.l4``, ``bench.l4_nft``), its failover against
+keepalived (``bench.failover``: at the defaults, at farmnode's fast timing and at a
+keepalived tuned to comparable false-failover safety; the lossy-link comparison is
+``python -m bench.failover --loss 20``, minutes long, run on its own) and the truth tier's
+PostgreSQL failover (``bench.pg_failover``).
 
 Both servers run one worker on the same uvicorn settings, measured in the same run,
 alternating, several rounds each. Each server's figures are its median round; its ratio is
@@ -21,7 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from bench import evaluator, failover, l4, l4_nft, session
+from bench import evaluator, failover, l4, l4_nft, pg_failover, session
 from bench.servers import KEYS
 from dispatcher.session import AffinityStamp
 
@@ -190,7 +193,9 @@ def main() -> None:
     print("\nfarmnode layer-4 switch, nftables plane against talking to the server directly:")
     l4_nft.main([])
     print("\nfarmnode failover against keepalived (kill -9 of the owner):")
-    failover.main([])
+    failover.main(["--fast-farmnode", "--tolerant-keepalived", "0.05:8"])
+    print("\ntruth tier: PostgreSQL failover under write load (kill -9 of the primary):")
+    pg_failover.main([])
 
 
 if __name__ == "__main__":

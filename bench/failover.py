@@ -26,6 +26,10 @@ first, as a reboot would) and the bench waits until one node holds the address, 
 restarted one is back as a standby and the client reaches the owner; the next trial kills
 that owner.
 
+``--fast-farmnode`` adds farmnode at a fast timing (``--fast-interval``, ``--fast-deadtime``;
+0.05 / 0.3 by default) to the trials. ``--loss P`` measures false failovers under random
+heartbeat loss instead (``bench/failover_loss.py``).
+
 Needs root, ``ip`` and ``keepalived`` (``make bench`` installs it); without root it prints
 why and returns 0; without keepalived it measures farmnode alone and says so.
 """
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import shutil
 import signal
@@ -43,14 +48,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from farmnode.config import parse_config
+from farmnode.errors import ConfigError
 from tests.farmnode.netns import Lab, unavailable_reason
 from tests.farmnode.test_cluster_lab import (
+    DEADTIME,
+    HB_PORT,
     HOSTS,
+    INITDEAD,
     INTERVAL,
     PREFIX,
     VIP,
@@ -69,10 +80,53 @@ SETTLE_BOUND = 30.0  # nor for a stable state after the restart
 NODES = ("n1", "n2")
 PRIORITY = {"n1": 150, "n2": 100}
 KEEPALIVED = shutil.which("keepalived") or "/usr/sbin/keepalived"
+BACKUP_PRIORITY = min(PRIORITY.values())
+IPPROTO_VRRP = 112
 
 
 class BenchError(RuntimeError):
     """The lab did not reach a state the bench waits for within its bound."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """farmnode's heartbeat timing in the lab; initdead is twice deadtime (its default)."""
+
+    interval: float = INTERVAL
+    deadtime: float = DEADTIME
+
+    @property
+    def label(self) -> str:
+        return f"farmnode (interval {_seconds(self.interval)}, deadtime {_seconds(self.deadtime)})"
+
+    @property
+    def fresh_window(self) -> float:
+        """Quorum counts voters heard within this (farmnode/cluster/membership.py)."""
+        return max(self.interval, self.deadtime - 2 * self.interval)
+
+    def config(self, name: str, dev: str) -> str:
+        """The lab's configuration of node ``name`` at this timing."""
+        text = _config(name, dev)
+        if (self.interval, self.deadtime) == (INTERVAL, DEADTIME):
+            return text
+        lab = f"interval = {INTERVAL}\ndeadtime = {DEADTIME}\ninitdead = {INITDEAD}\n"
+        if lab not in text:
+            raise BenchError(f"the lab's configuration no longer holds {lab!r}")
+        ours = f"interval = {self.interval}\ndeadtime = {self.deadtime}\n"
+        return text.replace(lab, ours + f"initdead = {2 * self.deadtime}\n")
+
+    def refused(self) -> str | None:
+        """Why farmnode's configuration check refuses this timing, or ``None``."""
+        try:
+            parse_config(tomllib.loads(self.config("n1", "eth0")), "n1.toml", environ={})
+        except ConfigError as exc:
+            return str(exc)
+        return None
+
+
+def _seconds(value: float) -> str:
+    """``1.0``, ``0.3``, ``0.05``: one decimal at least, as the lab's files write them."""
+    return f"{value:.1f}" if round(value, 1) == value else f"{value:g}"
 
 
 @dataclass
@@ -85,9 +139,16 @@ class Trial:
 
 
 class System:
-    """One failover system in the lab: start a node, tell when a restarted node is settled."""
+    """One failover system in the lab: start a node, tell when a restarted node is settled.
+
+    ``heartbeat`` is what its heartbeats are on the wire: (IP protocol, destination port or
+    ``None``); ``events``: a pattern for each log line that matters, and what the line
+    means (``takeover``: the node takes the address); the pattern's match is shown.
+    """
 
     label = ""
+    heartbeat: tuple[int, int | None] = (socket.IPPROTO_UDP, HB_PORT)
+    events: tuple[tuple[str, str], ...] = ()  # (regular expression, meaning)
 
     def __init__(self, lab: ClusterLab) -> None:
         self.lab = lab
@@ -111,7 +172,16 @@ class System:
 
 
 class Farmnode(System):
-    label = "farmnode (interval 0.2, deadtime 1.0)"
+    events = (
+        (r"group front: acquire: .*", "takeover"),
+        (r"group front: release: .*", "release"),
+        (r"peer \S+: \w+ -> dead", "peer declared dead"),
+    )
+
+    def __init__(self, lab: ClusterLab, timing: Timing = Timing()) -> None:
+        super().__init__(lab)
+        self.timing = timing
+        self.label = timing.label
 
     def nodes(self) -> tuple[str, ...]:
         return (*NODES, "w")
@@ -125,18 +195,30 @@ class Farmnode(System):
         return False
 
     def settle_time(self) -> float:
-        return 6 * INTERVAL  # its settle time (4 x interval) and a little more
+        return 6 * self.timing.interval  # its settle time (4 x interval) and a little more
 
 
 class Keepalived(System):
-    """Debian's keepalived, VRRP only, one instance, unicast to the other node."""
+    """Debian's keepalived, VRRP only, one instance, unicast to the other node.
 
-    def __init__(self, lab: ClusterLab, advert_int: float) -> None:
+    ``down_adverts`` is keepalived's ``down_timer_adverts`` (a deviation from the VRRP RFCs,
+    which fix it at 3): the backup takes over after that many advert intervals plus skew.
+    """
+
+    heartbeat = (IPPROTO_VRRP, None)
+    events = (("Entering MASTER STATE", "takeover"), ("Entering BACKUP STATE", "release"))
+
+    def __init__(self, lab: ClusterLab, advert_int: float, down_adverts: int = 3) -> None:
         super().__init__(lab)
         self.advert_int = advert_int
+        self.down_adverts = down_adverts
         version = 2 if advert_int >= 1 and advert_int == int(advert_int) else 3
         self.version = version
         self.label = f"keepalived (VRRPv{version}, advert_int {advert_int:g})"
+        if down_adverts != 3:
+            self.label = (
+                f"keepalived (advert_int {advert_int:g}, down_timer_adverts {down_adverts})"
+            )
         self.started: dict[str, float] = {}
 
     def config(self, member: Member) -> str:
@@ -152,7 +234,7 @@ vrrp_instance front {{
     interface {member.dev}
     virtual_router_id 51
     priority {PRIORITY[member.name]}
-    advert_int {self.advert_int:g}
+    advert_int {self.advert_int:g}{self._down_timer()}
     unicast_src_ip {PREFIX}.{HOSTS[member.name]}
     unicast_peer {{
         {PREFIX}.{HOSTS[peer]}
@@ -162,6 +244,10 @@ vrrp_instance front {{
     }}
 }}
 """
+
+    def _down_timer(self) -> str:
+        """The ``down_timer_adverts`` line, only where it is not the RFCs' 3."""
+        return "" if self.down_adverts == 3 else f"\n    down_timer_adverts {self.down_adverts}"
 
     def start(self, name: str) -> None:
         member = self.lab.members[name]
@@ -192,6 +278,12 @@ vrrp_instance front {{
 
     def settle_time(self) -> float:
         return 0.5
+
+    @property
+    def master_down(self) -> float:
+        """The backup's master-down interval: down_timer_adverts (3) x advert_int plus the
+        skew time, (256 - priority) / 256 x advert_int."""
+        return (self.down_adverts + (256 - BACKUP_PRIORITY) / 256) * self.advert_int
 
 
 # -- the lab and the trials --------------------------------------------------------------------
@@ -278,13 +370,14 @@ def trial(system: System, owner: str) -> Trial:
     return Trial(answered - killed, stale)
 
 
-def run_system(
-    make: Callable[[ClusterLab], System], trials: int, tmp: Path
-) -> tuple[str, list[Trial]]:
+#: How to build one system in a lab, and the farmnode configuration the lab writes.
+Maker = tuple[Callable[[ClusterLab], System], Callable[[str, str], str]]
+
+
+def run_system(make: Maker, trials: int, tmp: Path) -> tuple[str, list[Trial]]:
     """``trials`` kill -9 trials of one system in a lab of its own; its label and the trials."""
     results: list[Trial] = []
-    with _lab(tmp) as lab:
-        system = make(lab)
+    with lab_for(make, tmp) as (_, system):
         for name in system.nodes():
             system.start(name)
         owner = stable(system, None)
@@ -303,13 +396,16 @@ def run_system(
 
 
 @contextlib.contextmanager
-def _lab(tmp: Path) -> Iterator[ClusterLab]:
+def lab_for(make: Maker, tmp: Path) -> Iterator[tuple[ClusterLab, System]]:
+    """A lab (its farmnode files from ``make``) with the listeners, and the system in it;
+    nothing started yet. Removed afterwards, also on failure."""
     listeners: list[Responder] = []
+    build, config = make
     with Lab() as lab:
-        built = _build(tmp, _config, lab)
+        built = _build(tmp, config, lab)
         try:
             listeners.extend(Responder(built.members[n].ns, n, ("0.0.0.0", PORT)) for n in NODES)
-            yield built
+            yield built, build(built)
         finally:
             lab.close()  # the daemons first, while their namespaces exist
             for listener in listeners:
@@ -332,18 +428,19 @@ def p99(values: list[float]) -> float:
 def report(results: dict[str, list[Trial]]) -> None:
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     print(f"\nkill -9 of the owner -> client's first connection on the standby ({day}):")
-    header = f"{'system':<40}{'trials':>7}{'median s':>10}{'p99 s':>8}{'min s':>8}{'max s':>8}"
+    width = max([40, *(len(label) + 1 for label in results)])
+    header = f"{'system':<{width}}{'trials':>7}{'median s':>10}{'p99 s':>8}{'min s':>8}{'max s':>8}"
     print(header + f"{'stale':>7}")
     for label, trials in results.items():
         seconds = [t.seconds for t in trials]
         cells = (statistics.median(seconds), p99(seconds), min(seconds), max(seconds))
         stale = sum(t.stale for t in trials)
         figures = f"{cells[0]:>10.3f}" + "".join(f"{c:>8.3f}" for c in cells[1:])
-        print(f"{label:<40}{len(trials):>7}{figures}{stale:>7}")
+        print(f"{label:<{width}}{len(trials):>7}{figures}{stale:>7}")
     print("(p99 is the nearest rank: the maximum below 100 trials)")
 
 
-def main(argv: list[str]) -> int:
+def arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.failover")
     parser.add_argument("--trials", type=int, default=20, help="kill -9 trials per system")
     parser.add_argument(
@@ -352,24 +449,89 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--only", choices=("farmnode", "keepalived"), help="measure one system only"
     )
+    parser.add_argument(
+        "--fast-farmnode",
+        action="store_true",
+        help="kill -9 trials of farmnode at the fast timing too (always measured with --loss)",
+    )
+    parser.add_argument("--fast-interval", type=float, default=0.05, help="the fast interval")
+    parser.add_argument("--fast-deadtime", type=float, default=0.3, help="the fast deadtime")
+    parser.add_argument(
+        "--loss",
+        type=int,
+        metavar="PERCENT",
+        help="instead of kill -9 trials: drop PERCENT %% of the heartbeats at random and "
+        "count false failovers (bench/failover_loss.py)",
+    )
+    parser.add_argument(
+        "--minutes", type=float, default=2.0, help="with --loss: minutes per system"
+    )
+    parser.add_argument(
+        "--tolerant-keepalived",
+        metavar="ADVERT:N",
+        action="append",
+        default=[],
+        help="also keepalived at advert_int ADVERT with down_timer_adverts N (e.g. 0.04:8; "
+        "may be repeated)",
+    )
     args = parser.parse_args(argv)
     if args.trials < 1 or args.fast_advert <= 0:
         parser.error("--trials must be at least 1 and --fast-advert above 0")
+    if args.loss is not None and not 0 <= args.loss <= 100:
+        parser.error(f"--loss must be a percentage from 0 to 100, got {args.loss}")
+    if not 0 < args.minutes <= 60:
+        parser.error(f"--minutes must be above 0 and at most 60, got {args.minutes:g}")
+    refused = Timing(args.fast_interval, args.fast_deadtime).refused()
+    if refused is not None:
+        parser.error(f"--fast-interval/--fast-deadtime: farmnode refuses them: {refused}")
+    args.tolerant = []
+    for text in args.tolerant_keepalived:
+        advert, _, count = text.partition(":")
+        try:
+            setting = (float(advert), int(count))
+        except ValueError:
+            parser.error(f"--tolerant-keepalived: ADVERT:N, got {text!r}")
+        if not (setting[0] >= 0.01 and 1 <= setting[1] <= 100):
+            parser.error(f"--tolerant-keepalived: advert_int >= 0.01, N 1 to 100, got {text!r}")
+        args.tolerant.append(setting)
+    return args
+
+
+def systems(args: argparse.Namespace) -> list[Maker]:
+    """The systems to measure, in order: farmnode (defaults, then fast), keepalived (1, fast)."""
+    makers: list[Maker] = []
+    if args.only != "keepalived":
+        makers.append((Farmnode, Timing().config))
+        if args.fast_farmnode or args.loss is not None:
+            fast = Timing(args.fast_interval, args.fast_deadtime)
+            makers.append((lambda lab: Farmnode(lab, fast), fast.config))
+    if args.only != "farmnode":
+        if os.access(KEEPALIVED, os.X_OK):
+            makers.append((lambda lab: Keepalived(lab, 1.0), _config))
+            makers.append((lambda lab: Keepalived(lab, args.fast_advert), _config))
+            makers.extend((_keepalived(a, n), _config) for a, n in args.tolerant)
+        else:
+            print("bench.failover: keepalived is missing (make bench installs it): farmnode only")
+    return makers
+
+
+def _keepalived(advert_int: float, down_adverts: int) -> Callable[[ClusterLab], System]:
+    return lambda lab: Keepalived(lab, advert_int, down_adverts)
+
+
+def main(argv: list[str]) -> int:
+    args = arguments(argv)
     reason = unavailable_reason()
     if reason is not None:
         print(f"bench.failover: skipped: {reason}")
         return 0
-    systems: list[Callable[[ClusterLab], System]] = []
-    if args.only != "keepalived":
-        systems.append(Farmnode)
-    if args.only != "farmnode":
-        if os.access(KEEPALIVED, os.X_OK):
-            systems.append(lambda lab: Keepalived(lab, 1.0))
-            systems.append(lambda lab: Keepalived(lab, args.fast_advert))
-        else:
-            print("bench.failover: keepalived is missing (make bench installs it): farmnode only")
+    makers = systems(args)
+    if args.loss is not None:
+        from bench import failover_loss  # here: it imports this module
+
+        return failover_loss.run(makers, args.loss, args.minutes)
     results: dict[str, list[Trial]] = {}
-    for make in systems:
+    for make in makers:
         with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
             try:
                 label, trials = run_system(make, args.trials, Path(tmp))
@@ -383,4 +545,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # run as bench.failover, not __main__: bench.failover_loss imports that module, and its
+    # classes (Farmnode, BenchError...) must be the ones the systems are made of
+    sys.exit(importlib.import_module("bench.failover").main(sys.argv[1:]))
