@@ -65,7 +65,6 @@ _KEPT_ALL: Final = ".complete"
 PRIMARY_STATES: Final = frozenset(
     {"in production", "shut down", "shutting down", "in crash recovery"}
 )
-
 CONNECT_TIMEOUT: Final = 2
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 _SYNC = re.compile(r"\s*(?:(?:FIRST|ANY)\s+(\d+)\s*\((.*)\)|(.*))\s*", re.IGNORECASE | re.DOTALL)
@@ -385,17 +384,22 @@ class Instance:
         """Put the files :meth:`kept_from_rewind` keeps aside back into the data directory
         (configuration owned by the user, the rest as they were) and remove the aside
         directory. Where it was complete, a file it lacks did not exist before the rewind
-        and is removed; where it was not (farmnode died while filling it), only what is
-        there is put back. Nothing aside: nothing to do."""
+        and is removed. Where it was not (farmnode died while filling it, before any
+        rewind), the configuration in place is the node's own and stays; the files moved
+        aside go back. Nothing aside: nothing to do."""
         if not self.aside.is_dir():
             return
         complete = (self.aside / _KEPT_ALL).exists()
-        for name in (*CONFIG_FILES, *NODE_FILES):
+        for name in CONFIG_FILES:
             kept = self.aside / name
-            if name in CONFIG_FILES and kept.exists():
+            if complete and kept.exists():
                 self.write_file(name, kept.read_bytes())
-                kept.unlink()
-            elif kept.exists():
+            elif complete:
+                self.remove_file(name)
+            kept.unlink(missing_ok=True)
+        for name in NODE_FILES:
+            kept = self.aside / name
+            if kept.exists():
                 os.replace(kept, self.file(name))
             elif complete:
                 self.remove_file(name)

@@ -95,14 +95,13 @@ def test_a_rewind_that_farmnode_never_finished_is_mended_by_the_next(tmp_path: P
 
 
 def test_an_aside_left_half_filled_removes_nothing_it_lacks(tmp_path: Path) -> None:
-    """farmnode died while moving its files aside: what is aside goes back, and what is not
-    there is not taken for a file that did not exist."""
+    """farmnode died while filling the aside directory, so no rewind ran: the configuration
+    in place is the node's own and stays (not the half-written copy), what was moved aside
+    goes back, and what is not there is not taken for a file that did not exist."""
     instance = node(tmp_path)
     instance.aside.mkdir()
-    (instance.aside / "postgresql.conf").write_text(OWN["postgresql.conf"])
-    (instance.aside / SERVER_LOG).write_text(OWN[SERVER_LOG])
-    instance.file(SERVER_LOG).unlink()  # moved, as the interrupted rewind would have
-    instance.file("postgresql.conf").write_text(SOURCE["postgresql.conf"])
+    (instance.aside / "postgresql.conf").write_text("port = 54")  # cut short by the crash
+    instance.file(SERVER_LOG).rename(instance.aside / SERVER_LOG)
     instance.put_back()
     assert files(instance) == OWN
     assert not instance.aside.exists()
