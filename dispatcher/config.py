@@ -7,6 +7,7 @@ file, the key path (``sites[1].check.interval``) and what was expected.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -21,6 +22,8 @@ from dispatcher.session.cookies import CookieAttributes
 
 POLICY_NAMES = ("weighted", "least-load", "failover")
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+ALL_DOWN = ("sorry", "fail-open")
+MAX_WORKERS = 64
 ENVIRONMENT = "<environment>"
 
 T = TypeVar("T")
@@ -34,6 +37,7 @@ class PoolConfig:
     policy: str = "weighted"
     fallback: str = "sorry"
     redirect_status: int | None = None
+    all_down: str = "sorry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,14 @@ class DispatcherSettings:
     cookie_domain: str | None = None
     handoff_name: str = "dispatcher"
     handoff_lifetime: int = 30
+    workers: int = 1
+    max_request_head: int = 16 * 1024
+    max_header_lines: int = 100
+    head_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+    max_connections: int = 10_000
+    graceful_timeout: float = 10.0
+    database_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +191,16 @@ def _dispatcher_settings(
         "cookie_domain": _cookie_domain(raw, p),
         "handoff_name": _get(raw, p, "handoff_name", str, d.handoff_name, "a name"),
         "handoff_lifetime": _whole(raw, p, "handoff_lifetime", d.handoff_lifetime, 1, 60),
+        "workers": _workers(raw, p, d.workers),
+        "max_request_head": _whole(raw, p, "max_request_head", d.max_request_head, 1024, 1 << 20),
+        "max_header_lines": _whole(raw, p, "max_header_lines", d.max_header_lines, 8, 1000),
+        "head_timeout": _seconds(raw, p, "head_timeout", d.head_timeout, 0.1, 300.0),
+        "keep_alive_timeout": _seconds(
+            raw, p, "keep_alive_timeout", d.keep_alive_timeout, 0.1, 3600.0
+        ),
+        "max_connections": _whole(raw, p, "max_connections", d.max_connections, 1, 1_000_000),
+        "graceful_timeout": _seconds(raw, p, "graceful_timeout", d.graceful_timeout, 0.0, 600.0),
+        "database_timeout": _seconds(raw, p, "database_timeout", d.database_timeout, 0.1, 60.0),
     }
     if values["retry_after"] < 0:
         raise InvalidValue(f"{p}.retry_after", "whole seconds >= 0")
@@ -216,7 +238,7 @@ def _pools(raw: Mapping[str, Any]) -> dict[str, PoolConfig]:
         p = f"pools.{name}"
         if not isinstance(table, Mapping):
             raise InvalidValue(p, "a table")
-        _only_keys(table, p, {"policy", "fallback", "redirect_status"})
+        _only_keys(table, p, {"policy", "fallback", "redirect_status", "all_down"})
         fallback = _get(table, p, "fallback", str, "sorry", '"sorry" or an absolute URL')
         if fallback != "sorry":
             try:
@@ -229,6 +251,7 @@ def _pools(raw: Mapping[str, Any]) -> dict[str, PoolConfig]:
             policy=_choice(table, p, "policy", "weighted", POLICY_NAMES),
             fallback=fallback,
             redirect_status=None if status is None else _status(table, p, "redirect_status", 302),
+            all_down=_choice(table, p, "all_down", "sorry", ALL_DOWN),
         )
     return pools
 
@@ -300,6 +323,35 @@ def _positive(raw: Mapping[str, Any], path: str, key: str, default: float) -> fl
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise InvalidValue(f"{path}.{key}", f"a number of seconds > 0, got {value!r}")
     return float(value)
+
+
+def _seconds(
+    raw: Mapping[str, Any], path: str, key: str, default: float, low: float, high: float
+) -> float:
+    """A finite number of seconds from ``low`` to ``high`` (integers are accepted)."""
+    value = raw.get(key, default)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise InvalidValue(
+            f"{path}.{key}", f"a number of seconds from {low:g} to {high:g}, got {value!r}"
+        )
+    return float(value)
+
+
+def _workers(raw: Mapping[str, Any], path: str, default: int) -> int:
+    """``workers``: a whole number from 1 to 64, or ``"auto"`` (one per CPU)."""
+    value = raw.get("workers", default)
+    if value == "auto":
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise InvalidValue(
+            f"{path}.workers", f'a whole number from 1 to {MAX_WORKERS} or "auto", got {value!r}'
+        )
+    return value
 
 
 def _strings(raw: Mapping[str, Any], path: str, key: str) -> tuple[str, ...]:
