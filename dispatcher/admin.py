@@ -7,7 +7,6 @@ stored, stored in one transaction, and in force for the next public request.
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from dispatcher import audit
+from dispatcher.access import AdminToken, authenticate, bearer, decide, parse_tokens
 from dispatcher.app import Receive, Scope, Send
 from dispatcher.backends.sites import parse_site, update_site
 from dispatcher.backends.snapshot import SiteStatus
@@ -51,32 +52,27 @@ class BearerAuth:
     """Plain ASGI middleware: 401 unless ``Authorization: Bearer <one of tokens>``.
 
     Every token is compared in constant time, and all of them every time, so neither the
-    token nor which one matched leaks through timing.
+    token nor which one matched leaks through timing. The token found is left in the scope
+    (``scope["webfarm.token"]``) for the routes' authorization and the audit log. Plain
+    strings are admin tokens (``token-1``, ...), as in the configuration.
     """
 
-    def __init__(self, app: Any, tokens: Sequence[str]) -> None:
+    def __init__(self, app: Any, tokens: Sequence[AdminToken | str]) -> None:
         self.app = app
-        self._tokens = [t.encode() for t in tokens]
+        named = parse_tokens([t for t in tokens if isinstance(t, str)], "tokens")
+        given = [t for t in tokens if isinstance(t, AdminToken)] + list(named)
+        self._tokens = [(t.token.encode(), t) for t in given]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._allowed(scope):
-            response = error_response(401, "unauthorized", "a valid bearer token is required")
-            await response(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            credentials = bearer(scope["headers"])
+            token = None if credentials is None else authenticate(self._tokens, credentials)
+            if token is None:
+                response = error_response(401, "unauthorized", "a valid bearer token is required")
+                await response(scope, receive, send)
+                return
+            scope[audit.TOKEN_KEY] = token
         await self.app(scope, receive, send)
-
-    def _allowed(self, scope: Scope) -> bool:
-        header = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                header = value
-        scheme, _, given = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not given:
-            return False
-        found = False
-        for token in self._tokens:
-            found |= hmac.compare_digest(given.strip(), token)
-        return found
 
 
 class AdminApi:
@@ -85,23 +81,29 @@ class AdminApi:
     def __init__(self, farm: Farm) -> None:
         self.farm = farm
 
-    def app(self, tokens: Sequence[str]) -> BearerAuth:
-        routes = [
-            _route("/api/v1/sites", GET=self.list_sites, POST=self.create_site),
+    def routes(self) -> list[Route]:
+        """Every route, each method with the action a token needs (:mod:`dispatcher.access`)."""
+        return [
+            _route(
+                "/api/v1/sites", GET=(self.list_sites, "read"), POST=(self.create_site, "create")
+            ),
             _route(
                 "/api/v1/sites/{name}",
-                GET=self.get_site,
-                PATCH=self.patch_site,
-                DELETE=self.delete_site,
+                GET=(self.get_site, "read"),
+                PATCH=(self.patch_site, "modify"),
+                DELETE=(self.delete_site, "delete"),
             ),
-            _route("/api/v1/sites/{name}/drain", POST=self.drain),
-            _route("/api/v1/sites/{name}/undrain", POST=self.undrain),
-            _route("/api/v1/sites/{name}/load", PUT=self.put_load),
-            _route("/api/v1/status", GET=self.status),
-            _route("/api/v1/rules", GET=self.get_rules, PUT=self.put_rules),
-            _route("/api/v1/explain", POST=self.explain),
-            _route("/api/v1/openapi.json", GET=self.openapi),
+            _route("/api/v1/sites/{name}/drain", POST=(self.drain, "drain")),
+            _route("/api/v1/sites/{name}/undrain", POST=(self.undrain, "undrain")),
+            _route("/api/v1/sites/{name}/load", PUT=(self.put_load, "load")),
+            _route("/api/v1/status", GET=(self.status, "read")),
+            _route("/api/v1/rules", GET=(self.get_rules, "read"), PUT=(self.put_rules, "rules")),
+            _route("/api/v1/explain", POST=(self.explain, "explain")),
+            _route("/api/v1/openapi.json", GET=(self.openapi, "read")),
         ]
+
+    def app(self, tokens: Sequence[AdminToken | str]) -> audit.AccessLog:
+        """The admin ASGI app: access log, then bearer tokens, then the routes."""
         handled = (
             ApiError,
             HTTPException,
@@ -113,8 +115,8 @@ class AdminApi:
         )
         handlers: dict[Any, Any] = dict.fromkeys(handled, _error)
         handlers[Exception] = _internal_error
-        starlette = Starlette(routes=routes, exception_handlers=handlers)
-        return BearerAuth(starlette, tokens)
+        starlette = Starlette(routes=self.routes(), exception_handlers=handlers)
+        return audit.AccessLog(BearerAuth(starlette, tokens))
 
     # --- sites ---
 
@@ -125,6 +127,7 @@ class AdminApi:
     async def create_site(self, request: Request) -> Response:
         site = parse_site(await _json(request))
         created = await self.farm.create_site(site)
+        audit.site_created(request.scope, created)
         return JSONResponse(
             self._site_named(created.name),
             status_code=201,
@@ -137,11 +140,16 @@ class AdminApi:
     async def patch_site(self, request: Request) -> Response:
         changes = await _json(request)
         name = request.path_params["name"]
-        await self.farm.modify_site(name, lambda site: update_site(site, changes))
+        change = audit.Recorded(lambda site: update_site(site, changes))
+        after = await self.farm.modify_site(name, change)
+        audit.site_modified(request.scope, "modified", change.before, after)
         return JSONResponse(self._site_named(name))
 
     async def delete_site(self, request: Request) -> Response:
-        await self.farm.delete_site(request.path_params["name"])
+        name = request.path_params["name"]
+        before = self.farm.snapshot.sites.get(name)
+        await self.farm.delete_site(name)
+        audit.site_deleted(request.scope, name, before.spec if before else None)
         return Response(status_code=204)
 
     async def drain(self, request: Request) -> Response:
@@ -152,7 +160,10 @@ class AdminApi:
 
     async def _set_drained(self, request: Request, drained: bool) -> Response:
         name = request.path_params["name"]
-        await self.farm.modify_site(name, lambda site: replace(site, drained=drained))
+        change = audit.Recorded(lambda site: replace(site, drained=drained))
+        after = await self.farm.modify_site(name, change)
+        action = "drained" if drained else "undrained"
+        audit.site_modified(request.scope, action, change.before, after)
         return JSONResponse(self._site_named(name))
 
     async def put_load(self, request: Request) -> Response:
@@ -171,6 +182,7 @@ class AdminApi:
         ):
             raise InvalidValue("connections", f"a whole number >= 0, got {connections!r}")
         report = await self.farm.report_load(request.path_params["name"], load, connections)
+        audit.load_reported(request.scope, report.site, report.load, report.connections)
         return JSONResponse(
             {
                 "site": report.site,
@@ -220,7 +232,10 @@ class AdminApi:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ApiError(400, "invalid_rules", f"the rules are not UTF-8: {exc}") from None
+        rules = self.farm.snapshot.rules
         program = await self.farm.set_rules(text)
+        before = (rules.source, rules.filename) if rules is not None else None
+        audit.rules_replaced(request.scope, before, text, program.rule_count)
         return JSONResponse({"rules": program.rule_count, "enabled": program.enabled})
 
     async def explain(self, request: Request) -> Response:
@@ -301,14 +316,34 @@ async def _json(request: Request) -> Any:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _route(path: str, **methods: Endpoint) -> Route:
-    """One route per path; the HTTP method picks the handler (405 with Allow otherwise)."""
+def _route(path: str, **methods: tuple[Endpoint, str]) -> Route:
+    """One route per path; the HTTP method picks the handler (405 with Allow otherwise)
+    and the action the request's token must be allowed (403 otherwise)."""
 
     async def endpoint(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
-        return await methods[method](request)
+        handler, action = methods[method]
+        await _authorize(request, action)
+        return await handler(request)
 
     return Route(path, endpoint, methods=list(methods))
+
+
+async def _authorize(request: Request, action: str) -> None:
+    """Raise a 403 :class:`ApiError` unless the request's token may do ``action``.
+
+    An operator's ``PATCH`` is read first: with only ``weight``/``drained`` it is allowed.
+    """
+    token = request.scope.get(audit.TOKEN_KEY)
+    if not isinstance(token, AdminToken):  # the app without BearerAuth in front
+        raise ApiError(401, "unauthorized", "a valid bearer token is required")
+    fields = None
+    if action == "modify" and token.role != "admin":
+        body = await _json(request)
+        fields = frozenset(body) if isinstance(body, dict) else None
+    decision = decide(token, action, request.path_params.get("name"), fields)
+    if not decision.allowed:
+        raise ApiError(403, "forbidden", decision.reason)
 
 
 async def _error(request: Request, exc: Exception) -> Response:

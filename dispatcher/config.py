@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from dispatcher.access import AdminToken, parse_tokens
 from dispatcher.backends.sites import CheckSpec, SiteSpec, check_base_url, parse_check, parse_site
 from dispatcher.errors import ConfigError, InvalidValue
 from dispatcher.session.cookies import CookieAttributes
@@ -45,7 +46,7 @@ class DispatcherSettings:
     listen: str = "127.0.0.1:8080"
     admin_listen: str = "127.0.0.1:8081"
     database_url: str = "sqlite:///farm.db"
-    admin_tokens: tuple[str, ...] = ()
+    admin_tokens: tuple[AdminToken, ...] = ()
     secret_keys: tuple[str, ...] = ()
     redirect_status: int = 302
     default_pool: str = "default"
@@ -174,7 +175,7 @@ def _dispatcher_settings(
         "listen": _address(raw, p, "listen", d.listen),
         "admin_listen": _address(raw, p, "admin_listen", d.admin_listen),
         "database_url": _get(raw, p, "database_url", str, d.database_url, "a database URL"),
-        "admin_tokens": _strings(raw, p, "admin_tokens"),
+        "admin_tokens": parse_tokens(raw.get("admin_tokens", []), f"{p}.admin_tokens"),
         "secret_keys": _strings(raw, p, "secret_keys"),
         "redirect_status": _status(raw, p, "redirect_status", d.redirect_status),
         "default_pool": _get(raw, p, "default_pool", str, d.default_pool, "a pool name"),
@@ -229,7 +230,7 @@ def _environment_overrides(values: dict[str, Any], env: Mapping[str, str]) -> No
             items = tuple(item.strip() for item in env[var].split(",") if item.strip())
             if not items:
                 raise InvalidValue(var, "a comma-separated list with at least one entry")
-            values[key] = items
+            values[key] = parse_tokens(items, var) if key == "admin_tokens" else items
 
 
 def _pools(raw: Mapping[str, Any]) -> dict[str, PoolConfig]:

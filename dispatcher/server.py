@@ -112,7 +112,7 @@ class Runner:
         self.admin = Listener(
             AdminApi(self.farm).app(settings.admin_tokens),
             settings.admin_listen,
-            access_log=True,
+            access_log=False,  # the admin app logs every request itself (dispatcher.audit)
             **common,
         )
         self.app = dispatch_app(self.farm, settings)

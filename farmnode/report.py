@@ -178,6 +178,10 @@ def _refusal(response: httpx.Response, site: str) -> str:
         message = str(response.json()["error"]["message"])
     hints = {
         401: "the dispatcher does not accept the token (report.token / FARMNODE_REPORT_TOKEN)",
+        403: (
+            f"the token may not report load for site {site!r}: give this node a reporter"
+            f" token whose sites include {site!r} ({message or 'forbidden'})"
+        ),
         404: f"the dispatcher knows no site {site!r} (report.site)",
     }
     reason = hints.get(response.status_code, message or response.reason_phrase)

@@ -44,7 +44,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_the_documented_example_loads(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, EXAMPLE), environ={})
     assert config.dispatcher.listen == "127.0.0.1:8080"
-    assert config.dispatcher.admin_tokens == ("change-me",)
+    assert [t.token for t in config.dispatcher.admin_tokens] == ["change-me"]
     assert config.dispatcher.database_url == f"sqlite:///{tmp_path / 'farm.db'}"
     assert config.pools["default"].policy == "weighted"
     (eu,) = config.sites
@@ -73,7 +73,7 @@ def test_environment_overrides_secrets_and_database(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, EXAMPLE), environ=env)
     assert config.dispatcher.database_url == "postgresql://farm@db/farm"
     assert config.dispatcher.secret_keys == ("old", "new")
-    assert config.dispatcher.admin_tokens == ("t1", "t2")
+    assert [t.token for t in config.dispatcher.admin_tokens] == ["t1", "t2"]
 
 
 def test_tokens_may_come_from_the_environment_only(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_tokens_may_come_from_the_environment_only(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="admin_tokens"):
         load_config(write(tmp_path, text), environ={})
     config = load_config(write(tmp_path, text), environ={"FARM_ADMIN_TOKENS": "x"})
-    assert config.dispatcher.admin_tokens == ("x",)
+    assert [t.token for t in config.dispatcher.admin_tokens] == ["x"]
 
 
 @pytest.mark.parametrize(
