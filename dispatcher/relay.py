@@ -15,6 +15,7 @@ from collections import Counter
 
 from dispatcher.session import HandoffToken, ReplayGuard, SessionError
 from dispatcher.session.tokens import HANDOFF_PARAM
+from dispatcher.throttle import Throttle, ThrottledLog
 
 log = logging.getLogger("webfarm.dispatcher")
 
@@ -44,14 +45,24 @@ class HandoffRelay:
     """Redeems tokens bound to ``name`` and re-issues them for the site chosen.
 
     ``stats`` counts ``relayed`` and ``dropped`` (with the reason's error class).
-    The replay guard is per process, as the sites' are.
+    The replay guard is per process, as the sites' are. A dropped token is logged at
+    WARNING at most once per error class per 10 s (:mod:`dispatcher.throttle`).
     """
 
-    def __init__(self, tokens: HandoffToken, *, name: str, guard: ReplayGuard | None = None):
+    def __init__(
+        self,
+        tokens: HandoffToken,
+        *,
+        name: str,
+        guard: ReplayGuard | None = None,
+        throttle: Throttle | None = None,
+    ):
         self.tokens = tokens
         self.name = name
         self.guard = guard or ReplayGuard.for_tokens(tokens)
         self.stats: Counter[str] = Counter()
+        # any client can send a bogus token: one line per cause per 10 s, with a count
+        self.warnings = ThrottledLog(log, throttle)
 
     def forward(self, token: str, site: str) -> str | None:
         """A fresh token carrying the session in ``token`` to ``site``, or None (logged and
@@ -61,7 +72,8 @@ class HandoffRelay:
         except SessionError as exc:
             self.stats["dropped"] += 1
             self.stats[f"dropped_{type(exc).__name__}"] += 1
-            log.warning("hand-off token dropped (%s): %s", type(exc).__name__, exc)
+            cause = type(exc).__name__
+            self.warnings.report(cause, "hand-off token dropped (%s): %s", cause, exc)
             return None
         self.stats["relayed"] += 1
         return fresh

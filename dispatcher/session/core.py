@@ -54,6 +54,7 @@ from dispatcher.session.urls import (
     url_state_codec,
     without_params,
 )
+from dispatcher.throttle import Throttle, ThrottledLog
 
 log = logging.getLogger("webfarm.session")
 
@@ -230,6 +231,8 @@ class SessionCore:
         self.guard = ReplayGuard.for_tokens(
             self.handoff, capacity=s.replay_capacity, clock=s.monotonic
         )
+        # any client can send bad cookies and tokens: one line per cause per 10 s
+        self.warnings = ThrottledLog(log, Throttle(clock=s.monotonic))
 
     def begin(self, request: RequestInfo) -> Redirect | Loaded:
         """Redeem a hand-off, send the client elsewhere, or load its session."""
@@ -296,7 +299,9 @@ class SessionCore:
                 return session
             reason = "payload is not an object"
         self.stats["bad_cookie"] += 1
-        log.warning("ignoring bad session cookie %r: %s", self.settings.cookie_name, reason)
+        self.warnings.report(
+            "bad_cookie", "ignoring bad session cookie %r: %s", self.settings.cookie_name, reason
+        )
         return None
 
     def _from_url(self, request: RequestInfo) -> dict[str, Any] | None:
@@ -315,7 +320,7 @@ class SessionCore:
             self.stats["url_state"] += 1
             return session
         self.stats["bad_url_state"] += 1
-        log.warning("ignoring bad %s parameter: %s", STATE_PARAM, reason)
+        self.warnings.report("bad_url_state", "ignoring bad %s parameter: %s", STATE_PARAM, reason)
         return None
 
     def _redeem(self, request: RequestInfo, token: str, site: str) -> Redirect:
@@ -328,7 +333,9 @@ class SessionCore:
         except BadToken as exc:
             self.stats["handoff_rejected"] += 1
             self.stats[_REJECTIONS.get(type(exc), "handoff_bad")] += 1
-            log.warning("rejecting hand-off token: %s", exc)
+            self.warnings.report(
+                f"handoff:{type(exc).__name__}", "rejecting hand-off token: %s", exc
+            )
             return Redirect(REDIRECT_STATUS, location, None)
         self.stats["handoff_accepted"] += 1
         if handoff.session:
