@@ -52,7 +52,7 @@ from farmnode.agents.base import (
     in_netns,
     positive,
 )
-from farmnode.process import last_line
+from farmnode.process import child_environment, last_line
 
 log = logging.getLogger("farmnode.agents.nfs")
 
@@ -555,8 +555,9 @@ class NfsGanesha(Agent):
         scratch.write_text(text)
         os.replace(scratch, self.config_file)
         self._remove_pid_file()
-        env = dict(os.environ)
-        env["DBUS_SYSTEM_BUS_ADDRESS"] = f"unix:path={self.run_dir / 'no-dbus'}"
+        env = child_environment(
+            {"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={self.run_dir / 'no-dbus'}"}
+        )
         out = os.open(self.out_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             pid = os.posix_spawnp(

@@ -29,7 +29,7 @@ from farmnode.agents.base import (
     OcfResult,
     Param,
 )
-from farmnode.process import last_line, run_process
+from farmnode.process import child_environment, last_line, run_process
 
 DEFAULT_OCF_ROOT = "/usr/lib/ocf"
 _TYPE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
@@ -103,7 +103,7 @@ class OcfAgent(Agent):
 
     def environment(self, action: str, timeout: float) -> dict[str, str]:
         """The environment the script runs with for ``action``."""
-        env = {key: value for key, value in os.environ.items() if not key.startswith("OCF_")}
+        env = child_environment()
         env.update(
             OCF_ROOT=self.ocf_root,
             OCF_FUNCTIONS_DIR=str(Path(self.ocf_root, "lib", "heartbeat")),

@@ -497,8 +497,7 @@ class PostgresAgent(Agent):
         return snap
 
     async def _run_fence(self, node: str, fence: list[str]) -> str | None:
-        env = {k: v for k, v in os.environ.items() if k != "FARM_CLUSTER_KEY"}
-        env["FARM_FENCE_NODE"] = node
+        env = {"FARM_FENCE_NODE": node}  # on top of the safe child environment
         try:
             async with asyncio.timeout(self.timeouts[Action.START]):
                 code, output = await run_process(fence, env)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, Literal
@@ -50,7 +49,7 @@ from farmnode.cluster.membership import Heartbeat as Advert
 from farmnode.cluster.membership import Liveness, Membership, PeerView, View
 from farmnode.cluster.protocol import Heartbeat, HeartbeatError, Receiver, new_incarnation
 from farmnode.cluster.protocol import encode as encode_heartbeat
-from farmnode.cluster.settings import KEY_ENV, ClusterSettings, TransportSettings
+from farmnode.cluster.settings import ClusterSettings, TransportSettings
 from farmnode.cluster.transports import (
     TRANSPORTS,
     Serial,
@@ -553,7 +552,7 @@ class ClusterRuntime:
     async def _notify_command(self, event: str, group: str, reason: str) -> None:
         argv = [*self.settings.notify, event, group, reason]
         env = {
-            **{k: v for k, v in os.environ.items() if k != KEY_ENV},  # never hand out the key
+            # run_process adds these to farmnode's safe child environment: no key, no token
             "FARM_CLUSTER_EVENT": event,
             "FARM_CLUSTER_GROUP": group,
             "FARM_CLUSTER_REASON": reason,

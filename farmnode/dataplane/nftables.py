@@ -70,6 +70,7 @@ from typing import NamedTuple, Protocol
 
 from farmnode.dataplane.base import DataPlane
 from farmnode.errors import DataplaneError, SchedulerError
+from farmnode.process import child_environment
 from farmnode.spec import STATELESS_SCHEDULERS, RealSpec, ServiceSpec
 from farmnode.switch.service import VirtualService
 from farmnode.switch.tables import maglev_table, sh_table
@@ -560,6 +561,7 @@ class Nft:
                 input=script,
                 capture_output=True,
                 text=True,
+                env=child_environment(),
                 timeout=_NFT_TIMEOUT,
                 check=False,
             )

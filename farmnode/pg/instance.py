@@ -44,7 +44,7 @@ from typing import Any, Final
 import psycopg
 
 from farmnode.errors import FarmnodeError
-from farmnode.process import last_line, run_process
+from farmnode.process import child_environment, last_line, run_process
 
 AGENT_CONF: Final = "farmnode.conf"
 REWIND_MARKER: Final = "farmnode.rewind"
@@ -687,7 +687,12 @@ def _user(uid: int) -> str:
 def _binary_major(postgres: Path) -> str | None:
     try:
         done = subprocess.run(  # noqa: S603 - a fixed argv
-            [str(postgres), "--version"], capture_output=True, text=True, timeout=10, check=False
+            [str(postgres), "--version"],
+            capture_output=True,
+            text=True,
+            env=child_environment(),
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
