@@ -338,7 +338,7 @@ async def _authorize(request: Request, action: str) -> None:
     if not isinstance(token, AdminToken):  # the app without BearerAuth in front
         raise ApiError(401, "unauthorized", "a valid bearer token is required")
     fields = None
-    if action == "modify" and token.role != "admin":
+    if action == "modify" and token.role == "operator":
         body = await _json(request)
         fields = frozenset(body) if isinstance(body, dict) else None
     decision = decide(token, action, request.path_params.get("name"), fields)

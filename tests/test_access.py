@@ -93,6 +93,50 @@ def test_bad_entries_are_refused_by_key_path(entries: list[Any], field: str, wor
     assert OPS not in str(caught.value)  # never echo a token
 
 
+VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=30)
+    | st.sampled_from([*ROLES, "eu", ""]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+ENTRIES = st.lists(
+    VALUES
+    | st.just(OPS)
+    | st.fixed_dictionaries(
+        {},
+        optional={
+            "name": VALUES | st.sampled_from(["ops", "a"]),
+            "token": VALUES | st.just(OPS),
+            "role": VALUES | st.sampled_from(ROLES),
+            "sites": VALUES | st.just(["eu"]),
+        },
+    ),
+    max_size=4,
+)
+
+
+@given(entries=ENTRIES | VALUES)
+def test_any_value_is_tokens_or_one_clear_error(entries: Any) -> None:
+    error: InvalidValue | None = None
+    tokens: tuple[AdminToken, ...] = ()
+    try:
+        tokens = parse_tokens(entries, "admin_tokens")
+    except InvalidValue as exc:
+        error = exc
+    if error is not None:
+        assert error.field.startswith("admin_tokens")
+        assert error.message
+        assert OPS not in str(error)
+    else:
+        assert len({t.name for t in tokens}) == len(tokens)
+        assert all(t.role in ROLES and t.token for t in tokens)
+        assert all(t.sites for t in tokens if t.role == "reporter")
+
+
 def test_the_configuration_takes_tables_and_the_environment_takes_admin_tokens() -> None:
     doc = {"dispatcher": {"admin_tokens": [{"name": "ro", "token": READ, "role": "reader"}]}}
     config = build_config(doc, environ={})
