@@ -10,6 +10,8 @@ Two loggers, both always on (whatever ``access_log`` says, which is the public l
 - ``webfarm.admin.access``: one INFO line per admin request (client, method, path, status,
   duration, token name), written by :class:`AccessLog`, which wraps the admin app. It is
   our own, not uvicorn's ``uvicorn.access`` logger, which both listeners would share.
+  Requests without a valid token (401) are logged through a throttle: one line per 10 s,
+  then the count of the others, so that no stranger can fill the log.
 
 Values are quoted as JSON so that nothing a client sends can forge a line.
 """
@@ -26,6 +28,7 @@ from typing import Any
 from dispatcher.access import AdminToken
 from dispatcher.app import Message, Receive, Scope, Send
 from dispatcher.backends.sites import SiteSpec
+from dispatcher.throttle import Throttle, ThrottledLog
 
 log = logging.getLogger("webfarm.audit")
 access_log = logging.getLogger("webfarm.admin.access")
@@ -136,9 +139,15 @@ class AccessLog:
     :class:`~dispatcher.admin.BearerAuth` has found it.
     """
 
-    def __init__(self, app: Any, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        app: Any,
+        clock: Callable[[], float] = time.perf_counter,
+        throttle: Throttle | None = None,
+    ) -> None:
         self.app = app
         self.clock = clock
+        self.refused = ThrottledLog(access_log, throttle, level=logging.INFO)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -156,14 +165,20 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            access_log.info(
-                "%s %s %s %.1fms token=%s",
+            args = (
                 _client(scope),
                 quoted(f"{scope.get('method', '?')} {scope.get('path', '')}"),
                 status or "-",
                 (self.clock() - started) * 1000,
                 who(scope),
             )
+            if status == 401:
+                self.refused.report("unauthorized", ACCESS_LINE, *args)
+            else:
+                access_log.info(ACCESS_LINE, *args)
+
+
+ACCESS_LINE = "%s %s %s %.1fms token=%s"
 
 
 def _client(scope: Mapping[str, Any]) -> str:

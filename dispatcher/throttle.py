@@ -90,22 +90,29 @@ class Throttle:
 
 
 class ThrottledLog:
-    """WARNING lines on a logger, through a :class:`Throttle`."""
+    """Lines on a logger (at ``level``, WARNING by default), through a :class:`Throttle`."""
 
-    def __init__(self, logger: logging.Logger, throttle: Throttle | None = None) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        throttle: Throttle | None = None,
+        *,
+        level: int = logging.WARNING,
+    ) -> None:
         self.logger = logger
         self.throttle = throttle or Throttle()
+        self.level = level
 
     def report(self, cause: str, message: str, *args: Any) -> bool:
-        """Log ``message % args`` at WARNING unless ``cause`` was logged less than an
-        interval ago; returns whether a line was written."""
+        """Log ``message % args`` unless ``cause`` was logged less than an interval ago;
+        returns whether a line was written."""
         passed = self.throttle.hit(cause)
         if passed is None:
             return False
         if passed.suppressed:
             message += " (and %s more like it in the last %.0f s)"
             args = (*args, f"{passed.suppressed:,}", passed.elapsed)
-        self.logger.warning(message, *args)
+        self.logger.log(self.level, message, *args)
         return True
 
 

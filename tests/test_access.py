@@ -443,6 +443,9 @@ async def test_the_admin_listener_logs_every_request_although_access_log_is_off(
     assert '"DELETE /api/v1/sites/eu" 403 ' in lines[1]
     assert " 401 " in lines[2]
     assert lines[2].endswith("token=-")
+    for i in range(50):  # guessing tokens: one line per 10 s, not one per guess
+        await call(farm, f"guess-{i}", "GET", "/api/v1/sites")
+    assert len(_lines(caplog, "webfarm.admin.access")) == 3
     assert all("\n" not in line and "\r" not in line for line in lines)
     assert not any(READ in line for line in lines)
 
