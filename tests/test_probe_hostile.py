@@ -206,6 +206,8 @@ class Hostile:
             await MODES[path](self, writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # the prober hung up: that is the point
+        except asyncio.CancelledError:
+            pass  # stop() ends the handlers still running; asyncio would log it as an error
         finally:
             self._handlers.discard(task)
             writer.close()
@@ -260,6 +262,10 @@ class Hostile:
         writer.write(head % (coding, len(body)) + body)
         await writer.drain()
 
+    async def tiny_chunks(self, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await self._forever(writer, b"1\r\nz\r\n" * 10_000)
+
     async def _forever(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         while True:
             writer.write(data)
@@ -274,6 +280,7 @@ MODES: dict[str, Callable[[Hostile, asyncio.StreamWriter], Coroutine[Any, Any, N
     "/endless-line": Hostile.endless_line,
     "/endless-body": Hostile.endless_body,
     "/endless-gzip": Hostile.endless_gzip,
+    "/tiny-chunks": Hostile.tiny_chunks,
     "/gzipped-ok": Hostile.gzipped_ok,
     "/brotli": Hostile.brotli,
 }
@@ -306,6 +313,31 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+class LoopLag:
+    """Measures the longest time the event loop went without running a 5 ms ticker."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._tick())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _tick(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.005)
+            self.worst = max(self.worst, time.monotonic() - before - 0.005)
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
@@ -328,6 +360,7 @@ TIMEOUT = 0.5
         ("/endless-line", "RemoteProtocolError"),
         ("/endless-body", "HTTP 200, body lacks 'OK'"),
         ("/endless-gzip", "inflating stopped at its cap"),
+        ("/tiny-chunks", "HTTP 200, the body came in more than 4096 pieces"),
     ],
 )
 async def test_a_hostile_site_costs_the_probe_its_timeout_and_no_memory(
@@ -337,9 +370,12 @@ async def test_a_hostile_site_costs_the_probe_its_timeout_and_no_memory(
     reset_peak()
     before = kib("VmRSS")
     start = time.monotonic()
-    result = await probe_http(client, hostile.url(path), "OK", TIMEOUT)
+    async with LoopLag() as lag:
+        result = await probe_http(client, hostile.url(path), "OK", TIMEOUT)
     took = time.monotonic() - start
     grew = kib("VmHWM") - before
+    print(f"{path}: {took:.3f}s, peak RSS +{grew} KiB, loop held at most {lag.worst:.4f}s")
+    assert lag.worst < 0.05
     assert not result.ok
     assert detail in result.detail
     assert took < TIMEOUT + 0.2, result

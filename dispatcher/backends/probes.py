@@ -32,6 +32,7 @@ import httpx
 from dispatcher.backends.inflate import BodyDecoder, UndecodableBody, codings
 
 MAX_BODY = 64 * 1024  # raw body bytes read off the wire, before any inflating
+MAX_PIECES = 4096  # body pieces (reads, or chunks of a chunked body) a probe will take
 PROBE_HEADERS = {"accept-encoding": "identity"}
 MAX_AGENT_LINE = 1024  # bytes read from an agent before giving up on a line end
 MAX_AGENT_PERCENT = 25_600  # HAProxy clamps relative weights here too
@@ -294,14 +295,16 @@ async def _fetch(client: httpx.AsyncClient, url: str, expect: str) -> Outcome:
 
 async def _search(response: httpx.Response, wanted: bytes) -> tuple[bool, str]:
     """Look for ``wanted`` in the body: raw bytes off the wire (``aiter_raw``, no automatic
-    decompression), at most :data:`MAX_BODY` of them, inflated within the decoder's caps.
+    decompression), at most :data:`MAX_BODY` of them in at most :data:`MAX_PIECES` pieces,
+    inflated within the decoder's caps. (A chunked body's framing is removed by the HTTP
+    client before counting; each chunk is a piece, and its size line is within h11's 100 KiB.)
 
     Returns whether it was found and, when the body was compressed, what was searched.
     """
     names = codings(response.headers.get_list("content-encoding"))
     decoder = BodyDecoder(names)
     body = bytearray()
-    read = 0
+    read = pieces = 0
     async for received in response.aiter_raw():
         chunk = received[: MAX_BODY - read]
         read += len(chunk)
@@ -311,6 +314,12 @@ async def _search(response: httpx.Response, wanted: bytes) -> tuple[bool, str]:
             return True, ""
         if read >= MAX_BODY or decoder.full:
             break
+        pieces += 1
+        if pieces >= MAX_PIECES:
+            raise UndecodableBody(f"the body came in more than {MAX_PIECES} pieces")
+        # Pieces already buffered come out of the HTTP client without a pause: let the
+        # loop (and the deadline) run between them.
+        await asyncio.sleep(0)
     if not names:
         return False, ""
     capped = ", inflating stopped at its cap" if decoder.full else ""
