@@ -246,12 +246,13 @@ class Prober:
                 await task
 
     async def _loop(self, target: Target, delay: float) -> None:
-        next_at = self._clock() + delay
+        scheduled = self._clock() + delay
         while True:
-            await asyncio.sleep(max(0.0, next_at - self._clock()))
-            scheduled = next_at
-            next_at = max(next_at + target.interval, self._clock())
+            await asyncio.sleep(max(0.0, scheduled - self._clock()))
             await self._probe(target, scheduled)
+            # The next start is one interval on, or now when the probe overran: either way
+            # any delay beyond it is the prober's own lateness, not the previous probe's.
+            scheduled = max(scheduled + target.interval, self._clock())
 
     async def _probe(self, target: Target, scheduled: float) -> None:
         started = self._clock()
