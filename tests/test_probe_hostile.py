@@ -254,6 +254,10 @@ class Hostile:
     async def gzipped_ok(self, writer: asyncio.StreamWriter) -> None:
         await self._answer(writer, b"gzip, deflate", encode(b"all OK here", ["gzip", "deflate"]))
 
+    async def slow_ok(self, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.2)
+        await self._answer(writer, b"identity", b"OK")
+
     async def brotli(self, writer: asyncio.StreamWriter) -> None:
         await self._answer(writer, b"br", b"OK, but in brotli")
 
@@ -283,6 +287,7 @@ MODES: dict[str, Callable[[Hostile, asyncio.StreamWriter], Coroutine[Any, Any, N
     "/tiny-chunks": Hostile.tiny_chunks,
     "/gzipped-ok": Hostile.gzipped_ok,
     "/brotli": Hostile.brotli,
+    "/slow-ok": Hostile.slow_ok,
 }
 
 
@@ -507,3 +512,11 @@ async def test_a_real_dispatcher_probing_a_bomb_stays_fast_and_small(
     assert max(durations) < 0.5 + 0.2, durations
     assert peak < 300 * 1024, f"dispatcher peak RSS {peak} KiB over {len(pids)} process(es)"
     print(f"bomb probe durations {durations}; dispatcher RSS {rss} KiB, peak {peak} KiB")
+
+
+@pytest.mark.anyio
+async def test_the_check_timeout_is_the_deadline_not_the_clients_own(hostile: Hostile) -> None:
+    async with httpx.AsyncClient(trust_env=False, timeout=0.05) as impatient:
+        result = await probe_http(impatient, hostile.url("/slow-ok"), "OK", TIMEOUT)
+    assert (result.ok, result.detail) == (True, "HTTP 200")
+    assert 0.2 <= result.duration < TIMEOUT

@@ -224,7 +224,7 @@ async def probe_http(
     :class:`~dispatcher.backends.inflate.BodyDecoder`; any other coding, or a corrupt one,
     fails the check with a detail naming it. Nothing is read once ``expect`` is found.
     """
-    return await _timed(lambda: _fetch(client, url, expect), timeout)
+    return await _timed(lambda: _fetch(client, url, expect, timeout), timeout)
 
 
 async def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:
@@ -273,8 +273,10 @@ async def _timed(attempt: Callable[[], Awaitable[Outcome]], timeout: float) -> P
     )
 
 
-async def _fetch(client: httpx.AsyncClient, url: str, expect: str) -> Outcome:
-    request = client.build_request("GET", url, headers=PROBE_HEADERS)
+async def _fetch(client: httpx.AsyncClient, url: str, expect: str, timeout: float) -> Outcome:
+    # The client's own timeouts (5 s per step by default) must not cut a longer check
+    # short: the deadline in _timed is the one that counts.
+    request = client.build_request("GET", url, headers=PROBE_HEADERS, timeout=timeout)
     response = await client.send(request, stream=True, follow_redirects=False)
     try:
         status = response.status_code
