@@ -115,6 +115,18 @@ def test_no_layer_ever_gives_more_than_its_cap(
         assert len(out) == min(limit, kib * 1024)
 
 
+@given(st.lists(st.binary(max_size=300), max_size=8), layers, st.integers(1, 2000))
+def test_any_bytes_decode_within_the_cap_or_fail_clearly(
+    pieces: list[bytes], names: list[str], limit: int
+) -> None:
+    decoder = BodyDecoder(["deflate" if n == "raw" else n for n in names], limit)
+    out = b""
+    with contextlib.suppress(UndecodableBody):
+        for piece in pieces:
+            out += decoder.feed(piece)
+    assert len(out) <= (limit if names else sum(map(len, pieces)))
+
+
 def test_the_double_bomb_gives_at_most_the_cap_in_milliseconds(double_bomb: bytes) -> None:
     decoder = BodyDecoder(["gzip", "gzip"])
     start = time.monotonic()
