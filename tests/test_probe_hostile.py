@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import gzip
 import os
+import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -22,6 +24,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 from hypothesis import given
@@ -35,7 +38,8 @@ from dispatcher.backends.inflate import (
     codings,
 )
 from dispatcher.backends.probes import MAX_BODY, probe_http
-from tests.conftest import ADMIN_TOKEN, FARM_DISPATCHER, LoopbackSite, run_cli
+from dispatcher.backends.wire import MAX_WIRE, WireBudget, probe_client
+from tests.conftest import ADMIN_TOKEN, FARM_DISPATCHER, LoopbackSite, run_cli, skip_or_fail
 
 GIB = 1 << 30
 
@@ -266,6 +270,10 @@ class Hostile:
     async def gzipped_ok(self, writer: asyncio.StreamWriter) -> None:
         await self._answer(writer, b"gzip, deflate", encode(b"all OK here", ["gzip", "deflate"]))
 
+    async def many_headers(self, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n" + b"a:b\r\n" * 20_000 + b"Content-Length: 2\r\n\r\nOK")
+        await writer.drain()
+
     async def slow_ok(self, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(0.2)
         await self._answer(writer, b"identity", b"OK")
@@ -300,6 +308,7 @@ MODES: dict[str, Callable[[Hostile, asyncio.StreamWriter], Coroutine[Any, Any, N
     "/gzipped-ok": Hostile.gzipped_ok,
     "/brotli": Hostile.brotli,
     "/slow-ok": Hostile.slow_ok,
+    "/many-headers": Hostile.many_headers,
 }
 
 
@@ -357,9 +366,7 @@ class LoopLag:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
-    ) as c:
+    async with probe_client() as c:
         yield c
 
 
@@ -373,11 +380,12 @@ TIMEOUT = 0.5
         ("/bomb", "body lacks 'OK' (searched 65536 bytes inflated from"),
         ("/trickle-head", f"no answer within {TIMEOUT:g}s"),
         ("/trickle-body", f"no answer within {TIMEOUT:g}s"),
-        ("/endless-header", "RemoteProtocolError"),
-        ("/endless-line", "RemoteProtocolError"),
+        ("/endless-header", "ReadError: response head over 16384 bytes"),
+        ("/endless-line", "ReadError: response head over 16384 bytes"),
         ("/endless-body", "HTTP 200, body lacks 'OK'"),
         ("/endless-gzip", "inflating stopped at its cap"),
         ("/tiny-chunks", "HTTP 200, the body came in more than 4096 pieces"),
+        ("/many-headers", "ReadError: response head over 100 header lines"),
     ],
 )
 async def test_a_hostile_site_costs_the_probe_its_timeout_and_no_memory(
@@ -532,3 +540,99 @@ async def test_the_check_timeout_is_the_deadline_not_the_clients_own(hostile: Ho
         result = await probe_http(impatient, hostile.url("/slow-ok"), "OK", TIMEOUT)
     assert (result.ok, result.detail) == (True, "HTTP 200")
     assert 0.2 <= result.duration < TIMEOUT
+
+
+# --- the wire budget, pure, and over TLS ----------------------------------------------------
+
+
+def feed_head(*reads: bytes) -> WireBudget:
+    budget = WireBudget()
+    for data in reads:
+        budget.received(data)
+    return budget
+
+
+def test_a_head_split_anywhere_is_found_and_the_body_is_not_a_head() -> None:
+    head = b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 99 + b"\r\n"
+    for cut in range(0, len(head), 37):
+        budget = feed_head(head[:cut], head[cut:], b"\n" * 5000)  # newlines in the body: fine
+        assert budget.head_done
+        assert budget.total == len(head) + 5000
+    assert feed_head(b"HTTP/1.1 200 OK\nA: b\n\nbody").head_done  # bare LF, as h11 allows
+
+
+@pytest.mark.parametrize(
+    ("reads", "reason"),
+    [
+        ([b"HTTP/1.1 200 OK\r\n" + b"A: b\r\n" * 101 + b"\r\n"], "over 100 header lines"),
+        ([b"HTTP/1.1 200 OK\r\n", b"A: b\r\n" * 200], "over 100 header lines"),
+        ([b"HTTP/1.1 200 OK\r\nA: " + b"b" * 20_000], "over 16384 bytes"),
+        ([b"HTTP/1.1 200 OK\r\nA: ", b"b" * 8000, b"b" * 8000, b"b" * 500], "over 16384 bytes"),
+    ],
+)
+def test_a_head_over_the_limits_is_refused_before_h11_parses_it(
+    reads: list[bytes], reason: str
+) -> None:
+    with pytest.raises(httpcore.ReadError, match=reason):
+        feed_head(*reads)
+
+
+def test_the_wire_cap_bounds_what_one_connection_may_read() -> None:
+    budget = feed_head(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert budget.allowance(65536) == 65536
+    budget.received(b"x" * (MAX_WIRE - budget.total - 10))
+    assert budget.allowance(65536) == 10
+    budget.received(b"x" * 10)
+    with pytest.raises(httpcore.ReadError, match=f"more than {MAX_WIRE} bytes"):
+        budget.allowance(1)
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made with the openssl CLI."""
+    if shutil.which("openssl") is None:
+        skip_or_fail("the openssl command is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1"
+    names = "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
+    subprocess.run(
+        ["openssl", *request.split(), *names.split(), "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert, key
+
+
+@pytest.mark.anyio
+async def test_the_limits_hold_over_tls_too(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    heads = {
+        b"/ok": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK",
+        b"/many": b"HTTP/1.1 200 OK\r\n" + b"a:b\r\n" * 5000 + b"Content-Length: 2\r\n\r\nOK",
+    }
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            request = await reader.readuntil(b"\r\n\r\n")
+            writer.write(heads[request.split(b" ")[1]])
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_side)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with probe_client(ssl.create_default_context(cafile=cert)) as client:
+            ok = await probe_http(client, f"https://127.0.0.1:{port}/ok", "OK", TIMEOUT)
+            many = await probe_http(client, f"https://127.0.0.1:{port}/many", "OK", TIMEOUT)
+        async with probe_client() as strict:  # certifi's CAs do not know this certificate
+            unknown = await probe_http(strict, f"https://127.0.0.1:{port}/ok", "OK", TIMEOUT)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (ok.ok, ok.detail) == (True, "HTTP 200")
+    assert many.detail == "ReadError: response head over 100 header lines"
+    assert not unknown.ok
+    assert "CERTIFICATE_VERIFY_FAILED" in unknown.detail

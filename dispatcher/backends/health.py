@@ -36,6 +36,7 @@ from dispatcher.backends.probes import (
     probe_http,
     probe_tcp,
 )
+from dispatcher.backends.wire import probe_client
 
 log = logging.getLogger("webfarm.health")
 
@@ -194,9 +195,7 @@ class Prober:
         clock: Clock = time.monotonic,
     ) -> None:
         self._listener = listener
-        self._client = client or httpx.AsyncClient(
-            trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
-        )
+        self._client = client or probe_client()
         self._probes = PROBES if probes is None else probes
         self._clock = clock
         self.late_results = 0

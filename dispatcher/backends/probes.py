@@ -2,8 +2,10 @@
 
 - :func:`probe_http` (ldirectord ``negotiate``): GET a known page; success is a 2xx whose
   body contains the expected string. Whatever the site sends, the probe reads at most
-  :data:`MAX_BODY` raw body bytes, a head of at most 100 KiB (httpcore's h11 limit), and
-  inflates a compressed answer only within :mod:`dispatcher.backends.inflate`'s caps.
+  :data:`MAX_BODY` raw body bytes and inflates a compressed answer only within
+  :mod:`dispatcher.backends.inflate`'s caps; with a client from
+  :func:`dispatcher.backends.wire.probe_client` (the prober's default), the head is capped
+  at 16 KiB and 100 lines before it is parsed.
 - :func:`probe_tcp` (ldirectord ``connect``): a TCP connection is accepted; it is closed at
   once without sending anything.
 - :func:`probe_agent` (HAProxy ``agent-check``): connect to the agent port, read one line
