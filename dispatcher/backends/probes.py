@@ -301,7 +301,8 @@ async def _search(response: httpx.Response, wanted: bytes) -> tuple[bool, str]:
     """Look for ``wanted`` in the body: raw bytes off the wire (``aiter_raw``, no automatic
     decompression), at most :data:`MAX_BODY` of them in at most :data:`MAX_PIECES` pieces,
     inflated within the decoder's caps. (A chunked body's framing is removed by the HTTP
-    client before counting; each chunk is a piece, and its size line is within h11's 100 KiB.)
+    client before counting here, each chunk being a piece; a client from ``probe_client``
+    counts the framing too, in its per-connection wire cap.)
 
     Returns whether it was found and, when the body was compressed, what was searched.
     """
