@@ -400,7 +400,7 @@ async def test_a_hostile_site_costs_the_probe_its_timeout_and_no_memory(
     took = time.monotonic() - start
     grew = kib("VmHWM") - before
     print(f"{path}: {took:.3f}s, peak RSS +{grew} KiB, loop held at most {lag.worst:.4f}s")
-    assert lag.worst < 0.05
+    assert lag.worst < 0.2  # (a loaded machine alone can stall it tens of ms)
     assert not result.ok
     assert detail in result.detail
     assert took < TIMEOUT + 0.2, result
