@@ -491,11 +491,11 @@ async def test_a_real_dispatcher_probing_a_bomb_stays_fast_and_small(
     admin = free_port()
     config = dispatcher_config(tmp_path, hostile, good, admin)
     run_cli("db", "upgrade", "-c", str(config), check=True)
-    proc = subprocess.Popen(
-        [FARM_DISPATCHER, "serve", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "dispatcher.log"
+    with log.open("wb") as output:  # a file, not a pipe nobody reads while it runs
+        proc = subprocess.Popen(
+            [FARM_DISPATCHER, "serve", "-c", str(config)], stdout=output, stderr=output
+        )
     headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
     durations: list[float] = []
     seen: set[str] = set()
@@ -513,7 +513,7 @@ async def test_a_real_dispatcher_probing_a_bomb_stays_fast_and_small(
                     if bomb is not None and bomb["at"] not in seen:
                         seen.add(bomb["at"])
                         durations.append(bomb["duration"])
-            assert len(durations) >= 6, durations
+            assert len(durations) >= 6, (durations, log.read_text())
             assert sites["good"]["health"] == "up"
             assert sites["bomb"]["health"] == "down"
             assert "searched 65536 bytes inflated" in bomb["detail"]
@@ -523,7 +523,7 @@ async def test_a_real_dispatcher_probing_a_bomb_stays_fast_and_small(
     finally:
         proc.terminate()
         try:
-            proc.communicate(timeout=20)
+            proc.wait(timeout=20)
         finally:
             if proc.poll() is None:
                 proc.kill()
