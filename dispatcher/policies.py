@@ -1,9 +1,10 @@
 """Site selection policies: pure, no I/O, tested without sockets.
 
 A policy picks one :class:`Candidate` out of the sites of a pool that may take new clients
-(healthy, not drained, weight > 0), in configured order. Policies keep a little rotation
-state between calls (like IPVS schedulers do) but never block and never touch the network.
-Implementations are chosen by name from :data:`POLICIES`.
+(healthy, not drained, weight > 0; or, while a ``fail-open`` pool has every site down, the
+sites that would be eligible if health were ignored), in configured order. Policies keep a
+little rotation state between calls (like IPVS schedulers do) but never block and never touch
+the network. Implementations are chosen by name from :data:`POLICIES`.
 """
 
 from __future__ import annotations
@@ -31,9 +32,16 @@ class Candidate:
 
 
 class Policy:
-    """Chooses a site for a new client; ``None`` only when ``candidates`` is empty."""
+    """Chooses a site for a new client; ``None`` only when ``candidates`` is empty.
+
+    One instance serves a pool for as long as the pool's configuration names it: snapshots
+    reuse it, so rotations carry on. It also carries the pool's one other piece of running
+    state, :attr:`failing_open`, which snapshot building sets, so that a pool entering or
+    leaving fail-open is logged once, not on every rebuild.
+    """
 
     name = ""
+    failing_open = False
 
     def choose(self, candidates: Sequence[Candidate], now: float) -> Candidate | None:
         raise NotImplementedError

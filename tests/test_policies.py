@@ -1,14 +1,32 @@
-"""Selection policies: pure, so tested without sockets."""
+"""Selection policies (pure, so tested without sockets), and what a pool does when all is down."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.policies import POLICIES, Candidate, Failover, LeastLoad, Weighted, make_policy
+from dispatcher.backends.health import Health
+from dispatcher.backends.sites import SiteSpec
+from dispatcher.backends.snapshot import PoolView, build_snapshot
+from dispatcher.config import build_config
+from dispatcher.policies import (
+    POLICIES,
+    Candidate,
+    Failover,
+    LeastLoad,
+    Policy,
+    Weighted,
+    make_policy,
+)
+from tests.conftest import LoopbackSite, RunningDispatcher, farm_toml
 
 
 def site(
@@ -104,3 +122,151 @@ def test_failover_takes_the_first_in_configured_order() -> None:
 def test_unknown_policy_name() -> None:
     with pytest.raises(KeyError):
         make_policy("random")
+
+
+# --- a pool whose sites are all down: sorry, or fail open (Route 53) ----------------------
+
+
+def pool_snapshot(
+    specs: list[SiteSpec],
+    up: set[str],
+    *,
+    all_down: str = "fail-open",
+    policy: str = "weighted",
+    policies: Mapping[str, Policy] | None = None,
+) -> PoolView:
+    config = build_config(
+        {
+            "dispatcher": {"admin_tokens": ["t"]},
+            "pools": {"default": {"policy": policy, "all_down": all_down}},
+        }
+    )
+    snapshot = build_snapshot(
+        config,
+        revision=1,
+        sites=specs,
+        health=lambda name: Health("up" if name in up else "down", None),
+        loads={},
+        policies=policies or {},
+    )
+    return snapshot.pools["default"]
+
+
+EU = SiteSpec("eu", "http://127.0.0.2:9001", weight=1)
+US = SiteSpec("us", "http://127.0.0.3:9001", weight=3)
+DRAINED = SiteSpec("drained", "http://127.0.0.4:9001", drained=True)
+ZERO = SiteSpec("zero", "http://127.0.0.5:9001", weight=0)
+EVERY = [EU, US, DRAINED, ZERO]
+
+
+def names(pool: PoolView) -> list[str]:
+    return [c.name for c in pool.candidates]
+
+
+def test_sorry_is_the_default_and_keeps_todays_behaviour() -> None:
+    pool = pool_snapshot(EVERY, up=set(), all_down="sorry")
+    assert (names(pool), pool.failing_open, pool.choose(0.0)) == ([], False, None)
+
+
+def test_fail_open_sends_clients_to_the_down_sites_by_the_pools_policy() -> None:
+    pool = pool_snapshot(EVERY, up=set())
+    assert (names(pool), pool.failing_open) == (["eu", "us"], True)  # drained, weight 0: out
+    picks = [pool.choose(0.0) for _ in range(400)]
+    assert shares([p.name for p in picks if p is not None]) == {"eu": 0.25, "us": 0.75}
+    assert pool.named("us") is not None  # affinity may take a client back, too
+    failover = pool_snapshot(EVERY, up=set(), policy="failover")
+    assert failover.choose(0.0) == failover.candidates[0]
+    assert failover.candidates[0].name == "eu"
+
+
+@pytest.mark.parametrize(
+    ("specs", "up", "expected", "failing_open"),
+    [
+        (EVERY, {"us"}, ["us"], False),  # one site up: the ordinary rules
+        (EVERY, {"drained", "zero"}, ["eu", "us"], True),  # up but unable to take clients
+        ([DRAINED, ZERO], set(), [], False),  # nothing to fail open to: the fallback answers
+        ([], set(), [], False),
+    ],
+)
+def test_fail_open_when_every_site_that_could_take_clients_is_down(
+    specs: list[SiteSpec], up: set[str], expected: list[str], failing_open: bool
+) -> None:
+    pool = pool_snapshot(specs, up)
+    assert (names(pool), pool.failing_open) == (expected, failing_open)
+
+
+def test_entering_and_leaving_fail_open_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="webfarm.farm")
+    policies: dict[str, Policy] = {}
+    states: list[bool] = []
+    for up in [{"eu"}, set(), set(), set(), {"us"}, {"us"}, set(), set()]:
+        pool = pool_snapshot(EVERY, up, policies=policies)
+        policies = {"default": pool.policy}
+        states.append(pool.failing_open)
+    assert states == [False, True, True, True, False, False, True, True]
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "pool default: every site is down, failing open: sending clients to eu, us anyway",
+        "pool default: no longer failing open; sites up: us",
+        "pool default: every site is down, failing open: sending clients to eu, us anyway",
+    ]
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_a_new_policy_for_the_pool_does_not_log_the_same_outage_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="webfarm.farm")
+    first = pool_snapshot(EVERY, up=set())
+    again = pool_snapshot(EVERY, up=set(), policy="failover", policies={"default": first.policy})
+    assert (again.policy.name, again.failing_open) == ("failover", True)
+    assert len(caplog.records) == 1
+
+
+# --- and for real: a dispatcher whose sites all fail their checks ------------------------
+
+
+async def located(dispatcher: RunningDispatcher, sites: dict[str, LoopbackSite]) -> str | None:
+    response = await dispatcher.public.get("/page")
+    if response.status_code == 503:
+        return None
+    assert response.status_code == 302, response.text
+    return next(n for n, s in sites.items() if response.headers["location"] == f"{s.url}/page")
+
+
+def failing_open(dispatcher: RunningDispatcher) -> bool:
+    return dispatcher.runner.farm.snapshot.default_pool.failing_open
+
+
+@pytest.mark.anyio
+async def test_a_fail_open_dispatcher_keeps_sending_clients_and_says_so(
+    sites: dict[str, LoopbackSite], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="webfarm.farm")
+    for site in sites.values():
+        site.app.health_status = 503  # every check fails: a broken check, or a real outage
+    config = tmp_path / "farm.toml"
+    config.write_text(
+        farm_toml(
+            {name: (site, 1) for name, site in sites.items()},
+            database_url=f"sqlite:///{tmp_path / 'farm.db'}",
+            pool='policy = "weighted"\nfallback = "sorry"\nall_down = "fail-open"',
+        )
+    )
+    dispatcher = RunningDispatcher(await RunningDispatcher.start_runner(config))
+    try:
+        assert {await located(dispatcher, sites) for _ in range(30)} == set(sites)
+        assert failing_open(dispatcher)
+        sites["eu"].app.health_status = 200
+        deadline = time.monotonic() + 5
+        while failing_open(dispatcher):
+            assert time.monotonic() < deadline, "eu never came back"
+            await asyncio.sleep(0.05)
+        assert {await located(dispatcher, sites) for _ in range(10)} == {"eu"}
+    finally:
+        await dispatcher.close()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "webfarm.farm"]
+    assert warnings == [
+        "pool default: every site is down, failing open: sending clients to eu, us, asia anyway",
+        "pool default: no longer failing open; sites up: eu",
+    ]

@@ -9,6 +9,9 @@
 - :class:`Prober` keeps one probing task per target on its own interval, including targets
   that are down (so they can come back), chooses the probe by the target's ``kind`` and
   reports every state change.
+- A verdict must be about the target, not about us: a probe that timed out while the prober
+  itself was late (:func:`own_lateness` beyond the check's timeout: its task woke up late,
+  or the event loop was blocked past the deadline) is not counted (:func:`trustworthy`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dispatcher.backends.probes import (
     probe_http,
     probe_tcp,
 )
+from dispatcher.backends.wire import probe_client
 
 log = logging.getLogger("webfarm.health")
 
@@ -138,6 +142,30 @@ class Health:
 
 
 Listener = Callable[[str, Health, bool], None]
+Clock = Callable[[], float]
+
+
+def own_lateness(result: ProbeResult, *, timeout: float, scheduled: float, started: float) -> float:
+    """How late the prober itself was around ``result``, in seconds (0 when on time).
+
+    Two delays are ours, not the target's: the probe task waking up after its ``scheduled``
+    time (it ``started`` late), and, for a probe the deadline ended, noticing the deadline
+    long after it passed (``duration`` beyond ``timeout``: the loop was blocked). The larger
+    counts. All times are monotonic.
+    """
+    woke_late = max(0.0, started - scheduled)
+    overran = max(0.0, result.duration - timeout) if result.timed_out else 0.0
+    return max(woke_late, overran)
+
+
+def trustworthy(result: ProbeResult, lateness: float, timeout: float) -> bool:
+    """``False`` for a timeout while the prober was later than the check's ``timeout``.
+
+    Such a failure may be our own doing (a busy or blocked event loop), so it must not take a
+    target down. Successes, and failures that are answers (refused, HTTP 500, a wrong body,
+    an agent's ``down``), always count.
+    """
+    return result.ok or not result.timed_out or lateness <= timeout
 
 
 class Prober:
@@ -152,13 +180,25 @@ class Prober:
     (``fail``, ``stopped``) or ``maint`` moves the state at once instead of waiting for
     rise/fall; an agent that cannot be reached counts as a failed probe (in webfarm the agent
     is a server's only check, unlike HAProxy where it rides along a regular one).
+
+    A result that is not :func:`trustworthy` is not fed to rise/fall and not shown as the
+    last probe; :attr:`late_results` counts them. ``probes`` and ``clock`` are injectable so
+    the logic can be tested without sockets.
     """
 
-    def __init__(self, listener: Listener, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        listener: Listener,
+        client: httpx.AsyncClient | None = None,
+        *,
+        probes: Mapping[str, Probe] | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self._listener = listener
-        self._client = client or httpx.AsyncClient(
-            trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
-        )
+        self._client = client or probe_client()
+        self._probes = PROBES if probes is None else probes
+        self._clock = clock
+        self.late_results = 0
         self._targets: dict[str, Target] = {}
         self._states: dict[str, Hysteresis] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -180,7 +220,8 @@ class Prober:
             self._targets[target.key] = target
             self._states[target.key] = Hysteresis(target.rise, target.fall)
         if probe_new_now and fresh:
-            await asyncio.gather(*(self._probe(t) for t in fresh))
+            now = self._clock()
+            await asyncio.gather(*(self._probe(t, now) for t in fresh))
         for target in fresh:
             self._tasks[target.key] = asyncio.create_task(
                 self._loop(target, delay=target.interval if probe_new_now else 0.0),
@@ -204,16 +245,33 @@ class Prober:
                 await task
 
     async def _loop(self, target: Target, delay: float) -> None:
-        next_at = time.monotonic() + delay
+        scheduled = self._clock() + delay
         while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at = max(next_at + target.interval, time.monotonic())
-            await self._probe(target)
+            await asyncio.sleep(max(0.0, scheduled - self._clock()))
+            await self._probe(target, scheduled)
+            # The next start is one interval on, or now when the probe overran: either way
+            # any delay beyond it is the prober's own lateness, not the previous probe's.
+            scheduled = max(scheduled + target.interval, self._clock())
 
-    async def _probe(self, target: Target) -> None:
-        result = await PROBES[target.kind](self._client, target)
+    async def _probe(self, target: Target, scheduled: float) -> None:
+        started = self._clock()
+        result = await self._probes[target.kind](self._client, target)
         state = self._states.get(target.key)
         if state is None:  # removed while the probe was in flight
+            return
+        lateness = own_lateness(
+            result, timeout=target.timeout, scheduled=scheduled, started=started
+        )
+        if not trustworthy(result, lateness, target.timeout):
+            self.late_results += 1
+            log.info(
+                "%s: not counting a failed probe, the prober was %.3fs late (timeout %gs); "
+                "%d such result(s) so far",
+                target.key,
+                lateness,
+                target.timeout,
+                self.late_results,
+            )
             return
         said = result.agent
         result = self._with_standing_agent(target.key, result)
@@ -245,6 +303,7 @@ __all__ = [
     "PROBES",
     "AgentReplyError",
     "AgentReport",
+    "Clock",
     "Health",
     "Hysteresis",
     "Listener",
@@ -253,8 +312,10 @@ __all__ = [
     "Prober",
     "State",
     "Target",
+    "own_lateness",
     "parse_agent_reply",
     "probe_agent",
     "probe_http",
     "probe_tcp",
+    "trustworthy",
 ]

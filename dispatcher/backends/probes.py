@@ -1,14 +1,20 @@
 """The probes themselves: one call, one verdict. Shared by the dispatcher and farmnode.
 
 - :func:`probe_http` (ldirectord ``negotiate``): GET a known page; success is a 2xx whose
-  body contains the expected string.
+  body contains the expected string. Whatever the site sends, the probe reads at most
+  :data:`MAX_BODY` raw body bytes and inflates a compressed answer only within
+  :mod:`dispatcher.backends.inflate`'s caps; with a client from
+  :func:`dispatcher.backends.wire.probe_client` (the prober's default), the head is capped
+  at 16 KiB and 100 lines before it is parsed.
 - :func:`probe_tcp` (ldirectord ``connect``): a TCP connection is accepted; it is closed at
   once without sending anything.
 - :func:`probe_agent` (HAProxy ``agent-check``): connect to the agent port, read one line
   and parse it with :func:`parse_agent_reply` into an :class:`AgentReport`.
 
 No probe raises for anything the far end does: every outcome (refused, timed out, garbage)
-is a :class:`ProbeResult` with ``ok=False`` and a ``detail`` saying why. Debouncing
+is a :class:`ProbeResult` with ``ok=False`` and a ``detail`` saying why. Each probe has one
+hard deadline, its ``timeout``, for everything (resolve, connect, TLS, head, body), and
+does nothing between two awaits that could hold the event loop for long. Debouncing
 (rise/fall) and scheduling are :mod:`dispatcher.backends.health`'s job.
 """
 
@@ -25,7 +31,11 @@ from typing import Literal
 
 import httpx
 
-MAX_BODY = 64 * 1024
+from dispatcher.backends.inflate import BodyDecoder, UndecodableBody, codings
+
+MAX_BODY = 64 * 1024  # raw body bytes read off the wire, before any inflating
+MAX_PIECES = 4096  # body pieces (reads, or chunks of a chunked body) a probe will take
+PROBE_HEADERS = {"accept-encoding": "identity"}
 MAX_AGENT_LINE = 1024  # bytes read from an agent before giving up on a line end
 MAX_AGENT_PERCENT = 25_600  # HAProxy clamps relative weights here too
 
@@ -125,6 +135,9 @@ class ProbeResult:
 
     ``agent`` is set for agent probes that got a usable answer (and, from the
     :class:`~dispatcher.backends.health.Prober`, carries the agent's standing report).
+    ``timed_out`` is set when the deadline ended the probe (``duration`` then tells how long
+    after it started the prober noticed: much more than the timeout means the prober itself
+    was late).
     """
 
     ok: bool
@@ -133,6 +146,7 @@ class ProbeResult:
     wall: dt.datetime
     duration: float
     agent: AgentReport | None = None
+    timed_out: bool = False
 
 
 # --- the agent's line (pure) ----------------------------------------------------------
@@ -205,8 +219,14 @@ def _whole(digits: str) -> int | None:
 async def probe_http(
     client: httpx.AsyncClient, url: str, expect: str, timeout: float
 ) -> ProbeResult:
-    """GET ``url``; success is a 2xx answer whose body (first 64 KiB) contains ``expect``."""
-    return await _timed(lambda: _fetch(client, url, expect), timeout)
+    """GET ``url``; success is a 2xx answer whose body (first 64 KiB) contains ``expect``.
+
+    The request says ``Accept-Encoding: identity``. A body that is compressed anyway
+    (``gzip``, ``deflate``, stacked) is inflated within the caps of
+    :class:`~dispatcher.backends.inflate.BodyDecoder`; any other coding, or a corrupt one,
+    fails the check with a detail naming it. Nothing is read once ``expect`` is found.
+    """
+    return await _timed(lambda: _fetch(client, url, expect, timeout), timeout)
 
 
 async def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:
@@ -233,32 +253,83 @@ async def _timed(attempt: Callable[[], Awaitable[Outcome]], timeout: float) -> P
     start = time.monotonic()
     wall = dt.datetime.now(dt.UTC)
     agent: AgentReport | None = None
+    timed_out = False
     try:
         async with asyncio.timeout(timeout):
             ok, detail, agent = await attempt()
     except TimeoutError:
-        ok, detail = False, f"no answer within {timeout:g}s"
+        ok, detail, timed_out = False, f"no answer within {timeout:g}s", True
     except httpx.HTTPError as exc:
         ok, detail = False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     except OSError as exc:
         ok, detail = False, f"{type(exc).__name__}: {exc}"
     end = time.monotonic()
-    return ProbeResult(ok=ok, detail=detail, at=end, wall=wall, duration=end - start, agent=agent)
+    return ProbeResult(
+        ok=ok,
+        detail=detail,
+        at=end,
+        wall=wall,
+        duration=end - start,
+        agent=agent,
+        timed_out=timed_out,
+    )
 
 
-async def _fetch(client: httpx.AsyncClient, url: str, expect: str) -> Outcome:
-    async with client.stream("GET", url, follow_redirects=False) as response:
-        body = b""
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) >= MAX_BODY:
-                break
-    status = response.status_code
-    if not 200 <= status < 300:
-        return False, f"HTTP {status}", None
-    if expect and expect.encode() not in body:
-        return False, f"HTTP {status}, body lacks {expect!r}", None
+async def _fetch(client: httpx.AsyncClient, url: str, expect: str, timeout: float) -> Outcome:
+    # The client's own timeouts (5 s per step by default) must not cut a longer check
+    # short: the deadline in _timed is the one that counts.
+    request = client.build_request("GET", url, headers=PROBE_HEADERS, timeout=timeout)
+    response = await client.send(request, stream=True, follow_redirects=False)
+    try:
+        status = response.status_code
+        if not 200 <= status < 300:
+            return False, f"HTTP {status}", None
+        if not expect:
+            return True, f"HTTP {status}", None
+        try:
+            found, searched = await _search(response, expect.encode())
+        except UndecodableBody as exc:
+            return False, f"HTTP {status}, {exc.reason}", None
+    finally:
+        await response.aclose()
+    if not found:
+        return False, f"HTTP {status}, body lacks {expect!r}{searched}", None
     return True, f"HTTP {status}", None
+
+
+async def _search(response: httpx.Response, wanted: bytes) -> tuple[bool, str]:
+    """Look for ``wanted`` in the body: raw bytes off the wire (``aiter_raw``, no automatic
+    decompression), at most :data:`MAX_BODY` of them in at most :data:`MAX_PIECES` pieces,
+    inflated within the decoder's caps. (A chunked body's framing is removed by the HTTP
+    client before counting here, each chunk being a piece; a client from ``probe_client``
+    counts the framing too, in its per-connection wire cap.)
+
+    Returns whether it was found and, when the body was compressed, what was searched.
+    """
+    names = codings(response.headers.get_list("content-encoding"))
+    decoder = BodyDecoder(names)
+    body = bytearray()
+    read = pieces = 0
+    async for received in response.aiter_raw():
+        chunk = received[: MAX_BODY - read]
+        read += len(chunk)
+        seen = max(0, len(body) - len(wanted) + 1)
+        body += decoder.feed(chunk)
+        if wanted in body[seen:]:
+            return True, ""
+        if read >= MAX_BODY or decoder.full:
+            break
+        pieces += 1
+        if pieces >= MAX_PIECES:
+            raise UndecodableBody(f"the body came in more than {MAX_PIECES} pieces")
+        # Pieces already buffered come out of the HTTP client without a pause: let the
+        # loop (and the deadline) run between them.
+        await asyncio.sleep(0)
+    if not names:
+        return False, ""
+    capped = ", inflating stopped at its cap" if decoder.full else ""
+    how = ", ".join(names)
+    return False, f" (searched {len(body)} bytes inflated from {read} bytes of {how}{capped})"
 
 
 async def _connect_only(host: str, port: int) -> Outcome:
@@ -302,6 +373,7 @@ __all__ = [
     "DOWN_WORDS",
     "HEALTH_WORDS",
     "MAX_BODY",
+    "PROBE_HEADERS",
     "AgentAdmin",
     "AgentHealth",
     "AgentReplyError",

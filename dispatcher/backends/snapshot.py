@@ -2,10 +2,17 @@
 
 Everything slow (probes, load reports, database writes) ends by building a new
 :class:`Snapshot` with :func:`build_snapshot` and assigning it in one step.
+
+A pool whose ``all_down`` is ``"fail-open"`` and whose sites are all down sends clients to
+them anyway (Route 53's rule: when every record is unhealthy, all are considered healthy),
+drained and weight-0 sites still excluded; its :class:`PoolView` says so in
+``failing_open``, and :func:`build_snapshot` logs each entry into and exit from that mode
+once, at WARNING.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,6 +24,8 @@ from dispatcher.backends.store import LoadReport
 from dispatcher.config import Config, PoolConfig
 from dispatcher.policies import Candidate, Policy, make_policy
 from dispatcher.redirect import RewriteProgram
+
+log = logging.getLogger("webfarm.farm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,18 +47,29 @@ class SiteStatus:
     @property
     def eligible(self) -> bool:
         """May take new clients: healthy, not drained, weight above zero."""
-        return self.health.state == "up" and not self.spec.drained and self.spec.weight > 0
+        return self.health.state == "up" and self.admitted
+
+    @property
+    def admitted(self) -> bool:
+        """Eligible if health were ignored: not drained, weight above zero (fail-open's set)."""
+        return not self.spec.drained and self.spec.weight > 0
 
 
 @dataclass(frozen=True, slots=True)
 class PoolView:
-    """A pool's eligible sites in configured order, and how to answer for it."""
+    """A pool's eligible sites in configured order, and how to answer for it.
+
+    ``failing_open`` is ``True`` while every site is down and the pool's ``all_down`` is
+    ``"fail-open"``: ``candidates`` are then the sites that would be eligible if health
+    were ignored.
+    """
 
     config: PoolConfig
     policy: Policy
     candidates: tuple[Candidate, ...]
     status: int
     by_name: Mapping[str, Candidate] = field(default_factory=dict)
+    failing_open: bool = False
 
     def __post_init__(self) -> None:
         if not self.by_name and self.candidates:
@@ -93,19 +113,29 @@ def build_snapshot(
     policies: Mapping[str, Policy],
     rules: RewriteProgram | None = None,
 ) -> Snapshot:
-    """Assemble a snapshot; ``policies`` are reused by pool name so rotations carry on."""
+    """Assemble a snapshot; ``policies`` are reused by pool name so rotations carry on.
+
+    A pool's fail-open state is carried by its policy, so whoever builds snapshots and
+    passes the previous snapshot's policies back gets each transition logged once.
+    """
     statuses = {s.name: SiteStatus(s, health(s.name), loads.get(s.name)) for s in sites}
     pools: dict[str, PoolView] = {}
     for name, pool in config.pools.items():
-        policy = policies.get(name)
-        if policy is None or policy.name != pool.policy:
-            policy = make_policy(pool.policy, load_max_age=config.dispatcher.load_max_age)
-        candidates = tuple(
-            _candidate(status)
-            for status in statuses.values()
-            if status.spec.pool == name and status.eligible
+        policy = _policy(pool, policies.get(name), config.dispatcher.load_max_age)
+        members = [s for s in statuses.values() if s.spec.pool == name]
+        chosen = [s for s in members if s.eligible]
+        failing_open = not chosen and pool.all_down == "fail-open"
+        if failing_open:
+            chosen = [s for s in members if s.admitted]
+            failing_open = bool(chosen)
+        _note_fail_open(name, policy, failing_open, members)
+        pools[name] = PoolView(
+            pool,
+            policy,
+            tuple(_candidate(status) for status in chosen),
+            config.pool_status(name),
+            failing_open=failing_open,
         )
-        pools[name] = PoolView(pool, policy, candidates, config.pool_status(name))
     return Snapshot(
         revision=revision,
         pools=MappingProxyType(pools),
@@ -113,6 +143,33 @@ def build_snapshot(
         default_pool=pools[config.dispatcher.default_pool],
         rules=rules,
     )
+
+
+def _policy(pool: PoolConfig, held: Policy | None, load_max_age: float) -> Policy:
+    """The pool's policy: the one held if it is still the configured kind, else a new one."""
+    if held is not None and held.name == pool.policy:
+        return held
+    policy = make_policy(pool.policy, load_max_age=load_max_age)
+    if held is not None:
+        policy.failing_open = held.failing_open  # a new policy is not a new outage
+    return policy
+
+
+def _note_fail_open(
+    name: str, policy: Policy, failing_open: bool, members: Sequence[SiteStatus]
+) -> None:
+    """Log a pool entering or leaving fail-open, once per transition."""
+    if failing_open == policy.failing_open:
+        return
+    policy.failing_open = failing_open
+    if failing_open:
+        names = ", ".join(s.spec.name for s in members if s.admitted)
+        log.warning(
+            "pool %s: every site is down, failing open: sending clients to %s anyway", name, names
+        )
+    else:
+        up = ", ".join(s.spec.name for s in members if s.eligible) or "none (all drained)"
+        log.warning("pool %s: no longer failing open; sites up: %s", name, up)
 
 
 def _candidate(status: SiteStatus) -> Candidate:
