@@ -8,7 +8,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -19,10 +20,13 @@ from dispatcher.config import Config, load_config
 from dispatcher.demo import run_demo
 from dispatcher.errors import ConfigError, DispatcherError, InvalidValue
 from dispatcher.explain import explain, offline_snapshot, request_from_url
-from dispatcher.redirect import RewriteError, load_rules
+from dispatcher.files import read_regular_file
+from dispatcher.redirect import RewriteError, RewriteProgram, RuleFileError, compile_rules
 from dispatcher.server import Runner
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+#: The largest rule file ``check-config`` reads (bytes).
+MAX_RULE_FILE_BYTES = 16 * 1024 * 1024
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -109,11 +113,27 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     rules = ""
     if config.dispatcher.rules is not None:
-        program = load_rules(config.dispatcher.rules, known_pools=config.pools)
+        program = _rules(config.dispatcher.rules, config.pools)
         rules = f", {program.rule_count} rewrite rule(s)"
     pools = ", ".join(config.pools)
     print(f"{config.source}: ok ({len(config.sites)} site(s), pools: {pools}{rules})")
     return EXIT_OK
+
+
+def _rules(path: Path, pools: Collection[str]) -> RewriteProgram:
+    """Read the rule file (a regular file under :data:`MAX_RULE_FILE_BYTES`, never blocking
+    on a FIFO) and compile it against the configured ``pools``."""
+    try:
+        data = read_regular_file(path, MAX_RULE_FILE_BYTES)
+    except OSError as exc:
+        raise RuleFileError(str(path), exc.strerror or str(exc)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RuleFileError(
+            str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    return compile_rules(text, filename=str(path), base_dir=path.parent, known_pools=pools)
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
