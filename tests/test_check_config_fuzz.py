@@ -13,18 +13,19 @@ import copy
 import math
 import os
 import subprocess
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.__main__ import run as dispatcher_run
 from farmnode.__main__ import run as farmnode_run
 from tests.conftest import FARM_DISPATCHER
+from tests.tomlwrite import dumps
 
 FARMNODE = str(Path(FARM_DISPATCHER).with_name("farmnode"))
 
@@ -121,48 +122,6 @@ monitor_interval = 10.0
 agent = "switch"
 service = "web"
 """
-
-# --- a small TOML writer (strings escaped, so NUL and control characters survive) ---------
-
-
-def toml_string(text: str) -> str:
-    out = []
-    for char in text:
-        code = ord(char)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
-            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return toml_string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = ", ".join(f"{toml_string(k)} = {toml_value(v)}" for k, v in value.items())
-        return "{ " + items + " }"
-    raise TypeError(type(value))
-
-
-def dumps(doc: dict[str, Any]) -> str:
-    """Everything as inline values under the top-level keys: valid TOML for any document."""
-    return "".join(f"{toml_string(key)} = {toml_value(value)}\n" for key, value in doc.items())
-
 
 # --- mutations ----------------------------------------------------------------------------
 

@@ -318,7 +318,7 @@ def test_retry_after_is_bounded_whole_seconds(value: Any) -> None:
         "host_name:80",
         "127.0.0.1:-1",
         "127.0.0.1:65536",
-        "127.0.0.1:８０",
+        "127.0.0.1:\uff18\uff10",  # fullwidth digits
         "user@127.0.0.1:80",
     ],
 )
