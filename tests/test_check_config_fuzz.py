@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.__main__ import run as dispatcher_run
+from dispatcher.config import shown_path
 from farmnode.__main__ import run as farmnode_run
 from tests.conftest import FARM_DISPATCHER
 from tests.tomlwrite import dumps
@@ -149,6 +150,7 @@ def dotted(path: Path_) -> str:
 
 
 def replaced(doc: dict[str, Any], path: Path_, value: Any) -> dict[str, Any]:
+    """``doc`` with the value at ``path`` replaced (or added: a new key of a table)."""
     new = copy.deepcopy(doc)
     target: Any = new
     for part in path[:-1]:
@@ -214,17 +216,35 @@ def check(
     out, err = capsys.readouterr()
     assert status in (0, 2), (status, path, out, err)
     assert "Traceback" not in err
+    assert err[:-1].isprintable(), (path, err)  # nothing that drives a terminal
     if status == 2:
         assert f"invalid configuration: {config}: " in err, (path, err)
         named = err.split(f"{config}: ", 1)[1]
         # the key itself, or a key of the table it sits in (cluster.interval -> deadtime)
-        table = dotted(path[:-1]) if len(path) > 1 else dotted(path)
-        key = str(path[-1])
+        table = shown_path(dotted(path[:-1]) if len(path) > 1 else dotted(path))
+        key = shown_path(str(path[-1]))
         assert table in named or key in named, (path, err)
 
 
+def tables(value: Any, prefix: Path_ = ()) -> list[Path_]:
+    """Every table's path (the document itself is ``()``)."""
+    if isinstance(value, dict):
+        return [prefix] + [p for k, v in value.items() for p in tables(v, (*prefix, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in tables(v, (*prefix, i))]
+    return []
+
+
 def mutants(example: dict[str, Any]) -> st.SearchStrategy[tuple[Path_, Any]]:
-    return st.tuples(st.sampled_from(paths(example)), HOSTILE)
+    """A value replaced, or a key with a hostile name added to a table."""
+    replace = st.tuples(st.sampled_from(paths(example)), HOSTILE)
+    add = st.builds(
+        lambda table, key, value: ((*table, key), value),
+        st.sampled_from(tables(example)),
+        HOSTILE_TEXT,
+        HOSTILE,
+    )
+    return replace | add
 
 
 FUZZ = settings(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from dispatcher.config import shown_path
 from farmnode.errors import ConfigError
 from farmnode.validation import LEAST_INTERVAL
 from farmnode.validation import Invalid as _Invalid
@@ -239,7 +240,7 @@ def parse_cluster(
     try:
         return _cluster(doc_cluster, doc_groups, environ, node_name, service_names)
     except _Invalid as exc:
-        raise ConfigError(exc.source or source, exc.path, exc.expected) from None
+        raise ConfigError(exc.source or source, shown_path(exc.path), exc.expected) from None
 
 
 def _cluster(
