@@ -486,3 +486,47 @@ def test_check_config_refuses_special_rule_and_map_files_without_hanging(
     for config_path in (fifo, Path("/dev/zero"), tmp_path):
         assert run(["check-config", "--config", str(config_path)]) == 2
         assert "not a regular file" in capsys.readouterr().err
+
+
+def inet_aton_spelling(address: int, parts: int, bases: list[int]) -> str:
+    """``address`` written as ``inet_aton`` reads it: 1-4 parts, each decimal, 0octal or 0xhex."""
+    widths = {1: [32], 2: [8, 24], 3: [8, 8, 16], 4: [8, 8, 8, 8]}[parts]
+    numbers, shift = [], 32
+    for width in widths:
+        shift -= width
+        numbers.append((address >> shift) & ((1 << width) - 1))
+    return ".".join(
+        {10: str(n), 8: f"0{n:o}", 16: f"0x{n:x}"}[base]
+        for n, base in zip(numbers, bases, strict=False)
+    )
+
+
+@given(
+    parts=st.integers(1, 4),
+    bases=st.lists(st.sampled_from([10, 8, 16]), min_size=4, max_size=4),
+    trailing_dot=st.booleans(),
+)
+def test_every_inet_aton_spelling_of_the_listener_is_caught(
+    parts: int, bases: list[int], trailing_dot: bool
+) -> None:
+    host = inet_aton_spelling(0x7F000001, parts, bases) + ("." if trailing_dot else "")
+    e = error_of(
+        {"listen": "127.0.0.1:8080"}, sites=[{"name": "a", "base_url": f"http://{host}:8080"}]
+    )
+    assert e.path == "sites[0].base_url", host
+
+
+def test_a_wildcard_listener_is_reached_through_this_machines_addresses_only() -> None:
+    for host in ("127.0.0.2", "127.255.0.9"):
+        e = error_of(
+            {"listen": "0.0.0.0:8080"}, sites=[{"name": "a", "base_url": f"http://{host}:8080"}]
+        )
+        assert e.path == "sites[0].base_url"
+    config = build_config(
+        {
+            "dispatcher": {"admin_tokens": ["t"], "listen": "0.0.0.0:8080"},
+            "sites": [{"name": "a", "base_url": "http://192.0.2.1:8080"}],  # TEST-NET-1
+        },
+        environ={},
+    )
+    assert config.sites[0].base_url == "http://192.0.2.1:8080"
