@@ -151,15 +151,15 @@ def build_config(
     try:
         return _build(raw, env, source, base_dir or Path.cwd())
     except InvalidValue as exc:
-        raise ConfigError(source, shown_path(exc.field), exc.message) from None
+        raise ConfigError(source, printable(exc.field), printable(exc.message)) from None
 
 
-def shown_path(path: str) -> str:
-    """A key path fit for a terminal and a log line: characters that are not printable (a
-    key may hold NUL, ESC or a newline) are written as Python escapes."""
-    if path.isprintable():
-        return path
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+def printable(text: str) -> str:
+    """``text`` (a key path, a message quoting a value) fit for a terminal and a log line:
+    characters that are not printable (NUL, ESC, a newline) are written as Python escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir: Path) -> Config:
@@ -485,6 +485,6 @@ __all__ = [
     "load_config",
     "parse_address",
     "parse_check",
+    "printable",
     "read_toml",
-    "shown_path",
 ]

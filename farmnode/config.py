@@ -18,7 +18,7 @@ from typing import Any
 
 from dispatcher.backends.sites import NAME_RE as SITE_NAME_RE
 from dispatcher.backends.sites import check_base_url
-from dispatcher.config import read_toml, shown_path
+from dispatcher.config import printable, read_toml
 from dispatcher.errors import InvalidValue
 from farmnode.cluster.settings import ClusterSettings, parse_cluster
 from farmnode.dataplane.nftables import scheduler_reason, unsupported_reason
@@ -165,7 +165,9 @@ def parse_config(
     try:
         return _build(doc, env, source)
     except _Invalid as exc:
-        raise ConfigError(exc.source or source, shown_path(exc.path), exc.expected) from None
+        raise ConfigError(
+            exc.source or source, printable(exc.path), printable(exc.expected)
+        ) from None
 
 
 def _build(doc: Mapping[str, Any], env: Mapping[str, str], source: str) -> NodeConfig:

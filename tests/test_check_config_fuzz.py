@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.__main__ import run as dispatcher_run
-from dispatcher.config import shown_path
+from dispatcher.config import printable
 from farmnode.__main__ import run as farmnode_run
 from tests.conftest import FARM_DISPATCHER
 from tests.tomlwrite import dumps
@@ -221,8 +221,8 @@ def check(
         assert f"invalid configuration: {config}: " in err, (path, err)
         named = err.split(f"{config}: ", 1)[1]
         # the key itself, or a key of the table it sits in (cluster.interval -> deadtime)
-        table = shown_path(dotted(path[:-1]) if len(path) > 1 else dotted(path))
-        key = shown_path(str(path[-1]))
+        table = printable(dotted(path[:-1]) if len(path) > 1 else dotted(path))
+        key = printable(str(path[-1]))
         assert table in named or key in named, (path, err)
 
 

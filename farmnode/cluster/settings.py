@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from dispatcher.config import shown_path
+from dispatcher.config import printable
 from farmnode.errors import ConfigError
 from farmnode.validation import LEAST_INTERVAL
 from farmnode.validation import Invalid as _Invalid
@@ -240,7 +240,9 @@ def parse_cluster(
     try:
         return _cluster(doc_cluster, doc_groups, environ, node_name, service_names)
     except _Invalid as exc:
-        raise ConfigError(exc.source or source, shown_path(exc.path), exc.expected) from None
+        raise ConfigError(
+            exc.source or source, printable(exc.path), printable(exc.expected)
+        ) from None
 
 
 def _cluster(
@@ -563,10 +565,14 @@ def _params(table: Mapping[str, Any], p: str) -> dict[str, ParamValue]:
 
 
 def _scalar(value: Any, path: str) -> Scalar:
-    if not isinstance(value, str | int | float) or (
-        isinstance(value, float) and not math.isfinite(value)
+    """A parameter value: finite numbers; strings without NUL (a parameter becomes a path,
+    an argument or an environment variable, none of which can hold one)."""
+    if (
+        not isinstance(value, str | int | float)
+        or (isinstance(value, float) and not math.isfinite(value))
+        or (isinstance(value, str) and "\0" in value)
     ):
-        raise _Invalid(path, f"a string, a number or true/false, got {value!r}")
+        raise _Invalid(path, f"a string without NUL, a number or true/false, got {value!r}")
     return value
 
 

@@ -374,7 +374,7 @@ RESOURCE_CASES = [
     (
         {"agent": "ipaddr", "address": "10.0.0.5/24", "interface": "eth0", "x": [1]},
         "groups[0].resources[0].x",
-        "a string, a number or true/false",
+        "a string without NUL, a number or true/false",
     ),
     ({"agent": "switch"}, "groups[0].resources[0].service", "needs service"),
     ({"agent": "switch", "service": "Web"}, "groups[0].resources[0].service", "lowercase"),
@@ -385,7 +385,7 @@ RESOURCE_CASES = [
     (
         {"agent": "ocf", "type": "heartbeat/IPaddr2", "params": {"ip": {}}},
         "groups[0].resources[0].params.ip",
-        "a string, a number or true/false",
+        "a string without NUL, a number or true/false",
     ),
     (
         {"agent": "ocf", "type": "heartbeat/IPaddr2", "params": "ip=1"},
@@ -516,3 +516,11 @@ def test_a_blank_short_or_repetitive_key_is_refused_without_echo(key: str) -> No
     e = error(doc_of(), {KEY_ENV: key})
     assert (e.source, e.path) == ("<environment>", KEY_ENV)
     assert not key.strip() or key.strip() not in str(e)
+
+
+def test_an_agent_parameter_with_a_nul_is_refused() -> None:
+    doc = doc_of()
+    doc["groups"][0]["resources"][0]["interface"] = "eth\x000"
+    e = error(doc)
+    assert e.path == "groups[0].resources[0].interface"
+    assert "\x00" not in str(e)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import pwd
 import re
 import tomllib
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from farmnode.__main__ import run as farmnode_run
 from farmnode.config import (
     CHECK_KEYS,
     NODE_KEYS,
@@ -881,3 +884,36 @@ def test_a_udp_service_with_a_chosen_check_kind_loads(
 ) -> None:
     (dns,) = load_text(tmp_path, UDP_SERVICE.format(check=check)).services
     assert (dns.protocol, dns.check.kind) == ("udp", kind)
+
+
+def test_check_config_does_not_hang_on_a_fifo_as_pg_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    os.mkfifo(data / "PG_VERSION")
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f"""
+[node]
+name = "n1"
+[cluster]
+name = "c"
+key = "fifo-test-cluster-key-0123456789"
+[[cluster.transports]]
+kind = "udp"
+bind = "127.0.0.1:6940"
+[[groups]]
+name = "db"
+[[groups.resources]]
+agent = "postgresql"
+data_dir = "{data}"
+primary_host = "10.0.0.1"
+user = "{pwd.getpwuid(os.getuid()).pw_name}"
+""",
+        encoding="utf-8",
+    )
+    assert farmnode_run(["check-config", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "groups[0].resources[0].data_dir" in err
+    assert "PG_VERSION" in err
