@@ -39,6 +39,8 @@ MAX_WORKERS = 64
 #: ``database_url`` drivers the store can open (``postgres://`` is read as ``postgresql://``).
 DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg", "postgres")
 MAX_PATH = 4096
+#: 400 days: the longest cookie lifetime browsers honour (RFC 6265bis).
+MAX_AFFINITY_LIFETIME = 400 * 86_400
 #: The largest configuration file read (bytes).
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 ENVIRONMENT = "<environment>"
@@ -216,7 +218,9 @@ def _dispatcher_settings(
         "log_level": _choice(raw, p, "log_level", d.log_level, ("debug", "info", "warning")),
         "rules": _optional_path(raw, p, "rules", "the path of a rewrite rule file"),
         "affinity": _choice(raw, p, "affinity", d.affinity, ("off", "cookie", "network")),
-        "affinity_lifetime": _whole(raw, p, "affinity_lifetime", d.affinity_lifetime, 1, None),
+        "affinity_lifetime": _whole(
+            raw, p, "affinity_lifetime", d.affinity_lifetime, 1, MAX_AFFINITY_LIFETIME
+        ),
         "affinity_netmask": _whole(raw, p, "affinity_netmask", d.affinity_netmask, 0, 32),
         "affinity_netmask6": _whole(raw, p, "affinity_netmask6", d.affinity_netmask6, 0, 128),
         "cookie_domain": _cookie_domain(raw, p),

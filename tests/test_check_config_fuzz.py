@@ -43,7 +43,9 @@ load_max_age = 30.0
 retry_after = 30
 rules = "rules.conf"
 affinity = "cookie"
+affinity_lifetime = 3600
 cookie_domain = ".example.com"
+handoff_name = "dispatcher"
 workers = 1
 head_timeout = 10.0
 
@@ -122,6 +124,22 @@ monitor_interval = 10.0
 [[groups.resources]]
 agent = "switch"
 service = "web"
+[[groups.resources]]
+agent = "script"
+path = "/bin/true"
+start_timeout = 20.0
+[[groups.resources]]
+agent = "ocf"
+type = "heartbeat/IPaddr2"
+params = { ip = "10.213.0.51", cidr_netmask = 24 }
+
+[[groups]]
+name = "nfs"
+[[groups.resources]]
+agent = "nfsganesha"
+export = "/srv/export"
+state_dir = "/srv/nfs-state"
+clients = "10.0.0.0/24"
 """
 
 # --- mutations ----------------------------------------------------------------------------

@@ -530,3 +530,10 @@ def test_a_wildcard_listener_is_reached_through_this_machines_addresses_only() -
         environ={},
     )
     assert config.sites[0].base_url == "http://192.0.2.1:8080"
+
+
+@pytest.mark.parametrize("value", [0, 400 * 86_400 + 1, 2**63 - 1])
+def test_affinity_lifetime_is_bounded(value: int) -> None:
+    e = error_of({"affinity_lifetime": value})
+    assert e.path == "dispatcher.affinity_lifetime"
+    assert "34560000" in e.expected
