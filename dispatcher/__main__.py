@@ -16,7 +16,7 @@ import uvloop
 
 from dispatcher import __version__
 from dispatcher.backends.store import open_store
-from dispatcher.config import Config, load_config
+from dispatcher.config import MAX_RULES_BYTES, Config, load_config
 from dispatcher.demo import run_demo
 from dispatcher.errors import ConfigError, DispatcherError, InvalidValue
 from dispatcher.explain import explain, offline_snapshot, request_from_url
@@ -25,8 +25,6 @@ from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules
 from dispatcher.server import Runner
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-#: The largest rule file ``check-config`` reads (bytes).
-MAX_RULE_FILE_BYTES = 16 * 1024 * 1024
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -121,12 +119,12 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _rules(path: Path, pools: Collection[str], source: str) -> RewriteProgram:
-    """Read the rule file (a regular file under :data:`MAX_RULE_FILE_BYTES`, never blocking
+    """Read the rule file (a regular file under :data:`MAX_RULES_BYTES`, never blocking
     on a FIFO) and compile it against the configured ``pools``; a file that cannot be read
     is blamed on ``dispatcher.rules`` in ``source``."""
     expected = "a readable rewrite rule file"
     try:
-        data = read_regular_file(path, MAX_RULE_FILE_BYTES)
+        data = read_regular_file(path, MAX_RULES_BYTES)
     except OSError as exc:
         raise ConfigError(
             source, "dispatcher.rules", f"{expected}: {path}: {exc.strerror}"

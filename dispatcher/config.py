@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,8 @@ MAX_PATH = 4096
 MAX_AFFINITY_LIFETIME = 400 * 86_400
 #: The largest configuration file read (bytes).
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+#: The largest rewrite rule file (bytes).
+MAX_RULES_BYTES = 16 * 1024 * 1024
 ENVIRONMENT = "<environment>"
 
 T = TypeVar("T")
@@ -172,6 +175,8 @@ def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir
         database_url=_anchor_sqlite(settings.database_url, base_dir),
         rules=base_dir / settings.rules if settings.rules else None,
     )
+    if settings.rules is not None:
+        _check_rules_file(settings.rules)
     pools = _pools(_table(raw, "pools"))
     if settings.default_pool not in pools:
         if settings.default_pool != "default":
@@ -184,6 +189,23 @@ def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir
         if pool.fallback != "sorry":
             check_not_self(pool.fallback, settings, f"pools.{name}.fallback")
     return Config(settings, pools, sites, source=source, base_dir=base_dir)
+
+
+def _check_rules_file(path: Path) -> None:
+    """An existing ``rules`` path must be a regular file under the size cap (``stat`` only:
+    nothing is opened, so a FIFO cannot block). A missing file is the loader's to report."""
+    try:
+        info = path.stat()
+    except OSError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidValue(
+            "dispatcher.rules", f"a regular rule file ({path} is not a regular file)"
+        )
+    if info.st_size > MAX_RULES_BYTES:
+        raise InvalidValue(
+            "dispatcher.rules", f"a rule file of at most {MAX_RULES_BYTES} bytes ({path} is larger)"
+        )
 
 
 def _anchor_sqlite(url: str, base_dir: Path) -> str:

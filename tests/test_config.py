@@ -482,7 +482,9 @@ def test_check_config_refuses_special_rule_and_map_files_without_hanging(
             "redirect_status = 302", f'redirect_status = 302\nrules = "{rules_path}"'
         )
         assert run(["check-config", "--config", str(write(tmp_path, text))]) == 2
-        assert "not a regular file" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "dispatcher.rules" in err
+        assert "not a regular file" in err
     for config_path in (fifo, Path("/dev/zero"), tmp_path):
         assert run(["check-config", "--config", str(config_path)]) == 2
         assert "not a regular file" in capsys.readouterr().err
