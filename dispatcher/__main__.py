@@ -8,18 +8,20 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvloop
 
 from dispatcher import __version__
 from dispatcher.backends.store import open_store
-from dispatcher.config import Config, load_config
+from dispatcher.config import MAX_RULES_BYTES, Config, load_config
 from dispatcher.demo import run_demo
 from dispatcher.errors import ConfigError, DispatcherError, InvalidValue
 from dispatcher.explain import explain, offline_snapshot, request_from_url
-from dispatcher.redirect import RewriteError, load_rules
+from dispatcher.files import read_regular_file
+from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules
 from dispatcher.server import Runner
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -109,11 +111,30 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     rules = ""
     if config.dispatcher.rules is not None:
-        program = load_rules(config.dispatcher.rules, known_pools=config.pools)
+        program = _rules(config.dispatcher.rules, config.pools, config.source)
         rules = f", {program.rule_count} rewrite rule(s)"
     pools = ", ".join(config.pools)
     print(f"{config.source}: ok ({len(config.sites)} site(s), pools: {pools}{rules})")
     return EXIT_OK
+
+
+def _rules(path: Path, pools: Collection[str], source: str) -> RewriteProgram:
+    """Read the rule file (a regular file under :data:`MAX_RULES_BYTES`, never blocking
+    on a FIFO) and compile it against the configured ``pools``; a file that cannot be read
+    is blamed on ``dispatcher.rules`` in ``source``."""
+    expected = "a readable rewrite rule file"
+    try:
+        data = read_regular_file(path, MAX_RULES_BYTES)
+    except OSError as exc:
+        raise ConfigError(
+            source, "dispatcher.rules", f"{expected}: {path}: {exc.strerror}"
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise ConfigError(source, "dispatcher.rules", f"{expected}: {path}: {reason}") from None
+    return compile_rules(text, filename=str(path), base_dir=path.parent, known_pools=pools)
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -16,15 +17,36 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from dispatcher.access import AdminToken, parse_tokens
-from dispatcher.backends.sites import CheckSpec, SiteSpec, check_base_url, parse_check, parse_site
+from dispatcher.addresses import parse_address, points_at
+from dispatcher.backends.sites import (
+    CheckSpec,
+    SiteSpec,
+    check_base_url,
+    check_pool_name,
+    parse_check,
+    parse_site,
+)
 from dispatcher.errors import ConfigError, InvalidValue
+from dispatcher.files import read_regular_file
 from dispatcher.session.cookies import CookieAttributes
 
 POLICY_NAMES = ("weighted", "least-load", "failover")
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 ALL_DOWN = ("sorry", "fail-open")
 MAX_WORKERS = 64
+#: ``database_url`` drivers the store can open (``postgres://`` is read as ``postgresql://``).
+DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg", "postgres")
+MAX_PATH = 4096
+#: 400 days: the longest cookie lifetime browsers honour (RFC 6265bis).
+MAX_AFFINITY_LIFETIME = 400 * 86_400
+#: The largest configuration file read (bytes).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+#: The largest rewrite rule file (bytes).
+MAX_RULES_BYTES = 16 * 1024 * 1024
 ENVIRONMENT = "<environment>"
 
 T = TypeVar("T")
@@ -107,9 +129,10 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
 
 def read_toml(file: Path, error: Callable[[str, str, str], Exception]) -> dict[str, Any]:
     """The TOML document in ``file``; ``error(file, "", expectation)`` is raised when it
-    cannot be read or parsed (each package passes its own ``ConfigError``)."""
+    cannot be read or parsed (each package passes its own ``ConfigError``). The file must be
+    a regular file of at most :data:`MAX_CONFIG_BYTES` (a FIFO or a device never hangs this)."""
     try:
-        return tomllib.loads(file.read_text(encoding="utf-8"))
+        return tomllib.loads(read_regular_file(file, MAX_CONFIG_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise error(str(file), "", "a readable TOML file (no such file)") from None
     except OSError as exc:
@@ -118,6 +141,8 @@ def read_toml(file: Path, error: Callable[[str, str, str], Exception]) -> dict[s
         raise error(str(file), "", f"UTF-8 text ({exc.reason})") from None
     except tomllib.TOMLDecodeError as exc:
         raise error(str(file), "", f"valid TOML ({exc})") from None
+    except RecursionError:
+        raise error(str(file), "", "valid TOML (nested too deeply)") from None
 
 
 def build_config(
@@ -132,7 +157,15 @@ def build_config(
     try:
         return _build(raw, env, source, base_dir or Path.cwd())
     except InvalidValue as exc:
-        raise ConfigError(source, exc.field, exc.message) from None
+        raise ConfigError(source, printable(exc.field), printable(exc.message)) from None
+
+
+def printable(text: str) -> str:
+    """``text`` (a key path, a message quoting a value) fit for a terminal and a log line:
+    characters that are not printable (NUL, ESC, a newline) are written as Python escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir: Path) -> Config:
@@ -143,6 +176,8 @@ def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir
         database_url=_anchor_sqlite(settings.database_url, base_dir),
         rules=base_dir / settings.rules if settings.rules else None,
     )
+    if settings.rules is not None:
+        _check_rules_file(settings.rules)
     pools = _pools(_table(raw, "pools"))
     if settings.default_pool not in pools:
         if settings.default_pool != "default":
@@ -151,7 +186,27 @@ def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir
     sites = _sites(raw.get("sites", []), pools)
     for index, site in enumerate(sites):
         check_not_self(site.base_url, settings, f"sites[{index}].base_url")
+    for name, pool in pools.items():
+        if pool.fallback != "sorry":
+            check_not_self(pool.fallback, settings, f"pools.{name}.fallback")
     return Config(settings, pools, sites, source=source, base_dir=base_dir)
+
+
+def _check_rules_file(path: Path) -> None:
+    """An existing ``rules`` path must be a regular file under the size cap (``stat`` only:
+    nothing is opened, so a FIFO cannot block). A missing file is the loader's to report."""
+    try:
+        info = path.stat()
+    except OSError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidValue(
+            "dispatcher.rules", f"a regular rule file ({path} is not a regular file)"
+        )
+    if info.st_size > MAX_RULES_BYTES:
+        raise InvalidValue(
+            "dispatcher.rules", f"a rule file of at most {MAX_RULES_BYTES} bytes ({path} is larger)"
+        )
 
 
 def _anchor_sqlite(url: str, base_dir: Path) -> str:
@@ -179,18 +234,20 @@ def _dispatcher_settings(
         "secret_keys": _strings(raw, p, "secret_keys"),
         "redirect_status": _status(raw, p, "redirect_status", d.redirect_status),
         "default_pool": _get(raw, p, "default_pool", str, d.default_pool, "a pool name"),
-        "load_max_age": _positive(raw, p, "load_max_age", d.load_max_age),
-        "retry_after": _get(raw, p, "retry_after", int, d.retry_after, "whole seconds >= 0"),
-        "registry_refresh": _positive(raw, p, "registry_refresh", d.registry_refresh),
+        "load_max_age": _seconds(raw, p, "load_max_age", d.load_max_age, 0.1, 86_400.0),
+        "retry_after": _whole(raw, p, "retry_after", d.retry_after, 0, 86_400),
+        "registry_refresh": _seconds(raw, p, "registry_refresh", d.registry_refresh, 0.05, 3600.0),
         "access_log": _get(raw, p, "access_log", bool, d.access_log, "true or false"),
         "log_level": _choice(raw, p, "log_level", d.log_level, ("debug", "info", "warning")),
         "rules": _optional_path(raw, p, "rules", "the path of a rewrite rule file"),
         "affinity": _choice(raw, p, "affinity", d.affinity, ("off", "cookie", "network")),
-        "affinity_lifetime": _whole(raw, p, "affinity_lifetime", d.affinity_lifetime, 1, None),
+        "affinity_lifetime": _whole(
+            raw, p, "affinity_lifetime", d.affinity_lifetime, 1, MAX_AFFINITY_LIFETIME
+        ),
         "affinity_netmask": _whole(raw, p, "affinity_netmask", d.affinity_netmask, 0, 32),
         "affinity_netmask6": _whole(raw, p, "affinity_netmask6", d.affinity_netmask6, 0, 128),
         "cookie_domain": _cookie_domain(raw, p),
-        "handoff_name": _get(raw, p, "handoff_name", str, d.handoff_name, "a name"),
+        "handoff_name": _handoff_name(raw, p, d.handoff_name),
         "handoff_lifetime": _whole(raw, p, "handoff_lifetime", d.handoff_lifetime, 1, 60),
         "workers": _workers(raw, p, d.workers),
         "max_request_head": _whole(raw, p, "max_request_head", d.max_request_head, 1024, 1 << 20),
@@ -203,17 +260,13 @@ def _dispatcher_settings(
         "graceful_timeout": _seconds(raw, p, "graceful_timeout", d.graceful_timeout, 0.0, 600.0),
         "database_timeout": _seconds(raw, p, "database_timeout", d.database_timeout, 0.1, 60.0),
     }
-    if values["retry_after"] < 0:
-        raise InvalidValue(f"{p}.retry_after", "whole seconds >= 0")
-    if not values["handoff_name"]:
-        raise InvalidValue(f"{p}.handoff_name", "a non-empty name for hand-off tokens")
     _environment_overrides(values, env)
+    database_key = "FARM_DATABASE_URL" if env.get("FARM_DATABASE_URL", "").strip() else None
+    check_database_url(values["database_url"], database_key or f"{p}.database_url")
     if values["affinity"] == "cookie" and not values["secret_keys"]:
         raise InvalidValue(
             f"{p}.affinity", '"cookie" signs stamps: set secret_keys (or FARM_SECRET_KEYS)'
         )
-    if not values["database_url"]:
-        raise InvalidValue(f"{p}.database_url", "a non-empty database URL")
     if not values["admin_tokens"]:
         raise InvalidValue(
             f"{p}.admin_tokens", "at least one admin token (or set FARM_ADMIN_TOKENS)"
@@ -237,6 +290,7 @@ def _pools(raw: Mapping[str, Any]) -> dict[str, PoolConfig]:
     pools: dict[str, PoolConfig] = {}
     for name, table in raw.items():
         p = f"pools.{name}"
+        check_pool_name(name, p)
         if not isinstance(table, Mapping):
             raise InvalidValue(p, "a table")
         _only_keys(table, p, {"policy", "fallback", "redirect_status", "all_down"})
@@ -274,18 +328,36 @@ def _sites(raw: Any, pools: Mapping[str, PoolConfig]) -> tuple[SiteSpec, ...]:
     return tuple(sites)
 
 
-def check_not_self(base_url: str, settings: DispatcherSettings, field_name: str) -> None:
-    """Refuse a site that points back at one of the dispatcher's own listeners."""
-    target = urlsplit(base_url)
-    port = target.port or (443 if target.scheme == "https" else 80)
-    host = (target.hostname or "").lower()
-    for listen in (settings.listen, settings.admin_listen):
-        own_host, _, own_port = listen.rpartition(":")
-        own_host = own_host.strip("[]").lower()
-        if int(own_port) != port:
-            continue
-        if host == own_host or own_host in ("0.0.0.0", "::") or host == "localhost":  # noqa: S104
-            raise InvalidValue(field_name, f"a URL that is not the dispatcher itself ({listen})")
+def check_not_self(url: str, settings: DispatcherSettings, field_name: str) -> None:
+    """Refuse a URL (a site's base, a pool's fallback) that reaches one of the dispatcher's
+    own listeners, whatever its spelling: addresses and ports are compared once resolved
+    (without the network: :mod:`dispatcher.addresses`)."""
+    target = urlsplit(url)
+    try:
+        port = target.port or (443 if target.scheme == "https" else 80)
+    except ValueError:
+        return  # not a URL with a port: its own validator says so
+    listen = points_at(target.hostname or "", port, (settings.listen, settings.admin_listen))
+    if listen is not None:
+        raise InvalidValue(
+            field_name, f"a URL that is not the dispatcher itself ({listen}), got {url!r}"
+        )
+
+
+def check_database_url(url: str, field_name: str) -> None:
+    """A SQLAlchemy URL of a dialect the store supports: sqlite or postgresql (psycopg 3)."""
+    expected = (
+        "a database URL such as sqlite:///farm.db or postgresql://user@host/db "
+        f"(drivers: {', '.join(DATABASE_DRIVERS)})"
+    )
+    if not url or not url.isprintable() or len(url) > MAX_PATH:
+        raise InvalidValue(field_name, f"{expected}, printable, got {url[:200]!r}")
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise InvalidValue(field_name, f"{expected}, got {url[:200]!r}") from None
+    if parsed.drivername not in DATABASE_DRIVERS:
+        raise InvalidValue(field_name, f"{expected}, got driver {parsed.drivername!r}")
 
 
 # --- small typed readers ----------------------------------------------------------------
@@ -316,14 +388,19 @@ def _get(
 
 def _optional_path(raw: Mapping[str, Any], path: str, key: str, expected: str) -> Path | None:
     value = _get(raw, path, key, str, "", expected)
+    if not value.isprintable() or len(value) > MAX_PATH:
+        raise InvalidValue(f"{path}.{key}", f"{expected}: printable, at most {MAX_PATH} characters")
     return Path(value) if value else None
 
 
-def _positive(raw: Mapping[str, Any], path: str, key: str, default: float) -> float:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise InvalidValue(f"{path}.{key}", f"a number of seconds > 0, got {value!r}")
-    return float(value)
+def _handoff_name(raw: Mapping[str, Any], path: str, default: str) -> str:
+    value = _get(raw, path, "handoff_name", str, default, "a name")
+    if not 1 <= len(value) <= 255 or not all(0x21 <= ord(c) <= 0x7E for c in value):
+        raise InvalidValue(
+            f"{path}.handoff_name",
+            f"a name for hand-off tokens: 1-255 visible ASCII characters, got {value!r}",
+        )
+    return value
 
 
 def _seconds(
@@ -414,14 +491,6 @@ def _address(raw: Mapping[str, Any], path: str, key: str, default: str) -> str:
     return value
 
 
-def parse_address(value: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[::1]:8080`` for IPv6) into its parts, or raise ``ValueError``."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("host and a port from 0 to 65535")
-    return host.strip("[]"), int(port)
-
-
 def _prefixed(prefix: str, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``build``; an :class:`InvalidValue` it raises gets ``prefix`` on its field."""
     try:
@@ -438,9 +507,11 @@ __all__ = [
     "PoolConfig",
     "SiteSpec",
     "build_config",
+    "check_database_url",
     "check_not_self",
     "load_config",
     "parse_address",
     "parse_check",
+    "printable",
     "read_toml",
 ]

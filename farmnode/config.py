@@ -18,7 +18,7 @@ from typing import Any
 
 from dispatcher.backends.sites import NAME_RE as SITE_NAME_RE
 from dispatcher.backends.sites import check_base_url
-from dispatcher.config import read_toml
+from dispatcher.config import printable, read_toml
 from dispatcher.errors import InvalidValue
 from farmnode.cluster.settings import ClusterSettings, parse_cluster
 from farmnode.dataplane.nftables import scheduler_reason, unsupported_reason
@@ -35,6 +35,7 @@ from farmnode.spec import (
     ServiceSpec,
 )
 from farmnode.switch.schedulers import SCHEDULERS
+from farmnode.validation import LEAST_INTERVAL
 from farmnode.validation import Invalid as _Invalid
 from farmnode.validation import choice as _choice
 from farmnode.validation import flag as _flag
@@ -164,7 +165,9 @@ def parse_config(
     try:
         return _build(doc, env, source)
     except _Invalid as exc:
-        raise ConfigError(exc.source or source, exc.path, exc.expected) from None
+        raise ConfigError(
+            exc.source or source, printable(exc.path), printable(exc.expected)
+        ) from None
 
 
 def _build(doc: Mapping[str, Any], env: Mapping[str, str], source: str) -> NodeConfig:
@@ -225,7 +228,7 @@ def _report(raw: Mapping[str, Any], env: Mapping[str, str]) -> ReportSettings:
         site=site,
         token=_report_token(raw, env),
         capacity=capacity,
-        interval=_seconds(raw, p, "interval", 5.0, HOUR),
+        interval=_seconds(raw, p, "interval", 5.0, HOUR, least=0.1),
     )
 
 
@@ -305,10 +308,12 @@ def _service(raw: Any, p: str) -> ServiceSpec:
         dataplane=_plane(table, p),
         quiescent=_flag(table, p, "quiescent", d.quiescent),
         expire_quiescent=_flag(table, p, "expire_quiescent", d.expire_quiescent),
-        udp_idle=_seconds(table, p, "udp_idle", d.udp_idle, DAY),
+        udp_idle=_seconds(table, p, "udp_idle", d.udp_idle, DAY, least=0.1),
         connect_timeout=_seconds(table, p, "connect_timeout", d.connect_timeout, HOUR),
         nat=_choice(table, p, "nat", d.nat, NAT_MODES),
     )
+    if spec.protocol == "udp":
+        _udp_check(table, p)
     if spec.nat == "stateless" and spec.dataplane != "nftables":
         raise _Invalid(
             f"{p}.nat",
@@ -318,6 +323,22 @@ def _service(raw: Any, p: str) -> ServiceSpec:
     if spec.dataplane == "nftables":
         _kernel_can_run(spec, p)
     return spec
+
+
+def _udp_check(table: Mapping[str, Any], p: str) -> None:
+    """A UDP service names its check kind: the default (a TCP connect to the service port)
+    can never succeed against a UDP-only server, so it is not taken silently."""
+    check = table.get("check")
+    if isinstance(check, Mapping) and "kind" in check:
+        return
+    raise _Invalid(
+        f"{p}.check.kind",
+        'a check that works for a UDP service: kind = "agent" (a TCP agent port on each real '
+        'server says its state), kind = "none" (every real server counts as up, as keepalived '
+        'does for a real server without a checker), or kind = "tcp"/"http" with port = the '
+        "real servers' TCP health port; the default TCP connect to the service port never "
+        "succeeds against a UDP-only server",
+    )
 
 
 def _kernel_can_run(spec: ServiceSpec, p: str) -> None:
@@ -402,7 +423,7 @@ def _persistence(table: Mapping[str, Any], p: str) -> PersistenceSpec | None:
     _only_keys(raw, q, PERSISTENCE_KEYS)
     d = PersistenceSpec()
     return PersistenceSpec(
-        timeout=_seconds(raw, q, "timeout", d.timeout, WEEK),
+        timeout=_seconds(raw, q, "timeout", d.timeout, WEEK, least=1.0),
         netmask=_int_in(raw, q, "netmask", d.netmask, 0, 32),
         netmask6=_int_in(raw, q, "netmask6", d.netmask6, 0, 128),
     )
@@ -417,7 +438,7 @@ def _check(raw: Any, p: str) -> CheckSpec:
     if kind is None:
         raise _Invalid(f"{p}.kind", f"one of {', '.join(CHECK_KINDS)}, got {value!r}")
     _only_for_kind(table, p, kind)
-    interval = _seconds(table, p, "interval", d.interval, HOUR)
+    interval = _seconds(table, p, "interval", d.interval, HOUR, least=LEAST_INTERVAL)
     timeout = _seconds(table, p, "timeout", d.timeout, HOUR)
     if timeout > interval:
         raise _Invalid(f"{p}.timeout", f"seconds <= interval ({interval:g}), got {timeout:g}")

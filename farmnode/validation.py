@@ -67,22 +67,33 @@ def flag(raw: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
     return value
 
 
+#: The shortest timeout any setting accepts (seconds); intervals take :data:`LEAST_INTERVAL`.
+LEAST_TIMEOUT = 0.01
+#: The shortest interval or period (checks, heartbeats, reports, monitors): no busy loops.
+LEAST_INTERVAL = 0.05
+
+
 def seconds(
-    raw: Mapping[str, Any], path: str, key: str, default: float, most: float, *, zero: bool = False
+    raw: Mapping[str, Any],
+    path: str,
+    key: str,
+    default: float,
+    most: float,
+    *,
+    zero: bool = False,
+    least: float = LEAST_TIMEOUT,
 ) -> float:
-    """A finite number of seconds, > 0 (>= 0 with ``zero``) and <= ``most``."""
+    """A finite number of seconds from ``least`` (0 with ``zero``) to ``most``."""
     value = raw.get(key, default)
+    low = 0.0 if zero else least
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not zero)
-        or value > most
+        or not low <= value <= most
     ):
-        bound = ">= 0" if zero else "> 0"
         raise Invalid(
-            f"{path}.{key}", f"a number of seconds {bound} and <= {most:g}, got {value!r}"
+            f"{path}.{key}", f"a number of seconds >= {low:g} and <= {most:g}, got {value!r}"
         )
     return float(value)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +273,269 @@ def test_any_document_yields_a_config_or_a_config_error(doc: dict[str, Any]) -> 
         error = None
         assert isinstance(config, Config)
     assert error is None or error.expected
+
+
+# --- configuration that cannot fail later (issue 12, section 6) ---
+
+
+def error_of(dispatcher: dict[str, Any], **doc: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        build_config({"dispatcher": {"admin_tokens": ["t"], **dispatcher}, **doc}, environ={})
+    return info.value
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 1e-300, 0.0, -1.0, 3601.0])
+def test_registry_refresh_is_a_finite_period_of_at_least_50_ms(value: float) -> None:
+    e = error_of({"registry_refresh": value})
+    assert e.path == "dispatcher.registry_refresh"
+    assert "from 0.05 to 3600" in e.expected
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0.0, 1e-9, 86_401.0])
+def test_load_max_age_is_finite_and_bounded(value: float) -> None:
+    assert error_of({"load_max_age": value}).path == "dispatcher.load_max_age"
+
+
+@pytest.mark.parametrize("value", [-1, 86_401, 2**70, 1.5, True])
+def test_retry_after_is_bounded_whole_seconds(value: Any) -> None:
+    assert error_of({"retry_after": value}).path == "dispatcher.retry_after"
+
+
+@pytest.mark.parametrize("key", ["listen", "admin_listen"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://127.0.0.1:8080",
+        "127.0.0.1:8080/",
+        ":8080",
+        "127.0.0.1 :8080",
+        " 127.0.0.1:8080",
+        "127.0.0.1:80\x0080",
+        "\x00:80",
+        "::1:8080",
+        "[nope]:8080",
+        "127.1:8080",
+        "host_name:80",
+        "127.0.0.1:-1",
+        "127.0.0.1:65536",
+        "127.0.0.1:\uff18\uff10",  # fullwidth digits
+        "user@127.0.0.1:80",
+    ],
+)
+def test_listeners_are_host_colon_port(key: str, value: str) -> None:
+    e = error_of({key: value})
+    assert e.path == f"dispatcher.{key}"
+    assert "host:port" in e.expected
+
+
+@pytest.mark.parametrize(
+    "value", ["127.0.0.1:0", "[::1]:8080", "[::]:80", "0.0.0.0:8080", "localhost:8080", "a.b:1"]
+)
+def test_good_listeners_load(value: str) -> None:
+    config = build_config({"dispatcher": {"admin_tokens": ["t"], "listen": value}}, environ={})
+    assert config.dispatcher.listen == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "nonsense",
+        "",
+        "mysql://farm@db/farm",
+        "postgresql+asyncpg://farm@db/farm",
+        "sqlite:///farm\x00.db",
+        "postgresql://farm@db/farm\n",
+        "http://127.0.0.1:8080/",
+    ],
+)
+def test_database_url_is_a_supported_dialect(value: str) -> None:
+    e = error_of({"database_url": value})
+    assert e.path == "dispatcher.database_url"
+    assert "database URL" in e.expected
+
+
+def test_database_url_from_the_environment_is_checked_too() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"dispatcher": {"admin_tokens": ["t"]}}, environ={"FARM_DATABASE_URL": "x"})
+    assert info.value.path == "FARM_DATABASE_URL"
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "postgresql://u@h/db", "postgresql+psycopg://h/db", "postgres://h/d"]
+)
+def test_supported_database_urls_load(url: str) -> None:
+    config = build_config({"dispatcher": {"admin_tokens": ["t"], "database_url": url}}, environ={})
+    assert config.dispatcher.database_url == url
+
+
+def test_a_rules_path_with_a_nul_is_refused() -> None:
+    assert error_of({"rules": "rules\x00.conf"}).path == "dispatcher.rules"
+
+
+def test_pool_names_follow_the_site_name_rule() -> None:
+    assert error_of({}, pools={"a b": {}}).path == "pools.a b"
+
+
+SELF_SPELLINGS = [
+    "127.0.0.1",
+    "127.1",
+    "0x7f000001",
+    "0X7F000001",
+    "2130706433",
+    "017700000001",
+    "0x7f.1",
+    "127.000.000.001",
+    "127.0.0.1.",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:7f00:1]",
+    "localhost",
+    "localhost.",
+    "LOCALHOST",
+    "LocalHost.",
+    "app.localhost",
+    "localhost.localdomain",
+    "0",
+    "0.0.0.0",
+]
+
+
+@pytest.mark.parametrize("host", SELF_SPELLINGS)
+@pytest.mark.parametrize("listen", ["127.0.0.1:8080", "0.0.0.0:8080", "[::]:8080"])
+def test_a_site_that_is_the_dispatcher_in_any_spelling_is_refused(host: str, listen: str) -> None:
+    e = error_of({"listen": listen}, sites=[{"name": "a", "base_url": f"http://{host}:8080"}])
+    assert e.path == "sites[0].base_url"
+    assert "not the dispatcher itself" in e.expected
+
+
+@pytest.mark.parametrize("host", ["[::1]", "[0:0::1]", "localhost", "ip6-localhost"])
+def test_ipv6_loopback_reaches_a_v6_or_dual_stack_listener(host: str) -> None:
+    for listen in ("[::1]:8080", "[::]:8080"):
+        e = error_of({"listen": listen}, sites=[{"name": "a", "base_url": f"http://{host}:8080"}])
+        assert e.path == "sites[0].base_url"
+
+
+def test_the_default_port_of_the_scheme_counts() -> None:
+    e = error_of({"listen": "0.0.0.0:80"}, sites=[{"name": "a", "base_url": "http://127.1"}])
+    assert e.path == "sites[0].base_url"
+    e = error_of({"admin_listen": "[::]:443"}, sites=[{"name": "a", "base_url": "https://[::1]"}])
+    assert e.path == "sites[0].base_url"
+
+
+@pytest.mark.parametrize(
+    ("listen", "base_url"),
+    [
+        ("127.0.0.1:8080", "http://127.0.0.2:8080"),  # another loopback address
+        ("127.0.0.1:8080", "http://127.0.0.1:8082"),  # another port
+        ("127.0.0.1:8080", "http://[::1]:8080"),  # an IPv4-only listener is not reached over v6
+        ("0.0.0.0:8080", "http://[::1]:8080"),
+        ("127.0.0.1:8080", "https://127.0.0.1"),
+        ("0.0.0.0:8080", "http://www.example.com:8080"),  # names are not looked up
+        ("127.0.0.1:0", "http://127.0.0.1:8080"),  # a free port picked at start
+    ],
+)
+def test_other_addresses_and_ports_are_not_the_dispatcher(listen: str, base_url: str) -> None:
+    config = build_config(
+        {
+            "dispatcher": {"admin_tokens": ["t"], "listen": listen, "admin_listen": "[::1]:9"},
+            "sites": [{"name": "a", "base_url": base_url}],
+        },
+        environ={},
+    )
+    assert config.sites[0].base_url == base_url
+
+
+@pytest.mark.parametrize("host", ["127.1", "[::ffff:127.0.0.1]", "localhost.", "2130706433"])
+def test_a_pool_fallback_pointing_at_the_dispatcher_is_a_loop(host: str) -> None:
+    e = error_of(
+        {"listen": "0.0.0.0:8080"}, pools={"default": {"fallback": f"http://{host}:8080/"}}
+    )
+    assert e.path == "pools.default.fallback"
+    assert "not the dispatcher itself" in e.expected
+
+
+def test_check_config_refuses_special_rule_and_map_files_without_hanging(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.map"
+    with big.open("wb") as f:
+        f.truncate(16 * 1024 * 1024 + 1)  # sparse: no disk used
+    for map_path, says in (
+        (fifo, "not a regular file"),
+        (Path("/dev/zero"), "not a regular file"),
+        (tmp_path, "not a regular file"),
+        (big, "larger than"),
+    ):
+        rules = tmp_path / "rules.conf"
+        rules.write_text(f"RewriteEngine on\nRewriteMap m txt:{map_path}\n", encoding="utf-8")
+        text = EXAMPLE.replace(
+            "redirect_status = 302", 'redirect_status = 302\nrules = "rules.conf"'
+        )
+        config = write(tmp_path, text)
+        assert run(["check-config", "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert "rules.conf:2" in err
+        assert says in err
+    for rules_path in (fifo, Path("/dev/zero"), tmp_path):
+        text = EXAMPLE.replace(
+            "redirect_status = 302", f'redirect_status = 302\nrules = "{rules_path}"'
+        )
+        assert run(["check-config", "--config", str(write(tmp_path, text))]) == 2
+        err = capsys.readouterr().err
+        assert "dispatcher.rules" in err
+        assert "not a regular file" in err
+    for config_path in (fifo, Path("/dev/zero"), tmp_path):
+        assert run(["check-config", "--config", str(config_path)]) == 2
+        assert "not a regular file" in capsys.readouterr().err
+
+
+def inet_aton_spelling(address: int, parts: int, bases: list[int]) -> str:
+    """``address`` written as ``inet_aton`` reads it: 1-4 parts, each decimal, 0octal or 0xhex."""
+    widths = {1: [32], 2: [8, 24], 3: [8, 8, 16], 4: [8, 8, 8, 8]}[parts]
+    numbers, shift = [], 32
+    for width in widths:
+        shift -= width
+        numbers.append((address >> shift) & ((1 << width) - 1))
+    return ".".join(
+        {10: str(n), 8: f"0{n:o}", 16: f"0x{n:x}"}[base]
+        for n, base in zip(numbers, bases, strict=False)
+    )
+
+
+@given(
+    parts=st.integers(1, 4),
+    bases=st.lists(st.sampled_from([10, 8, 16]), min_size=4, max_size=4),
+    trailing_dot=st.booleans(),
+)
+def test_every_inet_aton_spelling_of_the_listener_is_caught(
+    parts: int, bases: list[int], trailing_dot: bool
+) -> None:
+    host = inet_aton_spelling(0x7F000001, parts, bases) + ("." if trailing_dot else "")
+    e = error_of(
+        {"listen": "127.0.0.1:8080"}, sites=[{"name": "a", "base_url": f"http://{host}:8080"}]
+    )
+    assert e.path == "sites[0].base_url", host
+
+
+def test_a_wildcard_listener_is_reached_through_this_machines_addresses_only() -> None:
+    for host in ("127.0.0.2", "127.255.0.9"):
+        e = error_of(
+            {"listen": "0.0.0.0:8080"}, sites=[{"name": "a", "base_url": f"http://{host}:8080"}]
+        )
+        assert e.path == "sites[0].base_url"
+    config = build_config(
+        {
+            "dispatcher": {"admin_tokens": ["t"], "listen": "0.0.0.0:8080"},
+            "sites": [{"name": "a", "base_url": "http://192.0.2.1:8080"}],  # TEST-NET-1
+        },
+        environ={},
+    )
+    assert config.sites[0].base_url == "http://192.0.2.1:8080"
+
+
+@pytest.mark.parametrize("value", [0, 400 * 86_400 + 1, 2**63 - 1])
+def test_affinity_lifetime_is_bounded(value: int) -> None:
+    e = error_of({"affinity_lifetime": value})
+    assert e.path == "dispatcher.affinity_lifetime"
+    assert "34560000" in e.expected

@@ -3,10 +3,15 @@
 A lookup returns the value, or None (or ``""``) when the key has none; the caller then
 uses the ``|default``. Lookups never raise: a map file that cannot be read at run time
 behaves as an empty map, as in Apache.
+
+A map file must be a regular file of at most :data:`MAX_MAP_BYTES`: it is opened without
+blocking (a FIFO cannot stall the process), checked with ``fstat`` (a FIFO, a device such as
+``/dev/zero`` or a directory is refused) and read with a bound (:func:`read_regular_file`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -17,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
+from dispatcher.files import read_regular_file
 from dispatcher.redirect.escape import escape_uri, unescape_url
 from dispatcher.redirect.state import EvalState
 
@@ -24,6 +30,8 @@ Clock = Callable[[], float]
 
 #: How often (seconds, on the injected monotonic clock) a text map checks its file.
 CHECK_INTERVAL = 1.0
+#: The largest ``txt:``/``rnd:`` map file (bytes); a larger one is refused, not read.
+MAX_MAP_BYTES = 16 * 1024 * 1024
 _SPACE = " \t\n\v\f\r"
 _ENTRY = re.compile(r"([^ \t\n\v\f\r]+)[ \t\n\v\f\r]+([^ \t\n\v\f\r]+)")
 _LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
@@ -95,13 +103,15 @@ class TextMap(RewriteMap):
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
-    stat = os.stat(path)
-    return stat.st_mtime_ns, stat.st_size
+    if "\0" in os.fspath(path):
+        raise OSError(errno.EINVAL, "a path without NUL characters")
+    info = os.stat(path)
+    return info.st_mtime_ns, info.st_size
 
 
 def _load(path: Path) -> dict[str, str]:
     entries: dict[str, str] = {}
-    for line in path.read_bytes().decode("latin-1").split("\n"):
+    for line in read_regular_file(path, MAX_MAP_BYTES).decode("latin-1").split("\n"):
         if not line or line[0] == "#" or line[0] in _SPACE:
             continue
         match = _ENTRY.match(line)

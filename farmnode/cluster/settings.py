@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from dispatcher.config import printable
 from farmnode.errors import ConfigError
+from farmnode.validation import LEAST_INTERVAL
 from farmnode.validation import Invalid as _Invalid
 from farmnode.validation import choice as _choice
 from farmnode.validation import flag as _flag
@@ -31,6 +33,7 @@ from farmnode.validation import seconds as _seconds
 ENVIRONMENT = "<environment>"
 KEY_ENV = "FARM_CLUSTER_KEY"
 MIN_KEY_BYTES = 16
+MIN_KEY_DISTINCT = 4
 Role = Literal["member", "witness"]
 TransportKind = Literal["udp", "multicast", "serial"]
 AgentName = Literal["ipaddr", "switch", "ocf", "script", "nfsganesha", "postgresql"]
@@ -237,7 +240,9 @@ def parse_cluster(
     try:
         return _cluster(doc_cluster, doc_groups, environ, node_name, service_names)
     except _Invalid as exc:
-        raise ConfigError(exc.source or source, exc.path, exc.expected) from None
+        raise ConfigError(
+            exc.source or source, printable(exc.path), printable(exc.expected)
+        ) from None
 
 
 def _cluster(
@@ -289,7 +294,7 @@ def _cluster(
 def _timing(raw: Mapping[str, Any]) -> tuple[float, float, float, float]:
     """interval, deadtime, warntime, initdead; defaults follow the values given."""
     p = "cluster"
-    interval = _seconds(raw, p, "interval", 0.2, 60.0)
+    interval = _seconds(raw, p, "interval", 0.2, 60.0, least=LEAST_INTERVAL)
     deadtime = _seconds(raw, p, "deadtime", max(1.0, 5 * interval), HOUR)
     if deadtime < DEADTIME_FACTOR * interval - 1e-9:
         least = DEADTIME_FACTOR * interval
@@ -311,18 +316,27 @@ def _timing(raw: Mapping[str, Any]) -> tuple[float, float, float, float]:
 
 def _key(raw: Mapping[str, Any], env: Mapping[str, str]) -> bytes:
     """``FARM_CLUSTER_KEY`` wins over ``cluster.key``; never echoed in an error."""
-    expected = f"a shared secret of at least {MIN_KEY_BYTES} bytes (UTF-8)"
+    expected = (
+        f"a shared secret of at least {MIN_KEY_BYTES} bytes (UTF-8) besides white space, "
+        f"with at least {MIN_KEY_DISTINCT} different characters"
+    )
     if KEY_ENV in env:
         key = env[KEY_ENV].encode("utf-8", "surrogateescape")
-        if len(key) < MIN_KEY_BYTES:
-            raise _Invalid(KEY_ENV, f"{expected} (set, but {len(key)} bytes)", ENVIRONMENT)
+        if _weak(key):
+            raise _Invalid(KEY_ENV, f"{expected} (set, but not one)", ENVIRONMENT)
         return key
     if "key" not in raw:
         raise _Invalid("cluster.key", f"{expected} (or set {KEY_ENV})")
     value = raw["key"]
-    if not isinstance(value, str) or len(value.encode("utf-8", "surrogatepass")) < MIN_KEY_BYTES:
+    if not isinstance(value, str) or _weak(value.encode("utf-8", "surrogatepass")):
         raise _Invalid("cluster.key", f"{expected} (the value given is not one)")
     return value.encode("utf-8", "surrogatepass")
+
+
+def _weak(key: bytes) -> bool:
+    """Too short, blank (16 spaces), or one character repeated: not a secret."""
+    core = key.strip()
+    return len(core) < MIN_KEY_BYTES or len(set(core)) < MIN_KEY_DISTINCT
 
 
 def _notify(value: Any, path: str) -> tuple[str, ...]:
@@ -482,7 +496,7 @@ def _group(raw: Any, p: str, service_names: Collection[str] | None) -> GroupSett
         name=_name(table["name"], f"{p}.name"),
         resources=tuple(parsed),
         failures_before_move=_int_in(table, p, "failures_before_move", 1, 1, 100),
-        failure_timeout=_seconds(table, p, "failure_timeout", 60.0, 7 * 86_400.0),
+        failure_timeout=_seconds(table, p, "failure_timeout", 60.0, 7 * 86_400.0, least=1.0),
     )
 
 
@@ -499,7 +513,7 @@ def _resource(
         if key not in params:
             raise _Invalid(f"{p}.{key}", f"a value (the {agent} agent needs {key})")
     _check_builtin(agent, params, p, service_names)
-    monitor_interval = _seconds(table, p, "monitor_interval", 10.0, HOUR)
+    monitor_interval = _seconds(table, p, "monitor_interval", 10.0, HOUR, least=LEAST_INTERVAL)
     monitor_timeout = _seconds(table, p, "monitor_timeout", min(10.0, monitor_interval), HOUR)
     if monitor_timeout > monitor_interval:
         raise _Invalid(
@@ -510,8 +524,8 @@ def _resource(
         agent=agent,
         name=_name(table.get("name", f"{agent}{index}"), f"{p}.name"),
         params=MappingProxyType(params),
-        start_timeout=_seconds(table, p, "start_timeout", 20.0, HOUR),
-        stop_timeout=_seconds(table, p, "stop_timeout", 20.0, HOUR),
+        start_timeout=_seconds(table, p, "start_timeout", 20.0, HOUR, least=0.1),
+        stop_timeout=_seconds(table, p, "stop_timeout", 20.0, HOUR, least=0.1),
         monitor_timeout=monitor_timeout,
         monitor_interval=monitor_interval,
     )
@@ -551,10 +565,14 @@ def _params(table: Mapping[str, Any], p: str) -> dict[str, ParamValue]:
 
 
 def _scalar(value: Any, path: str) -> Scalar:
-    if not isinstance(value, str | int | float) or (
-        isinstance(value, float) and not math.isfinite(value)
+    """A parameter value: finite numbers; strings without NUL (a parameter becomes a path,
+    an argument or an environment variable, none of which can hold one)."""
+    if (
+        not isinstance(value, str | int | float)
+        or (isinstance(value, float) and not math.isfinite(value))
+        or (isinstance(value, str) and "\0" in value)
     ):
-        raise _Invalid(path, f"a string, a number or true/false, got {value!r}")
+        raise _Invalid(path, f"a string without NUL, a number or true/false, got {value!r}")
     return value
 
 

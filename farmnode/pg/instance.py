@@ -43,6 +43,7 @@ from typing import Any, Final
 
 import psycopg
 
+from dispatcher.files import read_regular_file
 from farmnode.errors import FarmnodeError
 from farmnode.process import child_environment, last_line, run_process
 
@@ -619,13 +620,20 @@ class CheckFailed(FarmnodeError):
         super().__init__(f"{param}: {expected}")
 
 
+def pg_version(data_dir: str) -> str:
+    """The data directory's ``PG_VERSION``: a small regular file, read without blocking (a
+    FIFO there must not hang ``check-config``); :class:`OSError` when it is not one."""
+    data = read_regular_file(Path(data_dir, "PG_VERSION"), 64)
+    return data.decode("ascii", "replace").strip()
+
+
 def default_bin_dir(data_dir: str, bin_dir: str | None) -> str:
     """``bin_dir``, or ``/usr/lib/postgresql/<PG_VERSION>/bin``; :class:`CheckFailed` when
     PG_VERSION cannot be read."""
     if bin_dir:
         return bin_dir
     try:
-        version = Path(data_dir, "PG_VERSION").read_text().strip()
+        version = pg_version(data_dir)
     except OSError:
         raise CheckFailed(
             "data_dir",
@@ -652,7 +660,7 @@ def check_system(data_dir: str, user: str, bin_dir: str | None, socket_dir: str)
             "data_dir", f"a data directory owned by {user} ({data_dir} is owned by {_user(uid)})"
         )
     programs = default_bin_dir(data_dir, bin_dir)
-    version = Path(data_dir, "PG_VERSION").read_text().strip()
+    version = pg_version(data_dir)
     if not data.joinpath("postgresql.conf").is_file():
         raise CheckFailed(
             "data_dir",

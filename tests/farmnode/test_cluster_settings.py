@@ -191,9 +191,9 @@ def test_no_cluster_and_no_groups_is_none_and_groups_need_a_cluster() -> None:
 
 
 def test_the_environment_key_wins_and_is_checked_without_echo() -> None:
-    c = parse(EXAMPLE, {KEY_ENV: "x" * 16})
+    c = parse(EXAMPLE, {KEY_ENV: "0123456789abcdef"})
     assert c is not None
-    assert c.key == b"x" * 16
+    assert c.key == b"0123456789abcdef"
     doc = doc_of()
     del doc["cluster"]["key"]
     e = error(doc)
@@ -216,7 +216,10 @@ def test_the_environment_key_wins_and_is_checked_without_echo() -> None:
         (("cluster", "priority"), 256, "cluster.priority", "0 to 255"),
         (("cluster", "priority"), True, "cluster.priority", "whole number"),
         (("cluster", "role"), "arbiter", "cluster.role", "member, witness"),
-        (("cluster", "interval"), 0, "cluster.interval", "> 0"),
+        (("cluster", "interval"), 0, "cluster.interval", ">= 0.05"),
+        (("cluster", "interval"), 1e-300, "cluster.interval", ">= 0.05"),
+        (("cluster", "interval"), float("nan"), "cluster.interval", ">= 0.05"),
+        (("cluster", "deadtime"), float("inf"), "cluster.deadtime", "<= 3600"),
         (("cluster", "deadtime"), 0.5, "cluster.deadtime", ">= 3 x interval (0.6)"),
         (("cluster", "warntime"), 1.0, "cluster.warntime", "< deadtime"),
         (("cluster", "warntime"), 0.1, "cluster.warntime", ">= interval"),
@@ -371,7 +374,7 @@ RESOURCE_CASES = [
     (
         {"agent": "ipaddr", "address": "10.0.0.5/24", "interface": "eth0", "x": [1]},
         "groups[0].resources[0].x",
-        "a string, a number or true/false",
+        "a string without NUL, a number or true/false",
     ),
     ({"agent": "switch"}, "groups[0].resources[0].service", "needs service"),
     ({"agent": "switch", "service": "Web"}, "groups[0].resources[0].service", "lowercase"),
@@ -382,7 +385,7 @@ RESOURCE_CASES = [
     (
         {"agent": "ocf", "type": "heartbeat/IPaddr2", "params": {"ip": {}}},
         "groups[0].resources[0].params.ip",
-        "a string, a number or true/false",
+        "a string without NUL, a number or true/false",
     ),
     (
         {"agent": "ocf", "type": "heartbeat/IPaddr2", "params": "ip=1"},
@@ -393,7 +396,7 @@ RESOURCE_CASES = [
     (
         {"agent": "script", "path": "/x", "start_timeout": 0},
         "groups[0].resources[0].start_timeout",
-        "> 0",
+        ">= 0.1",
     ),
     (
         {"agent": "script", "path": "/x", "monitor_interval": 1, "monitor_timeout": 2},
@@ -447,7 +450,9 @@ def test_every_cluster_key_is_documented_and_the_docs_example_is_valid() -> None
     for key in sorted(CLUSTER_KEYS):
         assert f"`{key}`" in docs, key
     example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
-    c = parse(example, {KEY_ENV: "k" * 32}, node_name="n1", service_names={"web"})
+    c = parse(
+        example, {KEY_ENV: "docs-example-key-0123456789"}, node_name="n1", service_names={"web"}
+    )
     assert c is not None
     assert (c.voters, c.warnings, [g.name for g in c.groups]) == (3, (), ["front", "db"])
 
@@ -497,3 +502,25 @@ def test_any_document_gives_settings_or_a_config_error(
         assert c is not None
         assert c.deadtime >= 3 * c.interval - 1e-9
         assert c.interval <= c.warntime < c.deadtime <= c.initdead
+
+
+@pytest.mark.parametrize(
+    "key", [" " * 16, " " * 40, "\t" * 20, "a" * 32, "abab" * 8, "  0123456789abcd  "]
+)
+def test_a_blank_short_or_repetitive_key_is_refused_without_echo(key: str) -> None:
+    doc = doc_of()
+    doc["cluster"]["key"] = key
+    e = error(doc)
+    assert e.path == "cluster.key"
+    assert "white space" in e.expected
+    e = error(doc_of(), {KEY_ENV: key})
+    assert (e.source, e.path) == ("<environment>", KEY_ENV)
+    assert not key.strip() or key.strip() not in str(e)
+
+
+def test_an_agent_parameter_with_a_nul_is_refused() -> None:
+    doc = doc_of()
+    doc["groups"][0]["resources"][0]["interface"] = "eth\x000"
+    e = error(doc)
+    assert e.path == "groups[0].resources[0].interface"
+    assert "\x00" not in str(e)

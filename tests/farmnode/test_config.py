@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import pwd
 import re
 import tomllib
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from farmnode.__main__ import run as farmnode_run
 from farmnode.config import (
     CHECK_KEYS,
     NODE_KEYS,
@@ -365,6 +368,7 @@ UDP_TWIN = """
 name = "web-udp"
 protocol = "udp"
 listen = "127.0.0.1:8000"
+check = { kind = "none" }
 [[services.real]]
 address = "127.0.0.1:9001"
 """
@@ -459,7 +463,7 @@ def test_the_fallback_may_not_be_the_service_itself(tmp_path: Path) -> None:
         ('scheduler = "wlc"', 'scheduler = "random"', "services[0].scheduler", "one of rr, wrr"),
         ("netmask = 24", "netmask = 33", "services[0].persistence.netmask", "from 0 to 32"),
         ("netmask = 24", "netmask6 = 129", "services[0].persistence.netmask6", "from 0 to 128"),
-        ("timeout = 300,", "timeout = 0,", "services[0].persistence.timeout", "seconds > 0"),
+        ("timeout = 300,", "timeout = 0,", "services[0].persistence.timeout", "seconds >= 1"),
         ("timeout = 300,", "timeout = inf,", "services[0].persistence.timeout", "<= 604800"),
         ("netmask = 24", "netmask = 24, mask = 1", "services[0].persistence.mask", "unknown key"),
         (
@@ -484,8 +488,10 @@ def test_the_fallback_may_not_be_the_service_itself(tmp_path: Path) -> None:
         ('url = "/"', 'url = "health"', "services[0].check.url", "a path starting with /"),
         ('url = "/"', 'url = "/a b"', "services[0].check.url", "no spaces"),
         ('expect = "OK"', "expect = 1", "services[0].check.expect", "a string"),
-        ("interval = 2.0", "interval = -1", "services[0].check.interval", "seconds > 0"),
-        ("interval = 2.0", "interval = nan", "services[0].check.interval", "seconds > 0"),
+        ("interval = 2.0", "interval = -1", "services[0].check.interval", "seconds >= 0.05"),
+        ("interval = 2.0", "interval = nan", "services[0].check.interval", "seconds >= 0.05"),
+        ("interval = 2.0", "interval = 1e-9", "services[0].check.interval", "seconds >= 0.05"),
+        ("interval = 2.0", "interval = inf", "services[0].check.interval", "<= 3600"),
         (
             "timeout = 1.0",
             "timeout = 2.5",
@@ -550,7 +556,7 @@ def test_the_fallback_may_not_be_the_service_itself(tmp_path: Path) -> None:
         ('site = "eu"', "", "report.site", "this key is required"),
         ("capacity = 500", "capacity = 0", "report.capacity", "from 1 to 1000000000"),
         ("capacity = 500", "capacity = 1.5", "report.capacity", "whole number"),
-        ("capacity = 500", "capacity = 500\ninterval = 0", "report.interval", "seconds > 0"),
+        ("capacity = 500", "capacity = 500\ninterval = 0", "report.interval", "seconds >= 0.1"),
         ('token = "file-token"', 'token = "two words"', "report.token", "no spaces"),
         ('token = "file-token"', "token = 7", "report.token", "a bearer token"),
         (
@@ -840,3 +846,74 @@ def test_any_document_yields_a_config_or_a_config_error(
         assert str(config).startswith(f"{config.source}: ")
     else:
         assert all(isinstance(s, ServiceSpec) and s.real for s in config.services)
+
+
+UDP_SERVICE = """
+[node]
+name = "n1"
+
+[[services]]
+name = "dns"
+protocol = "udp"
+listen = "127.0.0.1:5353"
+{check}
+[[services.real]]
+address = "127.0.0.1:5301"
+"""
+
+
+@pytest.mark.parametrize("check", ["", "check = { interval = 2.0 }"])
+def test_a_udp_service_without_a_check_kind_is_refused(tmp_path: Path, check: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, UDP_SERVICE.format(check=check))
+    assert caught.value.path == "services[0].check.kind"
+    assert '"agent"' in caught.value.expected
+    assert '"none"' in caught.value.expected
+
+
+@pytest.mark.parametrize(
+    ("check", "kind"),
+    [
+        ('check = { kind = "none" }', "none"),
+        ('check = { kind = "agent", agent_port = 9777 }', "agent"),
+        ('check = { kind = "tcp", port = 53 }', "tcp"),
+    ],
+)
+def test_a_udp_service_with_a_chosen_check_kind_loads(
+    tmp_path: Path, check: str, kind: str
+) -> None:
+    (dns,) = load_text(tmp_path, UDP_SERVICE.format(check=check)).services
+    assert (dns.protocol, dns.check.kind) == ("udp", kind)
+
+
+def test_check_config_does_not_hang_on_a_fifo_as_pg_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    os.mkfifo(data / "PG_VERSION")
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f"""
+[node]
+name = "n1"
+[cluster]
+name = "c"
+key = "fifo-test-cluster-key-0123456789"
+[[cluster.transports]]
+kind = "udp"
+bind = "127.0.0.1:6940"
+[[groups]]
+name = "db"
+[[groups.resources]]
+agent = "postgresql"
+data_dir = "{data}"
+primary_host = "10.0.0.1"
+user = "{pwd.getpwuid(os.getuid()).pw_name}"
+""",
+        encoding="utf-8",
+    )
+    assert farmnode_run(["check-config", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "groups[0].resources[0].data_dir" in err
+    assert "PG_VERSION" in err
