@@ -18,12 +18,11 @@ from collections.abc import Sequence
 from types import MappingProxyType
 
 from dispatcher.redirect.compiler import CompiledRules, Condition, Rule, RuleFlags
-from dispatcher.redirect.cookies import set_cookie
+from dispatcher.redirect.cookies import make_cookie
 from dispatcher.redirect.escape import (
     decode_request_path,
     escape_uri,
     has_ctl_or_space,
-    wire_cookie,
     wire_query,
     wire_url,
 )
@@ -155,11 +154,13 @@ def _apply_rule(rule: Rule, state: EvalState, tracer: Tracer | None) -> int:
             return _NOMATCH
         new_uri, unsafe = None, False
         if rule.substitution is not None:
-            new_uri, unsafe = rule.substitution.expand_checked(state, rule.flags.escape)
+            new_uri, unsafe = rule.substitution.expand_checked(
+                state, rule.flags.escape, noescape=rule.flags.noescape
+            )
         if unsafe and not rule.flags.allow3f:
             return _FORBIDDEN
         env = [template.expand(state) for template in rule.flags.env]
-        cookies = [template.expand(state) for template in rule.flags.cookies]
+        cookies = [spec.expand(state) for spec in rule.flags.cookies]
     except NotApplicable as missing:
         _note(tracer, f"no site for pool {missing.pool!r} and no default: rule does not apply")
         return _NOMATCH
@@ -221,16 +222,16 @@ def _set_env(values: list[str], state: EvalState) -> None:
             state.set_env(name, value)
 
 
-def _add_cookies(values: list[str], state: EvalState) -> None:
-    for text in values:
-        made = set_cookie(text, state.now)
+def _add_cookies(values: list[list[str]], state: EvalState) -> None:
+    for fields in values:
+        made = make_cookie(fields, state.now)
         if made is None:
             continue
         cookies = state.cookies
         if cookies is None:
             cookies = state.cookies = {}
         if made[0] not in cookies:
-            cookies[made[0]] = wire_cookie(made[1])
+            cookies[made[0]] = made[1]
 
 
 def _substitute(rule: Rule, new_uri: str, state: EvalState) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from dispatcher.redirect.maps import RewriteMap
 from dispatcher.redirect.state import EvalState, NotApplicable
+from dispatcher.redirect.target import LITERAL, REFERENCE, SITE, join_target, needs_guard
 from dispatcher.redirect.variables import Getter, UnknownVariable, variable
 
 #: Escapes a back-reference (the ``B`` flags), or None for no escaping.
@@ -114,7 +115,7 @@ Part = str | Ref
 class Template:
     """A compiled string: ``parts`` alternate literal text and references."""
 
-    __slots__ = ("constant", "parts", "single", "source")
+    __slots__ = ("constant", "guarded", "kinds", "parts", "single", "source")
 
     def __init__(self, source: str, parts: tuple[Part, ...]) -> None:
         self.source = source
@@ -124,6 +125,11 @@ class Template:
         only = parts[0] if len(parts) == 1 else None
         #: The one reference the template consists of, if so (the common test string).
         self.single: Ref | None = only if isinstance(only, Ref) else None
+        #: Each part's kind for :func:`join_target`: literal, reference, ``${site:...}``.
+        self.kinds = tuple(_kind(part) for part in parts)
+        first = parts[0] if parts and isinstance(parts[0], str) else None
+        #: Whether, as a substitution, it needs :func:`join_target`'s guards.
+        self.guarded = needs_guard(self.kinds, first)
 
     def expand(self, state: EvalState, escape: Escaper = None) -> str:
         """The text for ``state``; ``escape`` applies to ``$N``/``%N`` (the ``B`` flag)."""
@@ -133,10 +139,14 @@ class Template:
             return self.single.expand(state, escape)
         return "".join([p if p.__class__ is str else p.expand(state, escape) for p in self.parts])  # type: ignore[union-attr]
 
-    def expand_checked(self, state: EvalState, escape: Escaper) -> tuple[str, bool]:
+    def expand_checked(
+        self, state: EvalState, escape: Escaper, *, noescape: bool = False
+    ) -> tuple[str, bool]:
         """(text, whether its first ``?`` came from an expansion rather than literal text).
 
         Apache 2.4.60+ refuses such a rewrite unless ``UnsafeAllow3F`` (CVE-2024-38474).
+        The text is joined with :func:`join_target`'s guards (``noescape``: the rule's
+        ``NE``); the ``?`` check looks at the expansions before they are escaped.
         """
         if self.constant is not None:
             return self.constant, False
@@ -148,6 +158,8 @@ class Template:
                 seen = True
                 unsafe = not isinstance(part, str)
             out.append(text)
+        if self.guarded:
+            return join_target(out, self.kinds, noescape=noescape), unsafe
         return "".join(out), unsafe
 
     def references(self) -> tuple[Ref, ...]:
@@ -161,6 +173,14 @@ class Template:
                 if part.default is not None:
                     found.extend(part.default.references())
         return tuple(found)
+
+
+def _kind(part: Part) -> int:
+    if isinstance(part, str):
+        return LITERAL
+    if isinstance(part, MapRef) and part.map.kind == "site":
+        return SITE
+    return REFERENCE
 
 
 MapResolver = Callable[[str], RewriteMap | None]

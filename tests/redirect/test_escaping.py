@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from dispatcher.redirect import RewriteRequest
 from dispatcher.redirect.escape import (
     decode_request_path,
+    escape_authority,
     escape_backref,
     escape_uri,
     normalize_path,
@@ -16,7 +18,7 @@ from dispatcher.redirect.escape import (
     wire_cookie,
     wire_url,
 )
-from tests.redirect.support import location, run
+from tests.redirect.support import location, program, request, run
 
 
 def test_escape_uri_keeps_apaches_safe_set_and_writes_lower_case_hex() -> None:
@@ -103,11 +105,88 @@ def test_ne_keeps_the_target_but_never_controls_or_non_ascii() -> None:
     )
 
 
-def test_the_host_part_is_not_escaped_but_stays_safe() -> None:
+def test_an_expansion_in_the_host_part_is_escaped_up_to_its_first_slash() -> None:
     rules = "RewriteRule ^/go/(.*) http://$1 [R]\n"
-    assert location(rules, "/go/evil.example%0D%0AX:%20y/p") == "http://evil.example%0d%0aX: y/p"
+    assert location(rules, "/go/evil.example%0D%0AX:%20y/p") == (
+        "http://evil.example%0d%0aX:%20y/p"
+    )
     assert location(rules, "/go/h") == "http://h"
     assert location(rules, "/go/h/") == "http://h/"
+    assert location(rules, "/go/a@evil.example/p@q") == "http://a%40evil.example/p@q"
+    assert location(rules, "/go/evil.example%5C.good/") == "http://evil.example%5c.good/"
+
+
+def test_the_host_header_cannot_move_the_authority() -> None:
+    rules = (
+        "RewriteRule ^/h/(.*) http://%{HTTP_HOST}/$1 [R]\n"
+        "RewriteRule ^/hne/(.*) http://%{HTTP_HOST}/$1 [R,NE]\n"
+        "RewriteRule ^/https https://%{HTTP_HOST}%{REQUEST_URI} [R]\n"
+        "RewriteRule ^/rel /local [R]\n"
+    )
+    compiled = program(rules)
+    for host, escaped in (
+        ("a@evil.example", "a%40evil.example"),
+        ('a b"<>', "a%20b%22%3c%3e"),
+        ("evil.example\\.good", "evil.example%5c.good"),
+        ("evil.example#", "evil.example%23"),
+        ("h\r\nX-Evil: 1", "h%0d%0aX-Evil:%201"),
+        ("caf\xc3\xa9.example", "caf%c3%a9.example"),  # UTF-8 octets, as received
+        ("[::1]:8080", "[::1]:8080"),
+    ):
+        assert compiled.evaluate(request("/h/x", host=host)).location == f"http://{escaped}/x"
+        relative = compiled.evaluate(RewriteRequest.from_scope(_scope("/rel", host))).location
+        assert relative is not None
+        assert relative.startswith("http://"), relative
+        authority = relative.removeprefix("http://").removesuffix("/local")
+        assert escape_authority(authority) == authority, relative
+        assert "@" not in authority, relative
+    https = compiled.evaluate(
+        request("/https/p", host="www.example.com", port=8443, scheme="https")
+    )
+    assert https.location == "https://www.example.com:8443/https/p"
+    # NE: the rule's author asked for the target as it is; still no controls, no non-ASCII
+    assert compiled.evaluate(request("/hne/x", host="a@b\r\n\xc3\xa9")).location == (
+        "http://a@b%0d%0a%c3%a9/x"
+    )
+
+
+def _scope(path: str, host: str) -> dict[str, object]:
+    return {
+        "type": "http",
+        "method": "GET",
+        "scheme": "http",
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", host.encode("utf-8"))],
+        "client": ("192.0.2.1", 1),
+    }
+
+
+def test_a_site_base_keeps_its_authority_whatever_follows() -> None:
+    compiled = program(
+        "RewriteRule ^/raw(.*)$ ${site:default}$1 [R]\n"
+        "RewriteRule ^/ne(.*)$ ${site:default}$1 [R,NE]\n"
+    )
+
+    def sites(pool: str, req: RewriteRequest) -> str:
+        return "http://site:9001"
+
+    for tail, expected in (
+        ("@evil.example/x", "/@evil.example/x"),
+        (":80@evil.example/", "/:80@evil.example/"),
+        ("%5Cevil.example", "/%5cevil.example"),
+        (".evil.example", "/.evil.example"),
+        ("%2F%2Fevil.example", "/evil.example"),  # decoded, slashes merged
+        ("/x", "/x"),
+        ("", ""),
+    ):
+        for prefix in ("/raw", "/ne"):
+            outcome = compiled.evaluate(request(prefix + tail), sites=sites)
+            got = outcome.location or ""
+            assert got.startswith("http://site:9001"), got
+            if prefix == "/raw":
+                assert got == "http://site:9001" + expected, tail
+            assert got[len("http://site:9001") :][:1] in ("", "/"), got
 
 
 def test_redirect_queries_are_copied_when_unchanged_and_escaped_when_new() -> None:
