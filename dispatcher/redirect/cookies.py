@@ -72,12 +72,15 @@ def set_cookie(spec: str, now: datetime.datetime) -> tuple[str, str] | None:
 def make_cookie(fields: Sequence[str], now: datetime.datetime) -> tuple[str, str] | None:
     """(cookie name, ``Set-Cookie`` value) for a ``CO`` flag's fields; None if incomplete.
 
-    ``lifetime`` is in minutes from ``now``; 0 (or not a number) writes no ``expires``.
+    ``lifetime`` is in minutes from ``now``; 0 (or not a number) writes no ``expires``. No
+    cookie without a name.
     """
     if len(fields) < 3:
         return None
     fields = [*fields[:8], *[""] * (8 - len(fields))]
     name, value, domain, lifetime, path, secure, httponly, samesite = fields
+    if not name:
+        return None  # an expansion left no name (Apache would have dropped the field)
     name = escape_token(name)
     cookie = (
         f"{name}={escape_cookie_octets(value)}; path={escape_cookie_octets(path or '/')}; "
