@@ -31,6 +31,7 @@ from dispatcher.redirect.index import RuleIndex
 from dispatcher.redirect.model import Action, Outcome
 from dispatcher.redirect.request import RewriteRequest
 from dispatcher.redirect.state import EvalState, NotApplicable, SiteSelector
+from dispatcher.redirect.target import no_host
 from dispatcher.redirect.variables import authority, scheme
 
 #: Apache's limit on a rewritten URL (twice LimitRequestLine's default): beyond it, 500.
@@ -321,11 +322,16 @@ def _redirect(
 ) -> Outcome:
     """The redirect branch of ``hook_uri2file``: escape the path part, append the query.
 
-    The query is copied when unchanged or under ``NE``, else ``ap_escape_uri``-d.
+    The query is copied when unchanged or under ``NE``, else ``ap_escape_uri``-d. A target
+    whose host is empty is answered 400 (a deliberate difference from Apache).
     """
     uri, args = state.uri, state.args
     slash = uri.find("/", scheme_length)
     head, path = (uri, "") if slash < 0 else (uri[: slash + 1], uri[slash + 1 :])
+    if no_host(uri, scheme_length):
+        # ``https://%{HTTP_HOST}%{REQUEST_URI}`` without a Host: a browser would take the
+        # path's first segment for the host
+        return _status(state.request, 400, cookies, env)
     path = wire_url(path if noescape else escape_uri(path))
     location = wire_url(head) + path
     query = None

@@ -7,12 +7,14 @@ Apache, see docs/rewrite.md):
   with ``/``, ``?`` or ``#``, or a ``/`` is put in between: ``${site:default}$1`` with
   ``$1 = "@evil.example/x"`` is ``http://site:9001/@evil.example/x``, never a URL whose host
   is ``evil.example`` (nor one whose port is ``9001.evil.example``, nor ``9001\\evil``).
-- **An expansion cannot move an authority.** A reference (``$N``, ``%N``, ``%{VAR}``, a
-  map) expanded where the URL's authority is still open (after ``http://`` and before the
-  first ``/``, ``\\``, ``?`` or ``#``) is %-escaped with :func:`escape_authority` up to its
-  own first ``/`` (where the authority ends), unless the rule has ``NE``:
-  ``http://%{HTTP_HOST}/`` with a Host of ``a@evil.example`` or
-  ``evil.example\\.good`` gives a URL no browser follows to ``evil.example``.
+- **An expansion cannot move an authority.** Where the URL's authority is still open (after
+  ``http://`` and before the first ``/``, ``\\``, ``?`` or ``#``), unless the rule has
+  ``NE``, a variable or map (``%{HTTP_HOST}``) is %-escaped with :func:`escape_authority`
+  whole, and a back-reference (``$N``, ``%N``: what the rule's own pattern let through) up
+  to its first ``/``; an expansion that starts with ``/``, ``?`` or ``#`` starts the path
+  (``https://%{HTTP_HOST}%{REQUEST_URI}``). ``http://%{HTTP_HOST}/`` with a Host of
+  ``a@evil.example``, ``evil.example/x`` or ``evil.example\\.good`` gives a URL no browser
+  follows to ``evil.example``.
 
 Literal text is the rule author's and is never changed (``http://user@host/`` stays).
 """
@@ -24,13 +26,17 @@ from collections.abc import Sequence
 
 from dispatcher.redirect.escape import escape_authority
 
-#: Kinds of the parts of a substitution, in the order they are expanded.
-LITERAL, REFERENCE, SITE = 0, 1, 2
+#: Kinds of the parts of a substitution: literal text, ``$N``/``%N``, ``${site:...}``, and
+#: variables and other maps.
+LITERAL, BACKREF, SITE, VARIABLE = 0, 1, 2, 3
 #: The text so far ends inside an ``http(s)`` URL's authority.
+_AUTHORITY_END = re.compile(r"[/\\?#]")
 _OPEN_AUTHORITY = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://[^/\\?#]*\Z")
 #: A literal beginning that leaves no authority open: a path, or a URL whose authority ends.
 _SETTLED = re.compile(r"[^Hh]|[Hh][Tt][Tt][Pp][Ss]?://[^/\\?#]*[/\\?#]")
 _AFTER_SITE = ("/", "?", "#")
+#: An authority with no host: nothing, or only userinfo and a port.
+_NO_HOST = re.compile(r"(?:[^@]*@)?(?::[^@]*)?\Z")
 
 
 def needs_guard(kinds: Sequence[int], first_literal: str | None) -> bool:
@@ -38,7 +44,7 @@ def needs_guard(kinds: Sequence[int], first_literal: str | None) -> bool:
     is literal text) can need either guard; most (``/path/$1``, ``http://host/$1``) cannot."""
     if SITE in kinds:
         return True
-    if REFERENCE not in kinds:
+    if BACKREF not in kinds and VARIABLE not in kinds:
         return False
     return first_literal is None or _SETTLED.match(first_literal) is None
 
@@ -56,7 +62,7 @@ def join_target(texts: Sequence[str], kinds: Sequence[int], *, noescape: bool) -
                 out += "/"
             out += text
         elif kind != LITERAL and not noescape and _OPEN_AUTHORITY.match(out) is not None:
-            out += _in_authority(text)
+            out += _in_authority(text, kind)
         else:
             out += text
         if kind == SITE:
@@ -64,10 +70,19 @@ def join_target(texts: Sequence[str], kinds: Sequence[int], *, noescape: bool) -
     return out
 
 
-def _in_authority(text: str) -> str:
-    """An expansion that lands in an open authority: escaped up to its first ``/`` (which
-    ends the authority, so ``https://%{HTTP_HOST}%{REQUEST_URI}`` keeps its path)."""
-    slash = text.find("/")
+def _in_authority(text: str, kind: int) -> str:
+    """An expansion that lands in an open authority, escaped (see the module docstring)."""
+    if text.startswith(_AFTER_SITE):
+        return text  # the path, query or fragment begins: the authority ends before it
+    slash = text.find("/") if kind == BACKREF else -1
     if slash < 0:
         return escape_authority(text)
     return escape_authority(text[:slash]) + text[slash:]
+
+
+def no_host(url: str, scheme_length: int) -> bool:
+    """Whether the ``http(s)://`` URL ``url`` (its scheme ``scheme_length`` long) names no
+    host: a browser would read the path's first segment as the host."""
+    end = _AUTHORITY_END.search(url, scheme_length)
+    authority = url[scheme_length : end.start() if end is not None else len(url)]
+    return _NO_HOST.match(authority) is not None

@@ -16,7 +16,14 @@ from collections.abc import Callable
 
 from dispatcher.redirect.maps import RewriteMap
 from dispatcher.redirect.state import EvalState, NotApplicable
-from dispatcher.redirect.target import LITERAL, REFERENCE, SITE, join_target, needs_guard
+from dispatcher.redirect.target import (
+    BACKREF,
+    LITERAL,
+    SITE,
+    VARIABLE,
+    join_target,
+    needs_guard,
+)
 from dispatcher.redirect.variables import Getter, UnknownVariable, variable
 
 #: Escapes a back-reference (the ``B`` flags), or None for no escaping.
@@ -180,7 +187,7 @@ def _kind(part: Part) -> int:
         return LITERAL
     if isinstance(part, MapRef) and part.map.kind == "site":
         return SITE
-    return REFERENCE
+    return BACKREF if isinstance(part, (RuleRef, CondRef)) else VARIABLE
 
 
 MapResolver = Callable[[str], RewriteMap | None]
