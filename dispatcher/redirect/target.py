@@ -39,14 +39,22 @@ _AFTER_SITE = ("/", "?", "#")
 _NO_HOST = re.compile(r"(?:[^@]*@)?(?::[^@]*)?\Z")
 
 
-def needs_guard(kinds: Sequence[int], first_literal: str | None) -> bool:
-    """Whether a substitution with parts of ``kinds`` (the first one ``first_literal`` when it
-    is literal text) can need either guard; most (``/path/$1``, ``http://host/$1``) cannot."""
-    if SITE in kinds:
-        return True
-    if BACKREF not in kinds and VARIABLE not in kinds:
+def needs_guard(kinds: Sequence[int], literals: Sequence[str | None]) -> bool:
+    """Whether a substitution with parts of ``kinds`` (``literals``: each part's text when it
+    is literal, else None) can need either guard. Most cannot: ``/path/$1``,
+    ``http://host/$1``, ``${site:POOL}/$1`` are joined as they are."""
+    last = len(kinds) - 1
+    for i, kind in enumerate(kinds):
+        if kind == SITE and i < last:
+            following = literals[i + 1]
+            if following is None or not following.startswith(_AFTER_SITE):
+                return True
+    if all(kind == LITERAL for kind in kinds):
         return False
-    return first_literal is None or _SETTLED.match(first_literal) is None
+    first = literals[0]
+    if kinds[0] == SITE:
+        return False  # the literal "/", "?" or "#" after it ends the site's authority
+    return first is None or _SETTLED.match(first) is None
 
 
 def join_target(texts: Sequence[str], kinds: Sequence[int], *, noescape: bool) -> str:

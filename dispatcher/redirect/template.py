@@ -134,9 +134,9 @@ class Template:
         self.single: Ref | None = only if isinstance(only, Ref) else None
         #: Each part's kind for :func:`join_target`: literal, reference, ``${site:...}``.
         self.kinds = tuple(_kind(part) for part in parts)
-        first = parts[0] if parts and isinstance(parts[0], str) else None
+        literals = tuple(part if isinstance(part, str) else None for part in parts)
         #: Whether, as a substitution, it needs :func:`join_target`'s guards.
-        self.guarded = needs_guard(self.kinds, first)
+        self.guarded = bool(parts) and needs_guard(self.kinds, literals)
 
     def expand(self, state: EvalState, escape: Escaper = None) -> str:
         """The text for ``state``; ``escape`` applies to ``$N``/``%N`` (the ``B`` flag)."""

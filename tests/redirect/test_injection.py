@@ -15,6 +15,14 @@ from hypothesis import strategies as st
 
 from dispatcher.redirect import RewriteRequest
 from dispatcher.redirect.escape import escape_authority
+from dispatcher.redirect.target import (
+    BACKREF,
+    LITERAL,
+    SITE,
+    VARIABLE,
+    join_target,
+    needs_guard,
+)
 from tests.redirect.support import NOW, program, request
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -115,11 +123,11 @@ TARGET_RULES = program(
     "RewriteRule ^/hostpath(.*)$ https://%{HTTP_HOST}%{REQUEST_URI} [R]\n"
     "RewriteRule ^/rel(.*)$ /r$1 [R]\n"
 )
-SITE = "http://site.example:9001"
+SITE_BASE = "http://site.example:9001"
 
 
 def _site(pool: str, req: RewriteRequest) -> str:
-    return SITE
+    return SITE_BASE
 
 
 _AUTHORITY_END = re.compile(r"[/\\?#]")
@@ -148,10 +156,48 @@ def test_a_request_cannot_move_a_redirects_authority(prefix: str, tail: str, hos
     assert " " not in location or prefix == "/ne", location
     authority = _authority(location)
     if prefix in ("/raw", "/ne", "/q"):
-        assert location.startswith(SITE), location
-        assert authority == SITE.removeprefix("http://"), location
+        assert location.startswith(SITE_BASE), location
+        assert authority == SITE_BASE.removeprefix("http://"), location
     else:
         # the client's own Host (the rule's declared target), escaped: no userinfo, no
         # second host, nothing that ends the authority early
         assert "@" not in authority, location
         assert escape_authority(authority) == authority, location
+
+
+_LITERALS = ["/", "/x/", "?q=", "#f", "http://", "https://h", "http://h/", "h", "x", ":", "@"]
+
+
+@st.composite
+def _substitutions(draw: st.DrawFn) -> tuple[list[int], list[str | None], list[str]]:
+    """A substitution's part kinds, its literal texts, and one expansion of every part."""
+    kinds: list[int] = []
+    literals: list[str | None] = []
+    texts: list[str] = []
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from([LITERAL, BACKREF, SITE, VARIABLE]))
+        if kind == LITERAL and literals and literals[-1] is not None:
+            kind = BACKREF  # (literal text comes in one piece)
+        kinds.append(kind)
+        if kind == LITERAL:
+            text = draw(st.sampled_from(_LITERALS))
+            literals.append(text)
+        elif kind == SITE:
+            text = draw(st.sampled_from(["http://site:9001", "https://s.example", "http://s/app"]))
+            literals.append(None)
+        else:
+            text = draw(hostile)
+            literals.append(None)
+        texts.append(text)
+    return kinds, literals, texts
+
+
+@SETTINGS
+@given(_substitutions())
+def test_an_unguarded_substitution_needs_no_guard(
+    substitution: tuple[list[int], list[str | None], list[str]],
+) -> None:
+    """What :func:`needs_guard` lets through unguarded, the guards would not have changed."""
+    kinds, literals, texts = substitution
+    if not needs_guard(kinds, literals):
+        assert join_target(texts, kinds, noescape=False) == "".join(texts)
