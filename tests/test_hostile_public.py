@@ -136,17 +136,25 @@ def _running_farm(root: Path, rules: str | None) -> Iterator[Farm]:
     for thread in threads:
         thread.start()
     sites = {name: s.server_address[1] for name, s in zip(("alpha", "beta"), servers, strict=True)}
-    port = _free_port()
     config = root / "farm.toml"
-    config.write_text(_config(port, sites, rules=rules is not None))
     if rules is not None:
         (root / "rules.conf").write_text(rules)
-    run_cli("db", "upgrade", "-c", str(config), check=True)
     log = root / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [FARM_DISPATCHER, "serve", "-c", str(config)], stdout=out, stderr=subprocess.STDOUT
-        )
+    for attempt in range(3):  # a free port may be taken by someone else before we bind it
+        port = _free_port()
+        config.write_text(_config(port, sites, rules=rules is not None))
+        if attempt == 0:
+            run_cli("db", "upgrade", "-c", str(config), check=True)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [FARM_DISPATCHER, "serve", "-c", str(config)], stdout=out, stderr=subprocess.STDOUT
+            )
+        try:
+            proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            break  # still running: it listens
+        if "cannot listen" not in log.read_text():
+            break  # (_wait_until_placing reports why it stopped)
     try:
         _wait_until_placing(port, proc, log)
         stamps = AffinityStamp((SECRET,))
