@@ -49,8 +49,6 @@ _ESCAPE_URI = _table(_URI_SAFE, ())
 _WIRE_URL = _table(None, (*range(0x20), 0x7F, *range(0x80, 0x100)))
 #: A query string handed on after an internal rewrite: as above, and ``#``.
 _WIRE_QUERY = {**_WIRE_URL, ord("#"): pct(ord("#"))}
-#: Never allowed raw in a Set-Cookie value: controls, DEL and every non-ASCII octet.
-_WIRE_COOKIE = _table(None, (*range(0x20), 0x7F, *range(0x80, 0x100)))
 _ESCAPE_AUTHORITY = {i: pct(i) for i in range(256) if _AUTHORITY_UNSAFE.match(chr(i))}
 _ESCAPE_COOKIE_OCTET = {i: pct(i) for i in range(256) if _COOKIE_OCTET_UNSAFE.match(chr(i))}
 _ESCAPE_TOKEN = {i: pct(i) for i in range(256) if _TOKEN_UNSAFE.match(chr(i))}
@@ -102,13 +100,6 @@ def wire_query(value: str) -> str:
 def has_ctl_or_space(value: str) -> bool:
     """Whether ``value`` holds a control character, DEL or a space (Apache's AH10410 test)."""
     return _CTL_OR_SPACE.search(value) is not None
-
-
-def wire_cookie(value: str) -> str:
-    """Escape what must never reach a Set-Cookie header raw (controls, non-ASCII)."""
-    if _WIRE_UNSAFE.search(value) is None:
-        return value
-    return octets(value).translate(_WIRE_COOKIE)
 
 
 def escape_authority(value: str) -> str:

@@ -9,13 +9,14 @@ from dispatcher.redirect.escape import (
     decode_request_path,
     escape_authority,
     escape_backref,
+    escape_cookie_octets,
+    escape_token,
     escape_uri,
     normalize_path,
     octets,
     shown,
     text_octets,
     unescape_url,
-    wire_cookie,
     wire_url,
 )
 from tests.redirect.support import location, program, request, run
@@ -76,9 +77,10 @@ def test_octet_conversions() -> None:
 
 def test_wire_escaping_never_lets_controls_through() -> None:
     assert wire_url("http://h/a b\r\n\x00\x7f\xe9#") == "http://h/a b%0d%0a%00%7f%e9#"
-    assert wire_cookie("a=b; expires=Wed, 01-Jan-2025\r\nX: y") == (
-        "a=b; expires=Wed, 01-Jan-2025%0d%0aX: y"
-    )
+    assert escape_cookie_octets('a; b,"c\\\r\n\x00\xe9=:') == "a%3b%20b%2c%22c%5c%0d%0a%00%e9=:"
+    assert escape_token("a b=c;\xe9!#") == "a%20b%3dc%3b%e9!#"
+    assert escape_authority("h.example:80[::1]%") == "h.example:80[::1]%"
+    assert escape_authority("a@b/c\\d?e#f g") == "a%40b%2fc%5cd%3fe%23f%20g"
 
 
 # --- redirects --------------------------------------------------------------------------------
