@@ -305,6 +305,11 @@ def _finish(state: EvalState, result: int, tracer: Tracer | None) -> Outcome:
     if state.args is not None and not escaped and has_ctl_or_space(state.args):
         _note(tracer, "403: the rewritten query string holds spaces or control characters")
         return _status(request, 403, cookies, env)
+    if scheme_length and no_host(state.uri, scheme_length):
+        # ``https://%{HTTP_HOST}%{REQUEST_URI}`` without a Host: a browser would take the
+        # path's first segment for the host (Apache sends it; see docs/rewrite.md)
+        _note(tracer, f"400: the redirect target {state.uri!r} names no host")
+        return _status(request, 400, cookies, env)
     if scheme_length:
         return _redirect(state, scheme_length, cookies, env, noescape=noescape)
     path = wire_url(state.uri if noescape else escape_uri(state.uri))
@@ -322,16 +327,11 @@ def _redirect(
 ) -> Outcome:
     """The redirect branch of ``hook_uri2file``: escape the path part, append the query.
 
-    The query is copied when unchanged or under ``NE``, else ``ap_escape_uri``-d. A target
-    whose host is empty is answered 400 (a deliberate difference from Apache).
+    The query is copied when unchanged or under ``NE``, else ``ap_escape_uri``-d.
     """
     uri, args = state.uri, state.args
     slash = uri.find("/", scheme_length)
     head, path = (uri, "") if slash < 0 else (uri[: slash + 1], uri[slash + 1 :])
-    if no_host(uri, scheme_length):
-        # ``https://%{HTTP_HOST}%{REQUEST_URI}`` without a Host: a browser would take the
-        # path's first segment for the host
-        return _status(state.request, 400, cookies, env)
     path = wire_url(path if noescape else escape_uri(path))
     location = wire_url(head) + path
     query = None

@@ -146,6 +146,11 @@ def test_the_host_header_cannot_move_the_authority() -> None:
         request("/https/p", host="www.example.com", port=8443, scheme="https")
     )
     assert https.location == "https://www.example.com:8443/https/p"
+    # no Host (HTTP/1.0), or an empty one: "https:///evil.example/" would go to evil.example
+    for path in ("/h/x", "/https/evil.example/"):
+        outcome = compiled.evaluate(request(path, host=""))
+        assert (outcome.action, outcome.status, outcome.location) == ("status", 400, None)
+    assert compiled.evaluate(request("/h/x", host="/evil.example")).status == 400
     # NE: the rule's author asked for the target as it is; still no controls, no non-ASCII
     assert compiled.evaluate(request("/hne/x", host="a@b\r\n\xc3\xa9")).location == (
         "http://a@b%0d%0a%c3%a9/x"
