@@ -109,8 +109,11 @@ class MapRef(Ref):
         value = self.map.lookup(key, state)
         if value:
             return value
-        if self.default is not None:
-            return self.default.expand(state, escape)
+        default = self.default
+        if default is not None:
+            if default.guarded:  # ``${site:eu|http://%{HTTP_HOST}}``: guarded on its own
+                return default.expand_checked(state, escape)[0]
+            return default.expand(state, escape)
         if self.map.kind == "site":
             raise NotApplicable(key)
         return ""

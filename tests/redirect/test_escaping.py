@@ -242,3 +242,9 @@ def test_rewritten_paths_are_encoded_for_the_wire() -> None:
     assert outcome.action == "forbidden"  # the "?" came from $1
     outcome = run("RewriteRule ^/(.*) /t/$1?q=%{ENV:v}\n", "/a%20b%25", env={"v": "x#\xe9"})
     assert (outcome.path, outcome.query_string) == ("/t/a%20b%25", "q=x%23%e9")
+
+
+def test_a_site_default_built_from_the_host_is_guarded_too() -> None:
+    compiled = program("RewriteRule ^/d(.*)$ ${site:eu|http://%{HTTP_HOST}}$1 [R]\n")
+    outcome = compiled.evaluate(request("/d/x", host="a@evil.example"))
+    assert outcome.location == "http://a%40evil.example/x"
