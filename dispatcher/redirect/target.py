@@ -29,8 +29,9 @@ from dispatcher.redirect.escape import escape_authority
 #: Kinds of the parts of a substitution: literal text, ``$N``/``%N``, ``${site:...}``, and
 #: variables and other maps.
 LITERAL, BACKREF, SITE, VARIABLE = 0, 1, 2, 3
-#: The text so far ends inside an ``http(s)`` URL's authority.
+#: Where a browser ends an http(s) URL's authority.
 _AUTHORITY_END = re.compile(r"[/\\?#]")
+#: The text so far ends inside an ``http(s)`` URL's authority.
 _OPEN_AUTHORITY = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://[^/\\?#]*\Z")
 #: A literal beginning that leaves no authority open: a path, or a URL whose authority ends.
 _SETTLED = re.compile(r"[^Hh]|[Hh][Tt][Tt][Pp][Ss]?://[^/\\?#]*[/\\?#]")
