@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from dispatcher.redirect.cookies import CookieSpec
 from dispatcher.redirect.errors import RuleSyntaxError
 from dispatcher.redirect.escape import escape_backref, shown
 from dispatcher.redirect.index import RuleIndex
@@ -81,7 +82,7 @@ class RuleFlags:
     skip: int = 0
     escape: Escaper = None
     env: tuple[Template, ...] = ()
-    cookies: tuple[Template, ...] = ()
+    cookies: tuple[CookieSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +345,7 @@ class _FlagBuilder:
         self.keeps: str | None = None
         self.backrefs: set[str] = set()
         self.env: list[Template] = []
-        self.cookies: list[Template] = []
+        self.cookies: list[CookieSpec] = []
 
     def add(self, key: str, value: str) -> None:
         name = _FLAG_NAMES.get(key.lower())
@@ -385,7 +386,7 @@ class _FlagBuilder:
     def flag_cookie(self, value: str) -> None:
         if not value:
             raise _Invalid("RewriteRule: CO needs NAME:VALUE:DOMAIN[:lifetime[:path...]]")
-        self.cookies.append(self.compiler.template(value))
+        self.cookies.append(CookieSpec(self.compiler.template(value)))
 
     def flag_env(self, value: str) -> None:
         if not value:

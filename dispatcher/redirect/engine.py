@@ -18,12 +18,11 @@ from collections.abc import Sequence
 from types import MappingProxyType
 
 from dispatcher.redirect.compiler import CompiledRules, Condition, Rule, RuleFlags
-from dispatcher.redirect.cookies import set_cookie
+from dispatcher.redirect.cookies import make_cookie
 from dispatcher.redirect.escape import (
     decode_request_path,
     escape_uri,
     has_ctl_or_space,
-    wire_cookie,
     wire_query,
     wire_url,
 )
@@ -32,6 +31,7 @@ from dispatcher.redirect.index import RuleIndex
 from dispatcher.redirect.model import Action, Outcome
 from dispatcher.redirect.request import RewriteRequest
 from dispatcher.redirect.state import EvalState, NotApplicable, SiteSelector
+from dispatcher.redirect.target import no_host
 from dispatcher.redirect.variables import authority, scheme
 
 #: Apache's limit on a rewritten URL (twice LimitRequestLine's default): beyond it, 500.
@@ -155,11 +155,13 @@ def _apply_rule(rule: Rule, state: EvalState, tracer: Tracer | None) -> int:
             return _NOMATCH
         new_uri, unsafe = None, False
         if rule.substitution is not None:
-            new_uri, unsafe = rule.substitution.expand_checked(state, rule.flags.escape)
+            new_uri, unsafe = rule.substitution.expand_checked(
+                state, rule.flags.escape, noescape=rule.flags.noescape
+            )
         if unsafe and not rule.flags.allow3f:
             return _FORBIDDEN
         env = [template.expand(state) for template in rule.flags.env]
-        cookies = [template.expand(state) for template in rule.flags.cookies]
+        cookies = [spec.expand(state) for spec in rule.flags.cookies]
     except NotApplicable as missing:
         _note(tracer, f"no site for pool {missing.pool!r} and no default: rule does not apply")
         return _NOMATCH
@@ -221,16 +223,16 @@ def _set_env(values: list[str], state: EvalState) -> None:
             state.set_env(name, value)
 
 
-def _add_cookies(values: list[str], state: EvalState) -> None:
-    for text in values:
-        made = set_cookie(text, state.now)
+def _add_cookies(values: list[list[str]], state: EvalState) -> None:
+    for fields in values:
+        made = make_cookie(fields, state.now)
         if made is None:
             continue
         cookies = state.cookies
         if cookies is None:
             cookies = state.cookies = {}
         if made[0] not in cookies:
-            cookies[made[0]] = wire_cookie(made[1])
+            cookies[made[0]] = made[1]
 
 
 def _substitute(rule: Rule, new_uri: str, state: EvalState) -> None:
@@ -303,6 +305,11 @@ def _finish(state: EvalState, result: int, tracer: Tracer | None) -> Outcome:
     if state.args is not None and not escaped and has_ctl_or_space(state.args):
         _note(tracer, "403: the rewritten query string holds spaces or control characters")
         return _status(request, 403, cookies, env)
+    if scheme_length and no_host(state.uri, scheme_length):
+        # ``https://%{HTTP_HOST}%{REQUEST_URI}`` without a Host: a browser would take the
+        # path's first segment for the host (Apache sends it; see docs/rewrite.md)
+        _note(tracer, f"400: the redirect target {state.uri!r} names no host")
+        return _status(request, 400, cookies, env)
     if scheme_length:
         return _redirect(state, scheme_length, cookies, env, noescape=noescape)
     path = wire_url(state.uri if noescape else escape_uri(state.uri))

@@ -24,6 +24,13 @@ _URI_UNSAFE = re.compile(r"[^A-Za-z0-9$\-_.+!*'(),:;@&=/~]")
 _WIRE_UNSAFE = re.compile("[\x00-\x1f\x7f-\U0010ffff]")
 _WIRE_QUERY_UNSAFE = re.compile("[\x00-\x1f#\x7f-\U0010ffff]")
 _CTL_OR_SPACE = re.compile("[\x00-\x20\x7f]")
+#: What may stay raw in a URL's authority (RFC 3986 reg-name, IP literal, port, and ``%``):
+#: everything else, ``@ / \\ ? #`` included, would end the host or start another one.
+_AUTHORITY_UNSAFE = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]")
+#: RFC 6265 cookie-octet (what a cookie value, and here every attribute value, may hold).
+_COOKIE_OCTET_UNSAFE = re.compile(r"[^\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]")
+#: RFC 9110 tchar (what a cookie name may hold).
+_TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9!#$%&'*+\-.^_`|~]")
 
 
 def pct(octet: int) -> str:
@@ -42,8 +49,9 @@ _ESCAPE_URI = _table(_URI_SAFE, ())
 _WIRE_URL = _table(None, (*range(0x20), 0x7F, *range(0x80, 0x100)))
 #: A query string handed on after an internal rewrite: as above, and ``#``.
 _WIRE_QUERY = {**_WIRE_URL, ord("#"): pct(ord("#"))}
-#: Never allowed raw in a Set-Cookie value: controls, DEL and every non-ASCII octet.
-_WIRE_COOKIE = _table(None, (*range(0x20), 0x7F, *range(0x80, 0x100)))
+_ESCAPE_AUTHORITY = {i: pct(i) for i in range(256) if _AUTHORITY_UNSAFE.match(chr(i))}
+_ESCAPE_COOKIE_OCTET = {i: pct(i) for i in range(256) if _COOKIE_OCTET_UNSAFE.match(chr(i))}
+_ESCAPE_TOKEN = {i: pct(i) for i in range(256) if _TOKEN_UNSAFE.match(chr(i))}
 
 
 def text_octets(text: str) -> str:
@@ -94,11 +102,31 @@ def has_ctl_or_space(value: str) -> bool:
     return _CTL_OR_SPACE.search(value) is not None
 
 
-def wire_cookie(value: str) -> str:
-    """Escape what must never reach a Set-Cookie header raw (controls, non-ASCII)."""
-    if _WIRE_UNSAFE.search(value) is None:
+def escape_authority(value: str) -> str:
+    """%-escape what cannot stay in a URL's authority without moving it elsewhere.
+
+    Everything but RFC 3986's reg-name, IP-literal and port characters (and ``%``) is
+    escaped: ``@`` (userinfo), ``/``, ``\\``, ``?``, ``#`` (the end of the authority as a
+    browser reads it), spaces, quotes, ``<>``, controls and non-ASCII octets.
+    """
+    if _AUTHORITY_UNSAFE.search(value) is None:
         return value
-    return octets(value).translate(_WIRE_COOKIE)
+    return octets(value).translate(_ESCAPE_AUTHORITY)
+
+
+def escape_cookie_octets(value: str) -> str:
+    """%-escape every octet that is not an RFC 6265 cookie-octet (``;``, ``,``, space, ``"``,
+    ``\\``, controls, DEL, non-ASCII): the value cannot end early or carry an attribute."""
+    if _COOKIE_OCTET_UNSAFE.search(value) is None:
+        return value
+    return octets(value).translate(_ESCAPE_COOKIE_OCTET)
+
+
+def escape_token(value: str) -> str:
+    """%-escape every octet that is not an RFC 9110 tchar (for a cookie's name)."""
+    if _TOKEN_UNSAFE.search(value) is None:
+        return value
+    return octets(value).translate(_ESCAPE_TOKEN)
 
 
 def escape_backref(

@@ -29,6 +29,7 @@ from dispatcher.redirect.escape import decode_request_path, octets
 from dispatcher.redirect.model import Outcome
 from dispatcher.redirect.request import RewriteRequest
 from dispatcher.redirect.state import EvalState, NotApplicable, SiteSelector
+from dispatcher.redirect.target import join_target
 from dispatcher.redirect.template import (
     CondRef,
     Escaper,
@@ -183,6 +184,7 @@ class _Source:
             "_scheme": scheme,
             "_authority": authority,
             "_octets": octets,
+            "_join_target": join_target,
         }
         self.lines: list[str] = []
 
@@ -221,9 +223,17 @@ def _compile_rule(rule: Rule) -> RuleFunction:
     _conditions(src, rule.conditions, match, groups)
     substitution = rule.substitution
     if substitution is not None:
-        _substitution(src, substitution, flags.escape, match, groups, check=not flags.allow3f)
+        _substitution(
+            src,
+            substitution,
+            flags.escape,
+            match,
+            groups,
+            check=not flags.allow3f,
+            noescape=flags.noescape,
+        )
     env = [_expression(src, t, None, match, groups) for t in flags.env]
-    cookies = [_expression(src, t, None, match, groups) for t in flags.cookies]
+    cookies = [f"{src.constant(spec)}.expand(st)" for spec in flags.cookies]
     if env:
         src.emit(2, f"env = [{', '.join(env)}]")
     if cookies:
@@ -351,7 +361,14 @@ def _expression(src: _Source, template: Template, escape: Escaper, match: str, g
 
 
 def _substitution(
-    src: _Source, template: Template, escape: Escaper, match: str, groups: int, *, check: bool
+    src: _Source,
+    template: Template,
+    escape: Escaper,
+    match: str,
+    groups: int,
+    *,
+    check: bool,
+    noescape: bool,
 ) -> None:
     """``new = template.expand_checked(...)``; with ``check``, 403 for an unsafe ``?``.
 
@@ -362,12 +379,14 @@ def _substitution(
         src.emit(2, f"new = {src.constant(template.constant)}")
         return
     names: list[str] = []
+    kinds: list[int] = []
     watched: list[str] = []
     literal_mark = False
-    for number, part in enumerate(template.parts):
+    for number, (part, kind) in enumerate(zip(template.parts, template.kinds, strict=True)):
         expression = _part(src, part, escape, match, groups)
         if expression is None:
             continue
+        kinds.append(kind)
         if isinstance(part, str):
             names.append(expression)
             literal_mark = literal_mark or "?" in part
@@ -377,7 +396,11 @@ def _substitution(
         names.append(name)
         if not literal_mark:
             watched.append(name)
-    src.emit(2, f"new = {' + '.join(names) if names else repr('')}")
+    if template.guarded and names:
+        parts, guard_kinds = ", ".join(names), src.constant(tuple(kinds))
+        src.emit(2, f"new = _join_target(({parts},), {guard_kinds}, noescape={noescape})")
+    else:
+        src.emit(2, f"new = {' + '.join(names) if names else repr('')}")
     if check and watched:
         unsafe = " or ".join(f'"?" in {name}' for name in watched)
         src.emit(2, f"if {unsafe}:")

@@ -16,6 +16,14 @@ from collections.abc import Callable
 
 from dispatcher.redirect.maps import RewriteMap
 from dispatcher.redirect.state import EvalState, NotApplicable
+from dispatcher.redirect.target import (
+    BACKREF,
+    LITERAL,
+    SITE,
+    VARIABLE,
+    join_target,
+    needs_guard,
+)
 from dispatcher.redirect.variables import Getter, UnknownVariable, variable
 
 #: Escapes a back-reference (the ``B`` flags), or None for no escaping.
@@ -101,8 +109,11 @@ class MapRef(Ref):
         value = self.map.lookup(key, state)
         if value:
             return value
-        if self.default is not None:
-            return self.default.expand(state, escape)
+        default = self.default
+        if default is not None:
+            if default.guarded:  # ``${site:eu|http://%{HTTP_HOST}}``: guarded on its own
+                return default.expand_checked(state, escape)[0]
+            return default.expand(state, escape)
         if self.map.kind == "site":
             raise NotApplicable(key)
         return ""
@@ -114,7 +125,7 @@ Part = str | Ref
 class Template:
     """A compiled string: ``parts`` alternate literal text and references."""
 
-    __slots__ = ("constant", "parts", "single", "source")
+    __slots__ = ("constant", "guarded", "kinds", "parts", "single", "source")
 
     def __init__(self, source: str, parts: tuple[Part, ...]) -> None:
         self.source = source
@@ -124,6 +135,11 @@ class Template:
         only = parts[0] if len(parts) == 1 else None
         #: The one reference the template consists of, if so (the common test string).
         self.single: Ref | None = only if isinstance(only, Ref) else None
+        #: Each part's kind for :func:`join_target`: literal, reference, ``${site:...}``.
+        self.kinds = tuple(_kind(part) for part in parts)
+        literals = tuple(part if isinstance(part, str) else None for part in parts)
+        #: Whether, as a substitution, it needs :func:`join_target`'s guards.
+        self.guarded = bool(parts) and needs_guard(self.kinds, literals)
 
     def expand(self, state: EvalState, escape: Escaper = None) -> str:
         """The text for ``state``; ``escape`` applies to ``$N``/``%N`` (the ``B`` flag)."""
@@ -133,10 +149,14 @@ class Template:
             return self.single.expand(state, escape)
         return "".join([p if p.__class__ is str else p.expand(state, escape) for p in self.parts])  # type: ignore[union-attr]
 
-    def expand_checked(self, state: EvalState, escape: Escaper) -> tuple[str, bool]:
+    def expand_checked(
+        self, state: EvalState, escape: Escaper, *, noescape: bool = False
+    ) -> tuple[str, bool]:
         """(text, whether its first ``?`` came from an expansion rather than literal text).
 
         Apache 2.4.60+ refuses such a rewrite unless ``UnsafeAllow3F`` (CVE-2024-38474).
+        The text is joined with :func:`join_target`'s guards (``noescape``: the rule's
+        ``NE``); the ``?`` check looks at the expansions before they are escaped.
         """
         if self.constant is not None:
             return self.constant, False
@@ -148,6 +168,8 @@ class Template:
                 seen = True
                 unsafe = not isinstance(part, str)
             out.append(text)
+        if self.guarded:
+            return join_target(out, self.kinds, noescape=noescape), unsafe
         return "".join(out), unsafe
 
     def references(self) -> tuple[Ref, ...]:
@@ -161,6 +183,14 @@ class Template:
                 if part.default is not None:
                     found.extend(part.default.references())
         return tuple(found)
+
+
+def _kind(part: Part) -> int:
+    if isinstance(part, str):
+        return LITERAL
+    if isinstance(part, MapRef) and part.map.kind == "site":
+        return SITE
+    return BACKREF if isinstance(part, (RuleRef, CondRef)) else VARIABLE
 
 
 MapResolver = Callable[[str], RewriteMap | None]

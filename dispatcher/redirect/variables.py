@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dispatcher.redirect.escape import octets
+from dispatcher.redirect.escape import escape_authority, octets
 from dispatcher.redirect.request import DEFAULT_PORTS, RewriteRequest
 from dispatcher.redirect.state import EvalState
 
@@ -32,11 +32,16 @@ def server_name(request: RewriteRequest) -> str:
 
 
 def authority(request: RewriteRequest) -> str:
-    """``name[:port]`` for URLs naming this server; the scheme's default port is left out."""
+    """``name[:port]`` for URLs naming this server; the scheme's default port is left out.
+
+    The name comes from the client's Host header: what could move the URL's authority
+    elsewhere (``@``, ``/``, ``\\``, ``?``, ``#``, spaces, controls...) is %-escaped.
+    """
     port = request.server_port
+    name = escape_authority(server_name(request))
     if port == DEFAULT_PORTS[scheme(request)]:
-        return server_name(request)
-    return f"{server_name(request)}:{port}"
+        return name
+    return f"{name}:{port}"
 
 
 def the_request(request: RewriteRequest) -> str:

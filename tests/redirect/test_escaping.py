@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import pytest
 
+from dispatcher.redirect import RewriteRequest
 from dispatcher.redirect.escape import (
     decode_request_path,
+    escape_authority,
     escape_backref,
+    escape_cookie_octets,
+    escape_token,
     escape_uri,
     normalize_path,
     octets,
     shown,
     text_octets,
     unescape_url,
-    wire_cookie,
     wire_url,
 )
-from tests.redirect.support import location, run
+from tests.redirect.support import location, program, request, run
 
 
 def test_escape_uri_keeps_apaches_safe_set_and_writes_lower_case_hex() -> None:
@@ -74,9 +77,10 @@ def test_octet_conversions() -> None:
 
 def test_wire_escaping_never_lets_controls_through() -> None:
     assert wire_url("http://h/a b\r\n\x00\x7f\xe9#") == "http://h/a b%0d%0a%00%7f%e9#"
-    assert wire_cookie("a=b; expires=Wed, 01-Jan-2025\r\nX: y") == (
-        "a=b; expires=Wed, 01-Jan-2025%0d%0aX: y"
-    )
+    assert escape_cookie_octets('a; b,"c\\\r\n\x00\xe9=:') == "a%3b%20b%2c%22c%5c%0d%0a%00%e9=:"
+    assert escape_token("a b=c;\xe9!#") == "a%20b%3dc%3b%e9!#"
+    assert escape_authority("h.example:80[::1]%") == "h.example:80[::1]%"
+    assert escape_authority("a@b/c\\d?e#f g") == "a%40b%2fc%5cd%3fe%23f%20g"
 
 
 # --- redirects --------------------------------------------------------------------------------
@@ -103,11 +107,93 @@ def test_ne_keeps_the_target_but_never_controls_or_non_ascii() -> None:
     )
 
 
-def test_the_host_part_is_not_escaped_but_stays_safe() -> None:
+def test_an_expansion_in_the_host_part_is_escaped_up_to_its_first_slash() -> None:
     rules = "RewriteRule ^/go/(.*) http://$1 [R]\n"
-    assert location(rules, "/go/evil.example%0D%0AX:%20y/p") == "http://evil.example%0d%0aX: y/p"
+    assert location(rules, "/go/evil.example%0D%0AX:%20y/p") == (
+        "http://evil.example%0d%0aX:%20y/p"
+    )
     assert location(rules, "/go/h") == "http://h"
     assert location(rules, "/go/h/") == "http://h/"
+    assert location(rules, "/go/a@evil.example/p@q") == "http://a%40evil.example/p@q"
+    assert location(rules, "/go/evil.example%5C.good/") == "http://evil.example%5c.good/"
+
+
+def test_the_host_header_cannot_move_the_authority() -> None:
+    rules = (
+        "RewriteRule ^/h/(.*) http://%{HTTP_HOST}/$1 [R]\n"
+        "RewriteRule ^/hne/(.*) http://%{HTTP_HOST}/$1 [R,NE]\n"
+        "RewriteRule ^/https https://%{HTTP_HOST}%{REQUEST_URI} [R]\n"
+        "RewriteRule ^/rel /local [R]\n"
+    )
+    compiled = program(rules)
+    for host, escaped in (
+        ("a@evil.example", "a%40evil.example"),
+        ('a b"<>', "a%20b%22%3c%3e"),
+        ("evil.example\\.good", "evil.example%5c.good"),
+        ("evil.example#", "evil.example%23"),
+        ("h\r\nX-Evil: 1", "h%0d%0aX-Evil:%201"),
+        ("caf\xc3\xa9.example", "caf%c3%a9.example"),  # UTF-8 octets, as received
+        ("[::1]:8080", "[::1]:8080"),
+    ):
+        assert compiled.evaluate(request("/h/x", host=host)).location == f"http://{escaped}/x"
+        relative = compiled.evaluate(RewriteRequest.from_scope(_scope("/rel", host))).location
+        assert relative is not None
+        assert relative.startswith("http://"), relative
+        authority = relative.removeprefix("http://").removesuffix("/local")
+        assert escape_authority(authority) == authority, relative
+        assert "@" not in authority, relative
+    https = compiled.evaluate(
+        request("/https/p", host="www.example.com", port=8443, scheme="https")
+    )
+    assert https.location == "https://www.example.com:8443/https/p"
+    # no Host (HTTP/1.0), or an empty one: "https:///evil.example/" would go to evil.example
+    for path in ("/h/x", "/https/evil.example/"):
+        outcome = compiled.evaluate(request(path, host=""))
+        assert (outcome.action, outcome.status, outcome.location) == ("status", 400, None)
+    assert compiled.evaluate(request("/h/x", host="/evil.example")).status == 400
+    # NE: the rule's author asked for the target as it is; still no controls, no non-ASCII
+    assert compiled.evaluate(request("/hne/x", host="a@b\r\n\xc3\xa9")).location == (
+        "http://a@b%0d%0a%c3%a9/x"
+    )
+
+
+def _scope(path: str, host: str) -> dict[str, object]:
+    return {
+        "type": "http",
+        "method": "GET",
+        "scheme": "http",
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", host.encode("utf-8"))],
+        "client": ("192.0.2.1", 1),
+    }
+
+
+def test_a_site_base_keeps_its_authority_whatever_follows() -> None:
+    compiled = program(
+        "RewriteRule ^/raw(.*)$ ${site:default}$1 [R]\n"
+        "RewriteRule ^/ne(.*)$ ${site:default}$1 [R,NE]\n"
+    )
+
+    def sites(pool: str, req: RewriteRequest) -> str:
+        return "http://site:9001"
+
+    for tail, expected in (
+        ("@evil.example/x", "/@evil.example/x"),
+        (":80@evil.example/", "/:80@evil.example/"),
+        ("%5Cevil.example", "/%5cevil.example"),
+        (".evil.example", "/.evil.example"),
+        ("%2F%2Fevil.example", "/evil.example"),  # decoded, slashes merged
+        ("/x", "/x"),
+        ("", ""),
+    ):
+        for prefix in ("/raw", "/ne"):
+            outcome = compiled.evaluate(request(prefix + tail), sites=sites)
+            got = outcome.location or ""
+            assert got.startswith("http://site:9001"), got
+            if prefix == "/raw":
+                assert got == "http://site:9001" + expected, tail
+            assert got[len("http://site:9001") :][:1] in ("", "/"), got
 
 
 def test_redirect_queries_are_copied_when_unchanged_and_escaped_when_new() -> None:
@@ -156,3 +242,9 @@ def test_rewritten_paths_are_encoded_for_the_wire() -> None:
     assert outcome.action == "forbidden"  # the "?" came from $1
     outcome = run("RewriteRule ^/(.*) /t/$1?q=%{ENV:v}\n", "/a%20b%25", env={"v": "x#\xe9"})
     assert (outcome.path, outcome.query_string) == ("/t/a%20b%25", "q=x%23%e9")
+
+
+def test_a_site_default_built_from_the_host_is_guarded_too() -> None:
+    compiled = program("RewriteRule ^/d(.*)$ ${site:eu|http://%{HTTP_HOST}}$1 [R]\n")
+    outcome = compiled.evaluate(request("/d/x", host="a@evil.example"))
+    assert outcome.location == "http://a%40evil.example/x"
