@@ -16,11 +16,11 @@ import uvloop
 
 from dispatcher import __version__
 from dispatcher.backends.store import open_store
-from dispatcher.config import MAX_RULES_BYTES, Config, load_config
+from dispatcher.config import Config, load_config
 from dispatcher.demo import run_demo
 from dispatcher.errors import ConfigError, DispatcherError, InvalidValue
 from dispatcher.explain import explain, offline_snapshot, request_from_url
-from dispatcher.files import read_regular_file
+from dispatcher.files import MAX_RULES_BYTES, read_regular_file
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules
 from dispatcher.server import Runner
 

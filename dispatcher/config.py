@@ -31,7 +31,7 @@ from dispatcher.backends.sites import (
     parse_site,
 )
 from dispatcher.errors import ConfigError, InvalidValue
-from dispatcher.files import read_regular_file
+from dispatcher.files import MAX_RULES_BYTES, read_regular_file
 from dispatcher.session.cookies import CookieAttributes
 
 POLICY_NAMES = ("weighted", "least-load", "failover")
@@ -46,7 +46,6 @@ MAX_AFFINITY_LIFETIME = 400 * 86_400
 #: The largest configuration file read (bytes).
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 #: The largest rewrite rule file (bytes).
-MAX_RULES_BYTES = 16 * 1024 * 1024
 ENVIRONMENT = "<environment>"
 
 T = TypeVar("T")

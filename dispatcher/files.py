@@ -10,6 +10,8 @@ import os
 import stat
 from pathlib import Path
 
+MAX_RULES_BYTES = 16 * 1024 * 1024  # a rewrite rule file
+
 
 def read_regular_file(path: Path, limit: int) -> bytes:
     """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
@@ -40,4 +42,4 @@ def read_regular_file(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
-__all__ = ["read_regular_file"]
+__all__ = ["MAX_RULES_BYTES", "read_regular_file"]

@@ -8,6 +8,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from dispatcher.files import MAX_RULES_BYTES, read_regular_file
 from dispatcher.redirect import engine
 from dispatcher.redirect.compiler import CompiledRules, Compiler
 from dispatcher.redirect.errors import RuleFileError
@@ -130,7 +131,7 @@ def load_rules(
     :class:`RuleSyntaxError` if it is invalid; both name the file.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path, MAX_RULES_BYTES).decode("utf-8")
     except OSError as exc:
         raise RuleFileError(str(path), exc.strerror or str(exc)) from None
     except UnicodeDecodeError as exc:
