@@ -50,7 +50,6 @@ set of deferred services stays too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -74,12 +73,15 @@ from farmnode.report import Measure, Reporter
 from farmnode.spec import RealSpec, ServiceSpec
 from farmnode.status import StatusApp, StatusListener
 from farmnode.switch.service import VirtualService
+from farmnode.waits import cancel_and_wait, wait_event
 
 log = logging.getLogger("webfarm.farmnode")
 
 PlaneFactory = Callable[[ServiceSpec, VirtualService], DataPlane]
 #: Data planes by the name a service's ``dataplane`` key gives.
 PLANES: Mapping[str, PlaneFactory] = {"userspace": UserspacePlane, "nftables": NftablesPlane}
+#: Seconds a cancelled task of the node (reporter, refresher) may take to end at shutdown.
+TASK_END_LIMIT = 2.0
 #: Seconds before a plane refresh that failed is tried again.
 REFRESH_RETRY = 1.0
 
@@ -325,11 +327,9 @@ class Node:
         await asyncio.gather(
             *(self._stop_plane(r, self.timeouts.shutdown_drain) for r in self.services.values())
         )
-        if self._refresh_task is not None:
-            self._refresh_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresh_task
-            self._refresh_task = None
+        task, self._refresh_task = self._refresh_task, None
+        if task is not None:
+            await cancel_and_wait(task, "the plane refresher", TASK_END_LIMIT, log)
         if self.prober is not None:
             await self.prober.close()
             self.prober = None
@@ -396,8 +396,7 @@ class Node:
     async def _sleep(self, seconds: float) -> None:
         wake = self._wake
         assert wake is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=seconds)
+        await wait_event(wake, seconds)  # never wait_for: see farmnode.waits
         wake.clear()
 
     # -- reload -----------------------------------------------------------------------------
@@ -672,9 +671,7 @@ class Node:
     async def _stop_reporter(self) -> None:
         task, self._reporter_task = self._reporter_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task, "the load reporter", TASK_END_LIMIT, log)
         reporter, self.reporter = self.reporter, None
         if reporter is not None:
             await reporter.close()
