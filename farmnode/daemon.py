@@ -35,7 +35,7 @@ and data plane stay is updated in place (:meth:`VirtualService.reload` and a pla
 refresh): its established connections go on. Other services are stopped (after a short
 drain) or started; probe targets are resynced, new servers probed at once. A new status
 address or ``[report]`` table takes effect too; ``log_level`` only at the next start.
-A configuration that does not load is logged and the running one stays.
+A configuration that does not load is logged at ERROR and the running one stays.
 
 **Stop** (:meth:`Node.stop`): the reporter; every plane stops accepting, drains briefly and
 goes (nftables rules removed); the prober; the status listener. A cluster runtime stops
@@ -389,7 +389,7 @@ class Node:
         return line
 
     def _show(self, status: str) -> None:
-        if status != self.state:
+        if status not in (self.state, self.last_reload):  # a reload logs its own line
             log.info("node %s: %s", self.config.node.name, status)
         self.state = status
 
@@ -404,12 +404,13 @@ class Node:
     async def reload_from_source(self) -> str:
         """Read the configuration again (SIGHUP) and apply it; a bad one changes nothing."""
         if self.loader is None:
-            return self._reloaded("reload refused: this node was not started from a file")
+            line = "reload refused: this node was not started from a file"
+            return self._reloaded(line, logging.WARNING)
         try:
             config = await asyncio.to_thread(self.loader)
         except ConfigError as exc:
-            log.error("reload failed, the running configuration stays: %s", exc)  # noqa: TRY400 - the message is the whole story
-            return self._reloaded(f"reload failed: {exc}")
+            line = f"reload failed, the running configuration stays: {exc}"
+            return self._reloaded(line, logging.ERROR)
         return await self.reload(config)
 
     async def reload(self, config: NodeConfig) -> str:
@@ -454,7 +455,7 @@ class Node:
         )
         if failed:
             line += f"; failed to start: {', '.join(sorted(set(failed)))}"
-        return self._reloaded(line)
+        return self._reloaded(line, logging.ERROR if failed else logging.INFO)
 
     def _keeps(self, running: Running, spec: ServiceSpec) -> bool:
         """Whether a reload updates ``running`` in place: the same identity, and running
@@ -463,7 +464,9 @@ class Node:
             running.identity == identity(spec)
         )
 
-    def _reloaded(self, line: str) -> str:
+    def _reloaded(self, line: str, level: int) -> str:
+        """Log how a reload went (a failed one at ERROR) and keep it for the status."""
+        log.log(level, "node %s: %s", self.config.node.name, line)
         self.last_reload = line
         return line
 
