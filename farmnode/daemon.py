@@ -40,7 +40,10 @@ A configuration that does not load is logged at ERROR and the running one stays.
 **Stop** (:meth:`Node.stop`): the reporter; every plane stops accepting, drains briefly and
 goes (nftables rules removed); the prober; the status listener. A cluster runtime stops
 first, with its clean leave (groups released in reverse order, a last ``leaving``
-heartbeat), so a peer takes the groups over while this node's planes still close.
+heartbeat), so a peer takes the groups over while this node's planes still close. Every
+wait of the stop is bounded (a cancelled task that does not end is logged and left), and no
+sleep uses ``asyncio.wait_for`` (:mod:`farmnode.waits`: on Python 3.11 it could swallow the
+cancellation that ends a loop, and the node never exited).
 
 ``[cluster]`` and ``[[groups]]`` are **not reloaded**: a SIGHUP that changes them logs a
 warning and the running cluster stays as started (restart the node to apply them); the
