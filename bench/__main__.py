@@ -24,7 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from bench import evaluator, failover, l4, l4_nft, pg_failover, session
+from bench import evaluator, failover, l4, l4_nft, peers, pg_failover, session
 from bench.servers import KEYS
 from dispatcher.session import AffinityStamp
 
@@ -180,6 +180,8 @@ def main() -> None:
         print(f"  {name} rounds: " + ", ".join(f"{r.requests_per_s:.0f}" for r in rounds))
         if name != peer:
             print(f"  {name} ratios: " + ", ".join(f"{x:.2f}" for x in ratios(results, name, peer)))
+    print("\nthe hot path beside nginx and Apache (bench.peers):")
+    peers.main([])
     print("\nrewrite evaluator alone, 50-rule set, per request:")
     print(f"{'request':<36}{'median us':>10}{'p99 us':>10}")
     for name, (med, p99) in evaluator.measure().items():

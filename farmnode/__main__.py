@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -26,10 +27,12 @@ from farmnode.agents.postgresql import FORCE_VALID, request_forced_promotion
 from farmnode.config import NodeConfig, load_config
 from farmnode.daemon import Node
 from farmnode.errors import ConfigError, FarmnodeError
-from farmnode.status import render_text, status_url
+from farmnode.status import find_status, render_text
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "node.toml"
+#: The longest ``--timeout`` of ``farmnode status``, in seconds.
+MAX_TIMEOUT = 300.0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -60,8 +63,10 @@ def config_of(args: argparse.Namespace) -> NodeConfig:
 
 def check_config(args: argparse.Namespace) -> int:
     """Validate the configuration, check what each resource agent needs on this system
-    (:meth:`farmnode.agents.Agent.check`), and print a one-line summary."""
-    config = config_of(args)
+    (:meth:`farmnode.agents.Agent.check`), and print a one-line summary.
+
+    The report token is a secret of ``serve``: set nowhere, it is a note, not an error."""
+    config = load_config(args.config, need_token=False)
     check_agents(config)
     report = (
         f", reporting to {config.report.url} as site {config.report.site}"
@@ -72,6 +77,11 @@ def check_config(args: argparse.Namespace) -> int:
         f"{config.source}: ok (node {config.node.name}, {len(config.services)} service(s), "
         f"{config.real_server_count} real server(s){report})"
     )
+    if config.report is not None and not config.report.token:
+        print(
+            f"{config.source}: note: report token: not set in this environment "
+            "(FARMNODE_REPORT_TOKEN or report.token; needed by serve)"
+        )
     return EXIT_OK
 
 
@@ -167,21 +177,24 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    """Ask the running node (at ``node.status_listen``) for its status and print it."""
-    config = config_of(args)
-    host, port = config.node.status_address
-    if port == 0:
+    """Ask the running node for its status and print it.
+
+    Where to ask is all it needs (:func:`farmnode.status.find_status`): ``--address``, else
+    ``FARMNODE_STATUS_LISTEN``, else ``node.status_listen`` of ``--config``; nothing else of
+    the file is read, so it works after a reload the file broke, and without secrets."""
+    target = find_status(args.config, os.environ, args.address)
+    if target.port == 0:
         raise FarmnodeError(
-            f"{config.source}: node.status_listen has port 0 (a free port picked at start), "
-            "so there is nothing to ask; give it a fixed port"
+            f"{target.origin}: node.status_listen has port 0 (a free port picked at start), "
+            "so there is nothing to ask; give it a fixed port (or --address HOST:PORT)"
         )
-    url = status_url(host, port)
+    url = target.url
+    who = f"node {target.node}" if target.node is not None else "the node"
     try:
         response = httpx.get(url, timeout=args.timeout, trust_env=False)
     except httpx.HTTPError as exc:
         print(
-            f"farmnode: node {config.node.name} is not running (nothing answers at {url}: "
-            f"{type(exc).__name__})",
+            f"farmnode: {who} is not running (nothing answers at {url}: {type(exc).__name__})",
             file=sys.stderr,
         )
         return EXIT_FAILURE
@@ -200,10 +213,26 @@ def status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _timeout(text: str) -> float:
+    """``--timeout``: a number of seconds, more than 0 and at most 300."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_TIMEOUT:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"seconds > 0 and <= {MAX_TIMEOUT:g}, got {text!r}")
+    return value
+
+
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the JSON document as is")
     parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for the node (default 5)"
+        "--timeout", type=_timeout, default=5.0, help="seconds to wait for the node (default 5)"
+    )
+    parser.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="ask the status listener there (the configuration file is not read)",
     )
 
 

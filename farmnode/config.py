@@ -106,7 +106,7 @@ class ReportSettings:
 
     ``url`` is the dispatcher's admin API base (no trailing ``/``); ``capacity`` is the number
     of active connections that counts as 100 % utilisation. The token never appears in
-    ``repr``.
+    ``repr``; it is ``""`` when set nowhere and not needed (``check-config``, ``status``).
     """
 
     url: str
@@ -146,15 +146,25 @@ class NodeConfig:
 # --- building -----------------------------------------------------------------------------
 
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> NodeConfig:
-    """Read ``path`` and the ``FARMNODE_*`` environment into a validated :class:`NodeConfig`."""
+def load_config(
+    path: str | Path, environ: Mapping[str, str] | None = None, *, need_token: bool = True
+) -> NodeConfig:
+    """Read ``path`` and the ``FARMNODE_*`` environment into a validated :class:`NodeConfig`.
+
+    ``need_token=False`` (``check-config``, ``status``): a report token set nowhere is not an
+    error; ``report.token`` is then ``""``.
+    """
     file = Path(path)
     doc = read_toml(file, ConfigError)
-    return parse_config(doc, str(file), environ=environ)
+    return parse_config(doc, str(file), environ=environ, need_token=need_token)
 
 
 def parse_config(
-    doc: Mapping[str, Any], source: str = "<config>", *, environ: Mapping[str, str] | None = None
+    doc: Mapping[str, Any],
+    source: str = "<config>",
+    *,
+    environ: Mapping[str, str] | None = None,
+    need_token: bool = True,
 ) -> NodeConfig:
     """Validate a parsed TOML document plus environment overrides into a :class:`NodeConfig`.
 
@@ -163,14 +173,16 @@ def parse_config(
     """
     env = os.environ if environ is None else environ
     try:
-        return _build(doc, env, source)
+        return _build(doc, env, source, need_token)
     except _Invalid as exc:
         raise ConfigError(
             exc.source or source, printable(exc.path), printable(exc.expected)
         ) from None
 
 
-def _build(doc: Mapping[str, Any], env: Mapping[str, str], source: str) -> NodeConfig:
+def _build(
+    doc: Mapping[str, Any], env: Mapping[str, str], source: str, need_token: bool = True
+) -> NodeConfig:
     _only_keys(_mapping(doc, "", "a TOML document"), "", TOP_KEYS)
     if "node" not in doc:
         raise _Invalid("node", "a [node] table with at least name = ...")
@@ -178,7 +190,7 @@ def _build(doc: Mapping[str, Any], env: Mapping[str, str], source: str) -> NodeC
     services = _services(doc.get("services", []))
     report = None
     if "report" in doc:
-        report = _report(_mapping(doc["report"], "report", "a table ([report])"), env)
+        report = _report(_mapping(doc["report"], "report", "a table ([report])"), env, need_token)
     cluster = parse_cluster(
         doc.get("cluster"),
         doc.get("groups", []),
@@ -207,7 +219,7 @@ def _node(raw: Mapping[str, Any], env: Mapping[str, str]) -> NodeSettings:
     )
 
 
-def _report(raw: Mapping[str, Any], env: Mapping[str, str]) -> ReportSettings:
+def _report(raw: Mapping[str, Any], env: Mapping[str, str], need_token: bool) -> ReportSettings:
     p = "report"
     _only_keys(raw, p, REPORT_KEYS)
     _require(raw, p, "url", "site", "capacity")
@@ -226,14 +238,15 @@ def _report(raw: Mapping[str, Any], env: Mapping[str, str]) -> ReportSettings:
     return ReportSettings(
         url=url,
         site=site,
-        token=_report_token(raw, env),
+        token=_report_token(raw, env, need_token),
         capacity=capacity,
         interval=_seconds(raw, p, "interval", 5.0, HOUR, least=0.1),
     )
 
 
-def _report_token(raw: Mapping[str, Any], env: Mapping[str, str]) -> str:
-    """``FARMNODE_REPORT_TOKEN`` wins over ``report.token``; one of them is required."""
+def _report_token(raw: Mapping[str, Any], env: Mapping[str, str], need_token: bool) -> str:
+    """``FARMNODE_REPORT_TOKEN`` wins over ``report.token``; one of them is required
+    (``""`` when neither is set and not ``need_token``)."""
     expected = "a bearer token: visible ASCII characters, no spaces"
     if "FARMNODE_REPORT_TOKEN" in env:
         token = env["FARMNODE_REPORT_TOKEN"].strip()
@@ -241,6 +254,8 @@ def _report_token(raw: Mapping[str, Any], env: Mapping[str, str]) -> str:
             raise _Invalid("FARMNODE_REPORT_TOKEN", f"{expected} (set, but not one)", ENVIRONMENT)
         return token
     if "token" not in raw:
+        if not need_token:
+            return ""
         raise _Invalid("report.token", f"{expected} (or set FARMNODE_REPORT_TOKEN)")
     token = raw["token"]
     if not isinstance(token, str) or not _visible_ascii(token):  # never echo a secret

@@ -35,12 +35,15 @@ and data plane stay is updated in place (:meth:`VirtualService.reload` and a pla
 refresh): its established connections go on. Other services are stopped (after a short
 drain) or started; probe targets are resynced, new servers probed at once. A new status
 address or ``[report]`` table takes effect too; ``log_level`` only at the next start.
-A configuration that does not load is logged and the running one stays.
+A configuration that does not load is logged at ERROR and the running one stays.
 
 **Stop** (:meth:`Node.stop`): the reporter; every plane stops accepting, drains briefly and
 goes (nftables rules removed); the prober; the status listener. A cluster runtime stops
 first, with its clean leave (groups released in reverse order, a last ``leaving``
-heartbeat), so a peer takes the groups over while this node's planes still close.
+heartbeat), so a peer takes the groups over while this node's planes still close. Every
+wait of the stop is bounded (a cancelled task that does not end is logged and left), and no
+sleep uses ``asyncio.wait_for`` (:mod:`farmnode.waits`: on Python 3.11 it could swallow the
+cancellation that ends a loop, and the node never exited).
 
 ``[cluster]`` and ``[[groups]]`` are **not reloaded**: a SIGHUP that changes them logs a
 warning and the running cluster stays as started (restart the node to apply them); the
@@ -50,7 +53,6 @@ set of deferred services stays too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -74,12 +76,15 @@ from farmnode.report import Measure, Reporter
 from farmnode.spec import RealSpec, ServiceSpec
 from farmnode.status import StatusApp, StatusListener
 from farmnode.switch.service import VirtualService
+from farmnode.waits import cancel_and_wait, wait_event
 
 log = logging.getLogger("webfarm.farmnode")
 
 PlaneFactory = Callable[[ServiceSpec, VirtualService], DataPlane]
 #: Data planes by the name a service's ``dataplane`` key gives.
 PLANES: Mapping[str, PlaneFactory] = {"userspace": UserspacePlane, "nftables": NftablesPlane}
+#: Seconds a cancelled task of the node (reporter, refresher) may take to end at shutdown.
+TASK_END_LIMIT = 2.0
 #: Seconds before a plane refresh that failed is tried again.
 REFRESH_RETRY = 1.0
 
@@ -325,11 +330,9 @@ class Node:
         await asyncio.gather(
             *(self._stop_plane(r, self.timeouts.shutdown_drain) for r in self.services.values())
         )
-        if self._refresh_task is not None:
-            self._refresh_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresh_task
-            self._refresh_task = None
+        task, self._refresh_task = self._refresh_task, None
+        if task is not None:
+            await cancel_and_wait(task, "the plane refresher", TASK_END_LIMIT, log)
         if self.prober is not None:
             await self.prober.close()
             self.prober = None
@@ -389,15 +392,14 @@ class Node:
         return line
 
     def _show(self, status: str) -> None:
-        if status != self.state:
+        if status not in (self.state, self.last_reload):  # a reload logs its own line
             log.info("node %s: %s", self.config.node.name, status)
         self.state = status
 
     async def _sleep(self, seconds: float) -> None:
         wake = self._wake
         assert wake is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=seconds)
+        await wait_event(wake, seconds)  # never wait_for: see farmnode.waits
         wake.clear()
 
     # -- reload -----------------------------------------------------------------------------
@@ -405,12 +407,13 @@ class Node:
     async def reload_from_source(self) -> str:
         """Read the configuration again (SIGHUP) and apply it; a bad one changes nothing."""
         if self.loader is None:
-            return self._reloaded("reload refused: this node was not started from a file")
+            line = "reload refused: this node was not started from a file"
+            return self._reloaded(line, logging.WARNING)
         try:
             config = await asyncio.to_thread(self.loader)
         except ConfigError as exc:
-            log.error("reload failed, the running configuration stays: %s", exc)  # noqa: TRY400 - the message is the whole story
-            return self._reloaded(f"reload failed: {exc}")
+            line = f"reload failed, the running configuration stays: {exc}"
+            return self._reloaded(line, logging.ERROR)
         return await self.reload(config)
 
     async def reload(self, config: NodeConfig) -> str:
@@ -455,7 +458,7 @@ class Node:
         )
         if failed:
             line += f"; failed to start: {', '.join(sorted(set(failed)))}"
-        return self._reloaded(line)
+        return self._reloaded(line, logging.ERROR if failed else logging.INFO)
 
     def _keeps(self, running: Running, spec: ServiceSpec) -> bool:
         """Whether a reload updates ``running`` in place: the same identity, and running
@@ -464,7 +467,9 @@ class Node:
             running.identity == identity(spec)
         )
 
-    def _reloaded(self, line: str) -> str:
+    def _reloaded(self, line: str, level: int) -> str:
+        """Log how a reload went (a failed one at ERROR) and keep it for the status."""
+        log.log(level, "node %s: %s", self.config.node.name, line)
         self.last_reload = line
         return line
 
@@ -672,9 +677,7 @@ class Node:
     async def _stop_reporter(self) -> None:
         task, self._reporter_task = self._reporter_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task, "the load reporter", TASK_END_LIMIT, log)
         reporter, self.reporter = self.reporter, None
         if reporter is not None:
             await reporter.close()

@@ -4,7 +4,8 @@
 daemon builds (:meth:`farmnode.daemon.Node.status`); any other path is a 404, any other
 method on ``/status`` a 405, both as JSON errors. :class:`StatusListener` serves it with
 uvicorn on a pre-bound socket (port 0 picks a free one). :func:`render_text` turns the
-document into the table ``farmnode status`` prints.
+document into the table ``farmnode status`` prints; :func:`find_status` finds where to ask
+(reading only ``node.status_listen``, so a configuration a reload refused still works).
 
 The document::
 
@@ -25,14 +26,18 @@ Each real server of a service carries ``check``: the health checker's view of it
 from __future__ import annotations
 
 import json
+import re
 import socket
+import tomllib
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from farmnode.config import parse_address
-from farmnode.errors import ListenError
+from farmnode.config import NodeSettings, parse_address
+from farmnode.errors import ConfigError, ListenError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -173,16 +178,128 @@ def status_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}{STATUS_PATH}"
 
 
+# --- where the running node answers (``farmnode status``) -----------------------------------
+
+#: Where a node answers when its ``[node]`` table says nothing (``NodeSettings``' default).
+DEFAULT_STATUS_LISTEN = NodeSettings(name="-").status_listen
+STATUS_ENV = "FARMNODE_STATUS_LISTEN"
+#: A configuration file larger than this is not read by ``farmnode status``.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]#]*?)\s*\]")
+_STRING_KEY = re.compile(r'^\s*(status_listen|name)\s*=\s*"([^"\\]*)"\s*(?:#.*)?$')
+
+
+@dataclass(frozen=True, slots=True)
+class StatusTarget:
+    """Where ``farmnode status`` asks: the address, its origin, and the node's name if known."""
+
+    host: str
+    port: int
+    origin: str
+    node: str | None = None
+
+    @property
+    def url(self) -> str:
+        return status_url(self.host, self.port)
+
+
+def find_status(
+    path: str | Path, environ: Mapping[str, str], address: str | None = None
+) -> StatusTarget:
+    """Where the node configured by ``path`` answers, reading as little as possible.
+
+    ``address`` (``--address``) wins and the file is not read; then ``FARMNODE_STATUS_LISTEN``
+    (as for ``serve``); then ``node.status_listen`` of the file (default
+    :data:`DEFAULT_STATUS_LISTEN`). Nothing else of the file is validated, so the file a
+    reload refused still names its node; a file that is not even TOML is scanned line by
+    line for its ``[node]`` table's ``status_listen = "..."``. Raises :class:`ConfigError`
+    naming what could not be found.
+    """
+    if address is not None:
+        return StatusTarget(*_address(address, "--address", "<command line>"), "--address")
+    if STATUS_ENV in environ:
+        value = environ[STATUS_ENV].strip()
+        host, port = _address(value, STATUS_ENV, "<environment>")
+        return StatusTarget(host, port, STATUS_ENV)
+    source = str(path)
+    text = _config_text(Path(path))
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = _scan_node_table(text)
+        if found is None:
+            expected = f"a [node] table (the file is not valid TOML: {exc}); or give --address"
+            raise ConfigError(source, "node", expected) from None
+        value, name = found
+    else:
+        node = doc.get("node")
+        if not isinstance(node, dict):
+            raise ConfigError(source, "node", "a [node] table; or give --address")
+        value = node.get("status_listen", DEFAULT_STATUS_LISTEN)
+        name = node.get("name") if isinstance(node.get("name"), str) else None
+    host, port = _address(value, "node.status_listen", source)
+    return StatusTarget(host, port, source, name)
+
+
+def _address(value: object, what: str, source: str) -> tuple[str, int]:
+    expected = '"host:port" with an IP address ("[v6]:port" for IPv6)'
+    if not isinstance(value, str):
+        raise ConfigError(source, what, f"{expected}, got {value!r}")
+    try:
+        return parse_address(value, allow_port_zero=True)
+    except ValueError as exc:
+        raise ConfigError(source, what, f"{expected}: {exc}, got {value!r}") from None
+
+
+def _config_text(file: Path) -> str:
+    try:
+        if not file.is_file():  # a FIFO or a device would block or never end
+            reason = "no such file" if not file.exists() else "not a regular file"
+            raise ConfigError(str(file), "", f"a readable TOML file ({reason})")
+        if file.stat().st_size > MAX_CONFIG_BYTES:
+            expected = f"a TOML file of at most {MAX_CONFIG_BYTES // (1024 * 1024)} MiB"
+            raise ConfigError(str(file), "", expected)
+        return file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(file), "", f"a readable TOML file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(file), "", f"UTF-8 text ({exc.reason})") from None
+
+
+def _scan_node_table(text: str) -> tuple[str, str | None] | None:
+    """``(status_listen, name)`` from the ``[node]`` table's lines, or ``None`` without one.
+
+    Only plain one-line basic strings are read (``status_listen = "127.0.0.1:9100"``).
+    """
+    table: str | None = None
+    seen = False
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        header = _HEADER.match(line)
+        if header is not None:
+            table = header.group(1)
+            seen = seen or table == "node"
+            continue
+        match = _STRING_KEY.match(line) if table == "node" else None
+        if match is not None:
+            found.setdefault(match.group(1), match.group(2))
+    if not seen:
+        return None
+    return found.get("status_listen", DEFAULT_STATUS_LISTEN), found.get("name")
+
+
 # --- the text table -------------------------------------------------------------------------
 
 _COLUMNS = ("REAL SERVER", "STATE", "WEIGHT", "ACTIVE", "TOTAL", "IN", "OUT", "CHECK")
 
 
 def render_text(doc: Mapping[str, Any]) -> str:
-    """The status document as ``farmnode status`` prints it: a header, then one block per
-    service with one row per real server (and the fallback, marked ``in use`` or
-    ``standby``)."""
+    """The status document as ``farmnode status`` prints it: a header (and how the last
+    reload went, if there was one), then one block per service with one row per real
+    server (and the fallback, marked ``in use`` or ``standby``)."""
     lines = [_header(doc)]
+    if doc.get("last_reload"):
+        lines.append(f"last reload: {doc['last_reload']}")
     report = doc.get("report")
     if isinstance(report, Mapping):
         lines.append(
@@ -340,11 +457,14 @@ def _duration(seconds: float) -> str:
 
 
 __all__ = [
+    "DEFAULT_STATUS_LISTEN",
     "STATUS_PATH",
     "StatusApp",
     "StatusListener",
+    "StatusTarget",
     "bind",
     "cluster_lines",
+    "find_status",
     "render_text",
     "status_url",
 ]

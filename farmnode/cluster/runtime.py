@@ -59,6 +59,7 @@ from farmnode.cluster.transports import (
 )
 from farmnode.errors import ConfigError, FarmnodeError
 from farmnode.process import run_process
+from farmnode.waits import cancel_and_wait, wait_event
 
 log = logging.getLogger("farmnode.cluster")
 
@@ -72,6 +73,8 @@ NOTIFY_TIMEOUT: Final = 10.0
 STOP_RETRY: Final = 1.0
 #: Seconds past a peer's deadline (deadtime, fresh window) at which the loop wakes to act on it.
 LAPSE_MARGIN: Final = 0.002
+#: Seconds the loop task may take to end once cancelled (a cycle never blocks: immediate).
+LOOP_END_LIMIT: Final = 1.0
 #: Monitor period of a group the settings do not describe.
 DEFAULT_MONITOR_INTERVAL: Final = 10.0
 
@@ -252,9 +255,7 @@ class ClusterRuntime:
     async def _end_loop(self) -> None:
         task, self._loop_task = self._loop_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task, "the cluster loop", LOOP_END_LIMIT, log)
 
     async def _close(self, *, cancel: bool = False) -> None:
         if cancel:
@@ -303,8 +304,7 @@ class ClusterRuntime:
             if lapse is not None:
                 # a peer's deadline falls inside this interval: wake just after it
                 left = min(left, lapse + LAPSE_MARGIN)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), left)
+            await wait_event(self._wake, left)  # never wait_for: see farmnode.waits
 
     def _show(self, status: str) -> None:
         if status != self.last_status:

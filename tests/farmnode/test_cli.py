@@ -89,11 +89,58 @@ def test_check_config_rejects_with_file_path_and_expectation(node_toml: Path) ->
     )
 
 
-def test_a_missing_token_is_a_config_error(node_toml: Path) -> None:
+def test_check_config_needs_no_report_token_and_says_so(node_toml: Path) -> None:
     done = run_farmnode("check-config", "--config", str(node_toml))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [
+        f"{node_toml}: ok (node n1, 2 service(s), 3 real server(s), "
+        "reporting to http://127.0.0.1:8081 as site eu)",
+        f"{node_toml}: note: report token: not set in this environment "
+        "(FARMNODE_REPORT_TOKEN or report.token; needed by serve)",
+    ]
+    with_token = NODE_TOML.replace("capacity = 100", 'capacity = 100\ntoken = "in-the-file"')
+    node_toml.write_text(with_token, encoding="utf-8")
+    done = run_farmnode("check-config", "--config", str(node_toml))
+    assert (done.returncode, len(done.stdout.splitlines())) == (0, 1)
+
+
+def test_serve_refuses_to_start_without_the_report_token(node_toml: Path) -> None:
+    done = run_farmnode("serve", "--config", str(node_toml))
     assert done.returncode == 2
     assert f"{node_toml}: report.token: " in done.stderr
     assert "FARMNODE_REPORT_TOKEN" in done.stderr
+
+
+def test_a_bad_report_token_is_still_an_error(node_toml: Path) -> None:
+    node_toml.write_text(NODE_TOML.replace("capacity = 100", 'capacity = 100\ntoken = "se cret"'))
+    done = run_farmnode("check-config", "--config", str(node_toml))
+    assert done.returncode == 2
+    assert f"{node_toml}: report.token: " in done.stderr
+    assert "se cret" not in done.stderr  # a secret is never echoed
+
+
+def test_status_needs_no_secret_and_reads_only_the_status_address(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"  # a [report] without a token, a key nobody knows
+    path.write_text(
+        NODE_TOML.replace('name = "n1"', 'name = "n1"\nstatus_listen = "127.0.0.1:1"')
+        + "\n[what]\nis = 'this'\n",
+        encoding="utf-8",
+    )
+    done = run_farmnode("status", "--config", str(path))
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith(
+        "farmnode: node n1 is not running (nothing answers at http://127.0.0.1:1/status"
+    )
+    done = run_farmnode("status", "--address", "[::1]:1", "--config", str(tmp_path / "none"))
+    assert done.returncode == 1
+    assert "the node is not running (nothing answers at http://[::1]:1/status" in done.stderr
+    done = run_farmnode("status", "--address", "localhost:1")
+    assert done.returncode == 2
+    assert "<command line>: --address: " in done.stderr
+    for bad in ("nan", "-1", "0", "1e9", "soon"):
+        done = run_farmnode("status", "--address", "127.0.0.1:1", "--timeout", bad)
+        assert done.returncode == 2
+        assert "--timeout: seconds > 0 and <= 300" in done.stderr
 
 
 def test_a_kernel_plane_scheduler_problem_is_reported_at_the_scheduler(node_toml: Path) -> None:

@@ -254,6 +254,39 @@ async def test_clean_stop_hands_the_group_over(tmp_path: Path) -> None:
     assert cluster.log() == ["n1 start", "n1 stop", "n2 start"]
 
 
+@pytest.mark.parametrize("after", [0.1, 0.3, 0.6])
+async def test_stop_ends_at_once_whenever_it_comes(after: float) -> None:
+    """A member without groups (nothing to release): stop() wakes the loop and cancels it
+    at once. On Python 3.11 ``asyncio.wait_for`` swallowed that cancellation when the loop's
+    wake-up fell in the same tick, and stop() never returned (every round at 0.1 and 0.3 s;
+    farmnode.waits)."""
+    ports = free_ports(2)
+    cluster = {
+        "name": CLUSTER,
+        "key": KEY,
+        "interval": 0.2,
+        "deadtime": 1.0,
+        "initdead": 2.0,
+        "transports": [{"kind": "udp", "bind": f"127.0.0.1:{ports[0]}"}],
+        "peers": [{"name": "n2", "addresses": [f"127.0.0.1:{ports[1]}"]}],
+    }
+    parsed = parse_cluster(cluster, [], "n1.toml", {}, node_name="n1")
+    assert parsed is not None
+    for _ in range(3):
+        runtime = ClusterRuntime(parsed, "n1")
+        await runtime.start()
+        try:
+            await asyncio.sleep(after)
+            began = time.monotonic()
+            async with asyncio.timeout(3.0):  # fails rather than hangs
+                await runtime.stop()
+            assert time.monotonic() - began < 1.0
+            assert (runtime.running, runtime.last_status) == (False, "stopped")
+        finally:
+            if runtime.running:
+                await runtime.abandon()
+
+
 async def test_a_restarted_node_has_a_new_incarnation_and_does_not_preempt(
     tmp_path: Path,
 ) -> None:

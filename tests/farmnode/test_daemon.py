@@ -551,7 +551,9 @@ async def test_reload_moves_adds_and_removes_services() -> None:
             assert real_status(node, "web", a.address)["check"]["health"] == "up"
 
 
-async def test_a_bad_configuration_on_reload_changes_nothing(tmp_path: Path) -> None:
+async def test_a_bad_configuration_on_reload_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async with id_servers("a") as (a,):
         path = tmp_path / "node.toml"
         path.write_text(node_text(service_toml("web", free_port(), [a])), encoding="utf-8")
@@ -567,7 +569,11 @@ async def test_a_bad_configuration_on_reload_changes_nothing(tmp_path: Path) -> 
             node.request_reload()
             await wait_until("reload tried", lambda: node.last_reload is not None)
             assert node.last_reload is not None
-            assert node.last_reload.startswith(f"reload failed: {path}: services[0].scheduler")
+            failed = f"reload failed, the running configuration stays: {path}: services[0]."
+            assert node.last_reload.startswith(failed + "scheduler")
+            logged = [r for r in caplog.records if "reload failed" in r.getMessage()]
+            assert [r.levelname for r in logged] == ["ERROR"]  # once, at ERROR
+            assert logged[0].getMessage() == f"node n1: {node.last_reload}"
             assert node.reloads == 0
             assert node.config is config
             async with new_client() as client:
@@ -708,13 +714,29 @@ async def test_serve_status_reload_and_stop_from_the_command_line(tmp_path: Path
             )
             assert set(await ids(client, f"http://127.0.0.1:{port}/", 6)) == {"a", "c"}
 
-            path.write_text("[node\n", encoding="utf-8")  # not even TOML
+            good = path.read_text(encoding="utf-8")
+            path.write_text(good + "\n[[services]\n", encoding="utf-8")  # not even TOML
             process.send_signal(signal.SIGHUP)
             await wait_for(
                 "the failed reload",
                 lambda: answers(lambda d: (d["last_reload"] or "").startswith("reload failed")),
             )
             assert set(await ids(client, f"http://127.0.0.1:{port}/", 4)) == {"a", "c"}
+            # status still finds the node: it reads only node.status_listen
+            code, out, err = await _run_farmnode("status", "--config", str(path), env=env)
+            assert (code, err) == (0, "")
+            assert "last reload: reload failed, the running configuration stays: " in out
+            path.write_text(good.replace("[[services]]", "[[services]]\nbogus = 1", 1))
+            code, out, err = await _run_farmnode("status", "--config", str(path), env=env)
+            assert (code, err) == (0, ""), "a valid TOML file that fails validation"
+            path.write_text("[node\n", encoding="utf-8")
+            code, out, err = await _run_farmnode("status", "--config", str(path), env=env)
+            assert code == 2
+            assert "give --address" in err
+            address = f"127.0.0.1:{status_port}"
+            code, out, err = await _run_farmnode("status", "--address", address, env=env)
+            assert (code, err) == (0, "")
+            assert out.startswith("node n1: up ")
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
