@@ -163,7 +163,13 @@ def _serve(args: argparse.Namespace) -> int:
     config = _config(args)
     source = args.config
     runner = Runner(config, worker_processes=True, reload_config=lambda: load_config(source))
-    return _run_until_signalled(runner.serve, grace=config.dispatcher.graceful_timeout)
+
+    async def serve(stop: asyncio.Event, reload: asyncio.Event) -> None:
+        await runner.serve(stop, reload)
+        if runner.stranded:  # a thread stuck on the database would hold up the exit
+            _exit_now("stopped, leaving store calls stuck (a hung database?)")
+
+    return _run_until_signalled(serve, grace=config.dispatcher.graceful_timeout)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -208,14 +214,17 @@ def _exit_after(seconds: float) -> None:
 
     def watchdog() -> None:
         time.sleep(seconds)
-        logging.getLogger("webfarm").error(
-            "could not stop within %.1f s (a hung database call?): exiting now", seconds
-        )
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os._exit(EXIT_FAILURE)
+        _exit_now(f"could not stop within {seconds:.1f} s (a hung database call?)")
 
     threading.Thread(target=watchdog, name="stop watchdog", daemon=True).start()
+
+
+def _exit_now(why: str) -> None:
+    """Log ``why`` and end the process without waiting for its threads."""
+    logging.getLogger("webfarm").error("%s: exiting now", why)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(EXIT_FAILURE)
 
 
 if __name__ == "__main__":

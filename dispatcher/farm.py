@@ -73,8 +73,9 @@ class Farm:
         await self._io(self.adopt_rule_file)
         await self.refresh()
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Stop probing and wait (bounded) for store calls still running in worker threads.
+    async def stop(self, timeout: float = 10.0) -> bool:
+        """Stop probing and wait (bounded) for store calls still running in worker threads;
+        False if some are still running after ``timeout`` (a hung database).
 
         A caller cancelled while its store call runs does not stop the thread; closing the
         store under it would strand the thread's database connection.
@@ -82,6 +83,7 @@ class Farm:
         await self.prober.close()
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=timeout)
+        return not self._in_flight
 
     async def _io(self, call: Callable[..., T], /, *args: Any) -> T:
         """Run a blocking store call in a worker thread; tracked so :meth:`stop` can wait."""

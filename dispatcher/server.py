@@ -165,6 +165,9 @@ class Runner:
         self._admin_app: Swappable | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._reloading = asyncio.Lock()
+        self.stranded = False
+        """Set by :meth:`stop` when threads are left stuck in store calls: they would hold up
+        the interpreter's exit, so the caller should end the process at once."""
 
     @property
     def public_port(self) -> int:
@@ -277,7 +280,8 @@ class Runner:
         The public side (workers, or the in-process listener) and the admin listener stop
         together: they stop accepting and let open requests finish within the graceful
         timeout. Then the background tasks end, store calls still running get
-        :data:`STORE_GRACE` seconds, and the store is closed (bounded too).
+        :data:`STORE_GRACE` seconds, and the store is closed (bounded too); if either is
+        left hanging, :attr:`stranded` is set.
         """
         stopping = [
             part.stop() for part in (self.workers, self.public, self.admin) if part is not None
@@ -287,11 +291,15 @@ class Runner:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
-        await self.farm.stop(timeout=STORE_GRACE)
+        if not await self.farm.stop(timeout=STORE_GRACE):
+            log.error("store calls still running after %g s (a hung database?)", STORE_GRACE)
+            self.stranded = True
+            return  # closing the store under them would strand their connections
         closing = asyncio.ensure_future(asyncio.to_thread(self.store.close))
         done, _ = await asyncio.wait([closing], timeout=STORE_GRACE)
         if not done:
             log.error("the database did not close within %g s; leaving it", STORE_GRACE)
+            self.stranded = True
 
     async def serve(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
         """Start; reload whenever ``reload`` is set; stop once ``stop`` is set."""

@@ -4,6 +4,7 @@ processes, real signals, real load (``wrk``) against the public port, loopback s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, FARM_DISPATCHER, LoopbackSite, farm_toml, skip_or_fail
+from tests.farmnode.pgcluster import _pids, _ppid, pg_lab, unavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -302,3 +304,57 @@ async def test_overload_never_marks_a_healthy_site_down(
         assert redirects >= 0.99 * (answers + result.socket_errors), result.text
     finally:
         running.close()
+
+
+def cluster_pids(postmaster: int) -> list[int]:
+    """The postmaster and every process it started."""
+    return [postmaster, *(pid for pid in _pids() if _ppid(pid) == postmaster)]
+
+
+async def test_sigterm_stops_within_the_bound_while_the_database_hangs(
+    tmp_path: Path, two_sites: dict[str, LoopbackSite]
+) -> None:
+    reason = unavailable()
+    if reason is not None:
+        skip_or_fail(reason)
+    with pg_lab() as lab:
+        node = await asyncio.to_thread(lab.initdb, "hang")
+        await asyncio.to_thread(node.start)
+        url = f"postgresql://postgres@127.0.0.1:{node.port}/postgres"
+        config = tmp_path / "farm.toml"
+        config.write_text(
+            farm_toml(
+                {name: (site, 1) for name, site in two_sites.items()},
+                database_url=url,
+                extra="workers = 2\ngraceful_timeout = 1.0",
+            )
+        )
+        await asyncio.to_thread(
+            subprocess.run,
+            [FARM_DISPATCHER, "db", "upgrade", "-c", str(config)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        running = Serve(config)
+        postmaster = node.postmaster_pid()
+        assert postmaster is not None
+        stopped: list[int] = []
+        try:
+            await running.ready()
+            stopped = cluster_pids(postmaster)
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            await asyncio.sleep(1.0)  # the registry refresher is now stuck in a query
+            answer = await get(running.public, "/during")
+            assert answer.status_code == 302  # the workers never touch the database
+            took = await running.stop()
+            print(f"stop with a hung database: {took:.2f} s; exit {running.proc.returncode}")
+            assert took < 1.0 + 5.0, running.output
+            assert "(a hung database?): exiting now" in running.output
+            assert "Traceback" not in running.output
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            running.close()
