@@ -44,6 +44,8 @@ STARTUP_TIMEOUT = 30.0
 MIN_BACKOFF, MAX_BACKOFF = 0.1, 5.0
 #: A worker that lived this long resets the backoff.
 STABLE_AFTER = 10.0
+#: A worker that sends nothing (it reports every 0.5 s) for this long is hung: replaced.
+HUNG_AFTER = 15.0
 
 
 class WorkerError(DispatcherError):
@@ -99,6 +101,7 @@ class WorkerPool:
         self._reserved: socket.socket | None = None
         self._start_failed = asyncio.Event()
         self.host, self.port = parse_address(listen)
+        self.hung_after = HUNG_AFTER
 
     # --- life cycle ---
 
@@ -108,6 +111,7 @@ class WorkerPool:
         self.port = int(self._reserved.getsockname()[1])
         self._publish_now()
         self.farm.on_change = self._dirty.set
+        self.farm.worker_views = self.views
         self._tasks.append(asyncio.create_task(self._publisher(), name="state publisher"))
         for slot in self._slots:
             self._tasks.append(asyncio.create_task(self._keep(slot), name=f"worker {slot.index}"))
@@ -133,6 +137,7 @@ class WorkerPool:
         timeout. Workers still there a second later are killed."""
         self._stopping.set()
         self.farm.on_change = None
+        self.farm.worker_views = None
         for slot in self._slots:
             _signal(slot.proc, signal.SIGTERM)
         keepers = self._tasks[1:]
@@ -198,6 +203,8 @@ class WorkerPool:
                 await self._run_one(slot)
             except (OSError, WireError) as exc:
                 log.error("worker %d failed: %s", slot.index, exc)  # noqa: TRY400 - the message is the whole story
+            except Exception:  # a bug must not leave the slot empty for good
+                log.exception("worker %d failed unexpectedly", slot.index)
             if self._stopping.is_set():
                 return
             if not slot.first_ready.is_set():  # at start-up: fail, do not retry
@@ -257,7 +264,7 @@ class WorkerPool:
             if report is None or report.kind != "ready":
                 raise WireError("the worker did not start (see its log above)")
             startup.reschedule(None)
-        slot.ready, slot.generation = True, report.generation
+        slot.ready, slot.generation, pid = True, report.generation, report.pid
         slot.first_ready.set()
         log.info(
             "worker %d started (pid %d, ready in %.0f ms)",
@@ -265,7 +272,21 @@ class WorkerPool:
             report.pid,
             (time.monotonic() - started) * 1000,
         )
-        while (report := await self._next(reader)) is not None:
+        while True:
+            try:
+                async with asyncio.timeout(self.hung_after):
+                    report = await self._next(reader)
+            except TimeoutError:
+                log.error(  # noqa: TRY400 - no traceback to tell
+                    "worker %d (pid %d) sent nothing for %g s: hung, replacing it",
+                    slot.index,
+                    pid,
+                    self.hung_after,
+                )
+                _signal(slot.proc, signal.SIGKILL)
+                return
+            if report is None:
+                return
             if report.kind == "ack":
                 slot.generation = report.generation
                 if report.generation == self._generation:

@@ -15,8 +15,8 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dispatcher.backends.health import Health, Prober, Target
 from dispatcher.backends.sites import SiteSpec
@@ -27,6 +27,9 @@ from dispatcher.errors import InvalidValue, StoreError
 from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules, load_rules
 from dispatcher.wire import RulesText, WorkerState, for_workers
+
+if TYPE_CHECKING:
+    from dispatcher.control import WorkerView
 
 log = logging.getLogger("webfarm.farm")
 T = TypeVar("T")
@@ -39,6 +42,8 @@ class Farm:
     by the hot path when it runs in this process, else the totals the workers report
     (:meth:`add_redirects`). ``on_change`` (if set) is called after every change the workers
     must see: registry, health state, load, rules, configuration, not every probe.
+    ``worker_views`` (if set) lists the worker processes: pid, the state generation each
+    acked last, restarts (for a status view).
     """
 
     def __init__(self, config: Config, store: SiteStore, prober: Prober | None = None) -> None:
@@ -54,6 +59,7 @@ class Farm:
         self._refreshing = asyncio.Lock()
         self._in_flight: set[asyncio.Task[Any]] = set()
         self.on_change: Callable[[], None] | None = None
+        self.worker_views: Callable[[], Sequence[WorkerView]] | None = None
         self.snapshot = self._build()
 
     # --- life cycle ---

@@ -8,7 +8,8 @@ worker reads its :class:`~dispatcher.wire.Setup` and first
 
 - applies every state it is sent (builds the snapshot itself, compiles the rules when their
   text changed, rebuilds the public app when the configuration changed) and acks it;
-- sends its redirect counts every :data:`COUNTS_INTERVAL` seconds;
+- sends its redirect counts every :data:`COUNTS_INTERVAL` seconds (also when there are
+  none: a worker that stays silent for long is taken as hung and replaced);
 - never waits on the control process: it writes without waiting for the pipe to drain, and
   if the pipe dies it keeps serving its last state until its parent is gone;
 - stops on SIGTERM: stops accepting, lets open requests finish within the graceful timeout.
@@ -213,8 +214,9 @@ class Worker:
             self._flush_counts()
 
     def _flush_counts(self) -> None:
+        """Report the counts (also when there are none: the report says this worker lives)."""
         farm = self.farm
-        if farm is None or not farm.redirects:
+        if farm is None:
             return
         counts, farm.redirects = farm.redirects, defaultdict(int)
         self._report({"type": "counts", "redirects": dict(counts)})

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -262,5 +264,69 @@ async def test_a_reload_reaches_the_workers_and_a_bad_file_changes_nothing(
         assert {a.status_code for a in answers} == {307}
         assert (await farm.admin.get("/api/v1/status")).status_code == 200
         assert ADMIN_TOKEN in farm.admin.headers["authorization"]
+    finally:
+        await farm.close()
+
+
+@pytest.mark.anyio
+async def test_a_hung_worker_is_replaced_and_the_other_keeps_answering(
+    tmp_path: Path, sites: dict[str, LoopbackSite]
+) -> None:
+    farm = await start_with_workers(tmp_path, {"eu": sites["eu"]})
+    try:
+        workers = farm.runner.workers
+        assert workers is not None
+        workers.hung_after = 3.0  # (a starved worker can be silent 1 s on a busy machine)
+        await asyncio.sleep(0.7)  # the next report waits with the new limit
+        hung = workers.views()[0].pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)  # alive, but silent and answering nothing
+        deadline = time.monotonic() + 20
+        while hung in {v.pid for v in workers.views()} or not all(v.ready for v in workers.views()):
+            assert time.monotonic() < deadline, workers.views()
+            await asyncio.sleep(0.05)
+        assert workers.views()[0].restarts == 1
+        assert farm.runner.farm.worker_views is not None
+        answers = await asyncio.gather(
+            *(fresh_get(farm.runner.public_port, "/") for _ in range(20))
+        )
+        assert {a.status_code for a in answers} == {302}
+    finally:
+        await farm.close()
+
+
+@pytest.mark.anyio
+async def test_a_reload_adds_a_pool_with_its_rules_and_refuses_to_drop_a_pool_in_use(
+    tmp_path: Path, sites: dict[str, LoopbackSite]
+) -> None:
+    config_file = tmp_path / "farm.toml"
+    rules = tmp_path / "rules.conf"
+    rules.write_text("RewriteEngine on\n")
+    base = farm_toml(
+        {"eu": (sites["eu"], 1)},
+        database_url=f"sqlite:///{tmp_path / 'farm.db'}",
+        extra='rules = "rules.conf"',
+    )
+    config_file.write_text(base)
+    farm = RunningDispatcher(await RunningDispatcher.start_runner(config_file))
+    try:
+        site = {"name": "us", "base_url": sites["us"].url, "pool": "us"}
+        refused = await farm.admin.post("/api/v1/sites", json=site)
+        assert refused.status_code == 422  # no pool "us" yet
+        rules.write_text("RewriteEngine on\nRewriteRule ^/us(/.*)$ ${site:us}$1 [R=307,L]\n")
+        config_file.write_text(base + '\n[pools.us]\npolicy = "failover"\n')
+        assert await farm.runner.reload()
+        assert (await farm.admin.post("/api/v1/sites", json=site)).status_code == 201
+        for _ in range(50):  # the new site's first probe
+            answer = await farm.public.get("/us/cart")
+            if answer.status_code == 307:
+                break
+            await asyncio.sleep(0.1)
+        assert answer.status_code == 307
+        assert answer.headers["location"] == f"{sites['us'].url}/cart"
+        config_file.write_text(base)  # pool "us" gone, but site us is in it
+        assert not await farm.runner.reload()
+        assert "us" in farm.runner.config.pools
+        assert (await farm.public.get("/us/cart")).status_code == 307
     finally:
         await farm.close()
