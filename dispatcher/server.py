@@ -286,7 +286,9 @@ class Runner:
         stopping = [
             part.stop() for part in (self.workers, self.public, self.admin) if part is not None
         ]
-        await asyncio.gather(*stopping, return_exceptions=True)
+        for failed in await asyncio.gather(*stopping, return_exceptions=True):
+            if isinstance(failed, Exception):
+                log.error("stopping a listener failed: %s", failed)
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

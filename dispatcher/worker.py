@@ -16,7 +16,8 @@ worker reads its :class:`~dispatcher.wire.Setup` and first
 
 It ignores SIGINT and SIGHUP (a terminal's Ctrl-C or hang-up reaches the whole process
 group; the control process decides), runs at a worse scheduling priority than its parent
-(:data:`WORKER_NICENESS`) so a busy hot path cannot starve the probes, and asks the kernel
+once it is serving (:data:`WORKER_NICENESS`) so a busy hot path cannot starve the probes
+(starting up, it competes as an equal: a restart under load should not crawl), and asks the kernel
 for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), so it never outlives it.
 """
 
@@ -158,6 +159,7 @@ class Worker:
         await listener.start()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        os.nice(WORKER_NICENESS)  # once started: a restart under load should not crawl
         self._report({"type": "ready", "pid": os.getpid(), "generation": state.generation})
         log.info("worker %d (pid %d) serving on http://%s", setup.index, os.getpid(), address)
         tasks = [
@@ -258,7 +260,6 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 1
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    os.nice(WORKER_NICENESS)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

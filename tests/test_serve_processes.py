@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, FARM_DISPATCHER, LoopbackSite, farm_toml, skip_or_fail
-from tests.farmnode.pgcluster import _pids, _ppid, pg_lab, unavailable
+from tests.farmnode.pgcluster import _pids, _ppid, pg_lab, process_alive, unavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -180,7 +180,9 @@ async def get(port: int, path: str = "/") -> httpx.Response:
 async def serve(
     tmp_path: Path, two_sites: dict[str, LoopbackSite]
 ) -> AsyncIterator[tuple[Serve, Path]]:
-    config = await asyncio.to_thread(write_config, tmp_path, two_sites)
+    # lenient checks: these tests are about processes, not health verdicts on a busy machine
+    check = "interval = 0.5, timeout = 2.0, rise = 1, fall = 3"
+    config = await asyncio.to_thread(write_config, tmp_path, two_sites, check=check)
     running = Serve(config)
     try:
         await running.ready()
@@ -203,6 +205,8 @@ async def test_a_worker_killed_under_load_is_replaced_and_the_other_keeps_answer
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
+    while process_alive(victim):  # until its sockets are closed (a connection that raced
+        await asyncio.sleep(0.001)  # into its queue before that was in flight on it)
     answers = [await get(running.public, f"/after{i}") for i in range(10)]
     assert {a.status_code for a in answers} == {302}  # the other worker answers at once
     while running.listening() < 2 or len(running.workers() - {victim}) < 2:
@@ -212,7 +216,7 @@ async def test_a_worker_killed_under_load_is_replaced_and_the_other_keeps_answer
     result = await load
     print(f"worker killed with SIGKILL: a new one listening after {back:.2f} s; {result.text}")
     assert f"(pid {victim}) is gone (killed by SIGKILL)" in running.output
-    assert result.not_2xx_3xx == 0, result.text
+    assert result.not_2xx_3xx == 0, result.text + running.output
     assert result.socket_errors <= 20, result.text  # at most what was in flight on the victim
     assert result.requests > 1000, result.text
     assert len(running.workers()) == 2
@@ -239,7 +243,7 @@ async def test_sighup_under_load_fails_no_request_and_puts_the_new_file_in_force
     await running.wait_for("reloaded ")
     result = await load
     assert result.socket_errors == 0, result.text
-    assert result.not_2xx_3xx == 0, result.text
+    assert result.not_2xx_3xx == 0, result.text + running.output
     assert running.proc.poll() is None
     assert "needs a restart (running values kept): dispatcher.workers" in running.output
     await asyncio.sleep(0.1)
