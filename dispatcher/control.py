@@ -189,8 +189,11 @@ class WorkerPool:
             slot.wake.clear()
             if slot.sent < self._generation:
                 slot.sent = self._generation
-                writer.write(self._frame)
-                await writer.drain()
+                try:
+                    writer.write(self._frame)
+                    await writer.drain()
+                except OSError:  # the worker is gone: its reader sees the end and reaps it
+                    return
 
     # --- one worker ---
 

@@ -200,6 +200,8 @@ class Worker:
                     self._report({"type": "ack", "generation": message.generation})
         except (WireError, OSError) as exc:
             log.error("worker pid %d: the control channel failed: %s", os.getpid(), exc)  # noqa: TRY400 - the message is the whole story
+            if self._writer is not None:
+                self._writer.close()  # the control process sees it closed and replaces us
         log.warning(
             "worker pid %d: no more states from the control process; serving the last one "
             "until the parent is gone",
