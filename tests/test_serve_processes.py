@@ -200,6 +200,7 @@ async def test_a_worker_killed_under_load_is_replaced_and_none_outlives_the_cont
     workers = running.workers()
     assert len(workers) == 2
     assert running.listening() == 2
+    assert {niceness(pid) for pid in workers} == {niceness(running.proc.pid) + 10}
     load = asyncio.ensure_future(
         wrk(f"http://127.0.0.1:{running.public}/x", connections=20, seconds=3)
     )
@@ -300,6 +301,11 @@ async def test_overload_never_marks_a_healthy_site_down(
         assert redirects >= 0.99 * (answers + result.socket_errors), result.text
     finally:
         running.close()
+
+
+def niceness(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rfind(")") + 2 :].split()[16])
 
 
 def cluster_pids(postmaster: int) -> list[int]:
