@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -180,28 +182,70 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     config = _config(args)
-    return _run_until_signalled(lambda stop: Runner(config).serve(stop))
+    source = args.config
+    runner = Runner(config, worker_processes=True, reload_config=lambda: load_config(source))
+
+    async def serve(stop: asyncio.Event, reload: asyncio.Event) -> None:
+        await runner.serve(stop, reload)
+        if runner.stranded:  # a thread stuck on the database would hold up the exit
+            _exit_now("stopped, leaving store calls stuck (a hung database?)")
+
+    return _run_until_signalled(serve, grace=config.dispatcher.graceful_timeout)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    return _run_until_signalled(lambda stop: run_demo(stop, port=args.port))
+    return _run_until_signalled(lambda stop, _reload: run_demo(stop, port=args.port), grace=1.0)
+
+
+#: How much longer than the graceful timeout a stop may take before the process is ended.
+STOP_MARGIN = 4.5
 
 
 def _run_until_signalled(
-    body: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    body: Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]], *, grace: float
 ) -> int:
-    """Run ``body(stop)`` on uvloop where available; SIGINT/SIGTERM only set ``stop``."""
+    """Run ``body(stop, reload)`` on uvloop; SIGINT/SIGTERM set ``stop``, SIGHUP ``reload``.
+
+    Once ``stop`` is set, the process ends within ``grace`` + :data:`STOP_MARGIN` seconds
+    whatever hangs: a store call stuck on a hung database runs in a thread that would hold
+    up the interpreter's exit, so past that bound a watchdog logs it and ends the process.
+    """
 
     async def runner() -> None:
-        stop = asyncio.Event()
+        stop, reload = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def stopping() -> None:
+            if not stop.is_set():
+                stop.set()
+                _exit_after(grace + STOP_MARGIN)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await body(stop)
+            loop.add_signal_handler(sig, stopping)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        await body(stop, reload)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
         loop_runner.run(runner())
     return EXIT_OK
+
+
+def _exit_after(seconds: float) -> None:
+    """Start the stop watchdog: past ``seconds``, log and end the process at once."""
+
+    def watchdog() -> None:
+        time.sleep(seconds)
+        _exit_now(f"could not stop within {seconds:.1f} s (a hung database call?)")
+
+    threading.Thread(target=watchdog, name="stop watchdog", daemon=True).start()
+
+
+def _exit_now(why: str) -> None:
+    """Log ``why`` and end the process without waiting for its threads."""
+    logging.getLogger("webfarm").error("%s: exiting now", why)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(EXIT_FAILURE)
 
 
 if __name__ == "__main__":

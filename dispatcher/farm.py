@@ -2,7 +2,9 @@
 
 :class:`Farm` owns the slow side. It reads and writes the store (in worker threads),
 drives the prober, takes load reports, and after every change swaps in a new
-:class:`~dispatcher.backends.snapshot.Snapshot` for the hot path to read.
+:class:`~dispatcher.backends.snapshot.Snapshot` for the hot path to read. When the hot path
+runs in worker processes, ``on_change`` is told of every change they must see, and
+:meth:`Farm.worker_state` is what is shipped to them.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dispatcher.backends.health import Health, Prober, Target
 from dispatcher.backends.sites import SiteSpec
@@ -24,6 +26,10 @@ from dispatcher.config import Config, check_not_self
 from dispatcher.errors import InvalidValue, StoreError
 from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules, load_rules
+from dispatcher.wire import RulesText, WorkerState, for_workers
+
+if TYPE_CHECKING:
+    from dispatcher.control import WorkerView
 
 log = logging.getLogger("webfarm.farm")
 T = TypeVar("T")
@@ -32,8 +38,12 @@ T = TypeVar("T")
 class Farm:
     """Live registry state for one dispatcher process.
 
-    ``snapshot`` is replaced, never mutated; ``redirects`` counts redirects per site and is
-    bumped by the hot path.
+    ``snapshot`` is replaced, never mutated; ``redirects`` counts redirects per site: bumped
+    by the hot path when it runs in this process, else the totals the workers report
+    (:meth:`add_redirects`). ``on_change`` (if set) is called after every change the workers
+    must see: registry, health state, load, rules, configuration, not every probe.
+    ``worker_views`` (if set) lists the worker processes: pid, the state generation each
+    acked last, restarts (for a status view).
     """
 
     def __init__(self, config: Config, store: SiteStore, prober: Prober | None = None) -> None:
@@ -48,6 +58,8 @@ class Farm:
         self._rules: RewriteProgram | None = None
         self._refreshing = asyncio.Lock()
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self.on_change: Callable[[], None] | None = None
+        self.worker_views: Callable[[], Sequence[WorkerView]] | None = None
         self.snapshot = self._build()
 
     # --- life cycle ---
@@ -67,8 +79,9 @@ class Farm:
         await self._io(self.adopt_rule_file)
         await self.refresh()
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Stop probing and wait (bounded) for store calls still running in worker threads.
+    async def stop(self, timeout: float = 10.0) -> bool:
+        """Stop probing and wait (bounded) for store calls still running in worker threads;
+        False if some are still running after ``timeout`` (a hung database).
 
         A caller cancelled while its store call runs does not stop the thread; closing the
         store under it would strand the thread's database connection.
@@ -76,6 +89,7 @@ class Farm:
         await self.prober.close()
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=timeout)
+        return not self._in_flight
 
     async def _io(self, call: Callable[..., T], /, *args: Any) -> T:
         """Run a blocking store call in a worker thread; tracked so :meth:`stop` can wait."""
@@ -102,7 +116,7 @@ class Farm:
                 await self._install(revision, sites)
             new_loads = self._merge_loads(loads)
             if new_loads and not changed:
-                self.snapshot = self._build()
+                self._changed()
         return f"revision {revision}{' (reloaded)' if changed else ''}, {new_loads} new load(s)"
 
     async def run_refresher(self, interval: float) -> None:
@@ -143,7 +157,7 @@ class Farm:
         report = LoadReport(site, load, connections, _now())
         await self._io(self.store.record_load, report)
         self._loads[site] = Load(report, time.monotonic())
-        self.snapshot = self._build()
+        self._changed()
         return report
 
     # --- rewrite rules ---
@@ -202,6 +216,71 @@ class Farm:
             log.error("stored rewrite rules no longer compile, keeping the running ones: %s", exc)  # noqa: TRY400 - the message is the whole story
             return self._rules
 
+    # --- configuration reload and worker processes ---
+
+    async def reconfigure(self, config: Config) -> None:
+        """Run on ``config`` from now on (a reload), once :meth:`check_config` accepted it.
+
+        The rules that will run (the rule file's, if it changed, else the stored ones) are
+        compiled against the new pools first: if they do not compile, nothing changes and
+        the error is raised. Then the rule file is adopted again if it changed, and the new
+        snapshot is built and announced.
+        """
+        old, self.config = self.config, config
+        try:
+            await self._io(self._check_rules)
+            await self._io(self.adopt_rule_file)
+            stored = await self._io(self.store.get_rules)
+            self._rules = None if stored is None else self.compile(stored.text, stored.origin)
+        except BaseException:
+            self.config = old
+            raise
+        self._changed()
+
+    def _check_rules(self) -> None:
+        """Compile the rules the current config would run; raise if they do not compile."""
+        stored = self.store.get_rules()
+        path = self.config.dispatcher.rules
+        if path is not None:
+            program = load_rules(path, known_pools=self.config.pools)
+            digest = hashlib.sha256(program.source.encode()).hexdigest()
+            if stored is None or stored.file_digest != digest:
+                return  # the file's rules replace the stored ones, and they compiled
+        if stored is not None:
+            self.compile(stored.text, stored.origin)
+
+    def check_config(self, config: Config) -> None:
+        """Raise :class:`InvalidValue` if ``config`` cannot run the registry as it stands:
+        a pool that registered sites still use is gone, or a site points at the new
+        listeners."""
+        for site in self._sites:
+            if site.pool not in config.pools:
+                raise InvalidValue(
+                    "pools",
+                    f"pool {site.pool!r} kept: site {site.name!r} is in it (move it first)",
+                )
+            check_not_self(site.base_url, config.dispatcher, f"site {site.name!r} base_url")
+
+    def worker_state(self, generation: int) -> WorkerState:
+        """What a worker needs to build the current snapshot itself."""
+        rules = self._rules
+        return WorkerState(
+            generation=generation,
+            config=for_workers(self.config),
+            revision=self._revision,
+            sites=self._sites,
+            health={site.name: self.prober.health(site.name).state for site in self._sites},
+            loads=dict(self._loads),
+            rules=None if rules is None else RulesText(rules.source, rules.filename),
+        )
+
+    def add_redirects(self, counts: Mapping[str, int]) -> None:
+        """Add a worker's redirect counts to the totals (sites no longer registered are
+        dropped)."""
+        for name, count in counts.items():
+            if name in self.snapshot.sites:
+                self.redirects[name] += count
+
     # --- internals ---
 
     def _check_site(self, site: SiteSpec) -> None:
@@ -212,7 +291,7 @@ class Farm:
     async def _install(self, revision: int, sites: tuple[SiteSpec, ...]) -> None:
         self._sites, self._revision = sites, revision
         await self.prober.sync(_target(site) for site in sites)
-        self.snapshot = self._build()
+        self._changed()
 
     def _merge_loads(self, loads: Mapping[str, LoadReport]) -> int:
         """Adopt reports newer than what we hold; return how many were new."""
@@ -230,7 +309,15 @@ class Farm:
         return fresh
 
     def _on_health(self, key: str, health: Health, changed: bool) -> None:
+        if changed:
+            self._changed()
+        else:  # the last probe's figures, for the admin API only
+            self.snapshot = self._build()
+
+    def _changed(self) -> None:
         self.snapshot = self._build()
+        if self.on_change is not None:
+            self.on_change()
 
     def _build(self) -> Snapshot:
         snapshot = build_snapshot(

@@ -1,8 +1,11 @@
-"""The runner: one object that owns start-up and clean shutdown of a dispatcher.
+"""The runner: one object that owns start-up, reload and clean shutdown of a dispatcher.
 
 Order matters and is the point of this module. Start: schema check, registry seed, one
-probe round, the admin listener, then the public listener (so the first client already
-meets known health). Stop: public listener, admin listener, background tasks, store.
+probe round, the admin listener, then the public listener or the worker processes that own
+it (so the first client already meets known health). Reload (SIGHUP): the file is validated
+first and applied without stopping anything. Stop: public side and admin listener
+(gracefully, bounded), background tasks, store (bounded: a hung database does not hold up
+the exit).
 """
 
 from __future__ import annotations
@@ -10,23 +13,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from dispatcher.admin import AdminApi
 from dispatcher.affinity import make_affinity
-from dispatcher.app import DispatchApp
+from dispatcher.app import DispatchApp, FarmState, Receive, Scope, Send
 from dispatcher.backends.store import SiteStore, open_store
-from dispatcher.config import Config, DispatcherSettings, parse_address
-from dispatcher.errors import ListenError
+from dispatcher.config import Config, DispatcherSettings, load_config, parse_address
+from dispatcher.errors import DispatcherError, ListenError
 from dispatcher.farm import Farm
+from dispatcher.redirect import RewriteError
 from dispatcher.relay import HandoffRelay
+from dispatcher.reload import plan_reload
 from dispatcher.session import HandoffToken
 
+if TYPE_CHECKING:
+    from dispatcher.control import WorkerPool
+
 log = logging.getLogger("webfarm.server")
+LISTEN_BACKLOG = 2048
+#: How long stopping waits for store calls still running, and for the store to close.
+STORE_GRACE = 1.5
+#: How long a reload may take to read the configuration and rules.
+RELOAD_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,15 +52,20 @@ class Timeouts:
     keep_alive: int = 5
 
 
-def bind(address: str) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0 picks a free one)."""
+def bind(address: str, *, reuseport: bool = False, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0 picks a free one), listening unless told
+    not to; with ``reuseport``, other processes of ours can bind the same address
+    (``SO_REUSEPORT``: the kernel spreads new connections over the listening ones)."""
     host, port = parse_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(2048)
+        if listen:
+            sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         raise ListenError(address, exc.strerror or str(exc)) from None
@@ -54,13 +74,21 @@ def bind(address: str) -> socket.socket:
 
 
 class Listener:
-    """One uvicorn server on one pre-bound socket, without uvicorn's signal handling."""
+    """One uvicorn server on one pre-bound socket (``sock``, else one bound to ``address``),
+    without uvicorn's signal handling."""
 
     def __init__(
-        self, app: Any, address: str, *, access_log: bool, log_level: str, timeouts: Timeouts
+        self,
+        app: Any,
+        address: str,
+        *,
+        access_log: bool,
+        log_level: str,
+        timeouts: Timeouts,
+        sock: socket.socket | None = None,
     ) -> None:
         self.address = address
-        self.socket = bind(address)
+        self.socket = sock if sock is not None else bind(address)
         config = uvicorn.Config(
             app,
             lifespan="off",
@@ -69,7 +97,7 @@ class Listener:
             proxy_headers=False,
             server_header=False,
             timeout_keep_alive=timeouts.keep_alive,
-            timeout_graceful_shutdown=int(timeouts.graceful_shutdown),
+            timeout_graceful_shutdown=math.ceil(timeouts.graceful_shutdown),
         )
         config.load()
         self._server = uvicorn.Server(config)
@@ -89,71 +117,211 @@ class Listener:
         self.socket.close()
 
 
+class Swappable:
+    """An ASGI app that can be replaced in one step (a reload rebuilds the public app with
+    new settings, the admin app with new tokens)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 class Runner:
-    """Runs one dispatcher: the farm's live state, its admin and public listeners."""
+    """Runs one dispatcher: the farm's live state, its admin and public listeners.
+
+    With ``worker_processes`` (``farm-dispatcher serve``) this process is the control
+    process and the public listener lives in ``config.dispatcher.workers`` worker processes
+    (:class:`~dispatcher.control.WorkerPool`); without, the public app runs in this process
+    (tests, ``demo``, embedding). ``reload_config`` reads the configuration again for
+    :meth:`reload` (default: the file it came from, with the process environment).
+    """
 
     def __init__(
-        self, config: Config, store: SiteStore | None = None, timeouts: Timeouts | None = None
+        self,
+        config: Config,
+        store: SiteStore | None = None,
+        timeouts: Timeouts | None = None,
+        *,
+        worker_processes: bool = False,
+        reload_config: Callable[[], Config] | None = None,
     ) -> None:
         self.config = config
         self.store = store or open_store(config.dispatcher.database_url)
-        self.timeouts = timeouts or Timeouts()
+        settings = config.dispatcher
+        self.timeouts = timeouts or Timeouts(
+            graceful_shutdown=settings.graceful_timeout,
+            keep_alive=max(1, round(settings.keep_alive_timeout)),
+        )
         self.farm = Farm(config, self.store)
+        self.worker_processes = worker_processes
+        self._reload_config = reload_config or (lambda: load_config(config.source))
         self.app: DispatchApp | None = None
         self.public: Listener | None = None
         self.admin: Listener | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.workers: WorkerPool | None = None
+        self._public_app: Swappable | None = None
+        self._admin_app: Swappable | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._reloading = asyncio.Lock()
+        self.stranded = False
+        """Set by :meth:`stop` when threads are left stuck in store calls: they would hold up
+        the interpreter's exit, so the caller should end the process at once."""
+
+    @property
+    def public_port(self) -> int:
+        """The public listener's port (the one picked when ``listen`` asks for port 0)."""
+        if self.workers is not None:
+            return self.workers.port
+        if self.public is None:
+            raise ListenError(self.config.dispatcher.listen, "not started")
+        return self.public.port
 
     async def start(self) -> None:
         settings = self.config.dispatcher
         await asyncio.to_thread(self.store.check_schema)
         await self.farm.start()
-        common: dict[str, Any] = {"log_level": settings.log_level, "timeouts": self.timeouts}
+        self._admin_app = Swappable(AdminApi(self.farm).app(settings.admin_tokens))
         self.admin = Listener(
-            AdminApi(self.farm).app(settings.admin_tokens),
+            self._admin_app,
             settings.admin_listen,
-            access_log=False,  # the admin app logs every request itself (dispatcher.audit)
-            **common,
-        )
-        self.app = dispatch_app(self.farm, settings)
-        self.public = Listener(
-            self.app,
-            settings.listen,
-            access_log=settings.access_log,
-            **common,
+            access_log=False,  # the admin app logs every request itself (webfarm.admin.access)
+            log_level=settings.log_level,
+            timeouts=self.timeouts,
         )
         await self.admin.start()
-        await self.public.start()
-        self._tasks.append(
-            asyncio.create_task(
-                self.farm.run_refresher(settings.registry_refresh), name="registry refresher"
+        if self.worker_processes:
+            from dispatcher.control import WorkerPool  # (a cycle: it imports this module)
+
+            self.workers = WorkerPool(
+                self.farm,
+                settings.listen,
+                settings.workers,
+                log_level=settings.log_level,
+                graceful_timeout=settings.graceful_timeout,
             )
-        )
+            await self.workers.start()
+            where = f"{settings.workers} worker process(es)"
+        else:
+            self.app = dispatch_app(self.farm, settings)
+            self._public_app = Swappable(self.app)
+            self.public = Listener(
+                self._public_app,
+                settings.listen,
+                access_log=settings.access_log,
+                log_level=settings.log_level,
+                timeouts=self.timeouts,
+            )
+            await self.public.start()
+            where = "this process"
+        self._start_refresher()
         log.info(
-            "dispatching on http://%s (admin on http://%s)", settings.listen, settings.admin_listen
+            "dispatching on http://%s (admin on http://%s): public port %d, admin port %d, %s",
+            settings.listen,
+            settings.admin_listen,
+            self.public_port,
+            self.admin.port,
+            where,
         )
+
+    def _start_refresher(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        interval = self.config.dispatcher.registry_refresh
+        self._refresher = asyncio.create_task(
+            self.farm.run_refresher(interval), name="registry refresher"
+        )
+
+    async def reload(self) -> bool:
+        """Read the configuration again and apply it (SIGHUP); False if it was refused.
+
+        A file that does not load or does not fit the registry is logged at ERROR and the
+        running configuration stays. Settings bound to start-up keep their running value
+        and are logged as needing a restart. Nothing is stopped.
+        """
+        async with self._reloading:
+            source = self.config.source
+            try:
+                async with asyncio.timeout(RELOAD_TIMEOUT):
+                    new = await asyncio.to_thread(self._reload_config)
+                    plan = plan_reload(self.config, new)
+                    self.farm.check_config(plan.config)
+                    await self.farm.reconfigure(plan.config)
+            except (DispatcherError, RewriteError, TimeoutError) as exc:
+                reason = str(exc) or f"reading took over {RELOAD_TIMEOUT:g} s"
+                log.error(  # noqa: TRY400 - the message is the whole story
+                    "reload of %s refused, the running configuration stays: %s", source, reason
+                )
+                return False
+            old, self.config = self.config, plan.config
+            self._apply(old.dispatcher, plan.config.dispatcher)
+            log.info("reloaded %s: %s", source, plan.summary())
+            return True
+
+    def _apply(self, old: DispatcherSettings, new: DispatcherSettings) -> None:
+        """Put the settings this process uses itself in force (the workers get theirs with
+        the next state, which :meth:`Farm.reconfigure` announced)."""
+        if new.admin_tokens != old.admin_tokens and self._admin_app is not None:
+            self._admin_app.app = AdminApi(self.farm).app(new.admin_tokens)
+        if new.log_level != old.log_level:
+            logging.getLogger().setLevel(new.log_level.upper())
+        if new.registry_refresh != old.registry_refresh:
+            self._start_refresher()
+        if self.workers is not None:
+            self.workers.graceful_timeout = new.graceful_timeout
+        if self._public_app is not None and new != old:
+            self.app = dispatch_app(self.farm, new)
+            self._public_app.app = self.app
 
     async def stop(self) -> None:
-        for listener in (self.public, self.admin):
-            if listener is not None:
-                await listener.stop()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.farm.stop()
-        self.store.close()
+        """Stop within the graceful timeout plus a few seconds, whatever hangs.
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Start, wait for ``stop`` to be set, stop."""
+        The public side (workers, or the in-process listener) and the admin listener stop
+        together: they stop accepting and let open requests finish within the graceful
+        timeout. Then the background tasks end, store calls still running get
+        :data:`STORE_GRACE` seconds, and the store is closed (bounded too); if either is
+        left hanging, :attr:`stranded` is set.
+        """
+        stopping = [
+            part.stop() for part in (self.workers, self.public, self.admin) if part is not None
+        ]
+        for failed in await asyncio.gather(*stopping, return_exceptions=True):
+            if isinstance(failed, Exception):
+                log.error("stopping a listener failed: %s", failed)
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        if not await self.farm.stop(timeout=STORE_GRACE):
+            log.error("store calls still running after %g s (a hung database?)", STORE_GRACE)
+            self.stranded = True
+            return  # closing the store under them would strand their connections
+        closing = asyncio.ensure_future(asyncio.to_thread(self.store.close))
+        done, _ = await asyncio.wait([closing], timeout=STORE_GRACE)
+        if not done:
+            log.error("the database did not close within %g s; leaving it", STORE_GRACE)
+            self.stranded = True
+
+    async def serve(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
+        """Start; reload whenever ``reload`` is set; stop once ``stop`` is set."""
+        reload = reload or asyncio.Event()
         try:
             await self.start()
-            await stop.wait()
+            while not stop.is_set():
+                stopped = asyncio.ensure_future(stop.wait())
+                reloading = asyncio.ensure_future(reload.wait())
+                await asyncio.wait([stopped, reloading], return_when="FIRST_COMPLETED")
+                stopped.cancel()
+                reloading.cancel()
+                if reload.is_set() and not stop.is_set():
+                    reload.clear()
+                    await self.reload()
         finally:
             await self.stop()
 
 
-def dispatch_app(farm: Farm, settings: DispatcherSettings) -> DispatchApp:
+def dispatch_app(farm: FarmState, settings: DispatcherSettings) -> DispatchApp:
     """The public app as the settings ask: with affinity, and with the hand-off relay when
     there are keys to verify tokens with."""
     affinity = make_affinity(

@@ -185,11 +185,10 @@ class RunningDispatcher:
     """A started :class:`Runner` with httpx clients for its public and admin listeners."""
 
     def __init__(self, runner: Runner) -> None:
-        assert runner.public is not None
         assert runner.admin is not None
         self.runner = runner
         self.public = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{runner.public.port}", trust_env=False
+            base_url=f"http://127.0.0.1:{runner.public_port}", trust_env=False
         )
         self.admin = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{runner.admin.port}",
@@ -198,13 +197,25 @@ class RunningDispatcher:
         )
 
     @staticmethod
-    async def start_runner(config_file: Path, *, upgrade: bool = True) -> Runner:
-        """Load ``config_file``, bring its database to head (unless told not to), start."""
+    async def start_runner(
+        config_file: Path, *, upgrade: bool = True, worker_processes: bool = False
+    ) -> Runner:
+        """Load ``config_file``, bring its database to head (unless told not to), start.
+
+        The public app runs in this process unless ``worker_processes`` asks for the real
+        worker processes (``config``'s ``workers`` of them), as ``serve`` runs them.
+        """
         config = load_config(config_file, environ={})
         store = SqlSiteStore(config.dispatcher.database_url)
         if upgrade:
             store.upgrade()
-        runner = Runner(config, store, Timeouts(graceful_shutdown=1.0, keep_alive=1))
+        runner = Runner(
+            config,
+            store,
+            Timeouts(graceful_shutdown=1.0, keep_alive=1),
+            worker_processes=worker_processes,
+            reload_config=lambda: load_config(config_file, environ={}),
+        )
         try:
             await runner.start()
         except BaseException:

@@ -1,0 +1,76 @@
+"""What a configuration reload (SIGHUP) changes: a pure function of the old and new config.
+
+Most settings apply at once: pools and their policies, the rule file, everything the hot
+path reads (redirect status, affinity, keys, hand-off settings, retry-after), the admin
+tokens, the log level, refresh and load ages, the graceful timeout. A few are bound to
+sockets, processes or connections made at start-up; for those the running value stays and
+the log says the change needs a restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dispatcher.config import Config, DispatcherSettings
+
+#: Settings that only a restart can change (sockets, processes, the database connection,
+#: the public listener's limits, the access log of the listeners).
+NEEDS_RESTART = (
+    "listen",
+    "admin_listen",
+    "database_url",
+    "database_timeout",
+    "workers",
+    "access_log",
+    "max_request_head",
+    "max_header_lines",
+    "head_timeout",
+    "keep_alive_timeout",
+    "max_connections",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    """``config`` is what runs from now on: the new file, but with the running value of
+    each setting in ``needs_restart``; ``applied`` names what changes now."""
+
+    config: Config
+    applied: tuple[str, ...]
+    needs_restart: tuple[str, ...]
+    sites_differ: bool
+
+    def summary(self) -> str:
+        """One line for the log."""
+        applied = ", ".join(self.applied) if self.applied else "nothing changed"
+        text = f"applied: {applied}"
+        if self.needs_restart:
+            text += f"; needs a restart (running values kept): {', '.join(self.needs_restart)}"
+        if self.sites_differ:
+            text += "; [[sites]] in the file only seed an empty registry (use the admin API)"
+        return text
+
+
+def plan_reload(old: Config, new: Config) -> ReloadPlan:
+    """Compare ``old`` and ``new``; see :class:`ReloadPlan`."""
+    before, after = old.dispatcher, new.dispatcher
+    differ = [
+        name for name in DispatcherSettings.__slots__ if _get(before, name) != _get(after, name)
+    ]
+    restart = tuple(name for name in differ if name in NEEDS_RESTART)
+    applied = [f"dispatcher.{name}" for name in differ if name not in NEEDS_RESTART]
+    if dict(old.pools) != dict(new.pools):
+        applied.append("pools")
+    kept = {name: _get(before, name) for name in restart}
+    settings = replace(after, **kept)
+    return ReloadPlan(
+        config=replace(new, dispatcher=settings),
+        applied=tuple(applied),
+        needs_restart=tuple(f"dispatcher.{name}" for name in restart),
+        sites_differ=old.sites != new.sites,
+    )
+
+
+def _get(settings: DispatcherSettings, name: str) -> Any:
+    return getattr(settings, name)

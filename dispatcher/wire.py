@@ -1,0 +1,165 @@
+"""What the control process and its workers say to each other, and how it is framed.
+
+Each direction is a stream of frames on one ``AF_UNIX`` socketpair: a 4-byte big-endian
+length, then the payload. The two directions are not equally trusted:
+
+- control -> worker: pickles (:class:`Setup`, then :class:`WorkerState` after every change).
+  The worker is our own child process, started by the control process; it trusts its parent.
+- worker -> control: JSON objects (``ready``, ``ack``, ``counts``), checked field by field.
+  A worker parses what strangers send; if one were ever subverted, it must not be able to
+  run code in the control process, which holds the database and the admin tokens.
+
+:func:`worker_snapshot` is how a worker turns a :class:`WorkerState` into the
+:class:`~dispatcher.backends.snapshot.Snapshot` its hot path reads (the rewrite rules travel
+as text: a compiled program does not pickle, so each worker compiles them itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dispatcher.backends.health import Health, State
+from dispatcher.backends.sites import SiteSpec
+from dispatcher.backends.snapshot import Load
+from dispatcher.config import Config
+
+HEADER = struct.Struct(">I")
+#: The largest frame either side accepts (rules up to the admin API's 1 MiB, many sites).
+MAX_FRAME = 64 * 1024 * 1024
+#: The largest frame a worker may send (acks and counters are small).
+MAX_REPORT = 1024 * 1024
+
+
+class WireError(Exception):
+    """A frame that cannot be read: too large, cut short, or not what was expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """The first frame a worker reads: where to listen, and who it is."""
+
+    index: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class RulesText:
+    """The rewrite rules the control process runs, as text, and where they came from."""
+
+    text: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """The inputs of a snapshot; ``generation`` counts the states shipped, for acks.
+
+    ``config`` is the running configuration without what workers never need (admin tokens,
+    the database URL); ``health`` holds each site's up/down state only.
+    """
+
+    generation: int
+    config: Config
+    revision: int
+    sites: tuple[SiteSpec, ...]
+    health: Mapping[str, State]
+    loads: Mapping[str, Load]
+    rules: RulesText | None
+
+
+def for_workers(config: Config) -> Config:
+    """``config`` without the secrets a worker has no use for."""
+    settings = replace(config.dispatcher, admin_tokens=(), database_url="")
+    return replace(config, dispatcher=settings)
+
+
+def health_of(states: Mapping[str, State]) -> Any:
+    """The ``health`` callable :func:`~dispatcher.backends.snapshot.build_snapshot` wants."""
+
+    def health(name: str) -> Health:
+        return Health(states.get(name, "unknown"), None)
+
+    return health
+
+
+# --- framing ----------------------------------------------------------------------------
+
+
+def frame(payload: bytes) -> bytes:
+    return HEADER.pack(len(payload)) + payload
+
+
+def encode_state(message: Setup | WorkerState) -> bytes:
+    return frame(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def encode_report(message: Mapping[str, Any]) -> bytes:
+    return frame(json.dumps(message, separators=(",", ":")).encode())
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes | None:
+    """The next frame's payload, or ``None`` at a clean end of stream."""
+    try:
+        head = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise WireError("the stream ended inside a frame header") from None
+        return None
+    (size,) = HEADER.unpack(head)
+    if size > limit:
+        raise WireError(f"a frame of {size} bytes (at most {limit})")
+    try:
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError:
+        raise WireError("the stream ended inside a frame") from None
+
+
+def decode_state(payload: bytes) -> Setup | WorkerState:
+    """A control -> worker message (trusted: our parent wrote it)."""
+    message = pickle.loads(payload)  # noqa: S301 - from our own parent process, see above
+    if not isinstance(message, Setup | WorkerState):
+        raise WireError(f"unexpected message {type(message).__name__}")
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A worker -> control message, checked: ``kind`` is ready, ack or counts."""
+
+    kind: str
+    generation: int = 0
+    pid: int = 0
+    redirects: Mapping[str, int] | None = None
+
+
+def decode_report(payload: bytes) -> Report:
+    """Parse and check a worker's JSON report; :class:`WireError` if it is not one."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise WireError(f"a report that is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise WireError("a report that is not a JSON object")
+    kind = data.get("type")
+    if kind in ("ready", "ack"):
+        return Report(kind, _count(data, "generation"), pid=_count(data, "pid"))
+    if kind == "counts":
+        redirects = data.get("redirects")
+        if not isinstance(redirects, dict):
+            raise WireError("counts without a redirects object")
+        return Report(kind, redirects={str(k): _count(redirects, k) for k in redirects})
+    raise WireError(f"an unknown report type {kind!r}")
+
+
+def _count(data: Mapping[str, Any], key: str) -> int:
+    value = data.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 62:
+        raise WireError(f"{key}: a whole number >= 0, got {value!r}")
+    return value

@@ -1,0 +1,281 @@
+"""A worker process: the public listener and the hot path, on the latest state it was sent.
+
+The control process (:mod:`dispatcher.control`) starts each worker as
+``python -m dispatcher.worker --fd N --parent PID`` with one end of a socketpair. The
+worker reads its :class:`~dispatcher.wire.Setup` and first
+:class:`~dispatcher.wire.WorkerState`, builds its snapshot, binds the public address with
+``SO_REUSEPORT`` and says ``ready``. From then on it
+
+- applies every state it is sent (builds the snapshot itself, compiles the rules when their
+  text changed, rebuilds the public app when the configuration changed) and acks it;
+- sends its redirect counts every :data:`COUNTS_INTERVAL` seconds (also when there are
+  none: a worker that stays silent for long is taken as hung and replaced);
+- never waits on the control process: it writes without waiting for the pipe to drain, and
+  if the pipe dies it keeps serving its last state until its parent is gone;
+- stops on SIGTERM: stops accepting, lets open requests finish within the graceful timeout.
+
+It ignores SIGINT and SIGHUP (a terminal's Ctrl-C or hang-up reaches the whole process
+group; the control process decides), runs at a worse scheduling priority than its parent
+once it is serving (:data:`WORKER_NICENESS`) so a busy hot path cannot starve the probes
+(starting up, it competes as an equal: a restart under load should not crawl), and asks the kernel
+for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), so it never outlives it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TypeVar
+
+import uvloop
+
+from dispatcher.backends.snapshot import Snapshot, build_snapshot
+from dispatcher.config import Config
+from dispatcher.errors import DispatcherError
+from dispatcher.policies import Policy
+from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules
+from dispatcher.server import Listener, Swappable, Timeouts, bind, dispatch_app
+from dispatcher.wire import (
+    MAX_FRAME,
+    RulesText,
+    Setup,
+    WireError,
+    WorkerState,
+    decode_state,
+    encode_report,
+    health_of,
+    read_frame,
+)
+
+log = logging.getLogger("webfarm.worker")
+T = TypeVar("T")
+
+#: How much nicer than the control process a worker runs (``nice`` steps).
+WORKER_NICENESS = 10
+#: How often a worker sends its redirect counts, in seconds.
+COUNTS_INTERVAL = 0.5
+#: How often a worker whose pipe died checks that its parent still lives.
+PARENT_CHECK = 0.5
+#: Reports a worker buffers for a control process that does not read before it drops them.
+MAX_UNSENT = 4 * 1024 * 1024
+PR_SET_PDEATHSIG = 1
+
+
+class WorkerFarm:
+    """The hot path's view (:class:`~dispatcher.app.FarmState`): the snapshot this worker
+    built last and the redirects counted since the last report."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.redirects: defaultdict[str, int] = defaultdict(int)
+
+
+class StateBuilder:
+    """Turns the states a worker is sent into snapshots (pure but for rule compilation).
+
+    Policies are kept by pool name, so rotations carry on across states; the rules are
+    compiled only when their text, origin or the pools change, and a program that no longer
+    compiles (a map file gone) leaves the previous one running.
+    """
+
+    def __init__(self) -> None:
+        self._policies: dict[str, Policy] = {}
+        self._rules: RewriteProgram | None = None
+        self._rules_key: tuple[object, ...] | None = None
+
+    def build(self, state: WorkerState) -> Snapshot:
+        config = state.config
+        snapshot = build_snapshot(
+            config,
+            revision=state.revision,
+            sites=state.sites,
+            health=health_of(state.health),
+            loads=state.loads,
+            policies=self._policies,
+            rules=self._compiled(state.rules, config),
+        )
+        self._policies = {name: pool.policy for name, pool in snapshot.pools.items()}
+        return snapshot
+
+    def _compiled(self, rules: RulesText | None, config: Config) -> RewriteProgram | None:
+        if rules is None:
+            self._rules, self._rules_key = None, None
+            return None
+        key = (rules.text, rules.origin, tuple(config.pools), config.rules_base_dir)
+        if key != self._rules_key:
+            try:
+                self._rules = compile_rules(
+                    rules.text,
+                    filename=rules.origin,
+                    base_dir=config.rules_base_dir,
+                    known_pools=config.pools,
+                )
+            except RewriteError as exc:
+                log.error("the rules no longer compile here, keeping the running ones: %s", exc)  # noqa: TRY400 - the message is the whole story
+            self._rules_key = key
+        return self._rules
+
+
+class Worker:
+    """One worker's life: set up, serve, apply states, report, stop."""
+
+    def __init__(self, channel: socket.socket, parent: int) -> None:
+        self.channel = channel
+        self.parent = parent
+        self.builder = StateBuilder()
+        self.farm: WorkerFarm | None = None
+        self.public: Swappable | None = None
+        self.config: Config | None = None
+        self.stop = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def run(self) -> None:
+        reader, self._writer = await asyncio.open_unix_connection(sock=self.channel)
+        setup = await _expect(reader, Setup)
+        state = await _expect(reader, WorkerState)
+        self.apply(state)
+        settings = state.config.dispatcher
+        timeouts = Timeouts(settings.graceful_timeout, max(1, round(settings.keep_alive_timeout)))
+        host = f"[{setup.host}]" if ":" in setup.host else setup.host
+        address = f"{host}:{setup.port}"
+        assert self.public is not None  # set by apply
+        listener = Listener(
+            self.public,
+            address,
+            access_log=settings.access_log,
+            log_level=settings.log_level,
+            timeouts=timeouts,
+            sock=bind(address, reuseport=True),
+        )
+        await listener.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        os.nice(WORKER_NICENESS)  # once started: a restart under load should not crawl
+        self._report({"type": "ready", "pid": os.getpid(), "generation": state.generation})
+        log.info("worker %d (pid %d) serving on http://%s", setup.index, os.getpid(), address)
+        tasks = [
+            asyncio.create_task(self._read(reader), name="states"),
+            asyncio.create_task(self._send_counts(), name="counts"),
+        ]
+        try:
+            await self.stop.wait()
+        finally:
+            await listener.stop()
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._flush_counts()
+            self._writer.close()
+
+    def apply(self, state: WorkerState) -> None:
+        """Build the snapshot ``state`` describes and put it in force (no await inside)."""
+        snapshot = self.builder.build(state)
+        if self.farm is None:
+            self.farm = WorkerFarm(snapshot)
+        if self.public is None or state.config != self.config:
+            app = dispatch_app(self.farm, state.config.dispatcher)
+            if self.public is None:
+                self.public = Swappable(app)
+            self.public.app = app
+            self.config = state.config
+            logging.getLogger().setLevel(state.config.dispatcher.log_level.upper())
+        self.farm.snapshot = snapshot
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while (payload := await read_frame(reader, MAX_FRAME)) is not None:
+                message = decode_state(payload)
+                if isinstance(message, WorkerState):
+                    self.apply(message)
+                    self._report({"type": "ack", "generation": message.generation})
+        except (WireError, OSError) as exc:
+            log.error("worker pid %d: the control channel failed: %s", os.getpid(), exc)  # noqa: TRY400 - the message is the whole story
+            if self._writer is not None:
+                self._writer.close()  # the control process sees it closed and replaces us
+        log.warning(
+            "worker pid %d: no more states from the control process; serving the last one "
+            "until the parent is gone",
+            os.getpid(),
+        )
+        while os.getppid() == self.parent:
+            await asyncio.sleep(PARENT_CHECK)
+        log.warning("worker pid %d: the control process is gone; stopping", os.getpid())
+        self.stop.set()
+
+    async def _send_counts(self) -> None:
+        while True:
+            await asyncio.sleep(COUNTS_INTERVAL)
+            self._flush_counts()
+
+    def _flush_counts(self) -> None:
+        """Report the counts (also when there are none: the report says this worker lives)."""
+        farm = self.farm
+        if farm is None:
+            return
+        counts, farm.redirects = farm.redirects, defaultdict(int)
+        self._report({"type": "counts", "redirects": dict(counts)})
+
+    def _report(self, message: dict[str, object]) -> None:
+        """Send without waiting; drop it when the control process does not keep up."""
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return
+        if writer.transport.get_write_buffer_size() > MAX_UNSENT:
+            return
+        writer.write(encode_report(message))
+
+
+async def _expect(reader: asyncio.StreamReader, kind: type[T]) -> T:
+    payload = await read_frame(reader, MAX_FRAME)
+    if payload is None:
+        raise WireError(f"the control process closed the channel before sending {kind.__name__}")
+    message = decode_state(payload)
+    if not isinstance(message, kind):
+        raise WireError(f"expected {kind.__name__}, got {type(message).__name__}")
+    return message
+
+
+def die_with_parent(parent: int) -> bool:
+    """Ask for SIGTERM when the parent dies; False if it is already gone."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    return os.getppid() == parent
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dispatcher.worker")
+    parser.add_argument("--fd", type=int, required=True, help="the control channel's fd")
+    parser.add_argument("--parent", type=int, required=True, help="the control process's pid")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    args = parser.parse_args(argv)
+    if not die_with_parent(args.parent):
+        return 1
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    channel = socket.socket(fileno=args.fd)
+    worker = Worker(channel, args.parent)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(worker.run())
+    except (WireError, DispatcherError, OSError) as exc:
+        log.error("worker pid %d cannot run: %s", os.getpid(), exc)  # noqa: TRY400 - the message is the whole story
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
