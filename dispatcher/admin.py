@@ -8,8 +8,12 @@ stored, stored in one transaction, and in force for the next public request.
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import itertools
 import json
+import re
 import time
+from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from email.utils import format_datetime
@@ -22,15 +26,29 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dispatcher.app import Receive, Scope, Send
-from dispatcher.backends.sites import parse_site, update_site
+from dispatcher.backends.health import Health
+from dispatcher.backends.sites import SiteSpec, check_whole, parse_site, shown, update_site
 from dispatcher.backends.snapshot import SiteStatus
-from dispatcher.errors import InvalidValue, SiteExists, SiteNotFound, StoreError
+from dispatcher.errors import (
+    InvalidValue,
+    SiteExists,
+    SiteNotFound,
+    StoreError,
+    StoreRejected,
+    StoreUnavailable,
+)
 from dispatcher.explain import explain, request_from_url
 from dispatcher.farm import Farm
 from dispatcher.openapi import openapi_document
-from dispatcher.redirect import RuleSyntaxError
+from dispatcher.redirect import RewriteError, RuleSyntaxError
 
 MAX_BODY = 1024 * 1024
+MAX_DEPTH = 32  # nesting of JSON arrays and objects
+MAX_NUMBER = 40  # characters of one JSON number
+MAX_CONNECTIONS = 2**31 - 1  # the database column is a 32-bit integer
+MAX_HEADERS = 100
+MAX_HEADER_VALUE = 8192
+TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 
 
 class ApiError(Exception):
@@ -110,6 +128,7 @@ class AdminApi:
             SiteExists,
             StoreError,
             RuleSyntaxError,
+            RewriteError,
         )
         handlers: dict[Any, Any] = dict.fromkeys(handled, _error)
         handlers[Exception] = _internal_error
@@ -126,7 +145,7 @@ class AdminApi:
         site = parse_site(await _json(request))
         created = await self.farm.create_site(site)
         return JSONResponse(
-            self._site_named(created.name),
+            self._site_stored(created),
             status_code=201,
             headers={"location": f"/api/v1/sites/{created.name}"},
         )
@@ -137,8 +156,8 @@ class AdminApi:
     async def patch_site(self, request: Request) -> Response:
         changes = await _json(request)
         name = request.path_params["name"]
-        await self.farm.modify_site(name, lambda site: update_site(site, changes))
-        return JSONResponse(self._site_named(name))
+        modified = await self.farm.modify_site(name, lambda site: update_site(site, changes))
+        return JSONResponse(self._site_stored(modified))
 
     async def delete_site(self, request: Request) -> Response:
         await self.farm.delete_site(request.path_params["name"])
@@ -152,8 +171,8 @@ class AdminApi:
 
     async def _set_drained(self, request: Request, drained: bool) -> Response:
         name = request.path_params["name"]
-        await self.farm.modify_site(name, lambda site: replace(site, drained=drained))
-        return JSONResponse(self._site_named(name))
+        modified = await self.farm.modify_site(name, lambda site: replace(site, drained=drained))
+        return JSONResponse(self._site_stored(modified))
 
     async def put_load(self, request: Request) -> Response:
         body = await _json(request)
@@ -164,17 +183,15 @@ class AdminApi:
             raise InvalidValue(sorted(unknown)[0], "no such field (allowed: connections, load)")
         load = body.get("load")
         if isinstance(load, bool) or not isinstance(load, int | float) or not 0 <= load <= 1:
-            raise InvalidValue("load", f"a utilisation from 0 to 1, got {load!r}")
+            raise InvalidValue("load", f"a utilisation from 0 to 1, got {shown(load)}")
         connections = body.get("connections")
-        if connections is not None and (
-            isinstance(connections, bool) or not isinstance(connections, int) or connections < 0
-        ):
-            raise InvalidValue("connections", f"a whole number >= 0, got {connections!r}")
+        if connections is not None:
+            connections = check_whole(connections, "connections", 0, MAX_CONNECTIONS)
         report = await self.farm.report_load(request.path_params["name"], load, connections)
         return JSONResponse(
             {
                 "site": report.site,
-                "load": report.load,
+                "load": float(report.load),
                 "connections": report.connections,
                 "reported_at": report.reported_at.isoformat(),
             }
@@ -213,13 +230,20 @@ class AdminApi:
         return PlainTextResponse(text, headers=headers)
 
     async def put_rules(self, request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
+        body = await _body(request)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ApiError(400, "invalid_rules", f"the rules are not UTF-8: {exc}") from None
+        if "\0" in text:
+            line = text.count("\n", 0, text.index("\0")) + 1
+            raise ApiError(400, "invalid_rules", "a NUL character in the rules", f"line {line}")
+        if not any(line.strip() and not line.lstrip().startswith("#") for line in text.split("\n")):
+            raise ApiError(
+                400,
+                "invalid_rules",
+                "no rules in the body: to turn the rules off, PUT 'RewriteEngine off'",
+            )
         program = await self.farm.set_rules(text)
         return JSONResponse({"rules": program.rule_count, "enabled": program.enabled})
 
@@ -232,19 +256,26 @@ class AdminApi:
         unknown = set(body) - {"url", "method", "remote_addr", "headers"}
         if unknown:
             raise InvalidValue(sorted(unknown)[0], "no such field")
-        headers = body.get("headers", {})
-        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-            raise InvalidValue("headers", "an object of header names to string values")
         for key in ("url", "method", "remote_addr"):
             if key in body and not isinstance(body[key], str):
-                raise InvalidValue(key, f"a string, got {body[key]!r}")
+                raise InvalidValue(key, f"a string, got {shown(body[key])}")
         if "url" not in body:
             raise InvalidValue("url", "the absolute URL the client asks for")
+        method = body.get("method", "GET")
+        if not TOKEN_RE.fullmatch(method):
+            raise InvalidValue("method", f"an HTTP method (a token), got {shown(method)}")
+        remote_addr = body.get("remote_addr", "127.0.0.1")
+        try:
+            ipaddress.ip_address(remote_addr)
+        except ValueError:
+            raise InvalidValue(
+                "remote_addr", f"an IPv4 or IPv6 address, got {shown(remote_addr)}"
+            ) from None
         client_request = request_from_url(
             body["url"],
-            method=body.get("method", "GET"),
-            remote_addr=body.get("remote_addr", "127.0.0.1"),
-            headers=headers.items(),
+            method=method,
+            remote_addr=remote_addr,
+            headers=_explain_headers(body.get("headers", {})).items(),
         )
         return JSONResponse(explain(self.farm.snapshot, client_request).as_dict())
 
@@ -257,6 +288,14 @@ class AdminApi:
         status = self.farm.snapshot.sites.get(name)
         if status is None:
             raise SiteNotFound(name)
+        return self._site(status)
+
+    def _site_stored(self, spec: SiteSpec) -> dict[str, Any]:
+        """A site just written: as the snapshot shows it, or (when the refresh after the
+        write failed) as stored, with its health not known yet."""
+        status = self.farm.snapshot.sites.get(spec.name)
+        if status is None or status.spec != spec:
+            status = SiteStatus(spec, Health("unknown", None), None)
         return self._site(status)
 
     def _site(self, status: SiteStatus) -> dict[str, Any]:
@@ -288,14 +327,89 @@ class AdminApi:
         }
 
 
+async def _body(request: Request) -> bytes:
+    """The request body, read no further than :data:`MAX_BODY` (413 beyond)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _json(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
+    """The body as JSON, within bounds: its size, its nesting, each number's length.
+
+    ``NaN`` and ``Infinity`` parse (as Python does), and every numeric field's range check
+    refuses them, naming the field.
+    """
+    body = await _body(request)
+    if _depth(body) > MAX_DEPTH:
+        raise ApiError(
+            400, "invalid_json", f"the body nests arrays and objects over {MAX_DEPTH} deep"
+        )
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(body, parse_int=_int, parse_float=_float)
+    except _NumberTooLong as exc:
+        raise ApiError(400, "invalid_json", str(exc)) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError too
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+
+
+class _NumberTooLong(ValueError):
+    def __init__(self, text: str) -> None:
+        super().__init__(
+            f"a number in the body is {len(text)} characters long"
+            f" (at most {MAX_NUMBER}): {text[:20]}..."
+        )
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER:
+        raise _NumberTooLong(text)
+    return int(text)
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER:
+        raise _NumberTooLong(text)
+    return float(text)  # 1e999 is inf: refused by the field's range check
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_BRACKETS = b"[]{}"
+_STEPS = bytes.maketrans(_BRACKETS, b"\x01\xff\x01\xff")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
+
+
+def _depth(body: bytes) -> int:
+    """How deep the body's arrays and objects nest (an over-estimate for invalid JSON)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return 0
+    steps = array("b", _STRINGS.sub(b"", body).translate(_STEPS, _NOT_BRACKETS))
+    return max(itertools.accumulate(steps), default=0)
+
+
+def _explain_headers(raw: Any) -> dict[str, str]:
+    """The ``headers`` of an explain request: tokens to printable ASCII, bounded."""
+    if not isinstance(raw, dict) or len(raw) > MAX_HEADERS:
+        raise InvalidValue("headers", f"an object of at most {MAX_HEADERS} header names to values")
+    for name, value in raw.items():
+        if not TOKEN_RE.fullmatch(name):
+            raise InvalidValue("headers", f"header names are tokens, got {shown(name)}")
+        if (
+            not isinstance(value, str)
+            or len(value) > MAX_HEADER_VALUE
+            or not all(" " <= c <= "~" or c == "\t" for c in value)
+        ):
+            raise InvalidValue(
+                "headers",
+                f"{name}: printable ASCII of at most {MAX_HEADER_VALUE} characters"
+                f", got {shown(value)}",
+            )
+    return raw
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -325,7 +439,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", f"internal error ({type(exc).__name__}); see the log")
 
 
-def _classify(exc: Exception) -> tuple[int, str, str, str | None]:
+def _classify(exc: Exception) -> tuple[int, str, str, str | None]:  # noqa: PLR0911
     if isinstance(exc, ApiError):
         return exc.status, exc.code, exc.message, exc.field
     if isinstance(exc, InvalidValue):
@@ -336,7 +450,13 @@ def _classify(exc: Exception) -> tuple[int, str, str, str | None]:
         return 409, "conflict", str(exc), "name"
     if isinstance(exc, RuleSyntaxError):
         return 400, "invalid_rules", str(exc), f"line {exc.line}"
+    if isinstance(exc, RewriteError):  # a map file that cannot be used, say
+        return 400, "invalid_rules", str(exc), None
     if isinstance(exc, HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return exc.status_code, code, str(exc.detail), None
-    return 503, "store_unavailable", str(exc), None
+    if isinstance(exc, StoreRejected):
+        return 422, "rejected", str(exc), None
+    if isinstance(exc, StoreUnavailable):
+        return 503, "store_unavailable", str(exc), None
+    return 503, "store_error", str(exc), None

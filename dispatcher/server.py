@@ -96,7 +96,9 @@ class Runner:
         self, config: Config, store: SiteStore | None = None, timeouts: Timeouts | None = None
     ) -> None:
         self.config = config
-        self.store = store or open_store(config.dispatcher.database_url)
+        self.store = store or open_store(
+            config.dispatcher.database_url, timeout=config.dispatcher.database_timeout
+        )
         self.timeouts = timeouts or Timeouts()
         self.farm = Farm(config, self.store)
         self.app: DispatchApp | None = None
