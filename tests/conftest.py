@@ -201,7 +201,7 @@ class RunningDispatcher:
     async def start_runner(config_file: Path, *, upgrade: bool = True) -> Runner:
         """Load ``config_file``, bring its database to head (unless told not to), start."""
         config = load_config(config_file, environ={})
-        store = SqlSiteStore(config.dispatcher.database_url)
+        store = SqlSiteStore(config.dispatcher.database_url, config.dispatcher.database_timeout)
         if upgrade:
             store.upgrade()
         runner = Runner(config, store, Timeouts(graceful_shutdown=1.0, keep_alive=1))

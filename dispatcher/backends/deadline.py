@@ -70,9 +70,22 @@ class Deadline:
         with self._lock:
             self._release()
             self._socket = socket.socket(fileno=os.dup(fileno))
-            self._timer = threading.Timer(max(0.0, self.remaining()), self._expire)
-            self._timer.daemon = True
-            self._timer.start()
+            self._arm()
+
+    def extend(self, seconds: float) -> None:
+        """Move the deadline ``seconds`` later (unless the connection is cut already)."""
+        if seconds <= 0:
+            return
+        with self._lock:
+            self.at += seconds
+            if self._timer is not None and not self.expired:
+                self._timer.cancel()
+                self._arm()
+
+    def _arm(self) -> None:
+        self._timer = threading.Timer(max(0.0, self.remaining()), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
 
     def close(self) -> None:
         """Disarm: the call is over."""
