@@ -280,7 +280,7 @@ class AdminApi:
         return JSONResponse(explain(self.farm.snapshot, client_request).as_dict())
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document())
+        return JSONResponse(openapi_document(self.farm.config.pools))
 
     # --- views ---
 
