@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.conftest import ADMIN_TOKEN, LoopbackSite, RunningDispatcher, farm_toml
 
 pytestmark = pytest.mark.anyio
-EXAMPLES = 25  # per operation and generation mode, with a token
+EXAMPLES = 15  # per operation and generation mode, with a token
 EXAMPLES_NO_TOKEN = 8
 
 LOOPBACK_URL = st.builds(

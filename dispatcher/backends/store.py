@@ -25,7 +25,13 @@ from sqlalchemy import Engine, create_engine, delete, event, func, select, text
 from sqlalchemy.exc import DisconnectionError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.backends.deadline import UPGRADE_HINT, Deadline, engine_options, translate
+from dispatcher.backends.deadline import (
+    UPGRADE_HINT,
+    Deadline,
+    call_budget,
+    engine_options,
+    translate,
+)
 from dispatcher.backends.models import LoadRow, RegistryRow, RulesRow, SiteRow
 from dispatcher.backends.sites import SiteSpec, parse_check
 from dispatcher.errors import (
@@ -66,8 +72,9 @@ class SiteStore(abc.ABC):
     Each write is atomic: it either happens whole, with the revision bumped in the same
     transaction, or raises and changes nothing. Readers see only committed writes.
 
-    Every call is bounded in time: it returns or raises within the store's timeout (plus
-    a fraction of a second), also when the database hangs. Errors are typed:
+    Every call is bounded in time: it returns or raises within the store's timeout, also
+    when the database hangs (only PostgreSQL's connect may take 2 s at least, and name
+    resolution of the database host is not bounded). Errors are typed:
     :class:`StoreUnavailable` (unreachable, too slow: nothing was changed, and a write that
     raised it is never applied later), :class:`StoreRejected` (the database cannot hold a
     value), :class:`SiteNotFound`, :class:`SiteExists`, or :class:`StoreError` (schema).
@@ -153,8 +160,9 @@ class SqlSiteStore(SiteStore):
     def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.url = _driver_url(url)
         self.timeout = timeout
+        self.budget = call_budget(timeout)
         try:
-            self.engine: Engine = create_engine(self.url, **engine_options(self.url, timeout))
+            self.engine: Engine = create_engine(self.url, **engine_options(self.url, self.budget))
         except Exception as exc:  # SQLAlchemy raises several kinds for a bad URL
             raise StoreError(f"cannot use database URL {url!r}: {exc}") from exc
         self._sqlite = self.url.startswith("sqlite")
@@ -306,7 +314,7 @@ class SqlSiteStore(SiteStore):
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={max(1, int(self.timeout * 1000))}")
+        cursor.execute(f"PRAGMA busy_timeout={max(1, int(self.budget * 1000))}")
         cursor.close()
 
     def _on_checkout(self, dbapi_connection: Any, record: Any, _proxy: object) -> None:
@@ -371,13 +379,13 @@ class _Transaction:
         self.session = session
         self.lock = lock
         self.write = write
-        self.deadline = Deadline(store.timeout)
+        self.deadline = Deadline(store.budget)
 
     def __enter__(self) -> Session:
-        if self.lock is not None and not self.lock.acquire(timeout=self.store.timeout):
+        if self.lock is not None and not self.lock.acquire(timeout=self.store.budget):
             self.session.close()
             raise StoreUnavailable(
-                f"another write held the database for over {self.store.timeout:g} s;"
+                f"another write held the database for over {self.store.budget:g} s;"
                 " nothing was changed"
             )
         self.store._local.deadline = self.deadline
@@ -414,7 +422,7 @@ class _Transaction:
         try:
             if exc is None and self.deadline.remaining() < self.deadline.margin:
                 error = StoreUnavailable(
-                    f"the database took over {self.store.timeout:g} s; nothing was changed"
+                    f"the database took over {self.store.budget:g} s; nothing was changed"
                 )
             if error is None:
                 self.session.commit()
