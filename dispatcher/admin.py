@@ -8,12 +8,7 @@ stored, stored in one transaction, and in force for the next public request.
 from __future__ import annotations
 
 import hmac
-import ipaddress
-import itertools
-import json
-import re
 import time
-from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from email.utils import format_datetime
@@ -25,6 +20,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from dispatcher.admin_input import (
+    MAX_CONNECTIONS,
+    ApiError,
+    explain_headers,
+    explain_method,
+    explain_remote_addr,
+    read_rules,
+)
+from dispatcher.admin_input import read_json as _json
 from dispatcher.app import Receive, Scope, Send
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec, check_whole, parse_site, shown, update_site
@@ -41,22 +45,6 @@ from dispatcher.explain import explain, request_from_url
 from dispatcher.farm import Farm
 from dispatcher.openapi import openapi_document
 from dispatcher.redirect import RewriteError, RuleSyntaxError
-
-MAX_BODY = 1024 * 1024
-MAX_DEPTH = 32  # nesting of JSON arrays and objects
-MAX_NUMBER = 40  # characters of one JSON number
-MAX_CONNECTIONS = 2**31 - 1  # the database column is a 32-bit integer
-MAX_HEADERS = 100
-MAX_HEADER_VALUE = 8192
-TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
-
-
-class ApiError(Exception):
-    """An answer with a status, a machine-readable code and the offending field."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        self.status, self.code, self.message, self.field = status, code, message, field
-        super().__init__(message)
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
@@ -156,8 +144,8 @@ class AdminApi:
     async def patch_site(self, request: Request) -> Response:
         changes = await _json(request)
         name = request.path_params["name"]
-        modified = await self.farm.modify_site(name, lambda site: update_site(site, changes))
-        return JSONResponse(self._site_stored(modified))
+        await self.farm.modify_site(name, lambda site: update_site(site, changes))
+        return JSONResponse(self._site_named(name))
 
     async def delete_site(self, request: Request) -> Response:
         await self.farm.delete_site(request.path_params["name"])
@@ -171,8 +159,8 @@ class AdminApi:
 
     async def _set_drained(self, request: Request, drained: bool) -> Response:
         name = request.path_params["name"]
-        modified = await self.farm.modify_site(name, lambda site: replace(site, drained=drained))
-        return JSONResponse(self._site_stored(modified))
+        await self.farm.modify_site(name, lambda site: replace(site, drained=drained))
+        return JSONResponse(self._site_named(name))
 
     async def put_load(self, request: Request) -> Response:
         body = await _json(request)
@@ -230,20 +218,11 @@ class AdminApi:
         return PlainTextResponse(text, headers=headers)
 
     async def put_rules(self, request: Request) -> Response:
-        body = await _body(request)
+        body = await read_rules(request)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ApiError(400, "invalid_rules", f"the rules are not UTF-8: {exc}") from None
-        if "\0" in text:
-            line = text.count("\n", 0, text.index("\0")) + 1
-            raise ApiError(400, "invalid_rules", "a NUL character in the rules", f"line {line}")
-        if not any(line.strip() and not line.lstrip().startswith("#") for line in text.split("\n")):
-            raise ApiError(
-                400,
-                "invalid_rules",
-                "no rules in the body: to turn the rules off, PUT 'RewriteEngine off'",
-            )
         program = await self.farm.set_rules(text)
         return JSONResponse({"rules": program.rule_count, "enabled": program.enabled})
 
@@ -261,21 +240,11 @@ class AdminApi:
                 raise InvalidValue(key, f"a string, got {shown(body[key])}")
         if "url" not in body:
             raise InvalidValue("url", "the absolute URL the client asks for")
-        method = body.get("method", "GET")
-        if not TOKEN_RE.fullmatch(method):
-            raise InvalidValue("method", f"an HTTP method (a token), got {shown(method)}")
-        remote_addr = body.get("remote_addr", "127.0.0.1")
-        try:
-            ipaddress.ip_address(remote_addr)
-        except ValueError:
-            raise InvalidValue(
-                "remote_addr", f"an IPv4 or IPv6 address, got {shown(remote_addr)}"
-            ) from None
         client_request = request_from_url(
             body["url"],
-            method=method,
-            remote_addr=remote_addr,
-            headers=_explain_headers(body.get("headers", {})).items(),
+            method=explain_method(body.get("method", "GET")),
+            remote_addr=explain_remote_addr(body.get("remote_addr", "127.0.0.1")),
+            headers=explain_headers(body.get("headers", {})).items(),
         )
         return JSONResponse(explain(self.farm.snapshot, client_request).as_dict())
 
@@ -325,91 +294,6 @@ class AdminApi:
             },
             "redirects": self.farm.redirects.get(status.spec.name, 0),
         }
-
-
-async def _body(request: Request) -> bytes:
-    """The request body, read no further than :data:`MAX_BODY` (413 beyond)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _json(request: Request) -> Any:
-    """The body as JSON, within bounds: its size, its nesting, each number's length.
-
-    ``NaN`` and ``Infinity`` parse (as Python does), and every numeric field's range check
-    refuses them, naming the field.
-    """
-    body = await _body(request)
-    if _depth(body) > MAX_DEPTH:
-        raise ApiError(
-            400, "invalid_json", f"the body nests arrays and objects over {MAX_DEPTH} deep"
-        )
-    try:
-        return json.loads(body, parse_int=_int, parse_float=_float)
-    except _NumberTooLong as exc:
-        raise ApiError(400, "invalid_json", str(exc)) from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError too
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-
-
-class _NumberTooLong(ValueError):
-    def __init__(self, text: str) -> None:
-        super().__init__(
-            f"a number in the body is {len(text)} characters long"
-            f" (at most {MAX_NUMBER}): {text[:20]}..."
-        )
-
-
-def _int(text: str) -> int:
-    if len(text) > MAX_NUMBER:
-        raise _NumberTooLong(text)
-    return int(text)
-
-
-def _float(text: str) -> float:
-    if len(text) > MAX_NUMBER:
-        raise _NumberTooLong(text)
-    return float(text)  # 1e999 is inf: refused by the field's range check
-
-
-_STRINGS = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
-_BRACKETS = b"[]{}"
-_STEPS = bytes.maketrans(_BRACKETS, b"\x01\xff\x01\xff")
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
-
-
-def _depth(body: bytes) -> int:
-    """How deep the body's arrays and objects nest (an over-estimate for invalid JSON)."""
-    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
-        return 0
-    steps = array("b", _STRINGS.sub(b"", body).translate(_STEPS, _NOT_BRACKETS))
-    return max(itertools.accumulate(steps), default=0)
-
-
-def _explain_headers(raw: Any) -> dict[str, str]:
-    """The ``headers`` of an explain request: tokens to printable ASCII, bounded."""
-    if not isinstance(raw, dict) or len(raw) > MAX_HEADERS:
-        raise InvalidValue("headers", f"an object of at most {MAX_HEADERS} header names to values")
-    for name, value in raw.items():
-        if not TOKEN_RE.fullmatch(name):
-            raise InvalidValue("headers", f"header names are tokens, got {shown(name)}")
-        if (
-            not isinstance(value, str)
-            or len(value) > MAX_HEADER_VALUE
-            or not all(" " <= c <= "~" or c == "\t" for c in value)
-        ):
-            raise InvalidValue(
-                "headers",
-                f"{name}: printable ASCII of at most {MAX_HEADER_VALUE} characters"
-                f", got {shown(value)}",
-            )
-    return raw
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
