@@ -57,7 +57,7 @@ async def read_json(request: Request) -> Any:
     refuses them, naming the field.
     """
     body = await read_body(request)
-    if _depth(body) > MAX_DEPTH:
+    if json_depth(body) > MAX_DEPTH:
         raise ApiError(
             400, "invalid_json", f"the body nests arrays and objects over {MAX_DEPTH} deep"
         )
@@ -95,7 +95,7 @@ _STEPS = bytes.maketrans(_BRACKETS, b"\x01\xff\x01\xff")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
 
 
-def _depth(body: bytes) -> int:
+def json_depth(body: bytes) -> int:
     """How deep the body's arrays and objects nest (an over-estimate for invalid JSON)."""
     if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
         return 0
