@@ -15,6 +15,9 @@ from typing import Any
 from dispatcher import __version__
 
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# the start of what the two formats say, as far as a pattern can (the formats are exact)
+URL_PATTERN = "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@:\\s]"
+CHECK_URL_PATTERN = "^(/|https?://[^/?#@:\\s])"
 HTTP_NAME_PATTERN = "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$"
 _ERROR = {"$ref": "#/components/responses/Error"}
 _NAME = {
@@ -61,6 +64,7 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
             "url": {
                 "type": "string",
                 "format": "check-url",
+                "pattern": CHECK_URL_PATTERN,
                 "maxLength": 2048,
                 "description": "path under base_url (starting with /), or an absolute URL",
             },
@@ -76,6 +80,7 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
         "base_url": {
             "type": "string",
             "format": "http-url",
+            "pattern": URL_PATTERN,
             "maxLength": 2048,
             "description": "absolute http(s) URL with a host; not the dispatcher itself",
         },
@@ -240,7 +245,7 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                     "additionalProperties": False,
                     "required": ["url"],
                     "properties": {
-                        "url": {"type": "string", "format": "http-url"},
+                        "url": {"type": "string", "format": "http-url", "pattern": URL_PATTERN},
                         "method": {"type": "string", "pattern": HTTP_NAME_PATTERN},
                         "remote_addr": {
                             "type": "string",
