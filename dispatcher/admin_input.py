@@ -39,7 +39,14 @@ class ApiError(Exception):
 
 
 async def read_body(request: Request) -> bytes:
-    """The request body, read no further than :data:`MAX_BODY` (413 beyond)."""
+    """The request body, read no further than :data:`MAX_BODY` (413 beyond).
+
+    Kept in the request's state: a second read (authorization looks at a body before its
+    handler does) gets the same bytes.
+    """
+    cached = getattr(request.state, "webfarm_body", None)
+    if isinstance(cached, bytes):
+        return cached
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -47,7 +54,9 @@ async def read_body(request: Request) -> bytes:
         if size > MAX_BODY:
             raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    request.state.webfarm_body = body
+    return body
 
 
 async def read_json(request: Request) -> Any:
