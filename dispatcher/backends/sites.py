@@ -19,6 +19,8 @@ MAX_WEIGHT = 10_000
 MAX_URL = 2048  # the database column's size
 MAX_EXPECT = 1024
 SHOWN = 80  # characters of an offending value quoted in an error
+MIN_INTERVAL = 0.1  # seconds between probes: faster is busy polling, not health checking
+MIN_TIMEOUT = 0.05
 SITE_KEYS = frozenset({"name", "base_url", "pool", "weight", "check", "drained"})
 CHECK_KEYS = frozenset({"url", "expect", "interval", "timeout", "rise", "fall"})
 
@@ -146,8 +148,8 @@ def parse_check(raw: Any) -> CheckSpec:
     return CheckSpec(
         url=url,
         expect=expect,
-        interval=_seconds(table.get("interval", d.interval), "check.interval"),
-        timeout=_seconds(table.get("timeout", d.timeout), "check.timeout"),
+        interval=_seconds(table.get("interval", d.interval), "check.interval", MIN_INTERVAL),
+        timeout=_seconds(table.get("timeout", d.timeout), "check.timeout", MIN_TIMEOUT),
         rise=_count(table.get("rise", d.rise), "check.rise"),
         fall=_count(table.get("fall", d.fall), "check.fall"),
     )
@@ -220,9 +222,17 @@ def shown(value: Any) -> str:
     return text if len(text) <= SHOWN else f"{text[:SHOWN]}... ({len(text)} characters)"
 
 
-def _seconds(value: Any, field_name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
-        raise InvalidValue(field_name, f"a number of seconds > 0 and <= 3600, got {shown(value)}")
+def _seconds(value: Any, field_name: str, minimum: float) -> float:
+    """Seconds from ``minimum`` to an hour (NaN and infinities are neither)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not minimum <= value <= 3600
+    ):
+        raise InvalidValue(
+            field_name,
+            f"a number of seconds > 0 (at least {minimum:g}) and <= 3600, got {shown(value)}",
+        )
     return float(value)
 
 
