@@ -140,7 +140,8 @@ def _rules(path: Path, pools: Collection[str], source: str) -> RewriteProgram:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    store = open_store(_config(args).dispatcher.database_url)
+    settings = _config(args).dispatcher
+    store = open_store(settings.database_url, timeout=settings.database_timeout)
     try:
         print(f"database schema at {store.upgrade()}")
     finally:
@@ -149,7 +150,8 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _db_current(args: argparse.Namespace) -> int:
-    store = open_store(_config(args).dispatcher.database_url)
+    settings = _config(args).dispatcher
+    store = open_store(settings.database_url, timeout=settings.database_timeout)
     try:
         current, head = store.current(), store.head()
         state = "up to date" if current == head else f"behind (head is {head})"
@@ -170,7 +172,7 @@ def _explain(args: argparse.Namespace) -> int:
     request = request_from_url(
         args.url, method=args.method, remote_addr=args.remote_addr, headers=headers
     )
-    store = open_store(config.dispatcher.database_url)
+    store = open_store(config.dispatcher.database_url, timeout=config.dispatcher.database_timeout)
     try:
         snapshot, note = offline_snapshot(config, store)
     finally:

@@ -7,7 +7,6 @@ stored, stored in one transaction, and in force for the next public request.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -22,24 +21,31 @@ from starlette.routing import Route
 
 from dispatcher import audit
 from dispatcher.access import AdminToken, authenticate, bearer, decide, parse_tokens
+from dispatcher.admin_input import (
+    MAX_CONNECTIONS,
+    ApiError,
+    explain_headers,
+    explain_method,
+    explain_remote_addr,
+    read_rules,
+)
+from dispatcher.admin_input import read_json as _json
 from dispatcher.app import Receive, Scope, Send
-from dispatcher.backends.sites import parse_site, update_site
+from dispatcher.backends.health import Health
+from dispatcher.backends.sites import SiteSpec, check_whole, parse_site, shown, update_site
 from dispatcher.backends.snapshot import SiteStatus
-from dispatcher.errors import InvalidValue, SiteExists, SiteNotFound, StoreError
+from dispatcher.errors import (
+    InvalidValue,
+    SiteExists,
+    SiteNotFound,
+    StoreError,
+    StoreRejected,
+    StoreUnavailable,
+)
 from dispatcher.explain import explain, request_from_url
 from dispatcher.farm import Farm
 from dispatcher.openapi import openapi_document
-from dispatcher.redirect import RuleSyntaxError
-
-MAX_BODY = 1024 * 1024
-
-
-class ApiError(Exception):
-    """An answer with a status, a machine-readable code and the offending field."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        self.status, self.code, self.message, self.field = status, code, message, field
-        super().__init__(message)
+from dispatcher.redirect import RewriteError, RuleSyntaxError
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
@@ -112,6 +118,7 @@ class AdminApi:
             SiteExists,
             StoreError,
             RuleSyntaxError,
+            RewriteError,
         )
         handlers: dict[Any, Any] = dict.fromkeys(handled, _error)
         handlers[Exception] = _internal_error
@@ -129,7 +136,7 @@ class AdminApi:
         created = await self.farm.create_site(site)
         audit.site_created(request.scope, created)
         return JSONResponse(
-            self._site_named(created.name),
+            self._site_stored(created),
             status_code=201,
             headers={"location": f"/api/v1/sites/{created.name}"},
         )
@@ -175,18 +182,16 @@ class AdminApi:
             raise InvalidValue(sorted(unknown)[0], "no such field (allowed: connections, load)")
         load = body.get("load")
         if isinstance(load, bool) or not isinstance(load, int | float) or not 0 <= load <= 1:
-            raise InvalidValue("load", f"a utilisation from 0 to 1, got {load!r}")
+            raise InvalidValue("load", f"a utilisation from 0 to 1, got {shown(load)}")
         connections = body.get("connections")
-        if connections is not None and (
-            isinstance(connections, bool) or not isinstance(connections, int) or connections < 0
-        ):
-            raise InvalidValue("connections", f"a whole number >= 0, got {connections!r}")
+        if connections is not None:
+            connections = check_whole(connections, "connections", 0, MAX_CONNECTIONS)
         report = await self.farm.report_load(request.path_params["name"], load, connections)
         audit.load_reported(request.scope, report.site, report.load, report.connections)
         return JSONResponse(
             {
                 "site": report.site,
-                "load": report.load,
+                "load": float(report.load),
                 "connections": report.connections,
                 "reported_at": report.reported_at.isoformat(),
             }
@@ -225,9 +230,7 @@ class AdminApi:
         return PlainTextResponse(text, headers=headers)
 
     async def put_rules(self, request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
+        body = await read_rules(request)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -247,24 +250,21 @@ class AdminApi:
         unknown = set(body) - {"url", "method", "remote_addr", "headers"}
         if unknown:
             raise InvalidValue(sorted(unknown)[0], "no such field")
-        headers = body.get("headers", {})
-        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-            raise InvalidValue("headers", "an object of header names to string values")
         for key in ("url", "method", "remote_addr"):
             if key in body and not isinstance(body[key], str):
-                raise InvalidValue(key, f"a string, got {body[key]!r}")
+                raise InvalidValue(key, f"a string, got {shown(body[key])}")
         if "url" not in body:
             raise InvalidValue("url", "the absolute URL the client asks for")
         client_request = request_from_url(
             body["url"],
-            method=body.get("method", "GET"),
-            remote_addr=body.get("remote_addr", "127.0.0.1"),
-            headers=headers.items(),
+            method=explain_method(body.get("method", "GET")),
+            remote_addr=explain_remote_addr(body.get("remote_addr", "127.0.0.1")),
+            headers=explain_headers(body.get("headers", {})).items(),
         )
         return JSONResponse(explain(self.farm.snapshot, client_request).as_dict())
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document())
+        return JSONResponse(openapi_document(self.farm.config.pools))
 
     # --- views ---
 
@@ -272,6 +272,14 @@ class AdminApi:
         status = self.farm.snapshot.sites.get(name)
         if status is None:
             raise SiteNotFound(name)
+        return self._site(status)
+
+    def _site_stored(self, spec: SiteSpec) -> dict[str, Any]:
+        """A site just written: as the snapshot shows it, or (when the refresh after the
+        write failed) as stored, with its health not known yet."""
+        status = self.farm.snapshot.sites.get(spec.name)
+        if status is None or status.spec != spec:
+            status = SiteStatus(spec, Health("unknown", None), None)
         return self._site(status)
 
     def _site(self, status: SiteStatus) -> dict[str, Any]:
@@ -301,16 +309,6 @@ class AdminApi:
             },
             "redirects": self.farm.redirects.get(status.spec.name, 0),
         }
-
-
-async def _json(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise ApiError(413, "too_large", f"request body over {MAX_BODY} bytes")
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -360,7 +358,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", f"internal error ({type(exc).__name__}); see the log")
 
 
-def _classify(exc: Exception) -> tuple[int, str, str, str | None]:
+def _classify(exc: Exception) -> tuple[int, str, str, str | None]:  # noqa: PLR0911
     if isinstance(exc, ApiError):
         return exc.status, exc.code, exc.message, exc.field
     if isinstance(exc, InvalidValue):
@@ -371,7 +369,13 @@ def _classify(exc: Exception) -> tuple[int, str, str, str | None]:
         return 409, "conflict", str(exc), "name"
     if isinstance(exc, RuleSyntaxError):
         return 400, "invalid_rules", str(exc), f"line {exc.line}"
+    if isinstance(exc, RewriteError):  # a map file that cannot be used, say
+        return 400, "invalid_rules", str(exc), None
     if isinstance(exc, HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return exc.status_code, code, str(exc.detail), None
-    return 503, "store_unavailable", str(exc), None
+    if isinstance(exc, StoreRejected):
+        return 422, "rejected", str(exc), None
+    if isinstance(exc, StoreUnavailable):
+        return 503, "store_unavailable", str(exc), None
+    return 503, "store_error", str(exc), None

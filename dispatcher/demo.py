@@ -83,7 +83,9 @@ async def run_demo(stop: asyncio.Event, *, port: int = 8080) -> None:
         config_file = Path(tmp) / "farm.toml"
         config_file.write_text(demo_config(port, [s.port for s in sites]), encoding="utf-8")
         config = load_config(config_file, environ={})
-        store = open_store(config.dispatcher.database_url)
+        store = open_store(
+            config.dispatcher.database_url, timeout=config.dispatcher.database_timeout
+        )
         await asyncio.to_thread(store.upgrade)
         runner = Runner(config, store, timeouts)
         try:

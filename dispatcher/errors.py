@@ -54,6 +54,17 @@ class SiteExists(StoreError):
         super().__init__(f"a site named {name!r} exists already")
 
 
+class StoreUnavailable(StoreError):
+    """The database could not be reached, or did not answer within the time allowed.
+
+    Nothing was changed: a write that failed this way is rolled back, never applied later.
+    """
+
+
+class StoreRejected(StoreError):
+    """The database refused a value (too long, out of range, a NUL character...)."""
+
+
 class SchemaBehind(StoreError):
     """The database schema is older than this code expects."""
 

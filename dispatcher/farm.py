@@ -23,7 +23,7 @@ from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Load, Snapshot, build_snapshot
 from dispatcher.backends.store import LoadReport, SiteStore, StoredRules
 from dispatcher.config import Config, check_not_self
-from dispatcher.errors import InvalidValue, StoreError
+from dispatcher.errors import InvalidValue, StoreError, StoreUnavailable
 from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules, load_rules
 from dispatcher.wire import RulesText, WorkerState, for_workers
@@ -92,11 +92,20 @@ class Farm:
         return not self._in_flight
 
     async def _io(self, call: Callable[..., T], /, *args: Any) -> T:
-        """Run a blocking store call in a worker thread; tracked so :meth:`stop` can wait."""
+        """Run a blocking store call in a worker thread; tracked so :meth:`stop` can wait.
+
+        The store bounds every call by ``database_timeout``; this answers
+        :class:`StoreUnavailable` one second after that in any case (the thread, if it is
+        still stuck, is left to end on its own and :meth:`stop` waits for it, bounded).
+        """
         task = asyncio.ensure_future(asyncio.to_thread(call, *args))
         self._in_flight.add(task)
         task.add_done_callback(self._forget)
-        return await asyncio.shield(task)
+        limit = self.config.dispatcher.database_timeout + 1.0
+        done, _ = await asyncio.wait({task}, timeout=limit)
+        if not done:
+            raise StoreUnavailable(f"the database did not answer within {limit:g} s")
+        return task.result()
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._in_flight.discard(task)
@@ -132,10 +141,18 @@ class Farm:
 
     # --- changes from the admin API ---
 
+    async def _refresh_after_write(self) -> None:
+        """Show a stored change at once; if the database fails right after the write, the
+        change stands (it is stored) and the refresher shows it when the database is back."""
+        try:
+            await self.refresh()
+        except StoreError as exc:
+            log.warning("stored a change, but could not reload the registry: %s", exc)
+
     async def create_site(self, site: SiteSpec) -> SiteSpec:
         self._check_site(site)
         created = await self._io(self.store.create_site, site)
-        await self.refresh()
+        await self._refresh_after_write()
         return created
 
     async def modify_site(self, name: str, change: Callable[[SiteSpec], SiteSpec]) -> SiteSpec:
@@ -145,13 +162,13 @@ class Farm:
             return new
 
         modified = await self._io(self.store.modify_site, name, checked)
-        await self.refresh()
+        await self._refresh_after_write()
         return modified
 
     async def delete_site(self, name: str) -> None:
         await self._io(self.store.delete_site, name)
         self.redirects.pop(name, None)
-        await self.refresh()
+        await self._refresh_after_write()
 
     async def report_load(self, site: str, load: float, connections: int | None) -> LoadReport:
         report = LoadReport(site, load, connections, _now())
@@ -192,12 +209,12 @@ class Farm:
 
     async def set_rules(self, text: str) -> RewriteProgram:
         """Validate, store and swap in new rules; the running ones stay if ``text`` is bad."""
-        program = self.compile(text, "<admin API>")
+        program = await asyncio.to_thread(self.compile, text, "<admin API>")
         stored = await self._io(self.store.get_rules)
         digest = stored.file_digest if stored else None
         rules = StoredRules(text, "admin API", digest, _now())
         await self._io(self.store.set_rules, rules)
-        await self.refresh()
+        await self._refresh_after_write()
         return program
 
     async def current_rules(self) -> StoredRules | None:

@@ -1,13 +1,31 @@
-"""The admin API described as OpenAPI 3.1, served at ``GET /api/v1/openapi.json``."""
+"""The admin API described as OpenAPI 3.1, served at ``GET /api/v1/openapi.json``.
+
+The document is exact: what it calls valid, the API accepts (unless the state forbids it:
+a site that exists, or does not), and what it calls invalid, the API refuses with a 4xx.
+Two string formats are our own: ``http-url`` (an absolute http(s) URL with a host, no
+query, fragment or credentials, ASCII without spaces or controls) and ``check-url``
+(a path starting with ``/``, or an ``http-url``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from dispatcher import __version__
 
+NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# the start of what the two formats say, as far as a pattern can (the formats are exact)
+URL_PATTERN = "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@:\\s]"
+CHECK_URL_PATTERN = "^(/|https?://[^/?#@:\\s])"
+HTTP_NAME_PATTERN = "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$"
 _ERROR = {"$ref": "#/components/responses/Error"}
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": NAME_PATTERN},
+}
 
 
 def _json(schema_ref: str) -> dict[str, Any]:
@@ -18,30 +36,55 @@ def _ok(description: str, schema_ref: str) -> dict[str, Any]:
     return {"description": description, "content": _json(schema_ref)}
 
 
-def _op(summary: str, responses: dict[str, Any], body: str | None = None) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {**responses, "4XX": _ERROR}}
+def _op(
+    summary: str, responses: dict[str, Any], body: str | None = None, *, store: bool = True
+) -> dict[str, Any]:
+    """An operation; ``store``: it reads or writes the database (503 when that fails)."""
+    answers = {**responses, "4XX": _ERROR}
+    if store:
+        answers["503"] = _ERROR
+    op: dict[str, Any] = {"summary": summary, "responses": answers}
     if body:
         op["requestBody"] = {"required": True, "content": _json(body)}
     return op
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
+    """The document; ``pools`` are the configured pool names (a site's ``pool`` is one)."""
+    pool_names = sorted(pools)
+    pool: dict[str, Any] = (
+        {"type": "string", "enum": pool_names}
+        if pool_names
+        else {"type": "string", "pattern": NAME_PATTERN}
+    )
     check = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "url": {"type": "string", "description": "path under base_url, or absolute URL"},
-            "expect": {"type": "string"},
-            "interval": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
-            "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+            "url": {
+                "type": "string",
+                "format": "check-url",
+                "pattern": CHECK_URL_PATTERN,
+                "maxLength": 2048,
+                "description": "path under base_url (starting with /), or an absolute URL",
+            },
+            "expect": {"type": "string", "maxLength": 1024, "pattern": "^[^\\x00]*$"},
+            "interval": {"type": "number", "minimum": 0.1, "maximum": 3600},
+            "timeout": {"type": "number", "minimum": 0.05, "maximum": 3600},
             "rise": {"type": "integer", "minimum": 1, "maximum": 100},
             "fall": {"type": "integer", "minimum": 1, "maximum": 100},
         },
     }
     site_fields = {
-        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"},
-        "base_url": {"type": "string", "format": "uri", "description": "absolute http(s) URL"},
-        "pool": {"type": "string"},
+        "name": {"type": "string", "pattern": NAME_PATTERN},
+        "base_url": {
+            "type": "string",
+            "format": "http-url",
+            "pattern": URL_PATTERN,
+            "maxLength": 2048,
+            "description": "absolute http(s) URL with a host; not the dispatcher itself",
+        },
+        "pool": pool,
         "weight": {"type": "integer", "minimum": 0, "maximum": 10000},
         "drained": {"type": "boolean"},
         "check": {"$ref": "#/components/schemas/Check"},
@@ -53,12 +96,16 @@ def openapi_document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {
             "/api/v1/sites": {
-                "get": _op("List sites with their state", {"200": _ok("sites", "SiteList")}),
+                "get": _op(
+                    "List sites with their state", {"200": _ok("sites", "SiteList")}, store=False
+                ),
                 "post": _op("Register a site", {"201": _ok("created", "Site")}, "NewSite"),
             },
             "/api/v1/sites/{name}": {
                 "parameters": [_NAME],
-                "get": _op("One site with its state", {"200": _ok("the site", "Site")}),
+                "get": _op(
+                    "One site with its state", {"200": _ok("the site", "Site")}, store=False
+                ),
                 "patch": _op("Change a site", {"200": _ok("changed", "Site")}, "SiteChanges"),
                 "delete": _op("Remove a site", {"204": {"description": "removed"}}),
             },
@@ -76,7 +123,9 @@ def openapi_document() -> dict[str, Any]:
             },
             "/api/v1/status": {
                 "get": _op(
-                    "Pools and sites, health, load, redirects", {"200": _ok("status", "Status")}
+                    "Pools and sites, health, load, redirects",
+                    {"200": _ok("status", "Status")},
+                    store=False,
                 ),
             },
             "/api/v1/rules": {
@@ -88,17 +137,27 @@ def openapi_document() -> dict[str, Any]:
                             "content": {"text/plain": {"schema": {"type": "string"}}},
                         },
                         "4XX": _ERROR,
+                        "503": _ERROR,
                     },
                 },
                 "put": {
                     "summary": "Replace the rules (validated, swapped atomically, stored)",
+                    "description": "Rule text (mod_rewrite syntax) that does not parse is a 400"
+                    " naming the line; an empty body is a 400 (PUT 'RewriteEngine off' to turn"
+                    " the rules off).",
                     "requestBody": {
                         "required": True,
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                        "content": {
+                            "text/plain": {
+                                "schema": {"type": "string", "minLength": 1},
+                                "example": "RewriteEngine on\nRewriteRule ^/old$ /new [R=301]\n",
+                            }
+                        },
                     },
                     "responses": {
                         "200": _ok("in force", "RulesIn"),
                         "4XX": _ERROR,
+                        "503": _ERROR,
                     },
                 },
             },
@@ -107,10 +166,20 @@ def openapi_document() -> dict[str, Any]:
                     "What a client asking for a URL would get, rule by rule",
                     {"200": _ok("the explanation", "Explained")},
                     "ExplainIn",
+                    store=False,
                 ),
             },
             "/api/v1/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": {"description": "ok"}}},
+                "get": _op(
+                    "This document",
+                    {
+                        "200": {
+                            "description": "ok",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                    store=False,
+                ),
             },
         },
         "components": {
@@ -154,7 +223,7 @@ def openapi_document() -> dict[str, Any]:
                     "required": ["load"],
                     "properties": {
                         "load": {"type": "number", "minimum": 0, "maximum": 1},
-                        "connections": {"type": "integer", "minimum": 0},
+                        "connections": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
                     },
                 },
                 "Load": {
@@ -176,10 +245,22 @@ def openapi_document() -> dict[str, Any]:
                     "additionalProperties": False,
                     "required": ["url"],
                     "properties": {
-                        "url": {"type": "string", "description": "absolute http(s) URL"},
-                        "method": {"type": "string"},
-                        "remote_addr": {"type": "string"},
-                        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "url": {"type": "string", "format": "http-url", "pattern": URL_PATTERN},
+                        "method": {"type": "string", "pattern": HTTP_NAME_PATTERN},
+                        "remote_addr": {
+                            "type": "string",
+                            "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+                        },
+                        "headers": {
+                            "type": "object",
+                            "maxProperties": 100,
+                            "propertyNames": {"pattern": HTTP_NAME_PATTERN},
+                            "additionalProperties": {
+                                "type": "string",
+                                "maxLength": 8192,
+                                "pattern": "^[\\t -~]*$",
+                            },
+                        },
                     },
                 },
                 "Explained": {

@@ -148,7 +148,9 @@ class Runner:
         reload_config: Callable[[], Config] | None = None,
     ) -> None:
         self.config = config
-        self.store = store or open_store(config.dispatcher.database_url)
+        self.store = store or open_store(
+            config.dispatcher.database_url, timeout=config.dispatcher.database_timeout
+        )
         settings = config.dispatcher
         self.timeouts = timeouts or Timeouts(
             graceful_shutdown=settings.graceful_timeout,

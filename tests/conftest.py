@@ -206,7 +206,7 @@ class RunningDispatcher:
         worker processes (``config``'s ``workers`` of them), as ``serve`` runs them.
         """
         config = load_config(config_file, environ={})
-        store = SqlSiteStore(config.dispatcher.database_url)
+        store = SqlSiteStore(config.dispatcher.database_url, config.dispatcher.database_timeout)
         if upgrade:
             store.upgrade()
         runner = Runner(

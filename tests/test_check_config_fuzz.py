@@ -362,11 +362,6 @@ def test_the_values_named_in_the_issue_are_refused(
     assert dotted(path) in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="[[sites]] check.interval minimum: dispatcher/backends/sites.py (helper D) "
-    "accepts 1e-9; remove this marker when that lands",
-)
 @pytest.mark.usefixtures("clean_environment")
 def test_a_site_check_interval_of_a_nanosecond_is_refused(
     dispatcher_dir: Path, capsys: pytest.CaptureFixture[str]

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import replace
 
+import psycopg
 import pytest
 from alembic import command
 
 from dispatcher.backends.sites import CheckSpec, SiteSpec
 from dispatcher.backends.store import LoadReport, SqlSiteStore, StoredRules
-from dispatcher.errors import InvalidValue, SchemaBehind, SiteExists, SiteNotFound, StoreError
+from dispatcher.errors import (
+    InvalidValue,
+    SchemaBehind,
+    SiteExists,
+    SiteNotFound,
+    StoreError,
+    StoreRejected,
+    StoreUnavailable,
+)
 
 EU = SiteSpec("eu", "http://127.0.0.2:9001", weight=2, check=CheckSpec(url="/health", expect="OK"))
 US = SiteSpec("us", "http://127.0.0.3:9001")
@@ -116,10 +126,77 @@ def test_loads_are_kept_per_site_and_go_with_it(store: SqlSiteStore) -> None:
 def test_an_unreachable_database_is_a_store_error(tmp_path: object) -> None:
     store = SqlSiteStore("postgresql://nobody@127.0.0.1:1/none")
     try:
-        with pytest.raises(StoreError, match="cannot connect"):
+        with pytest.raises(StoreUnavailable, match="cannot connect") as info:
             store.check_schema()
+        assert "Connection refused" in str(info.value)
+        with pytest.raises(StoreUnavailable, match="cannot connect") as info:
+            store.create_site(US)  # says what happened, not "run db upgrade"
+        assert "upgrade" not in str(info.value)
     finally:
         store.close()
+
+
+def test_values_the_database_cannot_hold_are_rejected(store: SqlSiteStore) -> None:
+    """What validation lets through by mistake is a typed error on both backends."""
+    store.seed([EU])
+    at = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+    for connections in (2**63, 2**64, -(2**70)):
+        with pytest.raises(StoreRejected):
+            store.record_load(LoadReport("eu", 0.5, connections, at))
+    store.record_load(LoadReport("eu", 0.5, 2**31 - 1, at))
+    assert store.loads()["eu"].connections == 2**31 - 1
+    if not store.url.startswith("sqlite"):  # SQLite keeps both as they are
+        with pytest.raises(StoreRejected, match="NUL"):
+            store.set_rules(StoredRules("# a \x00\n", "admin API", None, at))
+        with pytest.raises(StoreRejected):
+            store.create_site(SiteSpec("long", "http://127.0.0.1/" + "p" * 2048))
+    assert store.get_rules() is None
+    assert [s.name for s in store.list_sites()] == ["eu"]
+
+
+def test_a_write_that_outlives_its_deadline_is_rolled_back(database_url: str) -> None:
+    store = SqlSiteStore(database_url, timeout=0.5)
+    try:
+        store.upgrade()
+        store.seed([EU])
+        revision = store.revision()
+
+        def slow(site: SiteSpec) -> SiteSpec:
+            time.sleep(0.5)  # the client gives up meanwhile
+            return replace(site, weight=7)
+
+        with pytest.raises(StoreUnavailable, match="nothing was changed"):
+            store.modify_site("eu", slow)
+        assert store.get_site("eu").weight == EU.weight
+        assert store.revision() == revision
+        store.modify_site("eu", lambda site: replace(site, weight=7))  # the store still works
+        assert store.get_site("eu").weight == 7
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_postgresql_refuses_a_commit_past_the_clients_deadline(postgres_url: str) -> None:
+    """The server-side half: a COMMIT that reaches the server late (it was stopped, say)
+    fails, whatever the client did; a transaction without a deadline is not affected."""
+    store = SqlSiteStore(postgres_url)
+    try:
+        store.upgrade()
+        store.seed([EU])
+        revision = store.revision()
+    finally:
+        store.close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("SELECT set_config('webfarm.deadline', (clock_timestamp())::text, true)")
+        conn.execute("UPDATE registry SET revision = revision + 1")
+        conn.execute("UPDATE sites SET weight = 9")
+        with pytest.raises(psycopg.errors.QueryCanceled, match="deadline"):
+            conn.commit()
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT revision FROM registry").fetchone() == (revision,)
+        conn.execute("UPDATE sites SET weight = 9")  # no deadline set: an operator's change
+        conn.commit()
+        assert conn.execute("SELECT weight FROM sites").fetchone() == (9,)
 
 
 def test_an_unusable_url_is_a_store_error() -> None:

@@ -16,6 +16,11 @@ from dispatcher.errors import InvalidValue
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 MAX_WEIGHT = 10_000
+MAX_URL = 2048  # the database column's size
+MAX_EXPECT = 1024
+SHOWN = 80  # characters of an offending value quoted in an error
+MIN_INTERVAL = 0.1  # seconds between probes: faster is busy polling, not health checking
+MIN_TIMEOUT = 0.05
 SITE_KEYS = frozenset({"name", "base_url", "pool", "weight", "check", "drained"})
 CHECK_KEYS = frozenset({"url", "expect", "interval", "timeout", "rise", "fall"})
 
@@ -126,18 +131,25 @@ def parse_check(raw: Any) -> CheckSpec:
     if not isinstance(url, str) or not (
         url.startswith("/") or url.startswith(("http://", "https://"))
     ):
-        raise InvalidValue("check.url", f"a path starting with / or an http(s) URL, got {url!r}")
+        raise InvalidValue(
+            "check.url", f"a path starting with / or an http(s) URL, got {shown(url)}"
+        )
     if url.startswith(("http://", "https://")):
         check_base_url(url, "check.url")
     _no_controls(url, "check.url")
+    if len(url) > MAX_URL:
+        raise InvalidValue("check.url", f"at most {MAX_URL} characters, got {len(url)}")
     expect = table.get("expect", d.expect)
-    if not isinstance(expect, str):
-        raise InvalidValue("check.expect", f"a string, got {expect!r}")
+    if not isinstance(expect, str) or len(expect) > MAX_EXPECT or "\0" in expect:
+        raise InvalidValue(
+            "check.expect",
+            f"a string of at most {MAX_EXPECT} characters, no NUL, got {shown(expect)}",
+        )
     return CheckSpec(
         url=url,
         expect=expect,
-        interval=_seconds(table.get("interval", d.interval), "check.interval"),
-        timeout=_seconds(table.get("timeout", d.timeout), "check.timeout"),
+        interval=_seconds(table.get("interval", d.interval), "check.interval", MIN_INTERVAL),
+        timeout=_seconds(table.get("timeout", d.timeout), "check.timeout", MIN_TIMEOUT),
         rise=_count(table.get("rise", d.rise), "check.rise"),
         fall=_count(table.get("fall", d.fall), "check.fall"),
     )
@@ -148,7 +160,7 @@ def check_name(value: Any, field_name: str) -> str:
         raise InvalidValue(
             field_name,
             "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
-            f", got {value!r}",
+            f", got {shown(value)}",
         )
     return value
 
@@ -161,7 +173,11 @@ def check_base_url(value: Any, field_name: str) -> str:
     """An absolute http(s) URL with a host, no query, fragment or credentials; no trailing /."""
     expected = "an absolute http:// or https:// URL with a host"
     if not isinstance(value, str):
-        raise InvalidValue(field_name, f"{expected}, got {value!r}")
+        raise InvalidValue(field_name, f"{expected}, got {shown(value)}")
+    if len(value) > MAX_URL:
+        raise InvalidValue(
+            field_name, f"{expected} of at most {MAX_URL} characters, got {len(value)}"
+        )
     _no_controls(value, field_name)
     if not value.isascii():
         raise InvalidValue(field_name, f"{expected}, in ASCII (punycode for IDN), got {value!r}")
@@ -180,32 +196,53 @@ def check_base_url(value: Any, field_name: str) -> str:
 
 
 def check_weight(value: Any, field_name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WEIGHT:
-        raise InvalidValue(field_name, f"a whole number from 0 to {MAX_WEIGHT}, got {value!r}")
+    return check_whole(value, field_name, 0, MAX_WEIGHT)
+
+
+def check_whole(value: Any, field_name: str, low: int, high: int) -> int:
+    """A whole number in ``[low, high]``; ``3.0`` counts (JSON Schema's ``integer`` does)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidValue(field_name, f"a whole number from {low} to {high}, got {shown(value)}")
     return value
 
 
 def check_bool(value: Any, field_name: str) -> bool:
     if not isinstance(value, bool):
-        raise InvalidValue(field_name, f"true or false, got {value!r}")
+        raise InvalidValue(field_name, f"true or false, got {shown(value)}")
     return value
 
 
-def _seconds(value: Any, field_name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
-        raise InvalidValue(field_name, f"a number of seconds > 0 and <= 3600, got {value!r}")
+def shown(value: Any) -> str:
+    """``repr(value)`` for an error message, cut short: the value may be huge."""
+    if isinstance(value, list | dict):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+    text = repr(value)
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}... ({len(text)} characters)"
+
+
+def _seconds(value: Any, field_name: str, minimum: float) -> float:
+    """Seconds from ``minimum`` to an hour (NaN and infinities are neither)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not minimum <= value <= 3600
+    ):
+        raise InvalidValue(
+            field_name,
+            f"a number of seconds > 0 (at least {minimum:g}) and <= 3600, got {shown(value)}",
+        )
     return float(value)
 
 
 def _count(value: Any, field_name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
-        raise InvalidValue(field_name, f"a whole number from 1 to 100, got {value!r}")
-    return value
+    return check_whole(value, field_name, 1, 100)
 
 
 def _mapping(value: Any, field_name: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise InvalidValue(field_name, f"a table/object, got {value!r}")
+        raise InvalidValue(field_name, f"a table/object, got {shown(value)}")
     return value
 
 
@@ -218,4 +255,4 @@ def _only(raw: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
 
 def _no_controls(value: str, field_name: str) -> None:
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
-        raise InvalidValue(field_name, f"no spaces or control characters, got {value!r}")
+        raise InvalidValue(field_name, f"no spaces or control characters, got {shown(value)}")

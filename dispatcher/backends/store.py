@@ -11,6 +11,7 @@ import abc
 import contextlib
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +21,29 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, delete, event, func, select
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy import Engine, create_engine, delete, event, func, select, text
+from sqlalchemy.exc import DisconnectionError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.backends.deadline import (
+    UPGRADE_HINT,
+    Deadline,
+    call_budget,
+    engine_options,
+    translate,
+)
 from dispatcher.backends.models import LoadRow, RegistryRow, RulesRow, SiteRow
 from dispatcher.backends.sites import SiteSpec, parse_check
-from dispatcher.errors import SchemaBehind, SiteExists, SiteNotFound, StoreError
+from dispatcher.errors import (
+    SchemaBehind,
+    SiteExists,
+    SiteNotFound,
+    StoreError,
+    StoreRejected,
+    StoreUnavailable,
+)
 
-UPGRADE_HINT = "farm-dispatcher db upgrade --config FILE"
+DEFAULT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +71,13 @@ class SiteStore(abc.ABC):
 
     Each write is atomic: it either happens whole, with the revision bumped in the same
     transaction, or raises and changes nothing. Readers see only committed writes.
+
+    Every call is bounded in time: it returns or raises within the store's timeout, also
+    when the database hangs (only PostgreSQL's connect may take 2 s at least, and name
+    resolution of the database host is not bounded). Errors are typed:
+    :class:`StoreUnavailable` (unreachable, too slow: nothing was changed, and a write that
+    raised it is never applied later), :class:`StoreRejected` (the database cannot hold a
+    value), :class:`SiteNotFound`, :class:`SiteExists`, or :class:`StoreError` (schema).
     """
 
     @abc.abstractmethod
@@ -135,19 +157,23 @@ def migrations_dir() -> Path:
 class SqlSiteStore(SiteStore):
     """:class:`SiteStore` on SQLAlchemy; ``url`` is any SQLAlchemy URL (sqlite, postgresql)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.url = _driver_url(url)
+        self.timeout = timeout
+        self.budget = call_budget(timeout)
         try:
-            self.engine: Engine = create_engine(self.url, **_engine_options(self.url))
+            self.engine: Engine = create_engine(self.url, **engine_options(self.url, self.budget))
         except Exception as exc:  # SQLAlchemy raises several kinds for a bad URL
             raise StoreError(f"cannot use database URL {url!r}: {exc}") from exc
-        if self.url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sqlite = self.url.startswith("sqlite")
+        if self._sqlite:
+            event.listen(self.engine, "connect", self._sqlite_pragmas)
+        else:
+            event.listen(self.engine, "connect", _mark_fresh)
+        event.listen(self.engine, "checkout", self._on_checkout)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        sqlite = self.url.startswith("sqlite")
-        self._write_lock: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if sqlite else contextlib.nullcontext()
-        )
+        self._write_lock: threading.Lock | None = threading.Lock() if self._sqlite else None
+        self._local = threading.local()
 
     # --- schema ---
 
@@ -164,8 +190,8 @@ class SqlSiteStore(SiteStore):
         return head
 
     def current(self) -> str | None:
-        with self._connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+        with self._transaction() as session:
+            return MigrationContext.configure(session.connection()).get_current_revision()
 
     def check_schema(self) -> None:
         current, head = self.current(), self.head()
@@ -216,8 +242,10 @@ class SqlSiteStore(SiteStore):
                 row.position += 1
                 session.add(row)
                 registry.revision += 1
-        except IntegrityError:  # another replica inserted the same name concurrently
-            raise SiteExists(site.name) from None
+        except StoreRejected as exc:
+            if isinstance(exc.__cause__, IntegrityError):  # a replica inserted it just now
+                raise SiteExists(site.name) from None
+            raise
         return _spec(row)
 
     def modify_site(self, name: str, change: Callable[[SiteSpec], SiteSpec]) -> SiteSpec:
@@ -278,27 +306,47 @@ class SqlSiteStore(SiteStore):
 
     # --- plumbing ---
 
-    def _connect(self) -> Any:
-        try:
-            return self.engine.connect()
-        except OperationalError as exc:
-            raise StoreError(f"cannot connect to {self.engine.url!r}: {exc.orig}") from exc
-
     def _transaction(self, write: bool = False) -> _Transaction:
-        lock = self._write_lock if write else contextlib.nullcontext()
-        return _Transaction(self._sessions(), lock)
+        lock = self._write_lock if write else None
+        return _Transaction(self, self._sessions(), lock, write)
+
+    def _sqlite_pragmas(self, dbapi_connection: Any, _record: object) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={max(1, int(self.budget * 1000))}")
+        cursor.close()
+
+    def _on_checkout(self, dbapi_connection: Any, record: Any, _proxy: object) -> None:
+        """Arm the call's deadline on the connection, then check the connection works.
+
+        This is SQLAlchemy's pre-ping, done here so that the ping itself is bounded: a
+        pooled connection to a server that stopped would otherwise wait forever.
+        """
+        deadline: Deadline | None = getattr(self._local, "deadline", None)
+        if deadline is None:  # schema upgrades: not a bounded call
+            return
+        if not self._sqlite:
+            deadline.watch(dbapi_connection.fileno())
+            if not record.info.pop("fresh", False):
+                self._ping(dbapi_connection, deadline)
+        deadline.connected = True
+
+    def _ping(self, dbapi_connection: Any, deadline: Deadline) -> None:
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except Exception as exc:
+            if deadline.expired:
+                raise translate(exc, deadline, self.engine.url) from exc
+            raise DisconnectionError(f"pre-ping failed: {exc}") from exc  # reconnects
 
     @staticmethod
     def _registry(session: Session, lock: bool = False) -> RegistryRow:
         query = select(RegistryRow).where(RegistryRow.id == 1)
         if lock:
             query = query.with_for_update()
-        try:
-            row = session.scalar(query)
-        except (OperationalError, ProgrammingError) as exc:
-            raise StoreError(
-                f"the registry is unreadable ({exc.orig}); run {UPGRADE_HINT}"
-            ) from exc
+        row = session.scalar(query)
         if row is None:
             raise StoreError(f"the registry table is empty; run {UPGRADE_HINT}")
         return row
@@ -314,36 +362,97 @@ class SqlSiteStore(SiteStore):
 class _Transaction:
     """``with`` block: one session, committed on success, rolled back on any error.
 
-    ``lock`` is held for the whole transaction: SQLite writers take a process-wide lock,
-    because SQLite answers a read-then-write race with "database is locked" instead of
-    waiting; PostgreSQL writers rely on ``SELECT ... FOR UPDATE`` of the registry row.
+    The whole block runs under one :class:`Deadline` of the store's timeout: waiting for
+    the SQLite write lock, checking a connection out, every statement, and ``COMMIT``,
+    which is not sent at all when too little time is left. Errors leave it typed
+    (:func:`~dispatcher.backends.deadline.translate`).
+
+    SQLite writers take a process-wide lock, because SQLite answers a read-then-write race
+    with "database is locked" instead of waiting; PostgreSQL writers rely on
+    ``SELECT ... FOR UPDATE`` of the registry row, and carry a server-side deadline.
     """
 
-    def __init__(self, session: Session, lock: contextlib.AbstractContextManager[Any]) -> None:
+    def __init__(
+        self, store: SqlSiteStore, session: Session, lock: threading.Lock | None, write: bool
+    ) -> None:
+        self.store = store
         self.session = session
         self.lock = lock
+        self.write = write
+        self.deadline = Deadline(store.budget)
 
     def __enter__(self) -> Session:
-        self.lock.__enter__()
+        if self.lock is not None and not self.lock.acquire(timeout=self.store.budget):
+            self.session.close()
+            raise StoreUnavailable(
+                f"another write held the database for over {self.store.budget:g} s;"
+                " nothing was changed"
+            )
+        self.store._local.deadline = self.deadline
         try:
             self.session.begin()
-        except BaseException:
-            self.session.close()
-            self.lock.__exit__(None, None, None)
-            raise
+            if self.write and not self.store._sqlite:
+                self._server_deadline()
+        except BaseException as exc:
+            self._end()
+            raise translate(exc, self.deadline, self.store.engine.url) from exc
         return self.session
 
+    def _server_deadline(self) -> None:
+        """Tell PostgreSQL when this transaction's client gives up: a later COMMIT fails.
+
+        The server computes its deadline on its own clock, some time after the client
+        sent the statement: at most the round trip later. The client's deadline moves by
+        whatever part of the round trip exceeds the margin, so the server's deadline is
+        never later than the moment the client cuts the connection.
+        """
+        left = self.deadline.remaining() - self.deadline.margin
+        sent = time.monotonic()
+        self.session.execute(
+            text(
+                "SELECT set_config('webfarm.deadline',"
+                " (clock_timestamp() + make_interval(secs => :left))::text, true)"
+            ),
+            {"left": max(0.0, left)},
+        )
+        self.deadline.extend(time.monotonic() - sent - self.deadline.margin)
+
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        error = exc
         try:
-            if exc is None:
+            if exc is None and self.deadline.remaining() < self.deadline.margin:
+                error = StoreUnavailable(
+                    f"the database took over {self.store.budget:g} s; nothing was changed"
+                )
+            if error is None:
                 self.session.commit()
             else:
+                with contextlib.suppress(SQLAlchemyError):
+                    self.session.rollback()
+        except Exception as failed:  # noqa: BLE001 - COMMIT failed: nothing was written
+            error = failed
+            with contextlib.suppress(SQLAlchemyError):
                 self.session.rollback()
         finally:
-            self.session.close()
-            self.lock.__exit__(None, None, None)
-        if isinstance(exc, OperationalError):
-            raise StoreError(f"database error: {exc.orig}") from exc
+            self._end()
+        if error is None:
+            return
+        translated = translate(error, self.deadline, self.store.engine.url)
+        if translated is exc:
+            return  # the with statement raises it as it is
+        if translated is error:
+            raise translated
+        raise translated from error
+
+    def _end(self) -> None:
+        try:
+            with contextlib.suppress(SQLAlchemyError):
+                self.session.close()
+        finally:
+            self.deadline.close()
+            self.store._local.deadline = None
+            if self.lock is not None:
+                self.lock.release()
 
 
 def _row(site: SiteSpec, position: int) -> SiteRow:
@@ -388,23 +497,18 @@ def _driver_url(url: str) -> str:
     return url
 
 
-def _engine_options(url: str) -> dict[str, Any]:
-    if url.startswith("sqlite"):
-        return {"connect_args": {"check_same_thread": False, "timeout": 30}}
-    return {"pool_pre_ping": True}
+def _mark_fresh(_dbapi_connection: Any, record: Any) -> None:
+    """A new connection needs no ping on its first checkout."""
+    record.info["fresh"] = True
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+def open_store(url: str, timeout: float = DEFAULT_TIMEOUT) -> SqlSiteStore:
+    """The store for ``url``: SQLite or PostgreSQL, both through SQLAlchemy.
 
-
-def open_store(url: str) -> SqlSiteStore:
-    """The store for ``url``: SQLite or PostgreSQL, both through SQLAlchemy."""
-    return SqlSiteStore(url)
+    ``timeout`` (seconds) bounds every call: connecting, waiting for a pooled connection,
+    each statement and lock wait, and the call as a whole.
+    """
+    return SqlSiteStore(url, timeout)
 
 
 __all__ = ["LoadReport", "SiteStore", "SqlSiteStore", "StoredRules", "open_store"]
