@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -46,6 +46,9 @@ from dispatcher.explain import explain, request_from_url
 from dispatcher.farm import Farm
 from dispatcher.openapi import openapi_document
 from dispatcher.redirect import RewriteError, RuleSyntaxError
+
+if TYPE_CHECKING:  # control imports server, which imports this module
+    from dispatcher.control import WorkerView
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
@@ -207,15 +210,21 @@ class AdminApi:
                 "fallback": pool.config.fallback,
                 "redirect_status": pool.status,
                 "eligible": [c.name for c in pool.candidates],
+                "all_down": pool.config.all_down,
+                "failing_open": pool.failing_open,
             }
             for name, pool in snapshot.pools.items()
         }
+        views = self.farm.worker_views
+        workers = None if views is None else [_worker(view) for view in views()]
         return JSONResponse(
             {
                 "revision": snapshot.revision,
                 "default_pool": snapshot.default_pool.config.name,
                 "pools": pools,
                 "sites": [self._site(s) for s in snapshot.sites.values()],
+                "late_probe_results": self.farm.prober.late_results,
+                "workers": workers,
             }
         )
 
@@ -379,3 +388,14 @@ def _classify(exc: Exception) -> tuple[int, str, str, str | None]:  # noqa: PLR0
     if isinstance(exc, StoreUnavailable):
         return 503, "store_unavailable", str(exc), None
     return 503, "store_error", str(exc), None
+
+
+def _worker(view: WorkerView) -> dict[str, Any]:
+    """One worker process in the status: which generation of state it holds, restarts."""
+    return {
+        "index": view.index,
+        "pid": view.pid,
+        "ready": view.ready,
+        "generation": view.generation,
+        "restarts": view.restarts,
+    }

@@ -235,7 +235,42 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                         "reported_at": {"type": "string", "format": "date-time"},
                     },
                 },
-                "Status": {"type": "object"},
+                "Status": {
+                    "type": "object",
+                    "required": ["revision", "default_pool", "pools", "sites", "workers"],
+                    "properties": {
+                        "revision": {"type": "integer"},
+                        "default_pool": {"type": "string"},
+                        "pools": {
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "object",
+                                "properties": {
+                                    "all_down": {"enum": ["sorry", "fail-open"]},
+                                    "failing_open": {"type": "boolean"},
+                                    "eligible": {"type": "array", "items": {"type": "string"}},
+                                },
+                            },
+                        },
+                        "sites": {"type": "array", "items": {"type": "object"}},
+                        "late_probe_results": {"type": "integer", "minimum": 0},
+                        "workers": {
+                            "description": "the worker processes (null when the public"
+                            " listener runs in the control process itself)",
+                            "type": ["array", "null"],
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "index": {"type": "integer"},
+                                    "pid": {"type": ["integer", "null"]},
+                                    "ready": {"type": "boolean"},
+                                    "generation": {"type": "integer"},
+                                    "restarts": {"type": "integer"},
+                                },
+                            },
+                        },
+                    },
+                },
                 "RulesIn": {
                     "type": "object",
                     "properties": {"rules": {"type": "integer"}, "enabled": {"type": "boolean"}},

@@ -257,6 +257,8 @@ async def test_a_fail_open_dispatcher_keeps_sending_clients_and_says_so(
     try:
         assert {await located(dispatcher, sites) for _ in range(30)} == set(sites)
         assert failing_open(dispatcher)
+        pool = (await dispatcher.admin.get("/api/v1/status")).json()["pools"]["default"]
+        assert (pool["all_down"], pool["failing_open"]) == ("fail-open", True)
         sites["eu"].app.health_status = 200
         deadline = time.monotonic() + 5
         while failing_open(dispatcher):

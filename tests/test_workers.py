@@ -194,6 +194,10 @@ async def test_an_admin_change_is_in_force_in_every_worker_within_100_ms(
         assert workers is not None
         assert {v.ready for v in workers.views()} == {True}
         assert len({v.pid for v in workers.views()}) == 2
+        shown = (await farm.admin.get("/api/v1/status")).json()["workers"]
+        assert [(w["index"], w["pid"], w["ready"]) for w in shown] == [
+            (v.index, v.pid, True) for v in workers.views()
+        ]
         before = workers.generation
         await asyncio.sleep(1.0)  # 5 probe rounds of 2 sites, nothing changed: nothing shipped
         assert workers.generation == before
