@@ -26,6 +26,7 @@ from dispatcher.config import Config, check_not_self
 from dispatcher.errors import InvalidValue, StoreError, StoreUnavailable
 from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules, load_rules
+from dispatcher.throttle import ThrottledLog
 from dispatcher.wire import RulesText, WorkerState, for_workers
 
 if TYPE_CHECKING:
@@ -130,12 +131,17 @@ class Farm:
 
     async def run_refresher(self, interval: float) -> None:
         """Call :meth:`refresh` every ``interval`` seconds until cancelled; errors are logged."""
+        warnings = ThrottledLog(log)  # an outage of minutes is a few lines, not one a refresh
         while True:
             await asyncio.sleep(interval)
             try:
                 log.debug("refresh: %s", await self.refresh())
             except StoreError as exc:
-                log.warning("registry refresh failed, keeping the last snapshot: %s", exc)
+                warnings.report(
+                    type(exc).__name__,
+                    "registry refresh failed, keeping the last snapshot: %s",
+                    exc,
+                )
             except Exception:  # a bug must not end refreshing for good
                 log.exception("registry refresh failed unexpectedly, keeping the last snapshot")
 
