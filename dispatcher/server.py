@@ -18,11 +18,13 @@ import uvicorn
 
 from dispatcher.admin import AdminApi
 from dispatcher.affinity import make_affinity
-from dispatcher.app import DispatchApp
+from dispatcher.app import DispatchApp, DispatchCore
 from dispatcher.backends.store import SiteStore, open_store
 from dispatcher.config import Config, DispatcherSettings, parse_address
+from dispatcher.edge import PublicEdge
 from dispatcher.errors import ListenError
 from dispatcher.farm import Farm
+from dispatcher.http1 import EdgeLimits
 from dispatcher.relay import HandoffRelay
 from dispatcher.session import HandoffToken
 
@@ -99,8 +101,8 @@ class Runner:
         self.store = store or open_store(config.dispatcher.database_url)
         self.timeouts = timeouts or Timeouts()
         self.farm = Farm(config, self.store)
-        self.app: DispatchApp | None = None
-        self.public: Listener | None = None
+        self.core: DispatchCore | None = None
+        self.public: PublicEdge | None = None
         self.admin: Listener | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -115,12 +117,12 @@ class Runner:
             access_log=True,
             **common,
         )
-        self.app = dispatch_app(self.farm, settings)
-        self.public = Listener(
-            self.app,
-            settings.listen,
+        self.core = dispatch_core(self.farm, settings)
+        self.public = PublicEdge(
+            self.core,
+            bind(settings.listen),
+            limits=EdgeLimits.from_settings(settings),
             access_log=settings.access_log,
-            **common,
         )
         await self.admin.start()
         await self.public.start()
@@ -134,9 +136,10 @@ class Runner:
         )
 
     async def stop(self) -> None:
-        for listener in (self.public, self.admin):
-            if listener is not None:
-                await listener.stop()
+        if self.public is not None:
+            await self.public.stop()
+        if self.admin is not None:
+            await self.admin.stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -154,8 +157,13 @@ class Runner:
 
 
 def dispatch_app(farm: Farm, settings: DispatcherSettings) -> DispatchApp:
-    """The public app as the settings ask: with affinity, and with the hand-off relay when
-    there are keys to verify tokens with."""
+    """The decision core as an ASGI app (for embedding in another server)."""
+    return DispatchApp(farm, core=dispatch_core(farm, settings))
+
+
+def dispatch_core(farm: Farm, settings: DispatcherSettings) -> DispatchCore:
+    """The decision core as the settings ask: with affinity, and with the hand-off relay
+    when there are keys to verify tokens with."""
     affinity = make_affinity(
         settings.affinity,
         settings.secret_keys,
@@ -168,4 +176,4 @@ def dispatch_app(farm: Farm, settings: DispatcherSettings) -> DispatchApp:
     if settings.secret_keys:
         tokens = HandoffToken(settings.secret_keys, lifetime=settings.handoff_lifetime)
         relay = HandoffRelay(tokens, name=settings.handoff_name)
-    return DispatchApp(farm, retry_after=settings.retry_after, affinity=affinity, relay=relay)
+    return DispatchCore(farm, retry_after=settings.retry_after, affinity=affinity, relay=relay)
