@@ -310,53 +310,50 @@ class HttpConnection(asyncio.Protocol):
             raise _Refused
 
     def _answer(self, keep_alive: bool) -> None:
-        parser = self.parser
+        """Ask the core, write its answer (a hot path: few lookups, one write)."""
+        parser, edge = self.parser, self.edge
         raw = parser.get_method()
         method = _METHODS.get(raw) or raw.decode("latin-1")
         version = parser.get_http_version()
         url = self.url
         mark = url.find(b"?")
         path, query = (url, b"") if mark < 0 else (url[:mark], url[mark + 1 :])
-        headers = self.headers
         scope = {
             "type": "http",
             "method": method,
             "raw_path": path,
             "query_string": query,
-            "headers": headers,
+            "headers": self.headers,
             "client": self.client,
             "server": self.server,
             "scheme": "http",
             "http_version": version,
         }
         try:
-            status, out, body = self.edge.core.answer(scope)
+            status, headers, body = edge.core.answer(scope)
         except Exception:  # a bug, not the client's doing: logged, and a plain 500
             log.exception("public edge: the decision failed for %r", url[:200])
             self._refuse(INTERNAL)
             raise _Refused from None
+        parts = [_STATUS_LINES.get(status) or _status_line(status)]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
         if version == "1.0":
-            end = _KEEP_10 if keep_alive else _CLOSE
+            parts += (edge.date, _KEEP_10 if keep_alive else _CLOSE)
         else:
-            end = _KEEP if keep_alive else _CLOSE
-        self._write(status, out, b"" if method == "HEAD" else body, end)
+            parts += (edge.date, _KEEP if keep_alive else _CLOSE)
+        if body and method != "HEAD":
+            parts.append(body)
+        self.transport.write(b"".join(parts))  # type: ignore[union-attr]
         self.count += 1
-        if self.edge.access_log:
+        if edge.access_log:
             self._log(method, url, version, status)
         if keep_alive:
             self.state = WAIT
-            self.since = now = self.edge.now
+            self.since = now = edge.now
             self.deadline = now + self.limits.keep_alive_timeout
         else:
             self._finish()
-
-    def _write(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, end: bytes
-    ) -> None:
-        line = _STATUS_LINES.get(status) or _status_line(status)
-        head = b"".join([n + b": " + v + b"\r\n" for n, v in headers])
-        assert self.transport is not None
-        self.transport.write(line + head + self.edge.date + end + body)
 
     def _log(self, method: str, url: bytes, version: str, status: int) -> None:
         host, port = self.client or ("-", 0)
