@@ -58,6 +58,7 @@ def cases() -> list[Case]:
     stamp = AffinityStamp(KEYS, lifetime=3600).encode("s0")
     return [
         Case("bare ASGI 302 app (peer)", "bare"),
+        Case("bare 302 on the new edge", "bare-edge"),
         Case("dispatcher hot path", "dispatcher"),
         Case("dispatcher + 50 rules", "dispatcher-rules"),
         Case("hot path, old uvicorn edge", "dispatcher-uvicorn"),

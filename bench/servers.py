@@ -9,7 +9,8 @@ that answers every request with the same 302, on the same uvicorn settings (the 
 
 The dispatcher kinds answer on the public edge the workers run (:mod:`dispatcher.edge`);
 ``dispatcher-uvicorn`` and ``dispatcher-rules-uvicorn`` serve the same decision core as the
-ASGI :class:`~dispatcher.app.DispatchApp` on uvicorn (the edge before issue 12), to compare.
+ASGI :class:`~dispatcher.app.DispatchApp` on uvicorn (the edge before issue 12), to compare;
+``bare-edge`` is the bare app's fixed 302 on the dispatcher's own edge.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from pathlib import Path
 
 import uvloop
 
-from dispatcher.app import DispatchApp, Receive, Scope, Send
+from dispatcher.app import Answer, DispatchApp, Receive, Scope, Send
 from dispatcher.backends.store import open_store
 from dispatcher.config import load_config
 from dispatcher.demo import DemoSite
-from dispatcher.server import Listener, Runner, Timeouts
+from dispatcher.edge import PublicEdge
+from dispatcher.server import Listener, Runner, Timeouts, bind
 
 TIMEOUTS = Timeouts(graceful_shutdown=1.0)
+BARE_LOCATION = b"http://127.0.0.1:9001/bench/path?x=1"
 
 
 class BareRedirect:
@@ -44,9 +47,28 @@ class BareRedirect:
         await send({"type": "http.response.body", "body": b""})
 
 
+class FixedAnswer:
+    """The same 302 as a decision core would give it, for the public edge."""
+
+    def __init__(self, location: bytes) -> None:
+        self.headers = [(b"content-length", b"0"), (b"location", location)]
+
+    def answer(self, scope: Scope) -> Answer:
+        return 302, list(self.headers), b""
+
+
+async def serve_bare_edge(port: int, stop: asyncio.Event) -> None:
+    """The fixed 302 on the dispatcher's own public edge (dispatcher.edge)."""
+    edge = PublicEdge(FixedAnswer(BARE_LOCATION), bind(f"127.0.0.1:{port}"))
+    await edge.start()
+    print("ready", flush=True)
+    await stop.wait()
+    await edge.stop()
+
+
 async def serve_bare(port: int, stop: asyncio.Event) -> None:
     listener = Listener(
-        BareRedirect(b"http://127.0.0.1:9001/bench/path?x=1"),
+        BareRedirect(BARE_LOCATION),
         f"127.0.0.1:{port}",
         access_log=False,
         log_level="warning",
@@ -159,6 +181,7 @@ async def main(kind: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     servers = {
         "bare": serve_bare,
+        "bare-edge": serve_bare_edge,
         "dispatcher": serve_dispatcher,
         "dispatcher-rules": serve_dispatcher_rules,
         "dispatcher-affinity": serve_dispatcher_affinity,

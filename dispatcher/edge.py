@@ -32,8 +32,7 @@ import socket
 import time
 from email.utils import formatdate
 
-from dispatcher.app import DispatchCore
-from dispatcher.http1 import EdgeLimits, HttpConnection
+from dispatcher.http1 import Decider, EdgeLimits, HttpConnection
 
 log = logging.getLogger("webfarm.edge")
 
@@ -46,7 +45,7 @@ class PublicEdge:
 
     def __init__(
         self,
-        core: DispatchCore,
+        core: Decider,
         sock: socket.socket,
         *,
         limits: EdgeLimits | None = None,

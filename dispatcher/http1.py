@@ -9,7 +9,7 @@ Small on purpose: every request gets an answer from :class:`~dispatcher.app.Disp
 - a request body is read and discarded: up to ``max_body`` bytes (``Content-Length`` or
   chunked), else 413 and close; with ``Expect: 100-continue`` the answer goes out at once,
   without ``100 Continue``, and the connection is closed (the client then need not send
-  the body, and no body can be mistaken for the next request), as Apache does;
+  the body, and no body can be mistaken for the next request; RFC 9110 10.1.1);
 - anything the parser refuses (a malformed request line, header, chunk) is a 400 and a
   close; an ``Upgrade`` request is answered and the connection closed;
 - keep-alive, pipelining (answers in order: each is written as its request completes),
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
-from dispatcher.app import DispatchCore
+from dispatcher.app import Answer, Scope
 
 if TYPE_CHECKING:
     from dispatcher.config import DispatcherSettings
@@ -116,10 +116,17 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing; the answer is already chosen."""
 
 
+class Decider(Protocol):
+    """What answers a request: :class:`~dispatcher.app.DispatchCore` (or, in the bench, a
+    fixed answer). Synchronous; never raises on client input."""
+
+    def answer(self, scope: Scope) -> Answer: ...
+
+
 class Edge(Protocol):
     """What a connection needs from its listener (see :class:`dispatcher.edge.PublicEdge`)."""
 
-    core: DispatchCore
+    core: Decider
     limits: EdgeLimits
     connections: dict[HttpConnection, None]
     now: float
@@ -366,6 +373,9 @@ class HttpConnection(asyncio.Protocol):
             return
         self.transport.write(response)
         self._finish()
+        if self.edge.access_log:
+            host, port = self.client or ("-", 0)
+            access_log.info('%s:%d - "-" %s', host, port, response[9:12].decode("ascii"))
 
     def _finish(self) -> None:
         """Close after what is written has gone out (read no more), within the keep-alive
@@ -399,5 +409,6 @@ class HttpConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.state = DONE
+        self.edge.connections.pop(self, None)  # its slot is free now (make_room counts)
         if self.transport is not None:
             self.transport.abort()

@@ -17,7 +17,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dispatcher.app import DispatchCore
+from dispatcher.app import DispatchApp, DispatchCore
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.edge import PublicEdge
 from dispatcher.http1 import EdgeLimits
@@ -538,3 +538,45 @@ def read_response_from(buffer: bytearray) -> Response:
         buffer[:] = saved
         response = read_response(Replay(), buffer, head=True)  # type: ignore[arg-type]
     return response
+
+
+# --- both edges share one decision ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "raw_path", "status"),
+    [
+        ("GET", b"*@evil.example/", 400),
+        ("GET", b"@evil.example/", 400),
+        ("GET", b"", 400),
+        ("HEAD", b"*", 400),
+        ("OPTIONS", b"*", 200),
+        ("GET", b"//evil.example/x", 302),  # a path: the site's authority stays in front
+    ],
+)
+@pytest.mark.anyio
+async def test_the_asgi_app_and_the_edge_agree_on_targets(
+    method: str, raw_path: bytes, status: int
+) -> None:
+    fake = farm([EU], {"eu"})
+    scope = {"type": "http", "method": method, "path": "", "raw_path": raw_path, "headers": []}
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await DispatchApp(fake)(scope, receive, send)  # type: ignore[arg-type]
+    assert sent[0]["status"] == status
+    core_status, headers, body = DispatchCore(fake).answer(scope)
+    assert core_status == status
+    if status == 302:
+        assert dict(headers)[b"location"] == b"http://127.0.0.2:9001//evil.example/x"
+    if method == "HEAD":
+        assert body == b""
+    line = b"%s %s HTTP/1.1\r\nHost: h\r\n\r\n" % (method.encode(), raw_path or b"?x")
+    with serve() as served:
+        response, _ = exchange(served, line, head=method == "HEAD")
+        assert response.status == status
