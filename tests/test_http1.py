@@ -460,12 +460,14 @@ def test_the_access_log_has_one_line_per_request(caplog: pytest.LogCaptureFixtur
     caplog.set_level(logging.INFO, logger="webfarm.access")
     with serve(access_log=True) as served:
         sock = served.connect()
-        sock.sendall(GET + b"GET /two\r\n HTTP/1.1\r\n\r\n")
-        read_response(sock, bytearray())
-        wait_for(lambda: len(caplog.records) >= 1)
+        sock.sendall(GET + b"GET /two\r\n HTTP/1.1\r\n\r\n")  # the second is malformed
+        buffer = bytearray()
+        assert [read_response(sock, buffer).status for _ in range(2)] == [302, 400]
+        wait_for(lambda: len(caplog.records) >= 2)
     lines = [r.getMessage() for r in caplog.records if r.name == "webfarm.access"]
-    assert len(lines) == 1
-    assert '"GET /a?b=1 HTTP/1.1" 302' in lines[0]
+    assert len(lines) == 2
+    assert lines[0].endswith('"GET /a?b=1 HTTP/1.1" 302')
+    assert lines[1].endswith('"-" 400')
 
 
 # --- hostile bytes ------------------------------------------------------------------------
