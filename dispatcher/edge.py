@@ -38,6 +38,8 @@ log = logging.getLogger("webfarm.edge")
 
 #: The sweeper's longest period (seconds); shorter when a timeout is shorter.
 SWEEP = 0.5
+#: At most one warning per this many seconds about connections refused at the limit.
+REFUSED_LOG_INTERVAL = 10.0
 
 
 class PublicEdge:
@@ -60,6 +62,8 @@ class PublicEdge:
         self.now = 0.0
         self.date = b""
         self._second = -1
+        self._refused = 0
+        self._refused_logged = -REFUSED_LOG_INTERVAL
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tick = min(SWEEP, self.limits.head_timeout / 4, self.limits.keep_alive_timeout / 4)
@@ -85,7 +89,7 @@ class PublicEdge:
         for conn in list(self.connections):
             conn.shutdown()
         deadline = time.monotonic() + self.limits.graceful_timeout
-        while self.connections and time.monotonic() < deadline:
+        while time.monotonic() < deadline and any(c.busy() for c in self.connections):
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.abort()
@@ -98,13 +102,20 @@ class PublicEdge:
     def make_room(self) -> bool:
         """Drop the connections that have waited longest for a head; False if none waits."""
         waiting = [c for c in self.connections if c.waiting()]
-        if not waiting:
-            log.warning("public edge: %d connections, all busy: refusing", len(self.connections))
+        if not waiting or len(self.connections) - len(waiting) >= self.limits.max_connections:
+            self._refused += 1
+            if self.now >= self._refused_logged + REFUSED_LOG_INTERVAL:  # one line, a count
+                log.warning(
+                    "public edge: %d connections open and busy: %d new ones answered 503",
+                    len(self.connections),
+                    self._refused,
+                )
+                self._refused, self._refused_logged = 0, self.now
             return False
         count = max(1, self.limits.max_connections // 64)
         for conn in heapq.nsmallest(count, waiting, key=lambda c: c.since):
-            conn.abort()
-        return True
+            conn.abort()  # (leaves the connections at once)
+        return len(self.connections) < self.limits.max_connections
 
     def _clock(self, loop: asyncio.AbstractEventLoop) -> None:
         """The cached clock the connections read (``now``) and the ``Date`` header."""

@@ -41,6 +41,8 @@ log = logging.getLogger("webfarm.http1")
 
 #: The largest request body read (and discarded); beyond it: 413 and close.
 MAX_BODY = 1 << 20
+#: Seconds a closing connection is read (and what comes dropped) before it is cut.
+LINGER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,14 +188,14 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         edge = self.edge
-        if edge.stopping or (
+        full = edge.stopping or (
             len(edge.connections) >= self.limits.max_connections and not edge.make_room()
-        ):
-            self.state = DONE
+        )
+        edge.connections[self] = None  # (a refused one too, while it lingers: see _finish)
+        if full:
             transport.write(FULL)
-            transport.close()
+            self._finish()
             return
-        edge.connections[self] = None
         peer = transport.get_extra_info("peername")
         self.client = (str(peer[0]), int(peer[1])) if peer else None
         sock = transport.get_extra_info("sockname")
@@ -378,12 +380,17 @@ class HttpConnection(asyncio.Protocol):
             access_log.info('%s:%d - "-" %s', host, port, response[9:12].decode("ascii"))
 
     def _finish(self) -> None:
-        """Close after what is written has gone out (read no more), within the keep-alive
-        time (else the sweeper aborts it)."""
+        """Close once what is written has gone out: a lingering close (the FIN goes after
+        the last answer; what the client still sends is read and dropped until it closes,
+        so the answer is not lost to a reset), cut after ``LINGER`` seconds."""
         self.state = DONE
-        self.deadline = self.edge.now + self.limits.keep_alive_timeout
-        if self.transport is not None:
-            self.transport.close()
+        self.deadline = self.edge.now + LINGER
+        transport = self.transport
+        if transport is not None:
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
 
     # --- the edge's sweeper and stop -------------------------------------------------------
 
@@ -398,9 +405,14 @@ class HttpConnection(asyncio.Protocol):
             self._finish()
 
     def waiting(self) -> bool:
-        """Whether the connection is only waiting for a request head (it may be dropped to
-        make room for a new connection)."""
-        return self.state <= HEAD and not self.paused
+        """Whether the connection is only waiting for a request head, or closing (it may be
+        dropped to make room for a new connection)."""
+        state = self.state
+        return state == DONE or (state <= HEAD and not self.paused)
+
+    def busy(self) -> bool:
+        """Whether a request is in flight (graceful stop waits for those)."""
+        return self.state != DONE and not (self.state == WAIT and not self.paused)
 
     def shutdown(self) -> None:
         """Graceful stop: an idle connection closes now, a busy one after its answer."""
