@@ -7,9 +7,9 @@ Small on purpose: every request gets an answer from :class:`~dispatcher.app.Disp
   and ``max_header_lines`` lines, or it is answered 431 and the connection closed; bytes
   of an unfinished header are never buffered much beyond the limit;
 - a request body is read and discarded: up to ``max_body`` bytes (``Content-Length`` or
-  chunked), else 413 and close; with ``Expect: 100-continue`` the answer goes out at once,
-  without ``100 Continue``, and the connection is closed (the client then need not send
-  the body, and no body can be mistaken for the next request; RFC 9110 10.1.1);
+  chunked), else 413 and close; ``Expect: 100-continue`` gets ``100 Continue`` (unless the
+  announced body is beyond the cap: 413), then the body is read and dropped and the answer
+  follows, on a connection kept alive, as nginx does when it discards a body;
 - anything the parser refuses (a malformed request line, header, chunk) is a 400 and a
   close; an ``Upgrade`` request is answered and the connection closed;
 - keep-alive, pipelining (answers in order: each is written as its request completes),
@@ -101,6 +101,7 @@ def fixed_response(status: int, text: str, *extra: tuple[bytes, bytes]) -> bytes
     return _status_line(status) + lines + _CLOSE + body
 
 
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 BAD_REQUEST = fixed_response(400, "Bad request")
 TIMEOUT = fixed_response(408, "Request timeout: the request head did not arrive in time")
 TOO_LARGE = fixed_response(413, "Request body too large")
@@ -315,8 +316,6 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = self.edge.now + self.limits.head_timeout  # a body that keeps coming
 
     def on_message_complete(self) -> None:
-        if self.state != BODY:  # answered already (Expect: 100-continue)
-            return
         keep_alive = self.parser.should_keep_alive()
         # Kept alive without a Connection header: HTTP/1.1 (llhttp says so for 1.1 only),
         # which spares get_http_version() (it formats a string: ~10 % of the protocol).
@@ -326,8 +325,8 @@ class HttpConnection(asyncio.Protocol):
     # --- answers ---------------------------------------------------------------------------
 
     def _check_body(self) -> None:
-        """``Content-Length`` beyond the cap: 413; ``Expect: 100-continue`` with a body:
-        the answer at once, then close (the body is never read)."""
+        """``Content-Length`` beyond the cap: 413; ``Expect: 100-continue`` with a body (and
+        HTTP/1.1): ``100 Continue``, and the body is read and dropped like any other."""
         length, body, expect = 0, False, False
         for name, value in self.headers:
             kind = _SPECIAL.get(name)
@@ -341,9 +340,8 @@ class HttpConnection(asyncio.Protocol):
         if length > self.limits.max_body:
             self._refuse(TOO_LARGE)
             raise _Refused
-        if expect and body:
-            self._answer(False)
-            raise _Refused
+        if expect and body and self.parser.get_http_version() == "1.1":
+            self.transport.write(CONTINUE)  # type: ignore[union-attr]
 
     def _answer(self, keep_alive: bool, version: str | None = None) -> None:
         """Ask the core, write its answer (a hot path: few lookups, one write)."""
