@@ -30,6 +30,13 @@ from dispatcher.session import AffinityStamp
 
 ROUNDS = 5
 
+#: taskset pins: the server on one core, wrk on the other (when taskset is there).
+SERVER_CORE, CLIENT_CORE = "0", "1"
+
+
+def pinned(core: str) -> list[str]:
+    return ["taskset", "-c", core] if shutil.which("taskset") else []
+
 
 @dataclass(frozen=True)
 class Result:
@@ -51,8 +58,11 @@ def cases() -> list[Case]:
     stamp = AffinityStamp(KEYS, lifetime=3600).encode("s0")
     return [
         Case("bare ASGI 302 app (peer)", "bare"),
+        Case("bare 302 on the new edge", "bare-edge"),
         Case("dispatcher hot path", "dispatcher"),
         Case("dispatcher + 50 rules", "dispatcher-rules"),
+        Case("hot path, old uvicorn edge", "dispatcher-uvicorn"),
+        Case("50 rules, old uvicorn edge", "dispatcher-rules-uvicorn"),
         Case("affinity, new clients", "dispatcher-affinity"),
         Case("affinity, returning", "dispatcher-affinity", (f"Cookie: farm_site={stamp}",)),
     ]
@@ -66,7 +76,7 @@ def free_port() -> int:
 
 def start(kind: str, port: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.servers", kind, str(port)],
+        [*pinned(SERVER_CORE), sys.executable, "-m", "bench.servers", kind, str(port)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -91,6 +101,7 @@ def wrk(
     before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(
         [
+            *pinned(CLIENT_CORE),
             "wrk",
             "-t1",
             f"-c{connections}",
@@ -152,6 +163,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--seconds", type=int, default=5, help="length of one wrk round")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--hot-path-only", action="store_true", help="measure the dispatcher's hot path only"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is missing (make bench installs it: apt-get install wrk)")
@@ -180,8 +194,11 @@ def main() -> None:
         print(f"  {name} rounds: " + ", ".join(f"{r.requests_per_s:.0f}" for r in rounds))
         if name != peer:
             print(f"  {name} ratios: " + ", ".join(f"{x:.2f}" for x in ratios(results, name, peer)))
+        print(f"  {name} cpu us/req: " + ", ".join(f"{r.cpu_us:.1f}" for r in rounds))
     print("\nthe hot path beside nginx and Apache (bench.peers):")
     peers.main([])
+    if args.hot_path_only:
+        return
     print("\nrewrite evaluator alone, 50-rule set, per request:")
     print(f"{'request':<36}{'median us':>10}{'p99 us':>10}")
     for name, (med, p99) in evaluator.measure().items():

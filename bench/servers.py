@@ -6,6 +6,11 @@ three loopback sites; ``dispatcher-rules`` the same with the 50-rule set ``rules
 ``python -m bench.servers bare PORT`` runs the peer: a bare ASGI app
 that answers every request with the same 302, on the same uvicorn settings (the same
 :class:`~dispatcher.server.Listener`, httptools, uvloop, no access log).
+
+The dispatcher kinds answer on the public edge the workers run (:mod:`dispatcher.edge`);
+``dispatcher-uvicorn`` and ``dispatcher-rules-uvicorn`` serve the same decision core as the
+ASGI :class:`~dispatcher.app.DispatchApp` on uvicorn (the edge before issue 12), to compare;
+``bare-edge`` is the bare app's fixed 302 on the dispatcher's own edge.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ from pathlib import Path
 
 import uvloop
 
-from dispatcher.app import Receive, Scope, Send
+from dispatcher.app import Answer, DispatchApp, Receive, Scope, Send
 from dispatcher.backends.store import open_store
 from dispatcher.config import load_config
 from dispatcher.demo import DemoSite
-from dispatcher.server import Listener, Runner, Timeouts
+from dispatcher.edge import PublicEdge
+from dispatcher.server import Listener, Runner, Timeouts, bind
 
 TIMEOUTS = Timeouts(graceful_shutdown=1.0)
+BARE_LOCATION = b"http://127.0.0.1:9001/bench/path?x=1"
 
 
 class BareRedirect:
@@ -40,9 +47,28 @@ class BareRedirect:
         await send({"type": "http.response.body", "body": b""})
 
 
+class FixedAnswer:
+    """The same 302 as a decision core would give it, for the public edge."""
+
+    def __init__(self, location: bytes) -> None:
+        self.headers = [(b"content-length", b"0"), (b"location", location)]
+
+    def answer(self, scope: Scope) -> Answer:
+        return 302, list(self.headers), b""
+
+
+async def serve_bare_edge(port: int, stop: asyncio.Event) -> None:
+    """The fixed 302 on the dispatcher's own public edge (dispatcher.edge)."""
+    edge = PublicEdge(FixedAnswer(BARE_LOCATION), bind(f"127.0.0.1:{port}"))
+    await edge.start()
+    print("ready", flush=True)
+    await stop.wait()
+    await edge.stop()
+
+
 async def serve_bare(port: int, stop: asyncio.Event) -> None:
     listener = Listener(
-        BareRedirect(b"http://127.0.0.1:9001/bench/path?x=1"),
+        BareRedirect(BARE_LOCATION),
         f"127.0.0.1:{port}",
         access_log=False,
         log_level="warning",
@@ -89,12 +115,25 @@ async def serve_dispatcher_rules(port: int, stop: asyncio.Event) -> None:
     await serve_dispatcher(port, stop, RULES)
 
 
+async def serve_dispatcher_uvicorn(port: int, stop: asyncio.Event) -> None:
+    await serve_dispatcher(port, stop, uvicorn=True)
+
+
+async def serve_dispatcher_rules_uvicorn(port: int, stop: asyncio.Event) -> None:
+    await serve_dispatcher(port, stop, RULES, uvicorn=True)
+
+
 async def serve_dispatcher_affinity(port: int, stop: asyncio.Event) -> None:
     await serve_dispatcher(port, stop, affinity="cookie")
 
 
 async def serve_dispatcher(
-    port: int, stop: asyncio.Event, rules: Path | None = None, affinity: str = "off"
+    port: int,
+    stop: asyncio.Event,
+    rules: Path | None = None,
+    affinity: str = "off",
+    *,
+    uvicorn: bool = False,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="webfarm-bench-") as tmp:
         sites = [
@@ -111,14 +150,25 @@ async def serve_dispatcher(
             await site.start()
         config_file = Path(tmp) / "farm.toml"
         ports = [s.port for s in sites]
-        config_file.write_text(dispatcher_config(port, ports, rules, affinity))
+        public = 0 if uvicorn else port  # the uvicorn edge takes the port instead
+        config_file.write_text(dispatcher_config(public, ports, rules, affinity))
         config = load_config(config_file, environ={})
         store = open_store(config.dispatcher.database_url)
         store.upgrade()
         runner = Runner(config, store, TIMEOUTS)
         await runner.start()
+        old_edge = None
+        if uvicorn:
+            assert runner.core is not None
+            app = DispatchApp(runner.farm, core=runner.core)
+            old_edge = Listener(
+                app, f"127.0.0.1:{port}", access_log=False, log_level="warning", timeouts=TIMEOUTS
+            )
+            await old_edge.start()
         print("ready", flush=True)
         await stop.wait()
+        if old_edge is not None:
+            await old_edge.stop()
         await runner.stop()
         for site in sites:
             await site.stop()
@@ -131,9 +181,12 @@ async def main(kind: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     servers = {
         "bare": serve_bare,
+        "bare-edge": serve_bare_edge,
         "dispatcher": serve_dispatcher,
         "dispatcher-rules": serve_dispatcher_rules,
         "dispatcher-affinity": serve_dispatcher_affinity,
+        "dispatcher-uvicorn": serve_dispatcher_uvicorn,
+        "dispatcher-rules-uvicorn": serve_dispatcher_rules_uvicorn,
     }
     await servers[kind](port, stop)
 

@@ -1,4 +1,6 @@
-"""The public hot path: a plain ASGI callable that answers every request with a redirect.
+"""The public hot path: the decision core that answers every request with a redirect, and
+its ASGI wrapper (the workers' own HTTP/1.1 edge, :mod:`dispatcher.http1`, calls the core
+directly).
 
 It reads the current snapshot once per request and does no I/O, takes no locks and does
 no routing. The target is the chosen site's ``base_url`` followed by the request's path
@@ -38,8 +40,23 @@ class FarmState(Protocol):
     redirects: defaultdict[str, int]
 
 
-class DispatchApp:
-    """Redirects each client to a site of the default pool, or answers with its fallback.
+#: What the decision core answers: status, headers (lower-case names), body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+#: The methods the dispatcher answers (``OPTIONS *``'s ``Allow``): it redirects any method.
+ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
+_BAD_TARGET_BODY = b"Bad request: the request target must be a path starting with /\n"
+
+
+class DispatchCore:
+    """The decision, shared by both edges: a synchronous function of one request.
+
+    :meth:`answer` takes a scope-like mapping (the keys of an ASGI ``http`` scope that it
+    reads: ``method``, ``raw_path`` (or ``path``), ``query_string``, ``headers`` with
+    lower-case names, ``client``, ``scheme``, ``http_version``, ``server``) and returns the
+    status, headers and body. It does no I/O, takes no locks, never awaits, and never
+    raises on client input. A request target that is not origin-form (``/...``) is a 400,
+    ``OPTIONS *`` a 200 with ``Allow``: both edges agree on that because it is decided here.
 
     ``affinity`` keeps returning clients on their site (see :mod:`dispatcher.affinity`);
     ``relay`` passes hand-off tokens on to the site chosen (see :mod:`dispatcher.relay`).
@@ -64,14 +81,13 @@ class DispatchApp:
             (b"cache-control", b"no-store"),
         ]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await _not_http(scope, receive, send)
-            return
+    def answer(self, scope: Scope) -> Answer:
         relay = self.relay
         if relay is not None and scope.get("query_string", b"").find(_PARAM) >= 0:
-            await self._relay(relay, scope, receive, send)
-            return
+            return self._relay(relay, scope)
+        target = _target(scope)
+        if target is None:
+            return _not_origin_form(scope)
         snapshot = self.farm.snapshot
         now, host = time.monotonic(), _host(scope)
         headers: list[tuple[bytes, bytes]] = [(b"content-length", b"0")]
@@ -87,11 +103,8 @@ class DispatchApp:
             if outcome.cookies:
                 headers.extend((b"set-cookie", c.encode("latin-1")) for c in outcome.cookies)
             if outcome.action != "none":  # the rules answer, or rewrote the path
-                decision = decide(
-                    snapshot, outcome, _target(scope), host, now, chosen, recalled=recalled
-                )
-                await self._decided(decision, scope, send, now, recalled, headers)
-                return
+                decision = decide(snapshot, outcome, target, host, now, chosen, recalled=recalled)
+                return self._decided(decision, scope, now, recalled, headers)
         # the common case: a site of the default pool, path and query as they came
         pool = snapshot.default_pool
         if affinity is None:
@@ -99,30 +112,26 @@ class DispatchApp:
         else:
             site, cookie = affinity.place(scope, pool, now, host, recalled)
         if site is None:
-            await self._fallback(pool, scope, send)
-            return
+            return self._fallback(pool, scope)
         self.farm.redirects[site.name] += 1
         if cookie is not None:
             headers.append((b"set-cookie", cookie.encode("latin-1")))
-        headers.append((b"location", site.location_base + _target(scope)))
-        await send({"type": "http.response.start", "status": pool.status, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
+        headers.append((b"location", site.location_base + target))
+        return pool.status, headers, b""
 
-    async def _decided(
+    def _decided(
         self,
         decision: Decision,
         scope: Scope,
-        send: Send,
         now: float,
         recalled: Recalled | None,
         headers: list[tuple[bytes, bytes]],
-    ) -> None:
+    ) -> Answer:
         """Answer what the rules decided: their redirect or status, or a rewritten path."""
         for name in decision.sites:
             self.farm.redirects[name] += 1
         if decision.sorry:
-            await self._fallback(self.farm.snapshot.default_pool, scope, send)
-            return
+            return self._fallback(self.farm.snapshot.default_pool, scope)
         affinity = self.affinity
         if affinity is not None and len(decision.sites) == 1:
             site = decision.sites[0]
@@ -134,10 +143,9 @@ class DispatchApp:
                 headers.append((b"set-cookie", cookie.encode("latin-1")))
         if decision.location is not None:
             headers.append((b"location", decision.location))
-        await send({"type": "http.response.start", "status": decision.status, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
+        return decision.status, headers, b""
 
-    async def _relay(self, relay: HandoffRelay, scope: Scope, receive: Receive, send: Send) -> None:
+    def _relay(self, relay: HandoffRelay, scope: Scope) -> Answer:
         """Place a client that brings a hand-off token, and pass its state on to the site.
 
         The request is dispatched as if the token were not in its query; when the answer is
@@ -145,10 +153,8 @@ class DispatchApp:
         ``Location`` and the status keeps the method (307, or 308 for a permanent one).
         """
         token, rest = split_handoff(scope.get("query_string", b""))
-        answer = _Recorder()
-        await self({**scope, "query_string": rest}, receive, answer)  # no token left in it
-        status, headers = answer.status, answer.headers
-        location = answer.header(b"location")
+        status, headers, body = self.answer({**scope, "query_string": rest})  # no token left
+        location = next((v for n, v in headers if n == b"location"), None)
         site = site_at(self.farm.snapshot, location) if location is not None else None
         if location is not None and site is not None and token:
             fresh = relay.forward(token, site)
@@ -158,45 +164,63 @@ class DispatchApp:
                 headers = [(n, v) for n, v in headers if n != b"location"]
                 headers += [(b"location", location), *_NO_TRACE]
                 status = 308 if status in (301, 308) else 307
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": answer.body})
+        return status, headers, body
 
-    async def _fallback(self, pool: PoolView, scope: Scope, send: Send) -> None:
+    def _fallback(self, pool: PoolView, scope: Scope) -> Answer:
         fallback = pool.config.fallback
         if fallback == "sorry":
-            status, headers, body = 503, self._sorry_headers, SORRY_BODY
-            if scope["method"] == "HEAD":
-                body = b""
-        else:
-            status, body = pool.status, b""
-            headers = [(b"location", fallback.encode("ascii")), (b"content-length", b"0")]
+            body = b"" if scope.get("method") == "HEAD" else SORRY_BODY
+            return 503, list(self._sorry_headers), body
+        headers = [(b"location", fallback.encode("ascii")), (b"content-length", b"0")]
+        return pool.status, headers, b""
+
+
+class DispatchApp:
+    """The decision core as a plain ASGI app, for embedding in any ASGI server.
+
+    Lifespan is answered politely; websockets are refused (a redirect cannot move them).
+    """
+
+    def __init__(
+        self,
+        farm: FarmState,
+        *,
+        retry_after: int = 30,
+        affinity: Affinity | None = None,
+        relay: HandoffRelay | None = None,
+        core: DispatchCore | None = None,
+    ) -> None:
+        self.core = core or DispatchCore(
+            farm, retry_after=retry_after, affinity=affinity, relay=relay
+        )
+        self.farm, self.affinity, self.relay = farm, self.core.affinity, self.core.relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await _not_http(scope, receive, send)
+            return
+        status, headers, body = self.core.answer(scope)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _not_origin_form(scope: Scope) -> Answer:
+    """``OPTIONS *``: what the server allows; any other target that is not a path: 400."""
+    method = scope.get("method")
+    if method == "OPTIONS" and (scope.get("raw_path") or b"") == b"*":
+        return 200, [(b"allow", ALLOW), (b"content-length", b"0")], b""
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(_BAD_TARGET_BODY)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    return 400, headers, b"" if method == "HEAD" else _BAD_TARGET_BODY
 
 
 _PARAM = HANDOFF_PARAM.encode("ascii") + b"="
 # (On the hot path, ``bytes.find`` and ``int in bytes``: ``bytes in bytes`` costs about
 # ten times as much on CPython 3.11, ~150 ns.)
 _NO_TRACE = ((b"cache-control", b"no-store"), (b"referrer-policy", b"no-referrer"))
-
-
-class _Recorder:
-    """A ``send`` that keeps one response instead of sending it."""
-
-    def __init__(self) -> None:
-        self.status = 500
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body = b""
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            self.headers = list(message.get("headers", []))
-        elif message["type"] == "http.response.body":
-            self.body += message.get("body", b"")
-
-    def header(self, name: bytes) -> bytes | None:
-        return next((v for n, v in self.headers if n == name), None)
 
 
 def site_at(snapshot: Snapshot, location: bytes) -> str | None:
@@ -227,7 +251,7 @@ class SiteSelection:
     """The ``${site:POOL}`` map: the pool's pick for this client (its affinity site if the
     pool can take it), never the site at ``host``; the sites picked, in order, in ``chosen``.
 
-    Evaluating the rules is synchronous, so :class:`DispatchApp` keeps one instance and
+    Evaluating the rules is synchronous, so :class:`DispatchCore` keeps one instance and
     serves every request with it in turn: it points it at the request's snapshot, time and
     Host just before evaluating and takes ``chosen`` just after, with no ``await`` between.
     That saves building a selector for each request. ``explain`` builds its own.
@@ -303,12 +327,16 @@ def _rewritten(outcome: Outcome) -> bytes:
     return target + b"?" + query if query else target
 
 
-def _target(scope: Scope) -> bytes:
-    """Path and query as the client sent them, byte for byte (a raw CR or LF, which no HTTP
-    server passes on, is %-encoded rather than put into a header)."""
+def _target(scope: Scope) -> bytes | None:
+    """Path and query as the client sent them, byte for byte, or None when the target is
+    not origin-form (it must start with ``/``: anything else appended to a site's base
+    could change the authority). A raw CR or LF, which no HTTP server passes on, is
+    %-encoded rather than put into a header."""
     path: bytes | None = scope.get("raw_path")
     if path is None:
         path = scope["path"].encode("utf-8")
+    if path[:1] != b"/":
+        return None
     query: bytes = scope.get("query_string", b"")
     target = path + b"?" + query if query else path
     if 13 in target or 10 in target:  # CR, LF: no server sends these; never echo them

@@ -23,11 +23,13 @@ import uvicorn
 
 from dispatcher.admin import AdminApi
 from dispatcher.affinity import make_affinity
-from dispatcher.app import DispatchApp, FarmState, Receive, Scope, Send
+from dispatcher.app import DispatchApp, DispatchCore, FarmState, Receive, Scope, Send
 from dispatcher.backends.store import SiteStore, open_store
 from dispatcher.config import Config, DispatcherSettings, load_config, parse_address
+from dispatcher.edge import PublicEdge
 from dispatcher.errors import DispatcherError, ListenError
 from dispatcher.farm import Farm
+from dispatcher.http1 import EdgeLimits
 from dispatcher.redirect import RewriteError
 from dispatcher.relay import HandoffRelay
 from dispatcher.reload import plan_reload
@@ -159,11 +161,10 @@ class Runner:
         self.farm = Farm(config, self.store)
         self.worker_processes = worker_processes
         self._reload_config = reload_config or (lambda: load_config(config.source))
-        self.app: DispatchApp | None = None
-        self.public: Listener | None = None
+        self.core: DispatchCore | None = None
+        self.public: PublicEdge | None = None
         self.admin: Listener | None = None
         self.workers: WorkerPool | None = None
-        self._public_app: Swappable | None = None
         self._admin_app: Swappable | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._reloading = asyncio.Lock()
@@ -206,14 +207,12 @@ class Runner:
             await self.workers.start()
             where = f"{settings.workers} worker process(es)"
         else:
-            self.app = dispatch_app(self.farm, settings)
-            self._public_app = Swappable(self.app)
-            self.public = Listener(
-                self._public_app,
-                settings.listen,
+            self.core = dispatch_core(self.farm, settings)
+            self.public = PublicEdge(
+                self.core,
+                bind(settings.listen),
+                limits=EdgeLimits.from_settings(settings),
                 access_log=settings.access_log,
-                log_level=settings.log_level,
-                timeouts=self.timeouts,
             )
             await self.public.start()
             where = "this process"
@@ -272,9 +271,9 @@ class Runner:
             self._start_refresher()
         if self.workers is not None:
             self.workers.graceful_timeout = new.graceful_timeout
-        if self._public_app is not None and new != old:
-            self.app = dispatch_app(self.farm, new)
-            self._public_app.app = self.app
+        if self.public is not None and new != old:
+            self.core = self.public.core = dispatch_core(self.farm, new)
+            self.public.limits = EdgeLimits.from_settings(new)
 
     async def stop(self) -> None:
         """Stop within the graceful timeout plus a few seconds, whatever hangs.
@@ -324,8 +323,13 @@ class Runner:
 
 
 def dispatch_app(farm: FarmState, settings: DispatcherSettings) -> DispatchApp:
-    """The public app as the settings ask: with affinity, and with the hand-off relay when
-    there are keys to verify tokens with."""
+    """The decision core as an ASGI app (for embedding in another server)."""
+    return DispatchApp(farm, core=dispatch_core(farm, settings))
+
+
+def dispatch_core(farm: FarmState, settings: DispatcherSettings) -> DispatchCore:
+    """The decision core as the settings ask: with affinity, and with the hand-off relay
+    when there are keys to verify tokens with."""
     affinity = make_affinity(
         settings.affinity,
         settings.secret_keys,
@@ -338,4 +342,4 @@ def dispatch_app(farm: FarmState, settings: DispatcherSettings) -> DispatchApp:
     if settings.secret_keys:
         tokens = HandoffToken(settings.secret_keys, lifetime=settings.handoff_lifetime)
         relay = HandoffRelay(tokens, name=settings.handoff_name)
-    return DispatchApp(farm, retry_after=settings.retry_after, affinity=affinity, relay=relay)
+    return DispatchCore(farm, retry_after=settings.retry_after, affinity=affinity, relay=relay)

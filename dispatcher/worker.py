@@ -38,12 +38,15 @@ from typing import TypeVar
 
 import uvloop
 
+from dispatcher.app import DispatchCore
 from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.config import Config
+from dispatcher.edge import PublicEdge
 from dispatcher.errors import DispatcherError
+from dispatcher.http1 import EdgeLimits
 from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules
-from dispatcher.server import Listener, Swappable, Timeouts, bind, dispatch_app
+from dispatcher.server import bind, dispatch_core
 from dispatcher.wire import (
     MAX_FRAME,
     RulesText,
@@ -133,7 +136,8 @@ class Worker:
         self.parent = parent
         self.builder = StateBuilder()
         self.farm: WorkerFarm | None = None
-        self.public: Swappable | None = None
+        self.core: DispatchCore | None = None
+        self.edge: PublicEdge | None = None
         self.config: Config | None = None
         self.stop = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
@@ -144,17 +148,14 @@ class Worker:
         state = await _expect(reader, WorkerState)
         self.apply(state)
         settings = state.config.dispatcher
-        timeouts = Timeouts(settings.graceful_timeout, max(1, round(settings.keep_alive_timeout)))
         host = f"[{setup.host}]" if ":" in setup.host else setup.host
         address = f"{host}:{setup.port}"
-        assert self.public is not None  # set by apply
-        listener = Listener(
-            self.public,
-            address,
+        assert self.core is not None  # set by apply
+        self.edge = listener = PublicEdge(
+            self.core,
+            bind(address, reuseport=True),
+            limits=EdgeLimits.from_settings(settings),
             access_log=settings.access_log,
-            log_level=settings.log_level,
-            timeouts=timeouts,
-            sock=bind(address, reuseport=True),
         )
         await listener.start()
         loop = asyncio.get_running_loop()
@@ -182,11 +183,12 @@ class Worker:
         snapshot = self.builder.build(state)
         if self.farm is None:
             self.farm = WorkerFarm(snapshot)
-        if self.public is None or state.config != self.config:
-            app = dispatch_app(self.farm, state.config.dispatcher)
-            if self.public is None:
-                self.public = Swappable(app)
-            self.public.app = app
+        if self.core is None or state.config != self.config:
+            settings = state.config.dispatcher
+            self.core = dispatch_core(self.farm, settings)
+            if self.edge is not None:  # the limits that change on a reload (graceful stop)
+                self.edge.core = self.core
+                self.edge.limits = EdgeLimits.from_settings(settings)
             self.config = state.config
             logging.getLogger().setLevel(state.config.dispatcher.log_level.upper())
         self.farm.snapshot = snapshot

@@ -354,7 +354,6 @@ def test_hostile_public_requests(farm: Farm) -> None:
     assert redirects > len(cases) // 2  # most were answered, not just refused
 
 
-@pytest.mark.xfail(reason="needs the new HTTP edge (helper F)", strict=False)
 def test_non_origin_form_targets_are_refused(farm: Farm) -> None:
     cases = non_origin_form(farm.context)
     results, found = run_corpus(farm, cases)

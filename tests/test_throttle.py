@@ -171,8 +171,8 @@ async def test_a_flood_of_bogus_handoff_tokens_writes_one_warning(
         response = await farm.public.get(f"/?farm_handoff=bogus{i}")
         statuses[response.status_code] += 1
     assert statuses == Counter({302: 300})
-    assert farm.runner.app is not None
-    assert farm.runner.app.relay is not None
-    assert farm.runner.app.relay.stats["dropped"] == 300
+    assert farm.runner.core is not None
+    assert farm.runner.core.relay is not None
+    assert farm.runner.core.relay.stats["dropped"] == 300
     dropped = [r for r in caplog.records if "hand-off token dropped" in r.getMessage()]
     assert len(dropped) == 1

@@ -1,0 +1,145 @@
+"""The workers' public listener: :class:`PublicEdge` serves :mod:`dispatcher.http1` on one
+listening socket, enforces the connection limit and the deadlines, and stops gracefully.
+
+API (what the worker processes call)::
+
+    edge = PublicEdge(core, sock, limits=EdgeLimits.from_settings(settings),
+                      access_log=settings.access_log)
+    await edge.start()      # raises the soft RLIMIT_NOFILE to the hard one, starts serving
+    edge.port               # the bound port
+    len(edge.connections)   # open connections
+    await edge.stop()       # stop accepting; idle ones close now, busy ones after their
+                            # answer; whatever is left after graceful_timeout is aborted
+
+``sock`` is a bound, listening, non-blocking TCP socket (``dispatcher.server.bind``; a
+worker binds with ``SO_REUSEPORT``). The edge owns it from ``start`` and closes it in
+``stop``.
+
+At ``max_connections``, a new connection first makes room: the connections that have waited
+longest for a request head (idle keep-alive ones, and heads sent half-way) are dropped, a
+sixty-fourth of the limit at a time, the way nginx reuses its idle connections; only when
+every open connection is busy is the new one answered 503 at once and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import resource
+import socket
+import time
+from email.utils import formatdate
+
+from dispatcher.http1 import Decider, EdgeLimits, HttpConnection
+
+log = logging.getLogger("webfarm.edge")
+
+#: The sweeper's longest period (seconds); shorter when a timeout is shorter.
+SWEEP = 0.5
+#: At most one warning per this many seconds about connections refused at the limit.
+REFUSED_LOG_INTERVAL = 10.0
+
+
+class PublicEdge:
+    """One public HTTP/1.1 listener on one socket, in one process."""
+
+    def __init__(
+        self,
+        core: Decider,
+        sock: socket.socket,
+        *,
+        limits: EdgeLimits | None = None,
+        access_log: bool = False,
+    ) -> None:
+        self.core = core
+        self.socket = sock
+        self.limits = limits or EdgeLimits()
+        self.access_log = access_log
+        self.connections: dict[HttpConnection, None] = {}
+        self.stopping = False
+        self.now = 0.0
+        self.date = b""
+        self._second = -1
+        self._refused = 0
+        self._refused_logged = -REFUSED_LOG_INTERVAL
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tick = min(SWEEP, self.limits.head_timeout / 4, self.limits.keep_alive_timeout / 4)
+
+    @property
+    def port(self) -> int:
+        return int(self.socket.getsockname()[1])
+
+    async def start(self) -> None:
+        raise_nofile()
+        loop = asyncio.get_running_loop()
+        self._clock(loop)
+        self._server = await loop.create_server(
+            lambda: HttpConnection(self), sock=self.socket, backlog=4096
+        )
+        self._sweeper = asyncio.create_task(self._sweep(loop), name="public edge sweeper")
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (bounded), close the socket."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = time.monotonic() + self.limits.graceful_timeout
+        while time.monotonic() < deadline and any(c.busy() for c in self.connections):
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        self.socket.close()
+
+    def make_room(self) -> bool:
+        """Drop the connections that have waited longest for a head; False if none waits."""
+        waiting = [c for c in self.connections if c.waiting()]
+        if not waiting or len(self.connections) - len(waiting) >= self.limits.max_connections:
+            self._refused += 1
+            if self.now >= self._refused_logged + REFUSED_LOG_INTERVAL:  # one line, a count
+                log.warning(
+                    "public edge: %d connections open and busy: %d new ones answered 503",
+                    len(self.connections),
+                    self._refused,
+                )
+                self._refused, self._refused_logged = 0, self.now
+            return False
+        count = max(1, self.limits.max_connections // 64)
+        for conn in heapq.nsmallest(count, waiting, key=lambda c: c.since):
+            conn.abort()  # (leaves the connections at once)
+        return len(self.connections) < self.limits.max_connections
+
+    def _clock(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The cached clock the connections read (``now``) and the ``Date`` header."""
+        self.now = loop.time()
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self.date = b"date: " + formatdate(second, usegmt=True).encode("ascii") + b"\r\n"
+
+    async def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Keep the clock, and close the connections whose deadline passed."""
+        while True:
+            await asyncio.sleep(self._tick)
+            self._clock(loop)
+            now = self.now
+            late = [c for c in self.connections if c.deadline <= now]
+            for conn in late:
+                conn.expire()
+
+
+def raise_nofile() -> None:
+    """Raise this process's soft limit on open files to its hard limit (each connection is
+    a file descriptor; the default soft limit is often 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,0 +1,447 @@
+"""The public listener's HTTP/1.1: one ``asyncio.Protocol`` per connection over ``httptools``.
+
+Small on purpose: every request gets an answer from :class:`~dispatcher.app.DispatchCore`
+(called directly, no ASGI in between), and everything a stranger controls has a limit:
+
+- the request head (request line and header lines) is at most ``max_request_head`` bytes
+  and ``max_header_lines`` lines, or it is answered 431 and the connection closed; bytes
+  of an unfinished header are never buffered much beyond the limit;
+- a request body is read and discarded: up to ``max_body`` bytes (``Content-Length`` or
+  chunked), else 413 and close; ``Expect: 100-continue`` gets ``100 Continue`` (unless the
+  announced body is beyond the cap: 413), then the body is read and dropped and the answer
+  follows, on a connection kept alive, as nginx does when it discards a body;
+- anything the parser refuses (a malformed request line, header, chunk) is a 400 and a
+  close; an ``Upgrade`` request is answered and the connection closed;
+- keep-alive, pipelining (answers in order: each is written as its request completes),
+  HTTP/1.0 (closed unless it asks for keep-alive), ``Connection: close``, ``HEAD``;
+- write backpressure: while the transport's buffer is above its high-water mark the
+  connection stops reading, so a client that pipelines and never reads cannot grow memory.
+
+Deadlines (the head's, the keep-alive idle time, a stalled body's) are kept as numbers and
+enforced by the edge's sweeper (:mod:`dispatcher.edge`), so a request costs no timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httptools
+
+from dispatcher.app import Answer, Scope
+
+if TYPE_CHECKING:
+    from dispatcher.config import DispatcherSettings
+
+access_log = logging.getLogger("webfarm.access")
+log = logging.getLogger("webfarm.http1")
+
+#: The largest request body read (and discarded); beyond it: 413 and close.
+MAX_BODY = 1 << 20
+#: Seconds a closing connection is read (and what comes dropped) before it is cut.
+LINGER = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    """The public edge's limits (per worker process); see docs/configuration.md."""
+
+    max_request_head: int = 16 * 1024
+    max_header_lines: int = 100
+    head_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+    max_connections: int = 10_000
+    graceful_timeout: float = 10.0
+    max_body: int = MAX_BODY
+
+    @classmethod
+    def from_settings(cls, settings: DispatcherSettings) -> EdgeLimits:
+        return cls(
+            max_request_head=settings.max_request_head,
+            max_header_lines=settings.max_header_lines,
+            head_timeout=settings.head_timeout,
+            keep_alive_timeout=settings.keep_alive_timeout,
+            max_connections=settings.max_connections,
+            graceful_timeout=settings.graceful_timeout,
+        )
+
+
+# Connection states. WAIT: no byte of the next request yet; HEAD: reading a head; BODY:
+# reading (and discarding) a body; DONE: answered for the last time, closing.
+WAIT, HEAD, BODY, DONE = 0, 1, 2, 3
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii")
+
+
+_STATUS_LINES = {int(s): _status_line(int(s)) for s in HTTPStatus}
+_KEEP = b"\r\n"
+_CLOSE = b"connection: close\r\n\r\n"
+_KEEP_10 = b"connection: keep-alive\r\n\r\n"  # an HTTP/1.0 client that asked for it
+
+
+def fixed_response(status: int, text: str, *extra: tuple[bytes, bytes]) -> bytes:
+    """A complete small response that closes the connection (the edge's own errors)."""
+    body = f"{text}\n".encode("ascii")
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *extra,
+    ]
+    lines = b"".join(n + b": " + v + b"\r\n" for n, v in headers)
+    return _status_line(status) + lines + _CLOSE + body
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+BAD_REQUEST = fixed_response(400, "Bad request")
+TIMEOUT = fixed_response(408, "Request timeout: the request head did not arrive in time")
+TOO_LARGE = fixed_response(413, "Request body too large")
+HEAD_TOO_LARGE = fixed_response(431, "Request header fields too large")
+INTERNAL = fixed_response(500, "Internal error")
+FULL = fixed_response(503, "Too many connections", (b"retry-after", b"1"))
+
+_METHODS = {m: m.decode("ascii") for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE")}
+# header names the protocol itself looks at (lower case): the kind of each
+_CONTENT_LENGTH, _CHUNKED, _EXPECT, _CONNECTION = 1, 2, 3, 4
+_SPECIAL = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _CHUNKED,
+    b"expect": _EXPECT,
+    b"connection": _CONNECTION,
+}
+
+
+#: Each request's scope starts as a copy of its connection's (this, with client and server).
+_SCOPE: dict[str, Any] = {
+    "type": "http",
+    "method": "GET",
+    "raw_path": b"/",
+    "query_string": b"",
+    "headers": [],
+    "client": None,
+    "server": None,
+    "scheme": "http",
+    "http_version": "1.1",
+}
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; the answer is already chosen."""
+
+
+class Decider(Protocol):
+    """What answers a request: :class:`~dispatcher.app.DispatchCore` (or, in the bench, a
+    fixed answer). Synchronous; never raises on client input."""
+
+    def answer(self, scope: Scope) -> Answer: ...
+
+
+class Edge(Protocol):
+    """What a connection needs from its listener (see :class:`dispatcher.edge.PublicEdge`)."""
+
+    core: Decider
+    limits: EdgeLimits
+    connections: dict[HttpConnection, None]
+    now: float
+    date: bytes
+    access_log: bool
+    stopping: bool
+
+    def make_room(self) -> bool:
+        """Free a connection slot (dropping the longest-waiting connections); False if
+        every open connection is busy."""
+        ...
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection (``__slots__``: it is built for each connection)."""
+
+    __slots__ = (
+        "body",
+        "client",
+        "count",
+        "deadline",
+        "edge",
+        "head_len",
+        "headers",
+        "limits",
+        "lines",
+        "parser",
+        "paused",
+        "progress",
+        "scope",
+        "server",
+        "since",
+        "special",
+        "stalled",
+        "state",
+        "transport",
+        "url",
+    )
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.limits = edge.limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.scope: dict[str, Any] = _SCOPE
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.state = WAIT
+        self.count = 0  # requests answered on this connection
+        self.head_len = self.lines = self.body = self.stalled = 0
+        self.special = self.progress = self.paused = False
+        self.since = self.deadline = 0.0
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        edge = self.edge
+        full = edge.stopping or (
+            len(edge.connections) >= self.limits.max_connections and not edge.make_room()
+        )
+        edge.connections[self] = None  # (a refused one too, while it lingers: see _finish)
+        if full:
+            transport.write(FULL)
+            self._finish()
+            return
+        peer = transport.get_extra_info("peername")
+        self.client = (str(peer[0]), int(peer[1])) if peer else None
+        sock = transport.get_extra_info("sockname")
+        self.server = (str(sock[0]), int(sock[1])) if sock else None
+        self.scope = dict(_SCOPE, client=self.client, server=self.server)
+        self.since = edge.now
+        self.deadline = edge.now + self.limits.head_timeout
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.state = DONE
+        self.edge.connections.pop(self, None)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.transport is not None and self.state != DONE:
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too (answers already written are flushed first)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == DONE:
+            return
+        self.progress = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if self.state == DONE:  # refused or answered for the last time by a callback
+                return
+            log.error("public edge: internal error on a request", exc_info=exc.__context__)  # noqa: TRY400
+            self._refuse(INTERNAL)
+            return
+        except httptools.HttpParserUpgrade:
+            self._finish()  # answered (see on_message_complete); what follows is not HTTP
+            return
+        except httptools.HttpParserError:
+            self._refuse(BAD_REQUEST)
+            return
+        if self.state == HEAD:  # an unfinished header: llhttp buffers it in httptools
+            self.stalled = 0 if self.progress else self.stalled + len(data)
+            if self.stalled > self.limits.max_request_head:
+                self._refuse(HEAD_TOO_LARGE)
+
+    # --- httptools callbacks ---------------------------------------------------------------
+
+    # (No on_message_begin: a callback less per request. A request begins with its first
+    # bytes of target, in on_url; before that the connection counts as idle.)
+
+    def on_url(self, url: bytes) -> None:
+        if self.state != HEAD:  # a new request
+            if self.state == DONE:  # pipelined after a last answer: not read
+                raise _Refused
+            self.state = HEAD
+            self.url = url
+            self.headers = []
+            self.head_len, self.lines, self.body = len(url), 0, 0
+            self.special = False
+            if self.count:  # the first head's deadline runs from the accept
+                self.deadline = self.edge.now + self.limits.head_timeout
+        else:
+            self.url += url
+            self.head_len += len(url)
+        self.progress = True
+        if self.head_len > self.limits.max_request_head:
+            self._refuse(HEAD_TOO_LARGE)
+            raise _Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.progress = True
+        self.lines += 1
+        self.head_len += len(name) + len(value) + 4
+        limits = self.limits
+        if self.head_len > limits.max_request_head or self.lines > limits.max_header_lines:
+            self._refuse(HEAD_TOO_LARGE)
+            raise _Refused
+        name = name.lower()
+        if name in _SPECIAL:
+            self.special = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.state = BODY
+        self.progress = True
+        if self.special:
+            self._check_body()
+
+    def on_body(self, body: bytes) -> None:
+        self.body += len(body)
+        if self.body > self.limits.max_body:
+            self._refuse(TOO_LARGE)
+            raise _Refused
+        self.deadline = self.edge.now + self.limits.head_timeout  # a body that keeps coming
+
+    def on_message_complete(self) -> None:
+        keep_alive = self.parser.should_keep_alive()
+        # Kept alive without a Connection header: HTTP/1.1 (llhttp says so for 1.1 only),
+        # which spares get_http_version() (it formats a string: ~10 % of the protocol).
+        known = "1.1" if keep_alive and not self.special else None
+        self._answer(keep_alive and not self.edge.stopping, known)
+
+    # --- answers ---------------------------------------------------------------------------
+
+    def _check_body(self) -> None:
+        """``Content-Length`` beyond the cap: 413; ``Expect: 100-continue`` with a body (and
+        HTTP/1.1): ``100 Continue``, and the body is read and dropped like any other."""
+        length, body, expect = 0, False, False
+        for name, value in self.headers:
+            kind = _SPECIAL.get(name)
+            if kind == _CONTENT_LENGTH:
+                length = int(value) if value.strip().isdigit() else 0  # llhttp checked it
+                body = body or length > 0
+            elif kind == _CHUNKED:
+                body = True
+            elif kind == _EXPECT and value.strip().lower() == b"100-continue":
+                expect = True
+        if length > self.limits.max_body:
+            self._refuse(TOO_LARGE)
+            raise _Refused
+        if expect and body and self.parser.get_http_version() == "1.1":
+            self.transport.write(CONTINUE)  # type: ignore[union-attr]
+
+    def _answer(self, keep_alive: bool, version: str | None = None) -> None:
+        """Ask the core, write its answer (a hot path: few lookups, one write)."""
+        parser, edge = self.parser, self.edge
+        raw = parser.get_method()
+        method = _METHODS.get(raw) or raw.decode("latin-1")
+        if version is None:
+            version = parser.get_http_version()
+        url = self.url
+        mark = url.find(b"?")
+        path, query = (url, b"") if mark < 0 else (url[:mark], url[mark + 1 :])
+        scope = self.scope.copy()  # (cheaper than a dict display of nine keys)
+        scope["method"] = method
+        scope["raw_path"] = path
+        scope["query_string"] = query
+        scope["headers"] = self.headers
+        scope["http_version"] = version
+        try:
+            status, headers, body = edge.core.answer(scope)
+        except Exception:  # a bug, not the client's doing: logged, and a plain 500
+            log.exception("public edge: the decision failed for %r", url[:200])
+            self._refuse(INTERNAL)
+            raise _Refused from None
+        parts = [_STATUS_LINES.get(status) or _status_line(status)]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        if version == "1.0":
+            parts += (edge.date, _KEEP_10 if keep_alive else _CLOSE)
+        else:
+            parts += (edge.date, _KEEP if keep_alive else _CLOSE)
+        if body and method != "HEAD":
+            parts.append(body)
+        self.transport.write(b"".join(parts))  # type: ignore[union-attr]
+        self.count += 1
+        if edge.access_log:
+            self._log(method, url, version, status)
+        if keep_alive:
+            self.state = WAIT
+            self.since = now = edge.now
+            self.deadline = now + self.limits.keep_alive_timeout
+        else:
+            self._finish()
+
+    def _log(self, method: str, url: bytes, version: str, status: int) -> None:
+        host, port = self.client or ("-", 0)
+        target = url.decode("latin-1").encode("unicode_escape").decode("ascii")
+        access_log.info('%s:%d - "%s %s HTTP/%s" %d', host, port, method, target, version, status)
+
+    def _refuse(self, response: bytes) -> None:
+        """The edge's own answer (an error), then close."""
+        if self.state == DONE or self.transport is None:
+            return
+        self.transport.write(response)
+        self._finish()
+        if self.edge.access_log:
+            host, port = self.client or ("-", 0)
+            access_log.info('%s:%d - "-" %s', host, port, response[9:12].decode("ascii"))
+
+    def _finish(self) -> None:
+        """Close once what is written has gone out: a lingering close (the FIN goes after
+        the last answer; what the client still sends is read and dropped until it closes,
+        so the answer is not lost to a reset), cut after ``LINGER`` seconds."""
+        self.state = DONE
+        self.deadline = self.edge.now + LINGER
+        transport = self.transport
+        if transport is not None:
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+
+    # --- the edge's sweeper and stop -------------------------------------------------------
+
+    def expire(self) -> None:
+        """The deadline passed: a head that started is a 408; otherwise just close (abort
+        if what was written cannot go out: the client does not read)."""
+        if self.state == DONE or self.paused:
+            self.abort()
+        elif self.state == HEAD:
+            self._refuse(TIMEOUT)
+        else:
+            self._finish()
+
+    def waiting(self) -> bool:
+        """Whether the connection is only waiting for a request head, or closing (it may be
+        dropped to make room for a new connection)."""
+        state = self.state
+        return state == DONE or (state <= HEAD and not self.paused)
+
+    def busy(self) -> bool:
+        """Whether a request is in flight (graceful stop waits for those)."""
+        return self.state != DONE and not (self.state == WAIT and not self.paused)
+
+    def shutdown(self) -> None:
+        """Graceful stop: an idle connection closes now, a busy one after its answer."""
+        if self.state == WAIT and not self.paused:
+            self._finish()
+
+    def abort(self) -> None:
+        self.state = DONE
+        self.edge.connections.pop(self, None)  # its slot is free now (make_room counts)
+        if self.transport is not None:
+            self.transport.abort()
