@@ -1,6 +1,6 @@
 """The dispatcher's hot path beside nginx and Apache, in one run (part of ``make bench``).
 
-Four servers answer ``GET /bench/path?x=1`` with a 302 to a site:
+Six servers answer ``GET /bench/path?x=1`` with a 302 to a site:
 
 - **nginx 302**: nginx ``return 302 http://127.0.0.1:9001$request_uri``, one worker process;
 - **dispatcher**: ``python -m bench.servers dispatcher`` (three sites in one pool);
@@ -8,7 +8,13 @@ Four servers answer ``GET /bench/path?x=1`` with a 302 to a site:
   ``StartServers 1``, 64 threads), serving ``bench/rules50.conf`` with an ``rnd:`` map named
   ``site`` in place of the dispatcher's ``${site:}`` and, last, the dispatcher's default
   placement as a rule (``RewriteRule ^/(.*)$ ${site:default}/$1 [R=302,L]``);
-- **dispatcher + 50 rules**: ``python -m bench.servers dispatcher-rules``.
+- **dispatcher + 50 rules**: ``python -m bench.servers dispatcher-rules``;
+- **serve, workers = 1**: ``farm-dispatcher serve`` as deployed, a control process and one
+  worker process (``python -m bench.servers serve-workers-1``): beside the in-process
+  dispatcher, what the control/worker split costs per request (all processes counted);
+- **serve, workers = 2**: the same with two workers, NOT pinned (two workers on one core
+  would only take turns): they share both cores with wrk, so its figures are the machine's,
+  not a core's.
 
 The request matches none of the 50 rules (every rule is tried), so each server ends with a
 302 to one of the sites. Every server runs pinned to core 0 (``taskset -c 0``: all its
@@ -301,6 +307,10 @@ def dispatcher_starter(kind: str) -> Starter:
     return start
 
 
+def unpinned(root: Path, port: int) -> subprocess.Popen[bytes]:
+    return dispatcher_starter("serve-workers-2")(root, port, [])
+
+
 # --- wrk ---------------------------------------------------------------------------------
 
 
@@ -361,6 +371,9 @@ SERVERS: tuple[tuple[str, Starter], ...] = (
     ("dispatcher", dispatcher_starter("dispatcher")),
     ("Apache + 50 rules (1 proc)", start_apache),
     ("dispatcher + 50 rules", dispatcher_starter("dispatcher-rules")),
+    ("serve, workers = 1", dispatcher_starter("serve-workers-1")),
+    # two workers on two cores: not pinned, so they share both cores with wrk
+    ("serve, workers = 2 (unpinned)", lambda root, port, _pin: unpinned(root, port)),
 )
 
 
@@ -420,6 +433,11 @@ def report(results: dict[str, list[Round]], seconds: int, connections: int) -> N
     names = [name for name, _ in SERVERS]
     plain = medians[names[1]].cpu_us / medians[names[0]].cpu_us
     rules = medians[names[3]].cpu_us / medians[names[2]].cpu_us
+    split = medians[names[4]].cpu_us / medians[names[1]].cpu_us
+    print(
+        f"serve (control + 1 worker) / the in-process dispatcher, cpu per request: "
+        f"{split:.2f}x (target <= 1.05x)"
+    )
     print(
         f"dispatcher / nginx, cpu per request: {plain:.2f}x (target <= 1.5x); "
         f"dispatcher + rules / Apache + rules: {rules:.2f}x (target <= 0.7x; "

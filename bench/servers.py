@@ -16,9 +16,11 @@ ASGI :class:`~dispatcher.app.DispatchApp` on uvicorn (the edge before issue 12),
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvloop
@@ -174,12 +176,72 @@ async def serve_dispatcher(
             await site.stop()
 
 
+async def serve_processes(port: int, stop: asyncio.Event, workers: int) -> None:
+    """``farm-dispatcher serve`` as deployed: a control process and ``workers`` worker
+    processes (children of this one, so the bench counts their CPU), in front of three
+    loopback sites served by this process."""
+    with tempfile.TemporaryDirectory(prefix="webfarm-bench-") as tmp:
+        sites = [
+            Listener(
+                DemoSite(f"s{i}"),
+                "127.0.0.1:0",
+                access_log=False,
+                log_level="warning",
+                timeouts=TIMEOUTS,
+            )
+            for i in range(3)
+        ]
+        for site in sites:
+            await site.start()
+        config_file = Path(tmp) / "farm.toml"
+        text = dispatcher_config(port, [s.port for s in sites])
+        config_file.write_text(
+            text.replace("[dispatcher]\n", f"[dispatcher]\nworkers = {workers}\n")
+        )
+        command = [sys.executable, "-m", "dispatcher", "--log-level", "warning"]
+        upgrade = await asyncio.create_subprocess_exec(
+            *command, "db", "upgrade", "--config", str(config_file)
+        )
+        await upgrade.wait()
+        serve = await asyncio.create_subprocess_exec(
+            *command, "serve", "--config", str(config_file)
+        )
+        try:
+            await _until_answering(port, serve)
+            print("ready", flush=True)
+            await stop.wait()
+        finally:
+            if serve.returncode is None:
+                serve.terminate()
+            await serve.wait()
+            for site in sites:
+                await site.stop()
+
+
+async def _until_answering(port: int, process: asyncio.subprocess.Process) -> None:
+    """Wait (30 s at most) until ``port`` answers a request with a redirect."""
+    for _ in range(300):
+        if process.returncode is not None:
+            raise SystemExit("bench: farm-dispatcher serve exited")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            head = await reader.read(12)
+            writer.close()
+            if head.startswith(b"HTTP/1.1 30"):
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit("bench: farm-dispatcher serve did not answer within 30 s")
+
+
 async def main(kind: str, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    servers = {
+    servers: dict[str, Callable[[int, asyncio.Event], Awaitable[None]]] = {
         "bare": serve_bare,
         "bare-edge": serve_bare_edge,
         "dispatcher": serve_dispatcher,
@@ -187,6 +249,8 @@ async def main(kind: str, port: int) -> None:
         "dispatcher-affinity": serve_dispatcher_affinity,
         "dispatcher-uvicorn": serve_dispatcher_uvicorn,
         "dispatcher-rules-uvicorn": serve_dispatcher_rules_uvicorn,
+        "serve-workers-1": functools.partial(serve_processes, workers=1),
+        "serve-workers-2": functools.partial(serve_processes, workers=2),
     }
     await servers[kind](port, stop)
 
