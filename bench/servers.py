@@ -20,6 +20,7 @@ import functools
 import signal
 import sys
 import tempfile
+from asyncio.subprocess import DEVNULL
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -200,11 +201,11 @@ async def serve_processes(port: int, stop: asyncio.Event, workers: int) -> None:
         )
         command = [sys.executable, "-m", "dispatcher", "--log-level", "warning"]
         upgrade = await asyncio.create_subprocess_exec(
-            *command, "db", "upgrade", "--config", str(config_file)
+            *command, "db", "upgrade", "--config", str(config_file), stdout=DEVNULL
         )
         await upgrade.wait()
         serve = await asyncio.create_subprocess_exec(
-            *command, "serve", "--config", str(config_file)
+            *command, "serve", "--config", str(config_file), stdout=DEVNULL
         )
         try:
             await _until_answering(port, serve)
