@@ -114,6 +114,23 @@ def dispatcher_config(
     )
 
 
+async def start_sites() -> list[Listener]:
+    """The three loopback sites the dispatcher kinds send clients to, started."""
+    sites = [
+        Listener(
+            DemoSite(f"s{i}"),
+            "127.0.0.1:0",
+            access_log=False,
+            log_level="warning",
+            timeouts=TIMEOUTS,
+        )
+        for i in range(3)
+    ]
+    for site in sites:
+        await site.start()
+    return sites
+
+
 async def serve_dispatcher_rules(port: int, stop: asyncio.Event) -> None:
     await serve_dispatcher(port, stop, RULES)
 
@@ -139,18 +156,7 @@ async def serve_dispatcher(
     uvicorn: bool = False,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="webfarm-bench-") as tmp:
-        sites = [
-            Listener(
-                DemoSite(f"s{i}"),
-                "127.0.0.1:0",
-                access_log=False,
-                log_level="warning",
-                timeouts=TIMEOUTS,
-            )
-            for i in range(3)
-        ]
-        for site in sites:
-            await site.start()
+        sites = await start_sites()
         config_file = Path(tmp) / "farm.toml"
         ports = [s.port for s in sites]
         public = 0 if uvicorn else port  # the uvicorn edge takes the port instead
@@ -182,18 +188,7 @@ async def serve_processes(port: int, stop: asyncio.Event, workers: int) -> None:
     processes (children of this one, so the bench counts their CPU), in front of three
     loopback sites served by this process."""
     with tempfile.TemporaryDirectory(prefix="webfarm-bench-") as tmp:
-        sites = [
-            Listener(
-                DemoSite(f"s{i}"),
-                "127.0.0.1:0",
-                access_log=False,
-                log_level="warning",
-                timeouts=TIMEOUTS,
-            )
-            for i in range(3)
-        ]
-        for site in sites:
-            await site.start()
+        sites = await start_sites()
         config_file = Path(tmp) / "farm.toml"
         text = dispatcher_config(port, [s.port for s in sites])
         config_file.write_text(
