@@ -34,6 +34,7 @@ from dispatcher.redirect import RewriteError
 from dispatcher.relay import HandoffRelay
 from dispatcher.reload import plan_reload
 from dispatcher.session import HandoffToken
+from dispatcher.throttle import ThrottleFilter
 
 if TYPE_CHECKING:
     from dispatcher.control import WorkerPool
@@ -75,6 +76,17 @@ def bind(address: str, *, reuseport: bool = False, listen: bool = True) -> socke
     return sock
 
 
+@dataclass(frozen=True, slots=True)
+class ListenerLimits:
+    """Limits of a uvicorn listener that strangers can reach (the admin listener: it runs in
+    the control process, beside the probes). A head beyond ``max_head`` bytes is answered
+    400 and closed (h11's incomplete-event limit); beyond ``max_connections`` at once a new
+    request is answered 503."""
+
+    max_head: int = 16 * 1024
+    max_connections: int = 256
+
+
 class Listener:
     """One uvicorn server on one pre-bound socket (``sock``, else one bound to ``address``),
     without uvicorn's signal handling."""
@@ -88,9 +100,17 @@ class Listener:
         log_level: str,
         timeouts: Timeouts,
         sock: socket.socket | None = None,
+        limits: ListenerLimits | None = None,
     ) -> None:
         self.address = address
         self.socket = sock if sock is not None else bind(address)
+        bounded: dict[str, Any] = {}
+        if limits is not None:  # h11 bounds a request head, httptools does not
+            bounded = {
+                "http": "h11",
+                "h11_max_incomplete_event_size": limits.max_head,
+                "limit_concurrency": limits.max_connections,
+            }
         config = uvicorn.Config(
             app,
             lifespan="off",
@@ -100,8 +120,11 @@ class Listener:
             server_header=False,
             timeout_keep_alive=timeouts.keep_alive,
             timeout_graceful_shutdown=math.ceil(timeouts.graceful_shutdown),
+            **bounded,
         )
         config.load()
+        if limits is not None:  # what a stranger's bad request makes uvicorn warn about
+            _throttle_warnings(logging.getLogger("uvicorn.error"))
         self._server = uvicorn.Server(config)
         self._server.lifespan = config.lifespan_class(config)
 
@@ -117,6 +140,12 @@ class Listener:
         if self._server.started:
             await self._server.shutdown(sockets=[self.socket])
         self.socket.close()
+
+
+def _throttle_warnings(logger: logging.Logger) -> None:
+    """At most one warning line per kind per 10 s on ``logger`` (once per logger)."""
+    if not any(isinstance(f, ThrottleFilter) for f in logger.filters):
+        logger.addFilter(ThrottleFilter())
 
 
 class Swappable:
@@ -192,6 +221,7 @@ class Runner:
             access_log=False,  # the admin app logs every request itself (webfarm.admin.access)
             log_level=settings.log_level,
             timeouts=self.timeouts,
+            limits=ListenerLimits(max_head=settings.max_request_head),
         )
         await self.admin.start()
         if self.worker_processes:

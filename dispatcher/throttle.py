@@ -116,4 +116,26 @@ class ThrottledLog:
         return True
 
 
-__all__ = ["INTERVAL", "Pass", "Throttle", "ThrottledLog"]
+class ThrottleFilter(logging.Filter):
+    """A logging filter for another library's warnings that a stranger can cause (uvicorn's
+    "Invalid HTTP request received." on the admin listener): records at WARNING or above go
+    through a :class:`Throttle`, their cause being the message's template (chosen by that
+    code, never the request's text); the one let through after a burst carries the count."""
+
+    def __init__(self, throttle: Throttle | None = None) -> None:
+        super().__init__()
+        self.throttle = throttle or Throttle()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        passed = self.throttle.hit(str(record.msg))
+        if passed is None:
+            return False
+        if passed.suppressed:
+            record.msg = f"{record.msg} (and {passed.suppressed:,} more like it in the last"
+            record.msg += f" {passed.elapsed:.0f} s)"
+        return True
+
+
+__all__ = ["INTERVAL", "Pass", "Throttle", "ThrottleFilter", "ThrottledLog"]

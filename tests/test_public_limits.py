@@ -182,6 +182,42 @@ def test_a_64_mib_header_stalls_nobody(tmp_path: Path) -> None:
         assert watch.down == []
 
 
+def test_a_64_mib_header_to_the_admin_listener_stalls_nothing(tmp_path: Path) -> None:
+    """The admin listener lives in the control process beside the probes: a stranger who can
+    reach it must not stall them (h11's head limit cuts the header at 16 KiB)."""
+    with loopback_sites("eu", "us") as sites, dispatcher(tmp_path, sites) as (public, admin):
+        watch = StatusWatch(admin, set(sites))
+        watch.start()
+        answered: list[bytes] = []
+        stop = threading.Event()
+
+        def attacker() -> None:
+            header = b"x" * (1 << 20)
+            while not stop.is_set():
+                with socket.create_connection(("127.0.0.1", admin), timeout=5) as sock:
+                    try:
+                        sock.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: h\r\nX-Huge: ")
+                        for _ in range(64):
+                            sock.sendall(header)
+                        answered.append(sock.recv(4096)[:12])
+                    except OSError:
+                        answered.append(b"cut")
+
+        thread = threading.Thread(target=attacker)
+        thread.start()
+        try:
+            waits = clients(public, 3.0)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+            watch.finish()
+        assert p95(waits) < 0.25
+        assert answered, "the huge header was never answered"
+        assert set(answered) <= {b"HTTP/1.1 400", b"cut"}, set(answered)
+        assert watch.polls >= 8  # the admin API answered its own clients meanwhile
+        assert watch.down == []
+
+
 HALF_OPEN = """
 import resource, select, socket, sys, time
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from dispatcher.relay import HandoffRelay
 from dispatcher.session import HandoffToken
 from dispatcher.session.core import RequestInfo, SessionCore, SessionSettings
-from dispatcher.throttle import OVERFLOW, Pass, Throttle, ThrottledLog
+from dispatcher.throttle import OVERFLOW, Pass, Throttle, ThrottledLog, ThrottleFilter
 from tests.conftest import LoopbackSite, RunningDispatcher, farm_toml
 
 KEY = "k" * 32
@@ -109,6 +109,29 @@ def test_the_log_line_carries_the_count(caplog: pytest.LogCaptureFixture) -> Non
     assert [r.getMessage() for r in caplog.records] == [
         "bad thing: first",
         "bad thing: later (and 2,340 more like it in the last 10 s)",
+    ]
+
+
+def test_a_library_s_warnings_are_throttled_by_their_template(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    logger = logging.getLogger("webfarm.test.library")
+    logger.addFilter(ThrottleFilter(Throttle(10.0, clock=clock)))
+    with caplog.at_level(logging.INFO, logger="webfarm.test.library"):
+        for _ in range(3078):
+            logger.warning("Invalid HTTP request received.")
+        logger.warning("Unsupported upgrade request: %s", "h2c")
+        logger.info("Started server process [%d]", 1)  # below WARNING: never held back
+        logger.info("Started server process [%d]", 2)
+        clock.now += 10
+        logger.warning("Invalid HTTP request received.")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Invalid HTTP request received.",
+        "Unsupported upgrade request: h2c",
+        "Started server process [1]",
+        "Started server process [2]",
+        "Invalid HTTP request received. (and 3,077 more like it in the last 10 s)",
     ]
 
 
