@@ -26,6 +26,7 @@ Each real server of a service carries ``check``: the health checker's view of it
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import tomllib
@@ -36,6 +37,7 @@ from typing import Any
 
 import uvicorn
 
+from dispatcher.throttle import ThrottleFilter
 from farmnode.config import NodeSettings, parse_address
 from farmnode.errors import ConfigError, ListenError
 
@@ -45,6 +47,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 STATUS_PATH = "/status"
+#: The longest request head the status listener reads (beyond it: 400, closed).
+MAX_HEAD = 16 * 1024
+#: Status connections open at once (beyond it: 503).
+MAX_CONNECTIONS = 64
 #: Seconds uvicorn waits for open status requests at shutdown.
 SHUTDOWN_GRACE = 1
 
@@ -140,8 +146,16 @@ class StatusListener:
             server_header=False,
             timeout_keep_alive=2,
             timeout_graceful_shutdown=SHUTDOWN_GRACE,
+            # h11 bounds a request head (httptools does not): the status port shares the
+            # daemon's event loop with the heartbeat, which a stranger must not stall
+            http="h11",
+            h11_max_incomplete_event_size=MAX_HEAD,
+            limit_concurrency=MAX_CONNECTIONS,
         )
         config.load()
+        uvicorn_errors = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, ThrottleFilter) for f in uvicorn_errors.filters):
+            uvicorn_errors.addFilter(ThrottleFilter())  # bad requests: a line per 10 s
         self._server = uvicorn.Server(config)
         self._server.lifespan = config.lifespan_class(config)
         self._closed = False

@@ -638,6 +638,39 @@ async def test_status_endpoint_answers_json() -> None:
             assert wrong.headers["allow"] == "GET, HEAD"
 
 
+async def test_a_64_mib_header_to_the_status_port_stalls_nothing() -> None:
+    """The status listener shares the daemon's loop (checks, heartbeat): a stranger's huge
+    header is cut at 16 KiB and /status keeps answering at once meanwhile."""
+    async with id_servers("a") as (a,):
+        config = node_config(service_toml("web", free_port(), [a]))
+        async with running_node(config) as node, new_client() as client:
+            base = f"http://127.0.0.1:{node.status_port}"
+
+            async def attack() -> bytes:
+                reader, writer = await asyncio.open_connection("127.0.0.1", node.status_port)
+                try:
+                    writer.write(b"GET /status HTTP/1.1\r\nHost: h\r\nX-Huge: ")
+                    chunk = b"x" * (1 << 20)
+                    for _ in range(64):  # 64 MiB, unless the listener cuts it first
+                        writer.write(chunk)
+                        await writer.drain()
+                    return await reader.read(12)
+                except OSError:
+                    return b"cut"
+                finally:
+                    writer.close()
+
+            attacker = asyncio.create_task(attack())
+            waits = []
+            while not attacker.done():
+                started = time.monotonic()
+                assert (await client.get(f"{base}/status")).status_code == 200
+                waits.append(time.monotonic() - started)
+                await asyncio.sleep(0.01)
+            assert await attacker in (b"HTTP/1.1 400", b"cut")
+            assert max(waits) < 0.25, waits
+
+
 # --- the command line, as a user runs it -------------------------------------------------------
 
 
