@@ -1,8 +1,7 @@
 """``bench.peers``: the peers ``make bench`` measures the dispatcher against start, answer
 the bench's request with a 302 to a site, and their CPU is counted over all their processes.
 
-Apache is a test dependency (``.ci/system-deps --services``); nginx only a bench one
-(``--bench``), so its case skips without it.
+Apache and nginx are test dependencies (``.ci/system-deps --services``), so this runs in CI.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ def test_a_peer_answers_with_a_302_to_a_site(name: str) -> None:
         start = peers.start_apache
     else:
         if shutil.which("nginx", path="/usr/sbin:/usr/bin") is None:
-            pytest.skip("nginx is a bench dependency: .ci/system-deps --bench installs it")
+            skip_or_fail("nginx is missing: .ci/system-deps --services installs nginx-light")
         start = peers.start_nginx
     with tempfile.TemporaryDirectory(prefix="webfarm-peers-test-") as tmp:
         Path(tmp).chmod(0o755)  # Apache's children (www-data) read the rnd: map (tmp_path: 0700)
