@@ -88,8 +88,11 @@ class DispatchCore:
         target = _target(scope)
         if target is None:
             return _not_origin_form(scope)
+        return self._answer(scope, target, _host(scope))
+
+    def _answer(self, scope: Scope, target: bytes, host: bytes) -> Answer:
         snapshot = self.farm.snapshot
-        now, host = time.monotonic(), _host(scope)
+        now = time.monotonic()
         headers: list[tuple[bytes, bytes]] = [(b"content-length", b"0")]
         affinity = self.affinity
         recalled = affinity.recall(scope, now) if affinity is not None else None
@@ -153,7 +156,12 @@ class DispatchCore:
         ``Location`` and the status keeps the method (307, or 308 for a permanent one).
         """
         token, rest = split_handoff(scope.get("query_string", b""))
-        status, headers, body = self.answer({**scope, "query_string": rest})  # no token left
+        plain = {**scope, "query_string": rest}  # no token left; and not relayed again: a
+        target = _target(plain)  # look-alike (``xfarm_handoff=``) stays in the query
+        if target is None:
+            status, headers, body = _not_origin_form(plain)
+        else:
+            status, headers, body = self._answer(plain, target, _host(plain))
         location = next((v for n, v in headers if n == b"location"), None)
         site = site_at(self.farm.snapshot, location) if location is not None else None
         if location is not None and site is not None and token:

@@ -11,11 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.app import DispatchApp
+from dispatcher.app import DispatchApp, DispatchCore
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.config import build_config
+from dispatcher.relay import HandoffRelay, split_handoff
+from dispatcher.session.tokens import HandoffToken
 
 
 @dataclass
@@ -153,3 +155,17 @@ async def test_never_redirects_a_client_to_where_it_already_is() -> None:
     alone = DispatchApp(farm([EU], {"eu"}))
     status, _, _ = await call(alone, b"/", host=b"127.0.0.2:9001")
     assert status == 503
+
+
+@pytest.mark.parametrize(
+    "query",
+    [b"xfarm_handoff=1", b"a=1&afarm_handoff=farm_handoff=", b"farm_handoff=&zfarm_handoff=2"],
+)
+def test_a_handoff_look_alike_in_the_query_is_kept_and_answered(query: bytes) -> None:
+    # (it used to be relayed again and again: RecursionError, a 500 from the edge)
+    relay = HandoffRelay(HandoffToken(("key-one-0123456789abcdef",), lifetime=30), name="edge")
+    core = DispatchCore(farm([EU], {"eu"}), relay=relay)
+    scope = {"type": "http", "method": "GET", "raw_path": b"/p", "query_string": query}
+    status, headers, _ = core.answer({**scope, "headers": []})
+    _, rest = split_handoff(query)
+    assert (status, dict(headers)[b"location"]) == (302, b"http://127.0.0.2:9001/p?" + rest)
