@@ -90,6 +90,23 @@ class DispatchCore:
             return _not_origin_form(scope)
         return self._answer(scope, target, _host(scope))
 
+    def answer_wire(self, scope: Scope, url: bytes, host: bytes | None) -> Answer:
+        """:meth:`answer`, for an edge that has the request target as it came (``url``;
+        the scope's ``raw_path`` and ``query_string`` are its parts, split at the first
+        ``?``) and the first ``Host`` header's value (``None`` without one): the same
+        answer, without joining again what the edge has just split, nor looking for the
+        Host header among the headers once more."""
+        relay = self.relay
+        if relay is not None and scope["query_string"].find(_PARAM) >= 0:
+            return self._relay(relay, scope)
+        if url[:1] != b"/":
+            return _not_origin_form(scope)
+        if url[-1:] == b"?" and url.find(b"?") == len(url) - 1:  # an empty query: dropped
+            url = url[:-1]
+        if 13 in url or 10 in url:  # CR, LF: as _target does
+            url = url.replace(b"\r", b"%0D").replace(b"\n", b"%0A")
+        return self._answer(scope, url, b"" if host is None else host.lower())
+
     def _answer(self, scope: Scope, target: bytes, host: bytes) -> Answer:
         snapshot = self.farm.snapshot
         now = time.monotonic()
