@@ -160,6 +160,7 @@ class Edge(Protocol):
     connections: dict[HttpConnection, None]
     now: float
     date: bytes
+    date_end: bytes  # date + CRLF: a kept-alive HTTP/1.1 answer's head ends so
     access_log: bool
     stopping: bool
 
@@ -365,8 +366,7 @@ class HttpConnection(asyncio.Protocol):
         if version is None:
             version = parser.get_http_version()
         url = self.url
-        mark = url.find(b"?")
-        path, query = (url, b"") if mark < 0 else (url[:mark], url[mark + 1 :])
+        path, _, query = url.partition(b"?")  # (cheaper than find and slices)
         scope = self.scope.copy()  # (cheaper than a dict display of nine keys)
         scope["method"] = method
         scope["raw_path"] = path
@@ -384,8 +384,10 @@ class HttpConnection(asyncio.Protocol):
             parts += (name, b": ", value, b"\r\n")
         if version == "1.0":
             parts += (edge.date, _KEEP_10 if keep_alive else _CLOSE)
+        elif keep_alive:
+            parts.append(edge.date_end)  # (the Date line and the blank line, joined once)
         else:
-            parts += (edge.date, _KEEP if keep_alive else _CLOSE)
+            parts += (edge.date, _CLOSE)
         if body and method != "HEAD":
             parts.append(body)
         self.transport.write(b"".join(parts))  # type: ignore[union-attr]
