@@ -59,6 +59,9 @@ class FixedAnswer:
     def answer(self, scope: Scope) -> Answer:
         return 302, list(self.headers), b""
 
+    def answer_wire(self, scope: Scope, url: bytes, host: bytes | None) -> Answer:
+        return 302, list(self.headers), b""
+
 
 async def serve_bare_edge(port: int, stop: asyncio.Event) -> None:
     """The fixed 302 on the dispatcher's own public edge (dispatcher.edge)."""

@@ -88,8 +88,28 @@ class DispatchCore:
         target = _target(scope)
         if target is None:
             return _not_origin_form(scope)
+        return self._answer(scope, target, _host(scope))
+
+    def answer_wire(self, scope: Scope, url: bytes, host: bytes | None) -> Answer:
+        """:meth:`answer`, for an edge that has the request target as it came (``url``;
+        the scope's ``raw_path`` and ``query_string`` are its parts, split at the first
+        ``?``) and the first ``Host`` header's value (``None`` without one): the same
+        answer, without joining again what the edge has just split, nor looking for the
+        Host header among the headers once more."""
+        relay = self.relay
+        if relay is not None and scope["query_string"].find(_PARAM) >= 0:
+            return self._relay(relay, scope)
+        if not url or url[0] != 47:  # not "/..." (indexing: half the cost of slicing)
+            return _not_origin_form(scope)
+        if url[-1] == 63 and url.find(b"?") == len(url) - 1:  # "?" and an empty query: dropped
+            url = url[:-1]
+        if 13 in url or 10 in url:  # CR, LF: as _target does
+            url = url.replace(b"\r", b"%0D").replace(b"\n", b"%0A")
+        return self._answer(scope, url, b"" if host is None else host.lower())
+
+    def _answer(self, scope: Scope, target: bytes, host: bytes) -> Answer:
         snapshot = self.farm.snapshot
-        now, host = time.monotonic(), _host(scope)
+        now = time.monotonic()
         headers: list[tuple[bytes, bytes]] = [(b"content-length", b"0")]
         affinity = self.affinity
         recalled = affinity.recall(scope, now) if affinity is not None else None
@@ -153,7 +173,12 @@ class DispatchCore:
         ``Location`` and the status keeps the method (307, or 308 for a permanent one).
         """
         token, rest = split_handoff(scope.get("query_string", b""))
-        status, headers, body = self.answer({**scope, "query_string": rest})  # no token left
+        plain = {**scope, "query_string": rest}  # no token left; and not relayed again: a
+        target = _target(plain)  # look-alike (``xfarm_handoff=``) stays in the query
+        if target is None:
+            status, headers, body = _not_origin_form(plain)
+        else:
+            status, headers, body = self._answer(plain, target, _host(plain))
         location = next((v for n, v in headers if n == b"location"), None)
         site = site_at(self.farm.snapshot, location) if location is not None else None
         if location is not None and site is not None and token:

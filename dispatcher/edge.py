@@ -60,7 +60,7 @@ class PublicEdge:
         self.connections: dict[HttpConnection, None] = {}
         self.stopping = False
         self.now = 0.0
-        self.date = b""
+        self.date = self.date_end = b""
         self._second = -1
         self._refused = 0
         self._refused_logged = -REFUSED_LOG_INTERVAL
@@ -124,6 +124,7 @@ class PublicEdge:
         if second != self._second:
             self._second = second
             self.date = b"date: " + formatdate(second, usegmt=True).encode("ascii") + b"\r\n"
+            self.date_end = self.date + b"\r\n"
 
     async def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Keep the clock, and close the connections whose deadline passed."""

@@ -111,12 +111,14 @@ FULL = fixed_response(503, "Too many connections", (b"retry-after", b"1"))
 
 _METHODS = {m: m.decode("ascii") for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE")}
 # header names the protocol itself looks at (lower case): the kind of each
-_CONTENT_LENGTH, _CHUNKED, _EXPECT, _CONNECTION = 1, 2, 3, 4
+# (and the Host header, noted for the core: not special, it costs no get_http_version)
+_CONTENT_LENGTH, _CHUNKED, _EXPECT, _CONNECTION, _HOST = 1, 2, 3, 4, 5
 _SPECIAL = {
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _CHUNKED,
     b"expect": _EXPECT,
     b"connection": _CONNECTION,
+    b"host": _HOST,
 }
 
 
@@ -144,6 +146,11 @@ class Decider(Protocol):
 
     def answer(self, scope: Scope) -> Answer: ...
 
+    def answer_wire(self, scope: Scope, url: bytes, host: bytes | None) -> Answer:
+        """``answer(scope)``, given the request target as it came and the first ``Host``
+        header's value (see :meth:`dispatcher.app.DispatchCore.answer_wire`)."""
+        ...
+
 
 class Edge(Protocol):
     """What a connection needs from its listener (see :class:`dispatcher.edge.PublicEdge`)."""
@@ -153,6 +160,7 @@ class Edge(Protocol):
     connections: dict[HttpConnection, None]
     now: float
     date: bytes
+    date_end: bytes  # date + CRLF: a kept-alive HTTP/1.1 answer's head ends so
     access_log: bool
     stopping: bool
 
@@ -173,6 +181,7 @@ class HttpConnection(asyncio.Protocol):
         "edge",
         "head_len",
         "headers",
+        "host",
         "limits",
         "lines",
         "parser",
@@ -198,6 +207,7 @@ class HttpConnection(asyncio.Protocol):
         self.scope: dict[str, Any] = _SCOPE
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None  # the first Host header's value
         self.state = WAIT
         self.count = 0  # requests answered on this connection
         self.head_len = self.lines = self.body = self.stalled = 0
@@ -277,6 +287,7 @@ class HttpConnection(asyncio.Protocol):
             self.state = HEAD
             self.url = url
             self.headers = []
+            self.host = None
             self.head_len, self.lines, self.body = len(url), 0, 0
             self.special = False
             if self.count:  # the first head's deadline runs from the accept
@@ -298,8 +309,12 @@ class HttpConnection(asyncio.Protocol):
             self._refuse(HEAD_TOO_LARGE)
             raise _Refused
         name = name.lower()
-        if name in _SPECIAL:
-            self.special = True
+        kind = _SPECIAL.get(name)
+        if kind is not None:
+            if kind != _HOST:
+                self.special = True
+            elif self.host is None:  # the first one, as the core would take it
+                self.host = value
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -351,8 +366,7 @@ class HttpConnection(asyncio.Protocol):
         if version is None:
             version = parser.get_http_version()
         url = self.url
-        mark = url.find(b"?")
-        path, query = (url, b"") if mark < 0 else (url[:mark], url[mark + 1 :])
+        path, _, query = url.partition(b"?")  # (cheaper than find and slices)
         scope = self.scope.copy()  # (cheaper than a dict display of nine keys)
         scope["method"] = method
         scope["raw_path"] = path
@@ -360,7 +374,7 @@ class HttpConnection(asyncio.Protocol):
         scope["headers"] = self.headers
         scope["http_version"] = version
         try:
-            status, headers, body = edge.core.answer(scope)
+            status, headers, body = edge.core.answer_wire(scope, url, self.host)
         except Exception:  # a bug, not the client's doing: logged, and a plain 500
             log.exception("public edge: the decision failed for %r", url[:200])
             self._refuse(INTERNAL)
@@ -370,8 +384,10 @@ class HttpConnection(asyncio.Protocol):
             parts += (name, b": ", value, b"\r\n")
         if version == "1.0":
             parts += (edge.date, _KEEP_10 if keep_alive else _CLOSE)
+        elif keep_alive:
+            parts.append(edge.date_end)  # (the Date line and the blank line, joined once)
         else:
-            parts += (edge.date, _KEEP if keep_alive else _CLOSE)
+            parts += (edge.date, _CLOSE)
         if body and method != "HEAD":
             parts.append(body)
         self.transport.write(b"".join(parts))  # type: ignore[union-attr]

@@ -47,6 +47,10 @@ class Policy:
         raise NotImplementedError
 
 
+#: The longest period (sum of weights) the weighted policy precomputes.
+CYCLE_MAX = 256
+
+
 class Weighted(Policy):
     """Smooth weighted round-robin (as nginx does it): exact shares, well interleaved.
 
@@ -58,8 +62,34 @@ class Weighted(Policy):
 
     def __init__(self) -> None:
         self._current: dict[str, int] = {}
+        # The hot path's shortcut: over a full period (``sum(weights)`` picks) smooth
+        # round-robin comes back to the state it started from, so for one candidate tuple
+        # (a snapshot's) the period's picks are computed once and then read in turn (about
+        # a quarter of the loop's cost). ``_current`` stays the state at the period's start;
+        # ``_materialise`` brings it up to date before any other call, so the picks are
+        # exactly the loop's.
+        self._bound: Sequence[Candidate] | None = None
+        self._seen: Sequence[Candidate] | None = None
+        self._schedule: list[Candidate] = []
+        self._pos = 0
+        self._last = 0
+        self._retry = 0
 
     def choose(self, candidates: Sequence[Candidate], now: float) -> Candidate | None:
+        if candidates is self._bound:
+            pos = self._pos
+            self._pos = pos + 1 if pos < self._last else 0
+            return self._schedule[pos]
+        if self._bound is not None:
+            self._materialise()
+        if candidates is self._seen and self._bind(candidates):
+            return self.choose(candidates, now)
+        # (a tuple, since a list may change; met twice in a row, so a caller that builds a
+        # new tuple for each call does not pay for a schedule each time)
+        self._seen = candidates if candidates.__class__ is tuple else None
+        return self._step(candidates)
+
+    def _step(self, candidates: Sequence[Candidate]) -> Candidate | None:
         current = self._current
         best: Candidate | None = None
         best_value = 0
@@ -75,6 +105,41 @@ class Weighted(Policy):
         if len(current) > 4 * len(candidates) + 16:
             self._forget_departed(candidates)
         return best
+
+    def _bind(self, candidates: Sequence[Candidate]) -> bool:
+        """Compute the period's picks from the current state, if the state comes back after
+        one period (it may not just after the candidates changed: then retry later)."""
+        if self._retry > 0:
+            self._retry -= 1
+            return False
+        period = sum(site.weight for site in candidates)
+        if not 0 < period <= CYCLE_MAX:
+            self._retry = CYCLE_MAX
+            return False
+        start = dict(self._current)
+        picks = [self._step(candidates) for _ in range(period)]
+        names = [site.name for site in candidates]
+        current = self._current  # (the trial's first step pruned as the loop's would)
+        back = [current.get(n) for n in names] == [start.get(n, 0) for n in names]
+        for name in names:  # as before the trial
+            if name in start:
+                current[name] = start[name]
+            else:
+                del current[name]
+        if not back:
+            self._retry = 4 * period
+            return False
+        self._schedule = [site for site in picks if site is not None]
+        self._bound, self._pos, self._last = candidates, 0, period - 1
+        return True
+
+    def _materialise(self) -> None:
+        """Bring ``_current`` up to the picks made from the schedule, and unbind."""
+        bound, pos = self._bound, self._pos
+        self._bound = None
+        if bound is not None:
+            for _ in range(pos):
+                self._step(bound)
 
     def _forget_departed(self, candidates: Sequence[Candidate]) -> None:
         names = {site.name for site in candidates}

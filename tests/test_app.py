@@ -11,11 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.app import DispatchApp
+from dispatcher.app import DispatchApp, DispatchCore
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.config import build_config
+from dispatcher.relay import HandoffRelay, split_handoff
+from dispatcher.session.tokens import HandoffToken
 
 
 @dataclass
@@ -153,3 +155,65 @@ async def test_never_redirects_a_client_to_where_it_already_is() -> None:
     alone = DispatchApp(farm([EU], {"eu"}))
     status, _, _ = await call(alone, b"/", host=b"127.0.0.2:9001")
     assert status == 503
+
+
+@pytest.mark.parametrize(
+    "query",
+    [b"xfarm_handoff=1", b"a=1&afarm_handoff=farm_handoff=", b"farm_handoff=&zfarm_handoff=2"],
+)
+def test_a_handoff_look_alike_in_the_query_is_kept_and_answered(query: bytes) -> None:
+    # (it used to be relayed again and again: RecursionError, a 500 from the edge)
+    relay = HandoffRelay(HandoffToken(("key-one-0123456789abcdef",), lifetime=30), name="edge")
+    core = DispatchCore(farm([EU], {"eu"}), relay=relay)
+    scope = {"type": "http", "method": "GET", "raw_path": b"/p", "query_string": query}
+    status, headers, _ = core.answer({**scope, "headers": []})
+    _, rest = split_handoff(query)
+    assert (status, dict(headers)[b"location"]) == (302, b"http://127.0.0.2:9001/p?" + rest)
+
+
+# --- the wire edge's way in: the same answers -------------------------------------------------
+
+TARGET_BYTES = st.binary(max_size=30) | st.sampled_from(
+    [
+        b"/",
+        b"/a?",
+        b"/a??",
+        b"/a?x=1",
+        b"/a\r\nx: y",
+        b"/\n",
+        b"/\r",
+        b"*",
+        b"",
+        b"?",
+        b"/?farm_handoff=x",
+    ]
+)
+
+
+@given(
+    st.lists(TARGET_BYTES, min_size=1, max_size=3).map(b"".join),
+    st.lists(
+        st.tuples(st.sampled_from([b"host", b"x-a"]), st.sampled_from([b"", b"A.b:1", b"h"])),
+        max_size=3,
+    ),
+    st.sampled_from(["GET", "HEAD", "OPTIONS"]),
+    st.booleans(),
+)
+def test_answer_wire_answers_as_answer_does(
+    url: bytes, headers: list[tuple[bytes, bytes]], method: str, relayed: bool
+) -> None:
+    # what the httptools edge hands the core (the target as it came, split at the first ?
+    # into the scope, and the first Host header) gets the answer the scope alone gets
+    keys = ("key-one-0123456789abcdef",)
+    relay = HandoffRelay(HandoffToken(keys, lifetime=30), name="edge") if relayed else None
+    core = DispatchCore(farm([EU], {"eu"}), relay=relay)
+    path, mark, query = url.partition(b"?")
+    scope = {
+        "type": "http",
+        "method": method,
+        "raw_path": path,
+        "query_string": query if mark else b"",
+        "headers": headers,
+    }
+    host = next((v for n, v in headers if n == b"host"), None)
+    assert core.answer_wire(dict(scope), url, host) == core.answer(dict(scope))

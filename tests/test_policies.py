@@ -80,6 +80,8 @@ def test_weighted_adapts_when_a_site_leaves() -> None:
 def test_no_candidates_means_no_choice() -> None:
     for name in POLICIES:
         assert make_policy(name).choose([], 0.0) is None
+        policy, none = make_policy(name), ()  # a snapshot's empty pool, again and again
+        assert [policy.choose(none, 0.0) for _ in range(3)] == [None, None, None]
 
 
 def test_least_load_picks_lowest_load_relative_to_weight() -> None:
@@ -272,3 +274,61 @@ async def test_a_fail_open_dispatcher_keeps_sending_clients_and_says_so(
         "pool default: every site is down, failing open: sending clients to eu, us, asia anyway",
         "pool default: no longer failing open; sites up: eu",
     ]
+
+
+NAMES = [f"s{i}" for i in range(40)]  # more than 4 * 1 + 16: departed ones are forgotten
+
+
+def reference_weighted(current: dict[str, int], candidates: list[Candidate]) -> Candidate:
+    """Smooth weighted round-robin, the plain loop (what Weighted's shortcut must equal)."""
+    best, best_value, total = candidates[0], 0, 0
+    for i, s in enumerate(candidates):
+        current[s.name] = current.get(s.name, 0) + s.weight
+        total += s.weight
+        if i == 0 or current[s.name] > best_value:
+            best, best_value = s, current[s.name]
+    current[best.name] = best_value - total
+    if len(current) > 4 * len(candidates) + 16:  # departed sites forgotten
+        names = {s.name for s in candidates}
+        for name in [n for n in current if n not in names]:
+            del current[name]
+    return best
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.sampled_from(NAMES), st.integers(1, 90)), min_size=1),
+            st.booleans(),
+            st.integers(1, 400),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_weighted_shortcut_picks_exactly_as_the_loop(
+    phases: list[tuple[list[tuple[str, int]], bool, int]],
+) -> None:
+    # phases of calls: a candidate set (a snapshot's tuple, or a list as pool.choose and
+    # least-load pass), and how many picks; the sets change between phases, as sites come
+    # and go and weights change
+    policy, current = Weighted(), dict[str, int]()
+    for pairs, as_tuple, count in phases:
+        unique = dict(pairs)
+        sites = [site(name, weight) for name, weight in unique.items()]
+        given_sites: tuple[Candidate, ...] | list[Candidate] = tuple(sites) if as_tuple else sites
+        for _ in range(count):
+            assert policy.choose(given_sites, 0.0) == reference_weighted(current, sites)
+
+
+def test_weighted_shortcut_forgets_departed_sites_when_the_loop_does() -> None:
+    # pairs of sites that come and go, a pick or a full period each, then the first return:
+    # they resume where the loop would have them (forgotten past 4 * n + 16 names)
+    policy, current = Weighted(), dict[str, int]()
+    phases = [(f"a{i}", f"b{i}") for i in range(12)] + [("a0", "b0"), ("a1", "b1")]
+    for count in (1, 3, 4):
+        for a, b in phases:
+            sites = [site(a, 2), site(b, 1)]
+            snapshot = tuple(sites)
+            for _ in range(count):
+                assert policy.choose(snapshot, 0.0) == reference_weighted(current, sites)
