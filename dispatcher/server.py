@@ -34,7 +34,7 @@ from dispatcher.redirect import RewriteError
 from dispatcher.relay import HandoffRelay
 from dispatcher.reload import plan_reload
 from dispatcher.session import HandoffToken
-from dispatcher.throttle import ThrottleFilter
+from dispatcher.throttle import throttle_warnings
 
 if TYPE_CHECKING:
     from dispatcher.control import WorkerPool
@@ -124,7 +124,7 @@ class Listener:
         )
         config.load()
         if limits is not None:  # what a stranger's bad request makes uvicorn warn about
-            _throttle_warnings(logging.getLogger("uvicorn.error"))
+            throttle_warnings(logging.getLogger("uvicorn.error"))
         self._server = uvicorn.Server(config)
         self._server.lifespan = config.lifespan_class(config)
 
@@ -140,12 +140,6 @@ class Listener:
         if self._server.started:
             await self._server.shutdown(sockets=[self.socket])
         self.socket.close()
-
-
-def _throttle_warnings(logger: logging.Logger) -> None:
-    """At most one warning line per kind per 10 s on ``logger`` (once per logger)."""
-    if not any(isinstance(f, ThrottleFilter) for f in logger.filters):
-        logger.addFilter(ThrottleFilter())
 
 
 class Swappable:

@@ -138,4 +138,17 @@ class ThrottleFilter(logging.Filter):
         return True
 
 
-__all__ = ["INTERVAL", "Pass", "Throttle", "ThrottleFilter", "ThrottledLog"]
+def throttle_warnings(logger: logging.Logger) -> None:
+    """At most one warning line per kind per interval on ``logger`` (installed once)."""
+    if not any(isinstance(f, ThrottleFilter) for f in logger.filters):
+        logger.addFilter(ThrottleFilter())
+
+
+__all__ = [
+    "INTERVAL",
+    "Pass",
+    "Throttle",
+    "ThrottleFilter",
+    "ThrottledLog",
+    "throttle_warnings",
+]

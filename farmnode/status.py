@@ -37,7 +37,7 @@ from typing import Any
 
 import uvicorn
 
-from dispatcher.throttle import ThrottleFilter
+from dispatcher.throttle import throttle_warnings
 from farmnode.config import NodeSettings, parse_address
 from farmnode.errors import ConfigError, ListenError
 
@@ -153,9 +153,7 @@ class StatusListener:
             limit_concurrency=MAX_CONNECTIONS,
         )
         config.load()
-        uvicorn_errors = logging.getLogger("uvicorn.error")
-        if not any(isinstance(f, ThrottleFilter) for f in uvicorn_errors.filters):
-            uvicorn_errors.addFilter(ThrottleFilter())  # bad requests: a line per 10 s
+        throttle_warnings(logging.getLogger("uvicorn.error"))  # bad requests: a line per 10 s
         self._server = uvicorn.Server(config)
         self._server.lifespan = config.lifespan_class(config)
         self._closed = False
