@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dispatcher.backends.snapshot import PoolView
-from dispatcher.policies import Candidate
+from dispatcher.placement.model import Candidate
 from dispatcher.session import AffinityStamp
 from dispatcher.session.tokens import AFFINITY_COOKIE
 

@@ -10,25 +10,8 @@ the network. Implementations are chosen by name from :data:`POLICIES`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A site that may take new clients, as the current snapshot sees it.
-
-    ``location_base`` is ``base_url`` as bytes, ready to prefix a redirect target;
-    ``load`` is the last reported utilisation (0..1) and ``load_at`` the monotonic time it
-    was received, both ``None`` when the site never reported.
-    """
-
-    name: str
-    base_url: str
-    weight: int
-    location_base: bytes = b""
-    netloc: bytes = b""
-    load: float | None = None
-    load_at: float | None = None
+from dispatcher.placement.model import Candidate
 
 
 class Policy:

@@ -17,9 +17,9 @@ from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import PoolView, build_snapshot
 from dispatcher.config import build_config
+from dispatcher.placement.model import Candidate
 from dispatcher.policies import (
     POLICIES,
-    Candidate,
     Failover,
     LeastLoad,
     Policy,

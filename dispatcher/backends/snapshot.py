@@ -22,7 +22,8 @@ from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.store import LoadReport
 from dispatcher.config import Config, PoolConfig
-from dispatcher.policies import Candidate, Policy, make_policy
+from dispatcher.placement.model import Candidate
+from dispatcher.policies import Policy, make_policy
 from dispatcher.redirect import RewriteProgram
 
 log = logging.getLogger("webfarm.farm")
