@@ -519,7 +519,8 @@ def test_state_stays_bounded_under_random_site_names(rounds: list[list[tuple[str
             for name, load in dict(round_).items()
         )
         policy.order(farm, NOW, Location(country="FR"), 3)
-        assert len(policy.shedding) <= 2 * len(farm) + 16
+        if farm:  # (no candidates: nothing is placed, the state stays as it was)
+            assert len(policy.shedding) <= 2 * len(farm) + 16
         assert len(policy._boards) <= MAX_BOARDS
         assert len(policy._rotations) <= MAX_ROTATIONS
 
@@ -544,3 +545,32 @@ def test_choose_order_and_consider_agree(farm: tuple[Candidate, ...], where: Loc
     assert sorted(c.name for c in ordered) == sorted(c.name for c in farm)
     assert [v.site for v in verdicts if v.verdict == TAKEN] == [chosen.name]
     assert sorted(v.site for v in verdicts) == sorted(c.name for c in farm)
+
+
+toml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50) | st.datetimes(),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(st.sampled_from(sorted(Nearest.options)), toml_values)
+def test_any_option_value_parses_in_range_or_names_its_key(key: str, raw: object) -> None:
+    option = Nearest.options[key]
+    error: ConfigError | None = None
+    try:
+        value = option.parse(raw, f"pools.eu.{key}")
+    except ConfigError as exc:
+        error = exc
+    if error is not None:
+        assert error.path == f"pools.eu.{key}"
+        assert len(str(error)) < 200
+        return
+    assert type(value) is type(option.default)
+    assert math.isfinite(value)
+    settings = {key: value}
+    if key == "low_watermark":
+        settings["high_watermark"] = 1.0
+    Nearest(settings)  # a parsed value always makes a policy
