@@ -4,6 +4,7 @@ against a brute-force reference (hypothesis), IPv4 and IPv6."""
 from __future__ import annotations
 
 import ipaddress
+import pickle
 from typing import Any
 
 import pytest
@@ -203,3 +204,13 @@ def test_match_against_the_standard_library() -> None:
             key=lambda n: n.length,
         )
         assert table.match(int(address)) == expected
+
+
+def test_the_map_pickles_to_equal_entries() -> None:
+    networks = parse_networks(
+        [
+            {"prefix": "10.0.0.0/8", "region": "a", "coordinates": [1, 2]},
+            {"prefix": "2001:db8::/32", "country": "NZ", "asn": 7},
+        ]
+    )
+    assert pickle.loads(pickle.dumps(networks)) == networks
