@@ -11,6 +11,7 @@ import pytest
 
 from dispatcher.config import build_config, load_config
 from dispatcher.errors import ConfigError
+from dispatcher.wire import HEADER, WorkerState, decode_state, encode_state, for_workers
 from tests.conftest import ADMIN_TOKEN, run_cli
 from tests.geodata import asn, city, write_mmdb
 
@@ -141,3 +142,18 @@ def test_check_config_reports_the_locator(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "networks[0].prefix: a network without host bits" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_configuration_travels_to_workers_with_its_map_and_files(tmp_path: Path) -> None:
+    """A worker gets the configuration by pickle (dispatcher.wire) and builds the same
+    locator from it, opening the database files itself."""
+    write_mmdb(tmp_path / "city.mmdb", {"192.0.2.0/24": city("FR", "EU")})
+    networks = '[[networks]]\nprefix = "127.1.0.0/16"\nregion = "eu"\n'
+    config = load_config(_config(tmp_path, 'geoip_database = "city.mmdb"', networks), environ={})
+    state = WorkerState(1, for_workers(config), 1, config.sites, {}, {}, None)
+    shipped = decode_state(encode_state(state)[HEADER.size :])
+    assert isinstance(shipped, WorkerState)
+    assert shipped.config.networks == config.networks
+    locator = shipped.config.locator()
+    assert locator.locate("192.0.2.1").country == "FR"
+    assert locator.locate("127.1.0.1").region == "eu"
