@@ -37,6 +37,8 @@ CONTINENT_OF: Mapping[str, str] = MappingProxyType(
 #: Every officially assigned ISO 3166-1 alpha-2 code (upper case).
 COUNTRIES = frozenset(CONTINENT_OF)
 
+_CANONICAL = {code: code for code in CONTINENT_OF}
+
 #: Codes the Regional Internet Registries use for blocks of a whole region, not a country:
 #: they give a continent and no country.
 REGION_CODES: Mapping[str, str] = MappingProxyType({"EU": "EU", "AP": "AS"})
@@ -48,11 +50,10 @@ def country_and_continent(code: object) -> tuple[str | None, str | None]:
     alone, or ``(None, None)``."""
     if not isinstance(code, str) or len(code) != 2:
         return None, None
-    upper = code.upper()
-    continent = CONTINENT_OF.get(upper)
-    if continent is not None:
-        return upper, continent
-    return None, REGION_CODES.get(upper)
+    upper = _CANONICAL.get(code.upper())  # the table's own string: one object per code
+    if upper is None:
+        return None, REGION_CODES.get(code.upper())
+    return upper, CONTINENT_OF[upper]
 
 
 __all__ = ["CONTINENTS", "CONTINENT_OF", "COUNTRIES", "REGION_CODES", "country_and_continent"]

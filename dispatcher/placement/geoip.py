@@ -38,6 +38,9 @@ MAX_DATABASE_BYTES = 1 << 30
 PROBES = ("1.1.1.1", "8.8.8.8", "193.0.14.129", "202.12.27.33", "2001:500:2f::f", "2a00::1")
 
 
+_CONTINENTS = {code: code for code in CONTINENTS}  # one string object per continent
+
+
 class Found(NamedTuple):
     """What a database knows of an address. ``length`` is the prefix length of the
     database's network the address is in (``None`` when unknown): the answer holds for every
@@ -126,8 +129,8 @@ def read_record(record: object, length: int | None) -> Found:
         _code(record.get("country")) or _code(record.get("registered_country"))
     )
     stated = _code(record.get("continent"))
-    if isinstance(stated, str) and stated.upper() in CONTINENTS:
-        continent = stated.upper()
+    if isinstance(stated, str):
+        continent = _CONTINENTS.get(stated.upper(), continent)
     asn = _asn(record.get("autonomous_system_number", record.get("asn")))
     location = record.get("location")
     coordinates = _coordinates(location if isinstance(location, dict) else record)

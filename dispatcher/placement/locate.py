@@ -102,6 +102,7 @@ class Locator:
             if n.length > BUCKET[n.version]
         )
         self._cache: dict[bytes, Location] = {}
+        self._shared: dict[tuple[Any, ...], Location] = {}  # one object per distinct answer
         self._idle = not self.networks and not self.databases
 
     # --- the hot path ---
@@ -145,6 +146,8 @@ class Locator:
         location = _combine(entry, found, version, value)
         if len(cache) >= self.cache_size:
             cache.clear()
+            self._shared.clear()
+        location = self._shared.setdefault(_fields(location), location)
         if finer or (found.length is not None and found.length > BUCKET[version]):
             cache[key] = _FINER
             cache[packed] = location
@@ -229,6 +232,18 @@ def _combine(entry: Network | None, found: Found, version: int, value: int) -> L
         country=country,
         continent=continent,
         coordinates=entry.coordinates or found.coordinates,
+    )
+
+
+def _fields(location: Location) -> tuple[Any, ...]:
+    return (
+        location.source,
+        location.prefix,
+        location.region,
+        location.asn,
+        location.country,
+        location.continent,
+        location.coordinates,
     )
 
 
