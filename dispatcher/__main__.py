@@ -116,7 +116,10 @@ def _check_config(args: argparse.Namespace) -> int:
         program = _rules(config.dispatcher.rules, config.pools, config.source)
         rules = f", {program.rule_count} rewrite rule(s)"
     pools = ", ".join(config.pools)
-    print(f"{config.source}: ok ({len(config.sites)} site(s), pools: {pools}{rules})")
+    locator = config.locator()
+    located = locator.describe()
+    locator.close()
+    print(f"{config.source}: ok ({len(config.sites)} site(s), pools: {pools}{rules}; {located})")
     return EXIT_OK
 
 

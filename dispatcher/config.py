@@ -30,8 +30,11 @@ from dispatcher.backends.sites import (
     parse_check,
     parse_site,
 )
-from dispatcher.errors import ConfigError, InvalidValue
+from dispatcher.errors import ConfigError, GeoDatabaseError, InvalidValue
 from dispatcher.files import MAX_RULES_BYTES, read_regular_file
+from dispatcher.placement.geoip import check_database
+from dispatcher.placement.locate import Locator
+from dispatcher.placement.prefixes import Network, parse_networks
 from dispatcher.session.cookies import CookieAttributes
 
 POLICY_NAMES = ("weighted", "least-load", "failover")
@@ -47,6 +50,8 @@ MAX_AFFINITY_LIFETIME = 400 * 86_400
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 #: The largest rewrite rule file (bytes).
 ENVIRONMENT = "<environment>"
+#: IP-location databases ``geoip_database`` may name (a City file and an ASN file, say).
+MAX_GEOIP_DATABASES = 4
 
 T = TypeVar("T")
 
@@ -92,6 +97,7 @@ class DispatcherSettings:
     max_connections: int = 10_000
     graceful_timeout: float = 10.0
     database_timeout: float = 5.0
+    geoip_database: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,7 @@ class Config:
     sites: tuple[SiteSpec, ...]
     source: str = "<defaults>"
     base_dir: Path = field(default_factory=Path.cwd)
+    networks: tuple[Network, ...] = ()
 
     @property
     def rules_base_dir(self) -> Path:
@@ -114,6 +121,15 @@ class Config:
         """The redirect status for ``pool``: its own, or the dispatcher's."""
         override = self.pools[pool].redirect_status
         return override if override is not None else self.dispatcher.redirect_status
+
+    def locator(self) -> Locator:
+        """Where clients are: the prefix map (``[[networks]]``) and ``geoip_database`` (the
+        files opened now; one that became unusable since validation is a ConfigError)."""
+        try:
+            return Locator(self.networks, [str(p) for p in self.dispatcher.geoip_database])
+        except GeoDatabaseError as exc:
+            where = "dispatcher.geoip_database"
+            raise ConfigError(self.source, where, _geoip_expected(exc)) from None
 
 
 # --- building -------------------------------------------------------------------------
@@ -168,15 +184,19 @@ def printable(text: str) -> str:
 
 
 def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir: Path) -> Config:
-    _only_keys(raw, "", {"dispatcher", "pools", "sites"})
+    _only_keys(raw, "", {"dispatcher", "pools", "sites", "networks"})
     settings = _dispatcher_settings(_table(raw, "dispatcher"), env, source)
     settings = replace(
         settings,
         database_url=_anchor_sqlite(settings.database_url, base_dir),
         rules=base_dir / settings.rules if settings.rules else None,
+        geoip_database=tuple(base_dir / path for path in settings.geoip_database),
     )
     if settings.rules is not None:
         _check_rules_file(settings.rules)
+    networks = parse_networks(raw.get("networks", []))
+    geoip_key = "FARM_GEOIP_DATABASE" if "FARM_GEOIP_DATABASE" in env else None
+    _check_geoip(settings.geoip_database, geoip_key or "dispatcher.geoip_database")
     pools = _pools(_table(raw, "pools"))
     if settings.default_pool not in pools:
         if settings.default_pool != "default":
@@ -188,7 +208,20 @@ def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir
     for name, pool in pools.items():
         if pool.fallback != "sorry":
             check_not_self(pool.fallback, settings, f"pools.{name}.fallback")
-    return Config(settings, pools, sites, source=source, base_dir=base_dir)
+    return Config(settings, pools, sites, source=source, base_dir=base_dir, networks=networks)
+
+
+def _check_geoip(paths: tuple[Path, ...], field_name: str) -> None:
+    """Each ``geoip_database`` file opens as a MaxMind DB (and is closed again)."""
+    for path in paths:
+        try:
+            check_database(path)
+        except GeoDatabaseError as exc:
+            raise InvalidValue(field_name, _geoip_expected(exc)) from None
+
+
+def _geoip_expected(exc: GeoDatabaseError) -> str:
+    return f"a MaxMind DB file (.mmdb): {exc.path}: {exc.reason}"
 
 
 def _check_rules_file(path: Path) -> None:
@@ -258,6 +291,7 @@ def _dispatcher_settings(
         "max_connections": _whole(raw, p, "max_connections", d.max_connections, 1, 1_000_000),
         "graceful_timeout": _seconds(raw, p, "graceful_timeout", d.graceful_timeout, 0.0, 600.0),
         "database_timeout": _seconds(raw, p, "database_timeout", d.database_timeout, 0.1, 60.0),
+        "geoip_database": _geoip_paths(raw.get("geoip_database", []), f"{p}.geoip_database"),
     }
     _environment_overrides(values, env)
     database_key = "FARM_DATABASE_URL" if env.get("FARM_DATABASE_URL", "").strip() else None
@@ -277,6 +311,10 @@ def _environment_overrides(values: dict[str, Any], env: Mapping[str, str]) -> No
     """``FARM_DATABASE_URL``, ``FARM_SECRET_KEYS`` and ``FARM_ADMIN_TOKENS`` win over the file."""
     if url := env.get("FARM_DATABASE_URL", "").strip():
         values["database_url"] = url
+    if "FARM_GEOIP_DATABASE" in env:
+        values["geoip_database"] = _geoip_paths(
+            [p for p in env["FARM_GEOIP_DATABASE"].split(os.pathsep) if p], "FARM_GEOIP_DATABASE"
+        )
     for var, key in (("FARM_SECRET_KEYS", "secret_keys"), ("FARM_ADMIN_TOKENS", "admin_tokens")):
         if var in env:
             items = tuple(item.strip() for item in env[var].split(",") if item.strip())
@@ -390,6 +428,22 @@ def _optional_path(raw: Mapping[str, Any], path: str, key: str, expected: str) -
     if not value.isprintable() or len(value) > MAX_PATH:
         raise InvalidValue(f"{path}.{key}", f"{expected}: printable, at most {MAX_PATH} characters")
     return Path(value) if value else None
+
+
+def _geoip_paths(value: Any, field_name: str) -> tuple[Path, ...]:
+    """One path or an array of paths (at most :data:`MAX_GEOIP_DATABASES`), printable."""
+    expected = f"the path of a MaxMind DB file, or an array of at most {MAX_GEOIP_DATABASES} paths"
+    paths = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(paths, list)
+        or len(paths) > MAX_GEOIP_DATABASES
+        or not all(isinstance(p, str) and p and p.isprintable() for p in paths)
+        or any(len(p) > MAX_PATH for p in paths)
+    ):
+        raise InvalidValue(field_name, f"{expected} (printable, non-empty), got {value!r:.200}")
+    if len(set(paths)) != len(paths):
+        raise InvalidValue(field_name, f"{expected}, each once, got {value!r:.200}")
+    return tuple(Path(p) for p in paths)
 
 
 def _handoff_name(raw: Mapping[str, Any], path: str, default: str) -> str:

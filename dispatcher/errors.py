@@ -83,3 +83,16 @@ class ListenError(DispatcherError):
         self.address = address
         self.reason = reason
         super().__init__(f"cannot listen on {address}: {reason}")
+
+
+class GeoDatabaseError(DispatcherError):
+    """An IP-location database (``geoip_database``) cannot be used.
+
+    ``path`` names the file and ``reason`` what is wrong with it (missing, not a regular
+    file, too large, not a MaxMind DB, corrupt).
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")

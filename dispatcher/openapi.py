@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dispatcher import __version__
+from dispatcher.placement.countries import COUNTRIES
 
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 # the start of what the two formats say, as far as a pattern can (the formats are exact)
@@ -88,6 +89,26 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
         "weight": {"type": "integer", "minimum": 0, "maximum": 10000},
         "drained": {"type": "boolean"},
         "check": {"$ref": "#/components/schemas/Check"},
+        "region": {
+            "type": ["string", "null"],
+            "pattern": NAME_PATTERN,
+            "description": "where the site is, for the nearest policy (compared without case;"
+            " shown in lower case); null: none",
+        },
+        "country": {
+            "enum": [*sorted(COUNTRIES), None],
+            "description": "ISO 3166-1 alpha-2 (lower case accepted); null: none",
+        },
+        "coordinates": {
+            "type": ["array", "null"],
+            "prefixItems": [
+                {"type": "number", "minimum": -90, "maximum": 90},
+                {"type": "number", "minimum": -180, "maximum": 180},
+            ],
+            "items": False,
+            "minItems": 2,
+            "description": "[latitude, longitude] in degrees; null: none",
+        },
     }
     site_changes = {k: v for k, v in site_fields.items() if k != "name"}
     return {

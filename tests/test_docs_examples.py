@@ -2,10 +2,11 @@
 every link points at a file of the repository.
 
 A ```` ```toml ```` block is a dispatcher configuration when it has ``[dispatcher]``,
-``[pools.*]`` or ``[[sites]]``, a farmnode configuration otherwise. A block that shows only
-part of a file (``[[groups]]`` without ``[cluster]``, one ``[[services]]``) is completed with
-the least that makes it a whole file (a ``[node]``, a ``[cluster]``) and checked; a block
-that cannot stand on its own says so with ``# fragment`` on its first line (keep that rare).
+``[pools.*]``, ``[[sites]]`` or ``[[networks]]``, a farmnode configuration otherwise. A
+block that shows only part of a file (``[[groups]]`` without ``[cluster]``, one
+``[[services]]``) is completed with the least that makes it a whole file (a ``[node]``, a
+``[cluster]``) and checked; a block that cannot stand on its own says so with
+``# fragment`` on its first line (keep that rare).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tests.tomlwrite import dumps
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 BLOCK = re.compile(r"^([ \t]*)```toml\n(.*?)^\1```", re.DOTALL | re.MULTILINE)
-DISPATCHER_TABLES = {"dispatcher", "pools", "sites"}
+DISPATCHER_TABLES = {"dispatcher", "pools", "sites", "networks"}
 CLUSTER = {
     "name": "docs",
     "key": "docs-example-cluster-key-0123456789",

@@ -31,7 +31,8 @@ class Base(DeclarativeBase):
 
 
 class SiteRow(Base):
-    """A registered site. ``check`` holds the health check's settings as JSON."""
+    """A registered site. ``check`` holds the health check's settings as JSON; ``region``,
+    ``country``, ``latitude`` and ``longitude`` where it is (``NULL``: not configured)."""
 
     __tablename__ = "sites"
 
@@ -43,6 +44,10 @@ class SiteRow(Base):
     check: Mapped[dict[str, object]] = mapped_column(JSON)
     position: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    region: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    country: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    latitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    longitude: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class LoadRow(Base):

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dispatcher.errors import InvalidValue
+from dispatcher.placement.topology import check_coordinates, check_country, check_region
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 MAX_WEIGHT = 10_000
@@ -21,7 +22,8 @@ MAX_EXPECT = 1024
 SHOWN = 80  # characters of an offending value quoted in an error
 MIN_INTERVAL = 0.1  # seconds between probes: faster is busy polling, not health checking
 MIN_TIMEOUT = 0.05
-SITE_KEYS = frozenset({"name", "base_url", "pool", "weight", "check", "drained"})
+TOPOLOGY_KEYS = frozenset({"region", "country", "coordinates"})
+SITE_KEYS = frozenset({"name", "base_url", "pool", "weight", "check", "drained"}) | TOPOLOGY_KEYS
 CHECK_KEYS = frozenset({"url", "expect", "interval", "timeout", "rise", "fall"})
 
 
@@ -53,7 +55,12 @@ class CheckSpec:
 
 @dataclass(frozen=True, slots=True)
 class SiteSpec:
-    """A site clients can be sent to. ``base_url`` never ends with ``/``."""
+    """A site clients can be sent to. ``base_url`` never ends with ``/``.
+
+    ``region`` (lower case), ``country`` (ISO 3166-1 alpha-2, upper case) and
+    ``coordinates`` (latitude, longitude) say where it is, for the ``nearest`` policy;
+    ``None`` when not configured (then located from ``base_url`` where it can be).
+    """
 
     name: str
     base_url: str
@@ -62,6 +69,9 @@ class SiteSpec:
     check: CheckSpec = field(default_factory=CheckSpec)
     drained: bool = False
     position: int = 0
+    region: str | None = None
+    country: str | None = None
+    coordinates: tuple[float, float] | None = None
 
     @property
     def check_url(self) -> str:
@@ -78,6 +88,9 @@ class SiteSpec:
             "weight": self.weight,
             "check": self.check.as_dict(),
             "drained": self.drained,
+            "region": self.region,
+            "country": self.country,
+            "coordinates": list(self.coordinates) if self.coordinates is not None else None,
         }
 
 
@@ -97,6 +110,7 @@ def parse_site(raw: Any, *, position: int = 0) -> SiteSpec:
         check=parse_check(raw.get("check", {})),
         drained=check_bool(raw.get("drained", False), "drained"),
         position=position,
+        **_topology(raw),
     )
 
 
@@ -119,7 +133,17 @@ def update_site(site: SiteSpec, changes: Any) -> SiteSpec:
     if "check" in changes:
         merged = {**site.check.as_dict(), **_mapping(changes["check"], "check")}
         new = replace(new, check=parse_check(merged))
-    return new
+    return replace(new, **_topology(changes))
+
+
+def _topology(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The topology fields ``raw`` sets: ``None`` (JSON ``null``) clears one."""
+    checks = {"region": check_region, "country": check_country, "coordinates": check_coordinates}
+    return {
+        key: None if raw[key] is None else checks[key](raw[key], key)
+        for key in TOPOLOGY_KEYS
+        if key in raw
+    }
 
 
 def parse_check(raw: Any) -> CheckSpec:

@@ -255,6 +255,7 @@ class SqlSiteStore(SiteStore):
             new = change(_spec(row))
             row.base_url, row.pool, row.weight = new.base_url, new.pool, new.weight
             row.drained, row.check = new.drained, new.check.as_dict()
+            _set_topology(row, new)
             row.updated_at = _now()
             registry.revision += 1
             return _spec(row)
@@ -456,7 +457,7 @@ class _Transaction:
 
 
 def _row(site: SiteSpec, position: int) -> SiteRow:
-    return SiteRow(
+    row = SiteRow(
         name=site.name,
         base_url=site.base_url,
         pool=site.pool,
@@ -466,9 +467,19 @@ def _row(site: SiteSpec, position: int) -> SiteRow:
         position=position,
         updated_at=_now(),
     )
+    _set_topology(row, site)
+    return row
+
+
+def _set_topology(row: SiteRow, site: SiteSpec) -> None:
+    row.region, row.country = site.region, site.country
+    row.latitude, row.longitude = site.coordinates or (None, None)
 
 
 def _spec(row: SiteRow) -> SiteSpec:
+    coordinates = None
+    if row.latitude is not None and row.longitude is not None:
+        coordinates = (row.latitude, row.longitude)
     return SiteSpec(
         name=row.name,
         base_url=row.base_url,
@@ -477,6 +488,9 @@ def _spec(row: SiteRow) -> SiteSpec:
         check=parse_check(row.check),
         drained=row.drained,
         position=row.position,
+        region=row.region,
+        country=row.country,
+        coordinates=coordinates,
     )
 
 
