@@ -573,4 +573,6 @@ def test_any_option_value_parses_in_range_or_names_its_key(key: str, raw: object
     settings = {key: value}
     if key == "low_watermark":
         settings["high_watermark"] = 1.0
+    if key == "high_watermark":
+        settings["low_watermark"] = 0.0
     Nearest(settings)  # a parsed value always makes a policy
