@@ -22,7 +22,7 @@ A network not seen for ``forget_after`` seconds (default :data:`FORGET_AFTER`, a
 forgotten.
 
 **Memory.** At most ``max_networks`` networks (default :data:`MAX_NETWORKS`, 65,536; about
-25 MB at most): when the table is full, the eighth with the lowest decayed count (the least
+15 MB at most): when the table is full, the eighth with the lowest decayed count (the least
 sampled and the stalest) is evicted in one go, so a flood of connections from new networks
 costs a sort now and then, not a scan per connection, and cannot push out networks that
 many samples stand behind.
