@@ -24,7 +24,14 @@ from dispatcher.backends.snapshot import Load, Snapshot, build_snapshot
 from dispatcher.backends.store import LoadReport, SiteStore, StoredRules
 from dispatcher.config import Config, check_not_self
 from dispatcher.errors import InvalidValue, StoreError, StoreUnavailable
-from dispatcher.placement.rtt import EMPTY_VIEW, LearnedRtt, RttEntry, RttReport, build_view
+from dispatcher.placement.rtt import (
+    EMPTY_VIEW,
+    RTT_REBUILD_EVERY,
+    LearnedRtt,
+    RttEntry,
+    RttReport,
+    build_view,
+)
 from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules, load_rules
 from dispatcher.throttle import ThrottledLog
@@ -47,7 +54,8 @@ class Farm:
     ``worker_views`` (if set) lists the worker processes: pid, the state generation each
     acked last, restarts (for a status view). ``rtt_view`` is what the sites' switches
     learned of client networks' RTT (:mod:`dispatcher.placement.rtt`), rebuilt off the event
-    loop when a site's table arrives or ages out.
+    loop when a site's table arrives or ages out, at most once per ``rtt_rebuild_every``
+    seconds (what arrives meanwhile waits for the next refresh).
     """
 
     def __init__(self, config: Config, store: SiteStore, prober: Prober | None = None) -> None:
@@ -62,6 +70,8 @@ class Farm:
         self._rules: RewriteProgram | None = None
         self._rtt = LearnedRtt()
         self.rtt_view = EMPTY_VIEW
+        self.rtt_rebuild_every = RTT_REBUILD_EVERY
+        self._rtt_next_build = 0.0
         self._refreshing = asyncio.Lock()
         self._in_flight: set[asyncio.Task[Any]] = set()
         self.on_change: Callable[[], None] | None = None
@@ -199,22 +209,28 @@ class Farm:
         return report
 
     async def _refresh_rtt(self) -> bool:
-        """Read the RTT tables other replicas stored and forget the stale ones; ``True``
-        when the view changed."""
+        """Read the RTT tables other replicas stored, forget the stale ones, rebuild the
+        view if it is behind (and due); ``True`` when the view changed."""
         now = _now()
         stamps = await self._io(self.store.rtt_stamps)
         wanted = self._rtt.wanted(stamps, now)
         fetched = await self._io(self.store.rtt_tables, wanted) if wanted else {}
-        if not self._rtt.merge(stamps, fetched.values(), now):
-            return False
-        await self._rebuild_rtt()
-        return True
+        self._rtt.merge(stamps, fetched.values(), now)
+        return await self._rebuild_rtt()
 
-    async def _rebuild_rtt(self) -> None:
+    async def _rebuild_rtt(self) -> bool:
+        """Build the view of the tables held, in a thread, unless it is up to date or the
+        last build is less than ``rtt_rebuild_every`` seconds old; ``True`` if replaced."""
         generation, reports = self._rtt.current()
+        now = time.monotonic()
+        if generation == self.rtt_view.generation or now < self._rtt_next_build:
+            return False
+        self._rtt_next_build = now + self.rtt_rebuild_every
         view = await asyncio.to_thread(build_view, reports, generation)
-        if view.generation > self.rtt_view.generation:  # not one built from an older state
-            self.rtt_view = view
+        if view.generation <= self.rtt_view.generation:  # one built from a newer state won
+            return False
+        self.rtt_view = view
+        return True
 
     # --- rewrite rules ---
 

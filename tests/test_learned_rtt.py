@@ -5,6 +5,7 @@ its worker processes' state."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import pickle
@@ -40,6 +41,7 @@ async def farm(
     config_file = tmp_path / "farm.toml"
     config_file.write_text(farm_toml({"eu": (sites["eu"], 1)}, database_url=database_url))
     running = RunningDispatcher(await RunningDispatcher.start_runner(config_file))
+    running.runner.farm.rtt_rebuild_every = 0  # every table in force at once
     try:
         yield running
     finally:
@@ -137,6 +139,8 @@ async def replicas(database_url: str) -> AsyncIterator[tuple[Farm, Farm]]:
     stores[0].upgrade()
     stores[0].seed([EU, US])
     farms = (Farm(config, stores[0]), Farm(config, stores[1]))
+    for farm in farms:
+        farm.rtt_rebuild_every = 0
     try:
         for farm in farms:
             await farm.refresh()
@@ -188,3 +192,17 @@ async def test_a_table_older_than_the_max_age_is_ignored(replicas: tuple[Farm, F
     )
     await a.refresh()
     assert a.snapshot.rtt.lookup("198.51.100.1") == {"us": (0.03, 2)}
+
+
+async def test_views_are_built_at_most_once_per_interval(replicas: tuple[Farm, Farm]) -> None:
+    a, _ = replicas
+    a.rtt_rebuild_every = 0.5
+    await a.report_load("eu", 0.5, 3, (RttEntry("192.0.2.0/24", 0.012, 9),))
+    assert a.snapshot.rtt.lookup("192.0.2.7") == {"eu": (0.012, 9)}  # the first at once
+    await a.report_load("us", 0.5, 3, (RttEntry("192.0.2.0/24", 0.050, 2),))
+    assert a.snapshot.rtt.lookup("192.0.2.7") == {"eu": (0.012, 9)}  # the next one waits
+    await a.refresh()
+    assert "us" not in a.snapshot.rtt.lookup("192.0.2.7")
+    await asyncio.sleep(0.5)
+    assert "1 new load" not in await a.refresh()  # no new load, but a new view
+    assert a.snapshot.rtt.lookup("192.0.2.7") == {"eu": (0.012, 9), "us": (0.050, 2)}

@@ -29,7 +29,7 @@ import pickle
 import re
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -45,6 +45,8 @@ MAX_VIEW_PAIRS = 200_000
 MAX_RTT = 60.0
 #: The largest sample count a report may carry.
 MAX_SAMPLES = 2**31 - 1
+#: Seconds between two builds of the view at least (tables that arrive meanwhile wait).
+RTT_REBUILD_EVERY = 10.0
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 _HEXTET = r"(?:0|[1-9a-f][0-9a-f]{0,3})"
@@ -75,11 +77,27 @@ class RttEntry(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class RttReport:
-    """A site's latest RTT table; ``reported_at`` is wall-clock UTC (shared by replicas)."""
+    """A site's latest RTT table; ``reported_at`` is wall-clock UTC (shared by replicas).
+
+    Every entry's network is valid (:func:`is_network`): the admin API checked it, or
+    :func:`entries_from_rows` did.
+    """
 
     site: str
     entries: tuple[RttEntry, ...]
     reported_at: dt.datetime
+    _keyed: tuple[tuple[Key, float, int], ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def keyed(self) -> tuple[tuple[Key, float, int], ...]:
+        """The entries with their view keys, best-sampled first (worked out once)."""
+        if self._keyed is None:
+            ordered = sorted(self.entries, key=lambda e: -e.samples)
+            keyed = tuple((_key(e.network), e.rtt, e.samples) for e in ordered)
+            object.__setattr__(self, "_keyed", keyed)
+            return keyed
+        return self._keyed
 
 
 def is_network(text: object) -> bool:
@@ -91,12 +109,19 @@ def network_key(network: str) -> Key:
     """The view's key of a network that :func:`is_network` accepts (``ValueError`` else)."""
     if not is_network(network):
         raise ValueError(f"not a canonical /24 or /48 network: {network!r}")
-    if network.endswith("/24"):
-        return network[: -len(".0/24")]
-    head = network[: -len("::/48")]
-    groups = [int(group, 16) for group in head.split(":")] if head else []
-    groups += [0] * (3 - len(groups))
-    return (groups[0] << 32) | (groups[1] << 16) | groups[2]
+    return _key(network)
+
+
+def _key(network: str) -> Key:
+    """:func:`network_key` of a network known to be valid."""
+    if network[-3:] == "/24":
+        return network[:-5]  # "192.0.2.0/24" -> "192.0.2"
+    head = network[:-5]  # "2001:db8::/48" -> "2001:db8"
+    value = 0
+    groups = head.split(":") if head else []
+    for group in groups:
+        value = value << 16 | int(group, 16)
+    return value << 16 * (3 - len(groups))
 
 
 _EMPTY: Mapping[str, RttSample] = MappingProxyType({})
@@ -262,15 +287,11 @@ def build_view(
     reports: Iterable[RttReport], generation: int = 0, max_pairs: int = MAX_VIEW_PAIRS
 ) -> RttView:
     """The view of these reports; over ``max_pairs`` pairs, each site keeps its
-    ``max_pairs // sites`` best-sampled networks. Slow for big tables: run it off the loop."""
+    ``max_pairs // sites`` best-sampled networks. Slow for big tables (about a microsecond
+    per pair): run it off the event loop."""
     reports = [r for r in reports if r.entries]
     quota = max_pairs // len(reports) if reports else 0
-    tables = []
-    for report in reports:
-        entries: Iterable[RttEntry] = report.entries
-        if len(report.entries) > quota:
-            entries = sorted(report.entries, key=lambda e: -e.samples)[:quota]
-        tables.append((report.site, [(network_key(e.network), e.rtt, e.samples) for e in entries]))
+    tables = [(report.site, report.keyed()[:quota]) for report in reports]
     return RttView(tables, generation=generation)
 
 
@@ -365,6 +386,7 @@ __all__ = [
     "MAX_VIEW_PAIRS",
     "NETWORK_PATTERN",
     "RTT_MAX_AGE",
+    "RTT_REBUILD_EVERY",
     "LearnedRtt",
     "RttEntry",
     "RttReport",

@@ -279,6 +279,7 @@ async def test_reports_carry_the_rtt_table_once_per_interval(
         settings(admin_url(dispatcher)), measuring(1), rtt=table, rtt_interval=60, clock=clock
     )
     farm = dispatcher.runner.farm
+    farm.rtt_rebuild_every = 0  # every table in force at once
     try:
         assert await reporter.report_once() == "reported load 0.100 (1 conn)"  # nothing yet
         assert "rtt" not in (reporter.status()["body"] or {})
@@ -333,6 +334,7 @@ interval = 0.1
     async with id_servers("a") as (a,):
         port = _closed_port()
         config = node_config(service_toml("web", port, [a]), report=report)
+        dispatcher.runner.farm.rtt_rebuild_every = 0.2
         node = Node(config, timeouts=replace(FAST, rtt_report=0.2))
         await node.start()
         try:
