@@ -28,6 +28,7 @@ from dispatcher.admin_input import (
     explain_method,
     explain_remote_addr,
     read_rules,
+    rtt_entries,
 )
 from dispatcher.admin_input import read_json as _json
 from dispatcher.app import Receive, Scope, Send
@@ -179,26 +180,31 @@ class AdminApi:
     async def put_load(self, request: Request) -> Response:
         body = await _json(request)
         if not isinstance(body, dict):
-            raise InvalidValue("", "a JSON object with load and optional connections")
-        unknown = set(body) - {"load", "connections"}
+            raise InvalidValue("", "a JSON object with load, and optional connections and rtt")
+        unknown = set(body) - {"load", "connections", "rtt"}
         if unknown:
-            raise InvalidValue(sorted(unknown)[0], "no such field (allowed: connections, load)")
+            raise InvalidValue(
+                sorted(unknown)[0], "no such field (allowed: connections, load, rtt)"
+            )
         load = body.get("load")
         if isinstance(load, bool) or not isinstance(load, int | float) or not 0 <= load <= 1:
             raise InvalidValue("load", f"a utilisation from 0 to 1, got {shown(load)}")
         connections = body.get("connections")
         if connections is not None:
             connections = check_whole(connections, "connections", 0, MAX_CONNECTIONS)
-        report = await self.farm.report_load(request.path_params["name"], load, connections)
+        rtt = rtt_entries(body["rtt"]) if "rtt" in body else None
+        name = request.path_params["name"]
+        report = await self.farm.report_load(name, load, connections, rtt)
         audit.load_reported(request.scope, report.site, report.load, report.connections)
-        return JSONResponse(
-            {
-                "site": report.site,
-                "load": float(report.load),
-                "connections": report.connections,
-                "reported_at": report.reported_at.isoformat(),
-            }
-        )
+        answer: dict[str, Any] = {
+            "site": report.site,
+            "load": float(report.load),
+            "connections": report.connections,
+            "reported_at": report.reported_at.isoformat(),
+        }
+        if rtt is not None:
+            answer["rtt_networks"] = len(rtt)
+        return JSONResponse(answer)
 
     # --- status ---
 

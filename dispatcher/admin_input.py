@@ -12,14 +12,22 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import math
 import re
 from array import array
 from typing import Any
 
 from starlette.requests import Request
 
-from dispatcher.backends.sites import shown
+from dispatcher.backends.sites import check_whole, shown
 from dispatcher.errors import InvalidValue
+from dispatcher.placement.rtt import (
+    MAX_REPORT_ENTRIES,
+    MAX_RTT,
+    MAX_SAMPLES,
+    RttEntry,
+    is_network,
+)
 
 MAX_BODY = 1024 * 1024
 MAX_DEPTH = 32  # nesting of JSON arrays and objects
@@ -144,6 +152,58 @@ def explain_headers(raw: Any) -> dict[str, str]:
                 f", got {shown(value)}",
             )
     return raw
+
+
+_RTT_FIELDS = frozenset({"network", "rtt", "samples"})
+
+
+def rtt_entries(raw: Any) -> tuple[RttEntry, ...]:
+    """A load report's ``rtt`` list: at most :data:`MAX_REPORT_ENTRIES` objects, each a
+    canonical ``/24`` or ``/48`` network (listed once), an RTT in seconds from 0 to
+    :data:`MAX_RTT` and a whole number of samples >= 1. The first wrong entry is refused,
+    naming its index and field (``rtt[3].network``)."""
+    if not isinstance(raw, list) or len(raw) > MAX_REPORT_ENTRIES:
+        raise InvalidValue(
+            "rtt", f"an array of at most {MAX_REPORT_ENTRIES} objects, got {_size(raw)}"
+        )
+    seen: set[str] = set()
+    entries = []
+    for index, item in enumerate(raw):
+        where = f"rtt[{index}]"
+        if not isinstance(item, dict):
+            raise InvalidValue(where, f"an object with network, rtt and samples, got {shown(item)}")
+        if item.keys() != _RTT_FIELDS:
+            extra = sorted(set(item) - _RTT_FIELDS)
+            missing = sorted(_RTT_FIELDS - set(item))
+            field = f"{where}.{extra[0] if extra else missing[0]}"
+            raise InvalidValue(field, "no such field" if extra else "required")
+        entries.append(_rtt_entry(item, where, seen))
+    return tuple(entries)
+
+
+def _rtt_entry(item: dict[str, Any], where: str, seen: set[str]) -> RttEntry:
+    network, rtt = item["network"], item["rtt"]
+    if not is_network(network):
+        raise InvalidValue(
+            f"{where}.network",
+            "a client network in canonical form, exactly /24 (IPv4: 192.0.2.0/24) or /48"
+            f" (IPv6: 2001:db8:1::/48), got {shown(network)}",
+        )
+    if network in seen:
+        raise InvalidValue(f"{where}.network", f"{network} is listed twice")
+    seen.add(network)
+    if (
+        isinstance(rtt, bool)
+        or not isinstance(rtt, int | float)
+        or not (math.isfinite(rtt) and 0 <= rtt <= MAX_RTT)
+    ):
+        raise InvalidValue(f"{where}.rtt", f"seconds from 0 to {MAX_RTT:g}, got {shown(rtt)}")
+    samples = check_whole(item["samples"], f"{where}.samples", 1, MAX_SAMPLES)
+    return RttEntry(network, float(rtt), samples)
+
+
+def _size(raw: Any) -> str:
+    return f"{len(raw)} items" if isinstance(raw, list) else shown(raw)
 
 
 async def read_rules(request: Request) -> bytes:

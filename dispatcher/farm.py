@@ -24,6 +24,14 @@ from dispatcher.backends.snapshot import Load, Snapshot, build_snapshot
 from dispatcher.backends.store import LoadReport, SiteStore, StoredRules
 from dispatcher.config import Config, check_not_self
 from dispatcher.errors import InvalidValue, StoreError, StoreUnavailable
+from dispatcher.placement.rtt import (
+    EMPTY_VIEW,
+    RTT_REBUILD_EVERY,
+    LearnedRtt,
+    RttEntry,
+    RttReport,
+    build_view,
+)
 from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules, load_rules
 from dispatcher.throttle import ThrottledLog
@@ -44,7 +52,10 @@ class Farm:
     (:meth:`add_redirects`). ``on_change`` (if set) is called after every change the workers
     must see: registry, health state, load, rules, configuration, not every probe.
     ``worker_views`` (if set) lists the worker processes: pid, the state generation each
-    acked last, restarts (for a status view).
+    acked last, restarts (for a status view). ``rtt_view`` is what the sites' switches
+    learned of client networks' RTT (:mod:`dispatcher.placement.rtt`), rebuilt off the event
+    loop when a site's table arrives or ages out, at most once per ``rtt_rebuild_every``
+    seconds (what arrives meanwhile waits for the next refresh).
     """
 
     def __init__(self, config: Config, store: SiteStore, prober: Prober | None = None) -> None:
@@ -57,6 +68,10 @@ class Farm:
         self._loads: dict[str, Load] = {}
         self._policies: dict[str, Policy] = {}
         self._rules: RewriteProgram | None = None
+        self._rtt = LearnedRtt()
+        self.rtt_view = EMPTY_VIEW
+        self.rtt_rebuild_every = RTT_REBUILD_EVERY
+        self._rtt_next_build = 0.0
         self._refreshing = asyncio.Lock()
         self._in_flight: set[asyncio.Task[Any]] = set()
         self.on_change: Callable[[], None] | None = None
@@ -118,6 +133,7 @@ class Farm:
         async with self._refreshing:
             revision = await self._io(self.store.revision)
             loads = await self._io(self.store.loads)
+            new_rtt = await self._refresh_rtt()
             changed = revision != self._revision
             if changed:
                 sites = await self._io(self.store.list_sites)
@@ -125,7 +141,7 @@ class Farm:
                 self._rules = self._compile_stored(stored)
                 await self._install(revision, sites)
             new_loads = self._merge_loads(loads)
-            if new_loads and not changed:
+            if (new_loads or new_rtt) and not changed:
                 self._changed()
         return f"revision {revision}{' (reloaded)' if changed else ''}, {new_loads} new load(s)"
 
@@ -176,12 +192,45 @@ class Farm:
         self.redirects.pop(name, None)
         await self._refresh_after_write()
 
-    async def report_load(self, site: str, load: float, connections: int | None) -> LoadReport:
+    async def report_load(
+        self,
+        site: str,
+        load: float,
+        connections: int | None,
+        rtt: tuple[RttEntry, ...] | None = None,
+    ) -> LoadReport:
         report = LoadReport(site, load, connections, _now())
-        await self._io(self.store.record_load, report)
+        table = None if rtt is None else RttReport(site, rtt, report.reported_at)
+        await self._io(self.store.record_load, report, table)
         self._loads[site] = Load(report, time.monotonic())
+        if table is not None and self._rtt.adopt(table, report.reported_at):
+            await self._rebuild_rtt()
         self._changed()
         return report
+
+    async def _refresh_rtt(self) -> bool:
+        """Read the RTT tables other replicas stored, forget the stale ones, rebuild the
+        view if it is behind (and due); ``True`` when the view changed."""
+        now = _now()
+        stamps = await self._io(self.store.rtt_stamps)
+        wanted = self._rtt.wanted(stamps, now)
+        fetched = await self._io(self.store.rtt_tables, wanted) if wanted else {}
+        self._rtt.merge(stamps, fetched.values(), now)
+        return await self._rebuild_rtt()
+
+    async def _rebuild_rtt(self) -> bool:
+        """Build the view of the tables held, in a thread, unless it is up to date or the
+        last build is less than ``rtt_rebuild_every`` seconds old; ``True`` if replaced."""
+        generation, reports = self._rtt.current()
+        now = time.monotonic()
+        if generation == self.rtt_view.generation or now < self._rtt_next_build:
+            return False
+        self._rtt_next_build = now + self.rtt_rebuild_every
+        view = await asyncio.to_thread(build_view, reports, generation)
+        if view.generation <= self.rtt_view.generation:  # one built from a newer state won
+            return False
+        self.rtt_view = view
+        return True
 
     # --- rewrite rules ---
 
@@ -295,6 +344,7 @@ class Farm:
             health={site.name: self.prober.health(site.name).state for site in self._sites},
             loads=dict(self._loads),
             rules=None if rules is None else RulesText(rules.source, rules.filename),
+            rtt=self.rtt_view,
         )
 
     def add_redirects(self, counts: Mapping[str, int]) -> None:
@@ -351,6 +401,7 @@ class Farm:
             loads=self._loads,
             policies=self._policies,
             rules=self._rules,
+            rtt=self.rtt_view,
         )
         self._policies = {name: pool.policy for name, pool in snapshot.pools.items()}
         return snapshot

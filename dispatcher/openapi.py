@@ -14,6 +14,7 @@ from typing import Any
 
 from dispatcher import __version__
 from dispatcher.placement.countries import COUNTRIES
+from dispatcher.placement.rtt import MAX_REPORT_ENTRIES, MAX_RTT, MAX_SAMPLES, NETWORK_PATTERN
 
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 # the start of what the two formats say, as far as a pattern can (the formats are exact)
@@ -245,6 +246,27 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                     "properties": {
                         "load": {"type": "number", "minimum": 0, "maximum": 1},
                         "connections": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                        "rtt": {
+                            "description": "the RTT the site's switch learned per client"
+                            " network (each network listed once)",
+                            "type": "array",
+                            "maxItems": MAX_REPORT_ENTRIES,
+                            "items": {"$ref": "#/components/schemas/RttEntry"},
+                        },
+                    },
+                },
+                "RttEntry": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["network", "rtt", "samples"],
+                    "properties": {
+                        "network": {
+                            "type": "string",
+                            "pattern": NETWORK_PATTERN,
+                            "description": "canonical /24 (IPv4) or /48 (IPv6)",
+                        },
+                        "rtt": {"type": "number", "minimum": 0, "maximum": MAX_RTT},
+                        "samples": {"type": "integer", "minimum": 1, "maximum": MAX_SAMPLES},
                     },
                 },
                 "Load": {
@@ -254,6 +276,7 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                         "load": {"type": "number"},
                         "connections": {"type": ["integer", "null"]},
                         "reported_at": {"type": "string", "format": "date-time"},
+                        "rtt_networks": {"type": "integer", "minimum": 0},
                     },
                 },
                 "Status": {

@@ -28,6 +28,7 @@ from dispatcher.backends.health import Health, State
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Load
 from dispatcher.config import Config
+from dispatcher.placement.rtt import RttView
 
 HEADER = struct.Struct(">I")
 #: The largest frame either side accepts (rules up to the admin API's 1 MiB, many sites).
@@ -62,7 +63,9 @@ class WorkerState:
     """The inputs of a snapshot; ``generation`` counts the states shipped, for acks.
 
     ``config`` is the running configuration without what workers never need (admin tokens,
-    the database URL); ``health`` holds each site's up/down state only.
+    the database URL); ``health`` holds each site's up/down state only. ``rtt`` pickles
+    cheaply, and a worker that already decoded the same view gets it back (see
+    :class:`~dispatcher.placement.rtt.RttView`).
     """
 
     generation: int
@@ -72,6 +75,7 @@ class WorkerState:
     health: Mapping[str, State]
     loads: Mapping[str, Load]
     rules: RulesText | None
+    rtt: RttView | None = None
 
 
 def for_workers(config: Config) -> Config:

@@ -105,6 +105,7 @@ class StateBuilder:
             loads=state.loads,
             policies=self._policies,
             rules=self._compiled(state.rules, config),
+            rtt=state.rtt,
         )
         self._policies = {name: pool.policy for name, pool in snapshot.pools.items()}
         return snapshot

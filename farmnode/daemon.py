@@ -72,7 +72,8 @@ from farmnode.dataplane.base import DataPlane
 from farmnode.dataplane.nftables import NftablesPlane, chains, count_flows
 from farmnode.dataplane.userspace import UserspacePlane
 from farmnode.errors import ConfigError, FarmnodeError
-from farmnode.report import Measure, Reporter
+from farmnode.report import RTT_INTERVAL, Measure, Reporter
+from farmnode.rtt import RttTable
 from farmnode.spec import RealSpec, ServiceSpec
 from farmnode.status import StatusApp, StatusListener
 from farmnode.switch.service import VirtualService
@@ -98,12 +99,14 @@ class Timeouts:
     established connections finish. ``shutdown_drain``: the same at shutdown.
     ``switch_drain``: the same when a cluster group's ``switch`` resource stops (kept
     short: the release of the group, and so the takeover, waits for it).
+    ``rtt_report``: between two load reports that carry the RTT table.
     """
 
     cycle: float = 1.0
     reload_drain: float = 2.0
     shutdown_drain: float = 2.0
     switch_drain: float = 0.5
+    rtt_report: float = RTT_INTERVAL
 
 
 class Flags:
@@ -258,6 +261,7 @@ class Node:
         self.prober: Prober | None = None
         self.listener: StatusListener | None = None
         self.reporter: Reporter | None = None
+        self.rtt = RttTable()  # every userspace service's client RTTs, for the reports
         self._prober_client = prober_client
         self._report_client = report_client
         self._started_at: float | None = None
@@ -501,7 +505,7 @@ class Node:
         factory = self.planes.get(spec.dataplane)
         if factory is None:
             raise FarmnodeError(f"service {spec.name}: no data plane called {spec.dataplane!r}")
-        service = VirtualService(spec)
+        service = VirtualService(spec, rtt=self.rtt)
         return Running(spec, service, factory(spec, service))
 
     def _build_logged(self, spec: ServiceSpec) -> bool:
@@ -670,7 +674,13 @@ class Node:
         settings = self.config.report
         if settings is None:
             return
-        self.reporter = Reporter(settings, self.measure, client=self._report_client)
+        self.reporter = Reporter(
+            settings,
+            self.measure,
+            client=self._report_client,
+            rtt=self.rtt,
+            rtt_interval=self.timeouts.rtt_report,
+        )
         self._reporter_task = asyncio.create_task(self.reporter.run(), name="load reporter")
         log.info("node %s: reporting load to %s", self.config.node.name, settings.load_url)
 

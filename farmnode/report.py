@@ -16,6 +16,17 @@ down or quiescent; a fallback server does not count) reports load 1.0, so a load
 dispatcher policy (``least-load``) sends new clients to other sites first, while the site's
 own fallback answers whoever still arrives.
 
+**Learned latency.** With an :class:`~farmnode.rtt.RttTable` (the daemon passes the node's),
+a report carries, at most once per ``rtt_interval`` seconds (default
+:data:`RTT_INTERVAL`, a minute), the networks with the most samples (at most
+:data:`MAX_RTT_ENTRIES`, which keeps the body far below the admin API's 1 MiB)::
+
+    "rtt": [{"network": "192.0.2.0/24", "rtt": 0.0123, "samples": 17}, ...]
+
+The first table goes with the first report that has one; an empty table is sent only to
+replace a non-empty one sent before. A report whose table was refused or lost sends it again
+at the next report.
+
 **Failures** (the dispatcher is down, refuses the token, does not know the site, answers
 garbage) are logged — a warning when the reason changes, then quietly — and the next
 interval simply tries again; nothing here raises into the daemon.
@@ -25,7 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,12 +46,19 @@ from typing import Any
 
 import httpx
 
+from dispatcher.placement.rtt import MAX_REPORT_ENTRIES
 from farmnode.config import ReportSettings
+from farmnode.rtt import RttTable
 
 log = logging.getLogger("webfarm.farmnode.report")
+JSON = "application/json"
 
 #: Seconds one report may take at most (shorter when the interval is shorter, >= 1 s).
 MAX_REQUEST_TIMEOUT = 5.0
+#: Seconds between two reports that carry the RTT table.
+RTT_INTERVAL = 60.0
+#: The most client networks one report carries (the dispatcher takes no more).
+MAX_RTT_ENTRIES = MAX_REPORT_ENTRIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +81,14 @@ def load_body(measure: Measure, capacity: int) -> dict[str, Any]:
     return {"load": load, "connections": connections}
 
 
+def rtt_list(table: RttTable, limit: int = MAX_RTT_ENTRIES) -> list[dict[str, Any]]:
+    """The report's ``rtt`` list: the ``limit`` networks with the most samples."""
+    return [
+        {"network": network, "rtt": rtt, "samples": samples}
+        for network, rtt, samples in table.top(limit)
+    ]
+
+
 def request_timeout(interval: float) -> float:
     """One report's timeout: the interval, but at least 1 s and at most 5 s."""
     return min(MAX_REQUEST_TIMEOUT, max(1.0, interval))
@@ -71,8 +99,9 @@ class Reporter:
 
     ``measure`` is called once per report, in the event loop. :meth:`report_once` sends one
     report and returns a short status line (also kept in :attr:`last`); :meth:`run` does so
-    every interval until cancelled. ``client`` is for tests; by default an
-    ``httpx.AsyncClient`` that ignores proxy settings from the environment.
+    every interval until cancelled. ``rtt`` is the node's RTT table, sent every
+    ``rtt_interval`` seconds (see the module's docstring). ``client`` is for tests; by
+    default an ``httpx.AsyncClient`` that ignores proxy settings from the environment.
     """
 
     def __init__(
@@ -82,9 +111,15 @@ class Reporter:
         *,
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rtt: RttTable | None = None,
+        rtt_interval: float = RTT_INTERVAL,
     ) -> None:
         self.settings = settings
         self._measure = measure
+        self.rtt = rtt
+        self.rtt_interval = rtt_interval
+        self._rtt_sent_at = -math.inf
+        self._rtt_sent_any = False
         self._clock = clock
         self._client = client or httpx.AsyncClient(trust_env=False)
         self._own_client = client is None
@@ -99,20 +134,36 @@ class Reporter:
         dispatcher's sake; cancellation passes through)."""
         s = self.settings
         body = load_body(await self._measure(), s.capacity)
-        self.body = body
+        self.body = dict(body)
+        rtt = self._rtt_due()
+        if rtt is not None:
+            body["rtt"] = rtt
+            self.body["rtt"] = f"{len(rtt)} networks"
         try:
             response = await self._client.put(
                 s.load_url,
-                json=body,
-                headers={"authorization": f"Bearer {s.token}"},
+                content=json.dumps(body, separators=(",", ":"), allow_nan=False),
+                headers={"authorization": f"Bearer {s.token}", "content-type": JSON},
                 timeout=request_timeout(s.interval),
             )
         except httpx.HTTPError as exc:
             return self._outcome(False, f"report failed: {s.load_url}: {_describe(exc)}")
         if response.status_code == 200:
             load, connections = body["load"], body["connections"]
-            return self._outcome(True, f"reported load {load:.3f} ({connections} conn)")
+            text = f"reported load {load:.3f} ({connections} conn)"
+            if rtt is not None:
+                self._rtt_sent_at, self._rtt_sent_any = self._clock(), bool(rtt)
+                text += f", RTT of {len(rtt)} networks"
+            return self._outcome(True, text)
         return self._outcome(False, f"report refused: {_refusal(response, s.site)}")
+
+    def _rtt_due(self) -> list[dict[str, Any]] | None:
+        """The RTT list if this report should carry one, else ``None``."""
+        if self.rtt is None or self._clock() - self._rtt_sent_at < self.rtt_interval:
+            return None
+        if not len(self.rtt) and not self._rtt_sent_any:
+            return None
+        return rtt_list(self.rtt)
 
     async def run(self) -> None:
         """Report every ``interval`` seconds (the first at once) until cancelled."""
@@ -163,6 +214,7 @@ class Reporter:
             "body": self.body,
             "sent": self.sent,
             "failed": self.failed,
+            "rtt_networks": None if self.rtt is None else len(self.rtt),
         }
 
 
@@ -188,4 +240,4 @@ def _refusal(response: httpx.Response, site: str) -> str:
     return f"HTTP {response.status_code}: {reason}"
 
 
-__all__ = ["Measure", "Reporter", "load_body", "request_timeout"]
+__all__ = ["RTT_INTERVAL", "Measure", "Reporter", "load_body", "request_timeout", "rtt_list"]

@@ -23,6 +23,7 @@ from dispatcher.errors import (
     StoreRejected,
     StoreUnavailable,
 )
+from dispatcher.placement.rtt import MAX_REPORT_ENTRIES, RttEntry, RttReport
 
 EU = SiteSpec("eu", "http://127.0.0.2:9001", weight=2, check=CheckSpec(url="/health", expect="OK"))
 US = SiteSpec("us", "http://127.0.0.3:9001")
@@ -282,3 +283,56 @@ def test_site_topology_round_trips_and_its_migration_goes_both_ways(database_url
         assert store.get_site("us") == replace(moved, region=None, country=None, coordinates=None)
     finally:
         store.close()
+
+
+# --- learned latency -----------------------------------------------------------------------
+
+
+def _rtt(site: str, at: dt.datetime, *entries: tuple[str, float, int]) -> RttReport:
+    return RttReport(site, tuple(RttEntry(*entry) for entry in entries), at)
+
+
+def test_rtt_tables_ride_with_load_reports(store: SqlSiteStore) -> None:
+    store.seed([EU, US])
+    at = dt.datetime(2026, 12, 10, 12, 0, tzinfo=dt.UTC)
+    eu = _rtt("eu", at, ("192.0.2.0/24", 0.0123, 17), ("2001:db8:1::/48", 0.2, 1))
+    store.record_load(LoadReport("eu", 0.5, 3, at), eu)
+    assert store.rtt_stamps() == {"eu": at}
+    assert store.rtt_tables(["eu", "us", "nope"]) == {"eu": eu}
+    assert store.rtt_tables([]) == {}
+    later = at + dt.timedelta(seconds=5)
+    store.record_load(LoadReport("eu", 0.4, 2, later))  # no table: the stored one stays
+    assert store.rtt_tables(["eu"]) == {"eu": eu}
+    replaced = _rtt("eu", later, ("198.51.100.0/24", 0.05, 2))
+    store.record_load(LoadReport("eu", 0.4, 2, later), replaced)
+    assert store.rtt_tables(["eu"]) == {"eu": replaced}
+    store.record_load(LoadReport("eu", 0.4, 2, later), _rtt("eu", later))  # an empty table
+    assert store.rtt_tables(["eu"])["eu"].entries == ()
+    with pytest.raises(SiteNotFound):
+        store.record_load(LoadReport("nope", 0.1, 1, at), _rtt("nope", at, ("192.0.2.0/24", 1, 1)))
+    assert set(store.rtt_stamps()) == {"eu"}
+    store.delete_site("eu")
+    assert store.rtt_stamps() == {}
+
+
+def test_a_full_rtt_table_round_trips(store: SqlSiteStore) -> None:
+    store.seed([EU])
+    at = dt.datetime(2026, 12, 10, 12, 0, tzinfo=dt.UTC)
+    entries = [(f"2001:db8:{i + 1:x}::/48", i / 1e6, i + 1) for i in range(MAX_REPORT_ENTRIES)]
+    table = _rtt("eu", at, *entries)
+    store.record_load(LoadReport("eu", 0.5, 3, at), table)
+    assert store.rtt_tables(["eu"]) == {"eu": table}
+
+
+@pytest.mark.postgres
+def test_postgresql_guards_rtt_writes_with_the_deadline_trigger(postgres_url: str) -> None:
+    store = SqlSiteStore(postgres_url)
+    try:
+        store.upgrade()
+    finally:
+        store.close()
+    with psycopg.connect(postgres_url) as conn:
+        triggers = conn.execute(
+            "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'webfarm_write_deadline'"
+        ).fetchall()
+    assert ("site_rtt",) in triggers

@@ -88,3 +88,18 @@ class RulesRow(Base):
     origin: Mapped[str] = mapped_column(String(2048))
     file_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RttRow(Base):
+    """A site's latest table of learned client-network RTTs (one row per site, replaced
+    with every report that carries one). ``entries`` is ``[[network, rtt, samples], ...]``;
+    ``networks`` their number, to read without the table."""
+
+    __tablename__ = "site_rtt"
+
+    site: Mapped[str] = mapped_column(
+        String(63), ForeignKey("sites.name", ondelete="CASCADE"), primary_key=True
+    )
+    reported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    networks: Mapped[int] = mapped_column(Integer)
+    entries: Mapped[list[list[object]]] = mapped_column(JSON)

@@ -23,6 +23,7 @@ from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.store import LoadReport
 from dispatcher.config import Config, PoolConfig
 from dispatcher.placement.model import Candidate
+from dispatcher.placement.rtt import EMPTY_VIEW, RttView
 from dispatcher.policies import Policy, make_policy
 from dispatcher.redirect import RewriteProgram
 
@@ -95,13 +96,15 @@ class PoolView:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Everything one request needs: pools, sites, and the rewrite rules (if any)."""
+    """Everything one request needs: pools, sites, the rewrite rules (if any), and the RTT
+    the sites' switches learned of client networks."""
 
     revision: int
     pools: Mapping[str, PoolView]
     sites: Mapping[str, SiteStatus]
     default_pool: PoolView
     rules: RewriteProgram | None = None
+    rtt: RttView = EMPTY_VIEW
 
 
 def build_snapshot(
@@ -113,6 +116,7 @@ def build_snapshot(
     loads: Mapping[str, Load],
     policies: Mapping[str, Policy],
     rules: RewriteProgram | None = None,
+    rtt: RttView | None = None,
 ) -> Snapshot:
     """Assemble a snapshot; ``policies`` are reused by pool name so rotations carry on.
 
@@ -143,6 +147,7 @@ def build_snapshot(
         sites=MappingProxyType(statuses),
         default_pool=pools[config.dispatcher.default_pool],
         rules=rules,
+        rtt=EMPTY_VIEW if rtt is None else rtt,
     )
 
 

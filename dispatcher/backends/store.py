@@ -32,7 +32,7 @@ from dispatcher.backends.deadline import (
     engine_options,
     translate,
 )
-from dispatcher.backends.models import LoadRow, RegistryRow, RulesRow, SiteRow
+from dispatcher.backends.models import LoadRow, RegistryRow, RttRow, RulesRow, SiteRow
 from dispatcher.backends.sites import SiteSpec, parse_check
 from dispatcher.errors import (
     SchemaBehind,
@@ -42,6 +42,7 @@ from dispatcher.errors import (
     StoreRejected,
     StoreUnavailable,
 )
+from dispatcher.placement.rtt import RttReport, entries_from_rows
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -125,12 +126,22 @@ class SiteStore(abc.ABC):
         """Remove a site and its load report; :class:`SiteNotFound` if there is none."""
 
     @abc.abstractmethod
-    def record_load(self, report: LoadReport) -> None:
-        """Keep ``report`` as the site's latest; :class:`SiteNotFound` for an unknown site."""
+    def record_load(self, report: LoadReport, rtt: RttReport | None = None) -> None:
+        """Keep ``report`` as the site's latest, and ``rtt`` (when given) as its latest RTT
+        table, in one transaction; :class:`SiteNotFound` for an unknown site."""
 
     @abc.abstractmethod
     def loads(self) -> Mapping[str, LoadReport]:
         """The latest load report of every site that has one."""
+
+    @abc.abstractmethod
+    def rtt_stamps(self) -> Mapping[str, dt.datetime]:
+        """When each site's RTT table was reported, for the sites that have one (cheap:
+        the tables are not read)."""
+
+    @abc.abstractmethod
+    def rtt_tables(self, sites: Iterable[str]) -> Mapping[str, RttReport]:
+        """The RTT tables of ``sites`` (those that have one)."""
 
     @abc.abstractmethod
     def get_rules(self) -> StoredRules | None:
@@ -265,9 +276,10 @@ class SqlSiteStore(SiteStore):
             registry = self._registry(session, lock=True)
             session.delete(self._site(session, name))
             session.execute(delete(LoadRow).where(LoadRow.site == name))
+            session.execute(delete(RttRow).where(RttRow.site == name))
             registry.revision += 1
 
-    def record_load(self, report: LoadReport) -> None:
+    def record_load(self, report: LoadReport, rtt: RttReport | None = None) -> None:
         with self._transaction(write=True) as session:
             self._site(session, report.site)
             row = session.get(LoadRow, report.site)
@@ -276,6 +288,29 @@ class SqlSiteStore(SiteStore):
                 session.add(row)
             row.load, row.connections = report.load, report.connections
             row.reported_at = report.reported_at
+            if rtt is not None:
+                table = session.get(RttRow, report.site)
+                if table is None:
+                    table = RttRow(site=report.site)
+                    session.add(table)
+                table.reported_at, table.networks = rtt.reported_at, len(rtt.entries)
+                table.entries = [list(entry) for entry in rtt.entries]
+
+    def rtt_stamps(self) -> Mapping[str, dt.datetime]:
+        with self._transaction() as session:
+            rows = session.execute(select(RttRow.site, RttRow.reported_at))
+            return {site: _utc(at) for site, at in rows}
+
+    def rtt_tables(self, sites: Iterable[str]) -> Mapping[str, RttReport]:
+        names = list(sites)
+        if not names:
+            return {}
+        with self._transaction() as session:
+            rows = session.scalars(select(RttRow).where(RttRow.site.in_(names)))
+            return {
+                row.site: RttReport(row.site, entries_from_rows(row.entries), _utc(row.reported_at))
+                for row in rows
+            }
 
     def loads(self) -> Mapping[str, LoadReport]:
         with self._transaction() as session:

@@ -12,8 +12,10 @@ written to the peer as they arrive, with flow control both ways (a transport who
 buffer passes :data:`WRITE_HIGH` pauses reading on the other side until it drains) and
 half-close (an EOF one way is passed on with ``write_eof`` and the other way stays open;
 both ways closed ends the connection). An error or reset on one side closes the other at
-once, dropping what it had not sent yet. Bytes are counted into the service per chunk;
-:meth:`VirtualService.connected` is called when a server is chosen and
+once, dropping what it had not sent yet. As a connection ends, the kernel's smoothed RTT
+of the client's socket goes to the service's RTT table, if it has one
+(:meth:`VirtualService.observe_rtt`, see :mod:`farmnode.rtt`). Bytes are counted into the
+service per chunk; :meth:`VirtualService.connected` is called when a server is chosen and
 :meth:`VirtualService.released` exactly once when the connection ends (also when connecting
 failed), so least-connection schedulers see connections being set up. ``total`` therefore
 counts connection *attempts* per server.
@@ -50,6 +52,7 @@ from typing import cast
 
 from farmnode.dataplane.base import DataPlane
 from farmnode.errors import DataplaneError
+from farmnode.rtt import socket_rtt
 from farmnode.spec import ServiceSpec
 from farmnode.switch.schedulers import RealServer
 from farmnode.switch.service import VirtualService
@@ -379,6 +382,9 @@ class _Link(asyncio.Protocol):
             return
         self.closed = True
         self.plane._links.discard(self)
+        if self.service.rtt is not None and self.transport is not None:  # before it closes
+            rtt = socket_rtt(self.transport.get_extra_info("socket"))
+            self.service.observe_rtt(self.client, rtt)
         task, self.task = self.task, None
         if task is not None and not task.done():
             task.cancel()

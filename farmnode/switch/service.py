@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Collection
 
 from farmnode.errors import SchedulerError
+from farmnode.rtt import RttTable
 from farmnode.spec import RealSpec, ServiceSpec
 from farmnode.switch.persistence import PersistenceTable
 from farmnode.switch.schedulers import SCHEDULERS, RealServer, Scheduler, make_scheduler
@@ -43,6 +44,10 @@ class VirtualService:
     (counters, active connections, health, agent weight); new servers start as at start;
     removed servers leave scheduling and lose their templates, while their established
     connections go on (the plane holds references to the old objects).
+
+    **Learned latency.** ``rtt`` is the node's :class:`~farmnode.rtt.RttTable` (one for all
+    services), or ``None``: the userspace plane tells :meth:`observe_rtt` the kernel's RTT
+    of each client connection as it ends, and the load reporter sends the table on.
     """
 
     __slots__ = (
@@ -51,6 +56,7 @@ class VirtualService:
         "_rng",
         "_scheduler",
         "fallback",
+        "rtt",
         "servers",
         "spec",
     )
@@ -61,8 +67,10 @@ class VirtualService:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        rtt: RttTable | None = None,
     ) -> None:
         self.spec = spec
+        self.rtt = rtt
         self._clock = clock
         self._rng = rng
         self.servers: dict[str, RealServer] = {}
@@ -129,6 +137,12 @@ class VirtualService:
             server.active -= 1
         if client is not None and self._persistence is not None:
             self._persistence.unhold(client)
+
+    def observe_rtt(self, client: str, seconds: float | None) -> None:
+        """A connection of ``client`` ended with the kernel's smoothed RTT ``seconds``
+        (``None``: none was read); kept in :attr:`rtt`, the node's table, when there is one."""
+        if seconds is not None and self.rtt is not None:
+            self.rtt.add(client, seconds)
 
     @staticmethod
     def add_bytes(server: RealServer, inbound: int, outbound: int) -> None:

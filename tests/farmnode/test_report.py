@@ -12,14 +12,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from farmnode.config import ReportSettings
-from farmnode.report import Measure, Reporter, load_body, request_timeout
+from farmnode.daemon import Node
+from farmnode.report import Measure, Reporter, load_body, request_timeout, rtt_list
+from farmnode.rtt import RttTable
 from tests.conftest import ADMIN_TOKEN, LoopbackSite, RunningDispatcher, farm_toml
 from tests.farmnode.test_daemon import (
+    FAST,
     id_servers,
     node_config,
     running_node,
@@ -241,3 +245,116 @@ interval = 0.1
             finally:
                 for _, writer in held:
                     writer.close()
+
+
+# --- learned latency -----------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_rtt_list_is_the_best_sampled_networks() -> None:
+    table = RttTable()
+    for _ in range(3):
+        table.add("192.0.2.1", 0.012)
+    table.add("2001:db8:1::7", 0.2)
+    assert rtt_list(table) == [
+        {"network": "192.0.2.0/24", "rtt": 0.012, "samples": 3},
+        {"network": "2001:db8:1::/48", "rtt": 0.2, "samples": 1},
+    ]
+    assert rtt_list(table, limit=1) == [{"network": "192.0.2.0/24", "rtt": 0.012, "samples": 3}]
+
+
+async def test_reports_carry_the_rtt_table_once_per_interval(
+    dispatcher: RunningDispatcher,
+) -> None:
+    clock = Clock()
+    table = RttTable(clock=clock)
+    reporter = Reporter(
+        settings(admin_url(dispatcher)), measuring(1), rtt=table, rtt_interval=60, clock=clock
+    )
+    farm = dispatcher.runner.farm
+    farm.rtt_rebuild_every = 0  # every table in force at once
+    try:
+        assert await reporter.report_once() == "reported load 0.100 (1 conn)"  # nothing yet
+        assert "rtt" not in (reporter.status()["body"] or {})
+        table.add("192.0.2.1", 0.012)
+        assert await reporter.report_once() == "reported load 0.100 (1 conn), RTT of 1 networks"
+        assert reporter.status()["body"]["rtt"] == "1 networks"
+        assert reporter.status()["rtt_networks"] == 1
+        assert farm.snapshot.rtt.lookup("192.0.2.9") == {"eu": (0.012, 1)}
+        table.add("198.51.100.1", 0.02)
+        clock.now += 59
+        assert await reporter.report_once() == "reported load 0.100 (1 conn)"  # not yet again
+        assert farm.snapshot.rtt.lookup("198.51.100.9") == {}
+        clock.now += 1
+        assert (await reporter.report_once()).endswith("RTT of 2 networks")
+        assert farm.snapshot.rtt.lookup("198.51.100.9") == {"eu": (0.02, 1)}
+        clock.now += 10_000  # everything is forgotten: an empty table replaces the last one
+        assert (await reporter.report_once()).endswith("RTT of 0 networks")
+        assert farm.snapshot.rtt.lookup("192.0.2.9") == {}
+        clock.now += 60
+        assert await reporter.report_once() == "reported load 0.100 (1 conn)"  # once is enough
+    finally:
+        await reporter.close()
+
+
+async def test_a_refused_table_is_sent_again_at_the_next_report(
+    dispatcher: RunningDispatcher,
+) -> None:
+    table = RttTable()
+    table.add("192.0.2.1", 0.012)
+    reporter = Reporter(settings(admin_url(dispatcher), site="mars"), measuring(1), rtt=table)
+    try:
+        assert (await reporter.report_once()).startswith("report refused: HTTP 404")
+        reporter.settings = settings(admin_url(dispatcher))
+        assert (await reporter.report_once()).endswith("RTT of 1 networks")
+    finally:
+        await reporter.close()
+
+
+async def test_a_node_reports_its_clients_rtt_to_the_dispatcher(
+    dispatcher: RunningDispatcher,
+) -> None:
+    """Real connections through a node's switch, from two client networks: the dispatcher's
+    snapshot then answers each network with the RTT the switch read from the kernel."""
+    report = f"""
+[report]
+url = "{admin_url(dispatcher)}"
+site = "eu"
+token = "{ADMIN_TOKEN}"
+capacity = 4
+interval = 0.1
+"""
+    async with id_servers("a") as (a,):
+        port = _closed_port()
+        config = node_config(service_toml("web", port, [a]), report=report)
+        dispatcher.runner.farm.rtt_rebuild_every = 0.2
+        node = Node(config, timeouts=replace(FAST, rtt_report=0.2))
+        await node.start()
+        try:
+            for source in ("127.0.5.9", "127.0.5.10", "127.0.5.11", "127.0.6.1"):
+                async with httpx.AsyncClient(
+                    transport=httpx.AsyncHTTPTransport(local_address=source), trust_env=False
+                ) as client:
+                    assert (await client.get(f"http://127.0.0.1:{port}/")).text == "a"
+            farm = dispatcher.runner.farm
+
+            async def learned() -> bool:
+                view = farm.snapshot.rtt
+                three = view.lookup("127.0.5.77").get("eu", (0, 0))[1] == 3
+                return three and set(view.lookup("127.0.6.200")) == {"eu"}
+
+            await wait_for("the RTT table of both networks at the dispatcher", learned)
+            for address in ("127.0.5.77", "127.0.6.200"):
+                rtt, _ = farm.snapshot.rtt.lookup(address)["eu"]
+                assert 0 < rtt < 0.2  # loopback
+            assert farm.snapshot.rtt.lookup("127.0.7.1") == {}
+            assert node.status()["report"]["rtt_networks"] == 2
+        finally:
+            await node.stop()
