@@ -30,6 +30,7 @@ from dispatcher.backends.sites import (
     parse_check,
     parse_site,
 )
+from dispatcher.clientaddr import FORWARDED_HEADERS, parse_networks
 from dispatcher.errors import ConfigError, InvalidValue
 from dispatcher.files import MAX_RULES_BYTES, read_regular_file
 from dispatcher.session.cookies import CookieAttributes
@@ -92,6 +93,9 @@ class DispatcherSettings:
     max_connections: int = 10_000
     graceful_timeout: float = 10.0
     database_timeout: float = 5.0
+    trusted_proxies: tuple[str, ...] = ()
+    forwarded_header: str = "x-forwarded-for"
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +262,11 @@ def _dispatcher_settings(
         "max_connections": _whole(raw, p, "max_connections", d.max_connections, 1, 1_000_000),
         "graceful_timeout": _seconds(raw, p, "graceful_timeout", d.graceful_timeout, 0.0, 600.0),
         "database_timeout": _seconds(raw, p, "database_timeout", d.database_timeout, 0.1, 60.0),
+        "trusted_proxies": parse_networks(raw.get("trusted_proxies", []), f"{p}.trusted_proxies"),
+        "forwarded_header": _choice(
+            raw, p, "forwarded_header", d.forwarded_header, FORWARDED_HEADERS
+        ),
+        "proxy_protocol": _get(raw, p, "proxy_protocol", bool, d.proxy_protocol, "true or false"),
     }
     _environment_overrides(values, env)
     database_key = "FARM_DATABASE_URL" if env.get("FARM_DATABASE_URL", "").strip() else None
@@ -274,9 +283,13 @@ def _dispatcher_settings(
 
 
 def _environment_overrides(values: dict[str, Any], env: Mapping[str, str]) -> None:
-    """``FARM_DATABASE_URL``, ``FARM_SECRET_KEYS`` and ``FARM_ADMIN_TOKENS`` win over the file."""
+    """``FARM_DATABASE_URL``, ``FARM_SECRET_KEYS``, ``FARM_ADMIN_TOKENS`` and
+    ``FARM_TRUSTED_PROXIES`` win over the file."""
     if url := env.get("FARM_DATABASE_URL", "").strip():
         values["database_url"] = url
+    if "FARM_TRUSTED_PROXIES" in env:  # (empty: none, overriding the file's list)
+        networks = [n.strip() for n in env["FARM_TRUSTED_PROXIES"].split(",") if n.strip()]
+        values["trusted_proxies"] = parse_networks(networks, "FARM_TRUSTED_PROXIES")
     for var, key in (("FARM_SECRET_KEYS", "secret_keys"), ("FARM_ADMIN_TOKENS", "admin_tokens")):
         if var in env:
             items = tuple(item.strip() for item in env[var].split(",") if item.strip())

@@ -83,3 +83,16 @@ class ListenError(DispatcherError):
         self.address = address
         self.reason = reason
         super().__init__(f"cannot listen on {address}: {reason}")
+
+
+class ProxyHeaderError(DispatcherError):
+    """A connection's PROXY protocol header is missing, malformed or too long.
+
+    ``kind`` is a short cause chosen by the decoder (``signature``, ``v1``, ``v2``,
+    ``too long``), fit for counting; ``expected`` says what a valid header has.
+    """
+
+    def __init__(self, kind: str, expected: str) -> None:
+        self.kind = kind
+        self.expected = expected
+        super().__init__(expected)
