@@ -153,7 +153,7 @@ def forwarded_client(
         for name, value in headers:
             if name == b"forwarded":
                 lists.append(value)
-        return _walk_forwarded(_text(lists), trusted) if lists else NOBODY
+        return _walk_forwarded(_joined(lists), trusted) if lists else NOBODY
     for name, value in headers:
         if name == b"x-forwarded-for":
             lists.append(value)
@@ -161,15 +161,22 @@ def forwarded_client(
             protos.append(value)
     if not lists:
         return NOBODY
-    return _walk_xff(_text(lists), _text(protos), trusted)
+    return _walk_xff(_joined(lists), _joined(protos), trusted)
 
 
-def _text(values: list[bytes]) -> str:
-    return b",".join(values).decode("latin-1")
+def _joined(values: list[bytes]) -> bytes:
+    return values[0] if len(values) == 1 else b",".join(values)
 
 
-def _walk_xff(joined: str, protos: str, trusted: TrustedProxies) -> Hop:
-    items = joined.split(",")
+# (The walks are pure functions of the header bytes and the trusted networks, and the same
+# proxies send the same clients' headers again and again: remembered, a request from a
+# trusted proxy costs a header scan and a cache look-up, not an address parse per hop.)
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _walk_xff(raw: bytes, raw_protos: bytes, trusted: TrustedProxies) -> Hop:
+    items = raw.decode("latin-1").split(",")
+    protos = raw_protos.decode("latin-1")
     last = len(items) - 1
     for index in range(last, max(-1, last - MAX_HOPS), -1):
         node = _node(items[index].strip(" \t"))
@@ -196,8 +203,9 @@ def _aligned(protos: str, index: int, count: int) -> str | None:
     return _SCHEMES.get(value.strip(" \t").lower())
 
 
-def _walk_forwarded(joined: str, trusted: TrustedProxies) -> Hop:
-    for hops, element in enumerate(_elements_from_right(joined)):
+@lru_cache(maxsize=CACHE_SIZE)
+def _walk_forwarded(raw: bytes, trusted: TrustedProxies) -> Hop:
+    for hops, element in enumerate(_elements_from_right(raw.decode("latin-1"))):
         pairs = _pairs(element)
         if pairs is None or hops >= MAX_HOPS:
             return NOBODY

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ from dispatcher.edge import PublicEdge
 from dispatcher.proxyproto import V2_SIGNATURE, encode, encode_local
 from dispatcher.redirect import compile_rules
 from dispatcher.server import bind, dispatch_core
+from tests.conftest import run_cli
 from tests.test_app import FakeFarm
 from tests.test_http1 import closed, read_response
 
@@ -357,3 +359,37 @@ def wait_for(condition: Any, timeout: float = 3.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+# --- explain gives the same answer ------------------------------------------------------------
+
+
+def test_explain_follows_the_trusted_proxies(tmp_path: Path) -> None:
+    """``farm-dispatcher explain --remote-addr PROXY -H 'X-Forwarded-For: ...'`` answers as
+    the listener would: the client the trusted proxy names; an untrusted one's header
+    changes nothing."""
+    (tmp_path / "rules.conf").write_text(RULES)
+    config = tmp_path / "farm.toml"
+    config.write_text(
+        '[dispatcher]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
+        'admin_tokens = ["t"]\nrules = "rules.conf"\ntrusted_proxies = ["10.0.0.0/8"]\n'
+    )
+
+    def explained(remote: str) -> str:
+        result = run_cli(
+            "explain",
+            "-c",
+            str(config),
+            "--remote-addr",
+            remote,
+            "-H",
+            "X-Forwarded-For: 203.0.113.9",
+            "-H",
+            "X-Forwarded-Proto: https",
+            "http://www.example.com/whoami",
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "Location: http://echo.example/203.0.113.9/0/on" in explained("10.0.0.2")
+    assert "Location: http://echo.example/198.51.100.7/0/off" in explained("198.51.100.7")
