@@ -77,11 +77,19 @@ class TrustedProxies:
     (verdicts are remembered per peer address text). IPv4-mapped IPv6 addresses
     (``::ffff:10.0.0.1``, from a dual-stack listener) count as their IPv4 address."""
 
-    __slots__ = ("_cache", "networks")
+    __slots__ = ("_cache", "_prefixes", "networks")
 
     def __init__(self, networks: Iterable[IPNetwork]) -> None:
         self.networks = tuple(networks)
         self._cache: dict[str, bool] = {}
+        # (version, prefix length) -> the networks' numbers, shifted: a look-up costs one
+        # set probe per distinct prefix length, however many networks are listed
+        prefixes: dict[tuple[int, int], set[int]] = {}
+        for network in self.networks:
+            shift = network.max_prefixlen - network.prefixlen
+            key = (network.version, shift)
+            prefixes.setdefault(key, set()).add(int(network.network_address) >> shift)
+        self._prefixes = tuple((v, shift, frozenset(n)) for (v, shift), n in prefixes.items())
 
     @classmethod
     def parse(cls, values: Iterable[str]) -> TrustedProxies:
@@ -101,7 +109,8 @@ class TrustedProxies:
         return known
 
     def trusts(self, ip: IPAddress) -> bool:
-        return any(ip in network for network in self.networks)
+        number, version = int(ip), ip.version
+        return any(v == version and number >> shift in n for v, shift, n in self._prefixes)
 
     def __bool__(self) -> bool:
         return bool(self.networks)

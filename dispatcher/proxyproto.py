@@ -66,7 +66,8 @@ class ProxyHeader:
     to; both ``None`` when the header carries no usable address (v1 ``UNKNOWN``, v2
     ``LOCAL``, ``AF_UNSPEC`` or ``AF_UNIX``): then the connection's peer is the client.
     ``ssl``: the proxy says the client spoke TLS to it (v2 ``PP2_TYPE_SSL``). ``length``
-    is the number of bytes the header took.
+    is the number of bytes the header took. An IPv4-mapped IPv6 address
+    (``::ffff:192.0.2.1``) is given as the IPv4 address it maps.
     """
 
     version: Version

@@ -372,3 +372,32 @@ def test_the_front_puts_the_client_in_the_scope_the_core_reads() -> None:
         ("203.0.113.9", 0),
         ("8.8.8.8", 1),
     ]
+
+
+networks = st.one_of(
+    st.builds(
+        lambda ip, bits: ipaddress.ip_network(f"{ip}/{bits}", strict=False),
+        st.ip_addresses(v=4),
+        st.integers(0, 32),
+    ),
+    st.builds(
+        lambda ip, bits: ipaddress.ip_network(f"{ip}/{bits}", strict=False),
+        st.ip_addresses(v=6),
+        st.integers(0, 128),
+    ),
+)
+
+
+@given(
+    st.lists(networks, max_size=20),
+    st.lists(st.ip_addresses(), min_size=1, max_size=20),
+)
+def test_trust_is_membership_of_some_listed_network(
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
+) -> None:
+    trusted = TrustedProxies(networks)
+    for ip in addresses:
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        plain = mapped or ip
+        assert (str(ip) in trusted) == any(plain in n for n in networks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -189,3 +190,28 @@ async def hostile_headers_never_hurt_other_clients(running: Stack) -> None:
         assert hostile == b"" or hostile.startswith(b"HTTP/1.1 "), hostile
         assert not hostile.startswith(b"HTTP/1.1 500"), hostile
     assert running.dispatcher.proc.poll() is None
+
+
+async def test_a_reload_changes_trusted_proxies_in_every_worker_but_not_proxy_protocol(
+    tmp_path: Path,
+) -> None:
+    async with stack(tmp_path, "true") as running:
+        xff = WHOAMI.replace(b"\r\n\r\n", b"\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n")
+        answer = await asyncio.to_thread(ask, running.switch, xff, CLIENT)
+        assert location(answer) == f"http://echo.example/{CLIENT}/off".encode()
+        config = running.dispatcher.config
+        text = config.read_text()
+        text = text.replace(f'"{TRUSTED_CLIENT}/32"]', f'"{TRUSTED_CLIENT}/32", "{CLIENT}/32"]')
+        config.write_text(text.replace("proxy_protocol = true", "proxy_protocol = false"))
+        running.dispatcher.proc.send_signal(signal.SIGHUP)
+        await running.dispatcher.wait_for("needs a restart (running values kept): ")
+        assert "dispatcher.proxy_protocol" in running.dispatcher.output
+        deadline = time.monotonic() + 10
+        while True:  # every worker, whichever accepts: eight in a row
+            answers = [await asyncio.to_thread(ask, running.switch, xff, CLIENT) for _ in range(8)]
+            if all(location(a) == b"http://echo.example/203.0.113.9/off" for a in answers):
+                break
+            assert time.monotonic() < deadline, running.dispatcher.output
+            await asyncio.sleep(0.1)
+        # still a PROXY listener until a restart
+        assert await asyncio.to_thread(ask, running.public, WHOAMI, SWITCH) == b""

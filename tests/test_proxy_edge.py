@@ -297,6 +297,32 @@ def test_the_plain_edge_ignores_forwarding_headers_and_proxy_headers() -> None:
         assert read_response(sock, bytearray()).status == 400
 
 
+def test_configure_applies_new_trusted_proxies_to_the_next_request() -> None:
+    """A reload (``PublicEdge.configure``, as the workers and the runner call it) puts new
+    trusted proxies in force at once, on open connections too."""
+    with serve() as served:
+        request = forwarded_request(b"X-Forwarded-For", b"203.0.113.9")
+        sock = served.connect("127.0.0.7")
+        buffer = bytearray()
+        sock.sendall(request)
+        assert b"/127.0.0.7/" in read_response(sock, buffer).headers[b"location"]
+        new = build_config(
+            {"dispatcher": {"admin_tokens": ["t"], "trusted_proxies": ["127.0.0.7"]}},
+            environ={},
+        ).dispatcher
+        done = asyncio.run_coroutine_threadsafe(
+            _configure(served.edge, served.core, new), served.loop
+        )
+        done.result(timeout=5)
+        sock.sendall(request)
+        assert b"/203.0.113.9/" in read_response(sock, buffer).headers[b"location"]
+        assert served.edge.trusted is not None
+
+
+async def _configure(edge: PublicEdge, core: Any, settings: Any) -> None:
+    edge.configure(core, settings)
+
+
 def test_network_affinity_keys_on_the_trusted_client() -> None:
     with serve(trusted_proxies=["127.0.0.7/32"], affinity="network") as served:
         request = GET_ROOT.replace(b"\r\n\r\n", b"\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n")
