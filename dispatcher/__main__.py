@@ -18,6 +18,7 @@ import uvloop
 
 from dispatcher import __version__
 from dispatcher.backends.store import open_store
+from dispatcher.clientaddr import trusted_proxies
 from dispatcher.config import Config, load_config
 from dispatcher.demo import run_demo
 from dispatcher.errors import ConfigError, DispatcherError, InvalidValue
@@ -172,8 +173,14 @@ def _explain(args: argparse.Namespace) -> int:
         if not sep or not name.strip():
             raise InvalidValue("--header", f"'Name: value', got {header!r}")
         headers.append((name.strip(), value.strip()))
+    settings = config.dispatcher
     request = request_from_url(
-        args.url, method=args.method, remote_addr=args.remote_addr, headers=headers
+        args.url,
+        method=args.method,
+        remote_addr=args.remote_addr,
+        headers=headers,
+        trusted=trusted_proxies(settings.trusted_proxies),
+        forwarded_header=settings.forwarded_header,
     )
     store = open_store(config.dispatcher.database_url, timeout=config.dispatcher.database_timeout)
     try:

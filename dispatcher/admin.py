@@ -35,6 +35,7 @@ from dispatcher.app import Receive, Scope, Send
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec, check_whole, parse_site, shown, update_site
 from dispatcher.backends.snapshot import SiteStatus
+from dispatcher.clientaddr import trusted_proxies
 from dispatcher.errors import (
     InvalidValue,
     SiteExists,
@@ -270,11 +271,14 @@ class AdminApi:
                 raise InvalidValue(key, f"a string, got {shown(body[key])}")
         if "url" not in body:
             raise InvalidValue("url", "the absolute URL the client asks for")
+        settings = self.farm.config.dispatcher
         client_request = request_from_url(
             body["url"],
             method=explain_method(body.get("method", "GET")),
             remote_addr=explain_remote_addr(body.get("remote_addr", "127.0.0.1")),
             headers=explain_headers(body.get("headers", {})).items(),
+            trusted=trusted_proxies(settings.trusted_proxies),
+            forwarded_header=settings.forwarded_header,
         )
         return JSONResponse(explain(self.farm.snapshot, client_request).as_dict())
 

@@ -30,6 +30,8 @@ from dispatcher.backends.sites import (
     parse_check,
     parse_site,
 )
+from dispatcher.clientaddr import FORWARDED_HEADERS
+from dispatcher.clientaddr import parse_networks as parse_proxies
 from dispatcher.errors import ConfigError, GeoDatabaseError, InvalidValue
 from dispatcher.files import MAX_RULES_BYTES, read_regular_file
 from dispatcher.placement.geoip import check_database
@@ -98,6 +100,9 @@ class DispatcherSettings:
     graceful_timeout: float = 10.0
     database_timeout: float = 5.0
     geoip_database: tuple[Path, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    forwarded_header: str = "x-forwarded-for"
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +297,11 @@ def _dispatcher_settings(
         "graceful_timeout": _seconds(raw, p, "graceful_timeout", d.graceful_timeout, 0.0, 600.0),
         "database_timeout": _seconds(raw, p, "database_timeout", d.database_timeout, 0.1, 60.0),
         "geoip_database": _geoip_paths(raw.get("geoip_database", []), f"{p}.geoip_database"),
+        "trusted_proxies": parse_proxies(raw.get("trusted_proxies", []), f"{p}.trusted_proxies"),
+        "forwarded_header": _choice(
+            raw, p, "forwarded_header", d.forwarded_header, FORWARDED_HEADERS
+        ),
+        "proxy_protocol": _get(raw, p, "proxy_protocol", bool, d.proxy_protocol, "true or false"),
     }
     _environment_overrides(values, env)
     database_key = "FARM_DATABASE_URL" if env.get("FARM_DATABASE_URL", "").strip() else None
@@ -308,13 +318,17 @@ def _dispatcher_settings(
 
 
 def _environment_overrides(values: dict[str, Any], env: Mapping[str, str]) -> None:
-    """``FARM_DATABASE_URL``, ``FARM_SECRET_KEYS`` and ``FARM_ADMIN_TOKENS`` win over the file."""
+    """``FARM_DATABASE_URL``, ``FARM_SECRET_KEYS``, ``FARM_ADMIN_TOKENS`` and
+    ``FARM_TRUSTED_PROXIES`` win over the file."""
     if url := env.get("FARM_DATABASE_URL", "").strip():
         values["database_url"] = url
     if "FARM_GEOIP_DATABASE" in env:
         values["geoip_database"] = _geoip_paths(
             [p for p in env["FARM_GEOIP_DATABASE"].split(os.pathsep) if p], "FARM_GEOIP_DATABASE"
         )
+    if "FARM_TRUSTED_PROXIES" in env:  # (empty: none, overriding the file's list)
+        networks = [n.strip() for n in env["FARM_TRUSTED_PROXIES"].split(",") if n.strip()]
+        values["trusted_proxies"] = parse_proxies(networks, "FARM_TRUSTED_PROXIES")
     for var, key in (("FARM_SECRET_KEYS", "secret_keys"), ("FARM_ADMIN_TOKENS", "admin_tokens")):
         if var in env:
             items = tuple(item.strip() for item in env[var].split(",") if item.strip())

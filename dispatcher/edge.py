@@ -3,13 +3,18 @@ listening socket, enforces the connection limit and the deadlines, and stops gra
 
 API (what the worker processes call)::
 
-    edge = PublicEdge(core, sock, limits=EdgeLimits.from_settings(settings),
-                      access_log=settings.access_log)
+    edge = PublicEdge.for_settings(core, sock, settings)   # or PublicEdge(core, sock, ...)
     await edge.start()      # raises the soft RLIMIT_NOFILE to the hard one, starts serving
     edge.port               # the bound port
     len(edge.connections)   # open connections
+    edge.configure(core, settings)  # a reload: the new core, limits, trusted proxies
     await edge.stop()       # stop accepting; idle ones close now, busy ones after their
                             # answer; whatever is left after graceful_timeout is aborted
+
+With ``trusted_proxies`` set, the core is called behind
+:class:`~dispatcher.clientaddr.ForwardedFront` (the client the trusted proxies name); with
+``proxy_protocol`` on, connections are :class:`~dispatcher.proxied.ProxiedConnection` (a
+PROXY header first). Without either, nothing stands between a connection and the core.
 
 ``sock`` is a bound, listening, non-blocking TCP socket (``dispatcher.server.bind``; a
 worker binds with ``SO_REUSEPORT``). The edge owns it from ``start`` and closes it in
@@ -31,8 +36,14 @@ import resource
 import socket
 import time
 from email.utils import formatdate
+from typing import TYPE_CHECKING
 
+from dispatcher.clientaddr import TrustedProxies, front, trusted_proxies
 from dispatcher.http1 import Decider, EdgeLimits, HttpConnection
+from dispatcher.proxied import ProxiedConnection, ProxyRefusals
+
+if TYPE_CHECKING:
+    from dispatcher.config import DispatcherSettings
 
 log = logging.getLogger("webfarm.edge")
 
@@ -52,6 +63,8 @@ class PublicEdge:
         *,
         limits: EdgeLimits | None = None,
         access_log: bool = False,
+        proxy_protocol: bool = False,
+        trusted: TrustedProxies | None = None,
     ) -> None:
         self.core = core
         self.socket = sock
@@ -66,7 +79,31 @@ class PublicEdge:
         self._refused_logged = -REFUSED_LOG_INTERVAL
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.proxy_protocol = proxy_protocol
+        self.trusted = trusted  # (read by ProxiedConnection; may change on a reload)
+        self.proxy_refusals = ProxyRefusals()
         self._tick = min(SWEEP, self.limits.head_timeout / 4, self.limits.keep_alive_timeout / 4)
+
+    @classmethod
+    def for_settings(
+        cls, core: Decider, sock: socket.socket, settings: DispatcherSettings
+    ) -> PublicEdge:
+        """The edge the settings describe, in front of ``core``."""
+        return cls(
+            front(core, settings),
+            sock,
+            limits=EdgeLimits.from_settings(settings),
+            access_log=settings.access_log,
+            proxy_protocol=settings.proxy_protocol,
+            trusted=trusted_proxies(settings.trusted_proxies),
+        )
+
+    def configure(self, core: Decider, settings: DispatcherSettings) -> None:
+        """A reload: the new core and what applies at once (the limits a graceful stop
+        reads, the trusted proxies); ``proxy_protocol`` and the socket need a restart."""
+        self.core = front(core, settings)
+        self.limits = EdgeLimits.from_settings(settings)
+        self.trusted = trusted_proxies(settings.trusted_proxies)
 
     @property
     def port(self) -> int:
@@ -76,9 +113,8 @@ class PublicEdge:
         raise_nofile()
         loop = asyncio.get_running_loop()
         self._clock(loop)
-        self._server = await loop.create_server(
-            lambda: HttpConnection(self), sock=self.socket, backlog=4096
-        )
+        kind = ProxiedConnection if self.proxy_protocol else HttpConnection
+        self._server = await loop.create_server(lambda: kind(self), sock=self.socket, backlog=4096)
         self._sweeper = asyncio.create_task(self._sweep(loop), name="public edge sweeper")
 
     async def stop(self) -> None:

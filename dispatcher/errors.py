@@ -96,3 +96,16 @@ class GeoDatabaseError(DispatcherError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class ProxyHeaderError(DispatcherError):
+    """A connection's PROXY protocol header is missing, malformed or too long.
+
+    ``kind`` is a short cause chosen by the decoder (``signature``, ``v1``, ``v2``,
+    ``too long``), fit for counting; ``expected`` says what a valid header has.
+    """
+
+    def __init__(self, kind: str, expected: str) -> None:
+        self.kind = kind
+        self.expected = expected
+        super().__init__(expected)

@@ -18,6 +18,7 @@ from dispatcher.app import Decision, SiteSelection, decide
 from dispatcher.backends.health import Health
 from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.backends.store import SiteStore
+from dispatcher.clientaddr import FORWARDED_HEADERS, TrustedProxies, forwarded_client
 from dispatcher.config import Config
 from dispatcher.errors import InvalidValue, StoreError
 from dispatcher.redirect import (
@@ -84,8 +85,12 @@ def request_from_url(
     method: str = "GET",
     remote_addr: str = "127.0.0.1",
     headers: Iterable[tuple[str, str]] = (),
+    trusted: TrustedProxies | None = None,
+    forwarded_header: str = FORWARDED_HEADERS[0],
 ) -> RewriteRequest:
-    """The request a client would make for ``url`` (absolute http(s) URL)."""
+    """The request a client would make for ``url`` (absolute http(s) URL). With
+    ``trusted`` proxies (``[dispatcher] trusted_proxies``) and ``remote_addr`` one of them,
+    the client is the one its headers name, as the public listener would see it."""
     if not url.isascii() or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         raise InvalidValue(
             "url", f"an ASCII URL (%-encoded, punycode) without spaces or controls, got {url!r}"
@@ -101,15 +106,25 @@ def request_from_url(
         joined[key] = f"{joined[key]}, {value}" if key in joined else value
     host = joined.setdefault("host", parts.netloc)
     server_name, server_port = split_host(host, DEFAULT_PORTS[parts.scheme])
+    scheme, remote_port = parts.scheme, 0
+    if trusted is not None and remote_addr in trusted:
+        pairs = [
+            (k.encode("latin-1", "replace"), v.encode("latin-1", "replace"))
+            for k, v in joined.items()
+        ]
+        hop = forwarded_client(pairs, trusted, forwarded_header)
+        remote_addr, remote_port = hop.address or remote_addr, hop.port if hop.address else 0
+        scheme = hop.scheme or scheme
     return RewriteRequest(
         method=method.upper(),
-        scheme=parts.scheme,
+        scheme=scheme,
         host=host,
         server_name=server_name,
         server_port=server_port,
         path=parts.path or "/",
         query_string=parts.query,
         remote_addr=remote_addr,
+        remote_port=remote_port,
         headers=joined,
     )
 

@@ -15,7 +15,7 @@ from typing import Any
 from dispatcher.config import Config, DispatcherSettings
 
 #: Settings that only a restart can change (sockets, processes, the database connection,
-#: the public listener's limits, the access log of the listeners).
+#: the public listener's limits and protocol, the access log of the listeners).
 NEEDS_RESTART = (
     "listen",
     "admin_listen",
@@ -28,6 +28,7 @@ NEEDS_RESTART = (
     "head_timeout",
     "keep_alive_timeout",
     "max_connections",
+    "proxy_protocol",
 )
 
 

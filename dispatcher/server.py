@@ -25,11 +25,11 @@ from dispatcher.admin import AdminApi
 from dispatcher.affinity import make_affinity
 from dispatcher.app import DispatchApp, DispatchCore, FarmState, Receive, Scope, Send
 from dispatcher.backends.store import SiteStore, open_store
+from dispatcher.clientaddr import TrustedProxyMiddleware, trusted_proxies
 from dispatcher.config import Config, DispatcherSettings, load_config, parse_address
 from dispatcher.edge import PublicEdge
 from dispatcher.errors import DispatcherError, ListenError
 from dispatcher.farm import Farm
-from dispatcher.http1 import EdgeLimits
 from dispatcher.redirect import RewriteError
 from dispatcher.relay import HandoffRelay
 from dispatcher.reload import plan_reload
@@ -232,12 +232,7 @@ class Runner:
             where = f"{settings.workers} worker process(es)"
         else:
             self.core = dispatch_core(self.farm, settings)
-            self.public = PublicEdge(
-                self.core,
-                bind(settings.listen),
-                limits=EdgeLimits.from_settings(settings),
-                access_log=settings.access_log,
-            )
+            self.public = PublicEdge.for_settings(self.core, bind(settings.listen), settings)
             await self.public.start()
             where = "this process"
         self._start_refresher()
@@ -296,8 +291,8 @@ class Runner:
         if self.workers is not None:
             self.workers.graceful_timeout = new.graceful_timeout
         if self.public is not None and new != old:
-            self.core = self.public.core = dispatch_core(self.farm, new)
-            self.public.limits = EdgeLimits.from_settings(new)
+            self.core = dispatch_core(self.farm, new)
+            self.public.configure(self.core, new)
 
     async def stop(self) -> None:
         """Stop within the graceful timeout plus a few seconds, whatever hangs.
@@ -346,9 +341,16 @@ class Runner:
             await self.stop()
 
 
-def dispatch_app(farm: FarmState, settings: DispatcherSettings) -> DispatchApp:
-    """The decision core as an ASGI app (for embedding in another server)."""
-    return DispatchApp(farm, core=dispatch_core(farm, settings))
+def dispatch_app(
+    farm: FarmState, settings: DispatcherSettings
+) -> DispatchApp | TrustedProxyMiddleware:
+    """The decision core as an ASGI app (for embedding in another server); behind
+    :class:`~dispatcher.clientaddr.TrustedProxyMiddleware` when the settings trust proxies."""
+    app = DispatchApp(farm, core=dispatch_core(farm, settings))
+    trusted = trusted_proxies(settings.trusted_proxies)
+    if trusted is None:
+        return app
+    return TrustedProxyMiddleware(app, trusted, settings.forwarded_header)
 
 
 def dispatch_core(farm: FarmState, settings: DispatcherSettings) -> DispatchCore:

@@ -43,7 +43,6 @@ from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.config import Config
 from dispatcher.edge import PublicEdge
 from dispatcher.errors import DispatcherError
-from dispatcher.http1 import EdgeLimits
 from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules
 from dispatcher.server import bind, dispatch_core
@@ -152,11 +151,8 @@ class Worker:
         host = f"[{setup.host}]" if ":" in setup.host else setup.host
         address = f"{host}:{setup.port}"
         assert self.core is not None  # set by apply
-        self.edge = listener = PublicEdge(
-            self.core,
-            bind(address, reuseport=True),
-            limits=EdgeLimits.from_settings(settings),
-            access_log=settings.access_log,
+        self.edge = listener = PublicEdge.for_settings(
+            self.core, bind(address, reuseport=True), settings
         )
         await listener.start()
         loop = asyncio.get_running_loop()
@@ -187,9 +183,8 @@ class Worker:
         if self.core is None or state.config != self.config:
             settings = state.config.dispatcher
             self.core = dispatch_core(self.farm, settings)
-            if self.edge is not None:  # the limits that change on a reload (graceful stop)
-                self.edge.core = self.core
-                self.edge.limits = EdgeLimits.from_settings(settings)
+            if self.edge is not None:  # the core, the limits, the trusted proxies
+                self.edge.configure(self.core, settings)
             self.config = state.config
             logging.getLogger().setLevel(state.config.dispatcher.log_level.upper())
         self.farm.snapshot = snapshot

@@ -31,6 +31,7 @@ from farmnode.spec import (
     PersistenceSpec,
     PlaneName,
     Protocol,
+    ProxyVersion,
     RealSpec,
     ServiceSpec,
 )
@@ -76,6 +77,7 @@ SERVICE_KEYS = frozenset(
         "udp_idle",
         "connect_timeout",
         "nat",
+        "send_proxy",
         "real",
     }
 )
@@ -326,6 +328,7 @@ def _service(raw: Any, p: str) -> ServiceSpec:
         udp_idle=_seconds(table, p, "udp_idle", d.udp_idle, DAY, least=0.1),
         connect_timeout=_seconds(table, p, "connect_timeout", d.connect_timeout, HOUR),
         nat=_choice(table, p, "nat", d.nat, NAT_MODES),
+        send_proxy=_send_proxy(table.get("send_proxy", False), f"{p}.send_proxy"),
     )
     if spec.protocol == "udp":
         _udp_check(table, p)
@@ -335,9 +338,25 @@ def _service(raw: Any, p: str) -> ServiceSpec:
             '"stateful" (the default) for this service: stateless NAT is a mode of '
             'dataplane = "nftables"; the userspace plane is a proxy',
         )
+    if spec.send_proxy is not None and (spec.dataplane != "userspace" or spec.protocol != "tcp"):
+        raise _Invalid(
+            f"{p}.send_proxy",
+            "false for this service: a PROXY header is written by the userspace plane on TCP "
+            'connections only (dataplane = "userspace", protocol = "tcp"); the nftables plane '
+            "forwards packets without touching their payload",
+        )
     if spec.dataplane == "nftables":
         _kernel_can_run(spec, p)
     return spec
+
+
+def _send_proxy(value: Any, path: str) -> ProxyVersion | None:
+    """``send_proxy``: ``false``, ``true`` (version 2, as HAProxy's ``send-proxy-v2``),
+    ``"v1"`` or ``"v2"``."""
+    versions: dict[Any, ProxyVersion | None] = {False: None, True: 2, "v1": 1, "v2": 2}
+    if not isinstance(value, bool | str) or value not in versions:
+        raise _Invalid(path, f'true, false, "v1" or "v2", got {value!r}')
+    return versions[value]
 
 
 def _udp_check(table: Mapping[str, Any], p: str) -> None:

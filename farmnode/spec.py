@@ -14,6 +14,8 @@ Protocol = Literal["tcp", "udp"]
 PlaneName = Literal["userspace", "nftables"]
 CheckKind = Literal["http", "tcp", "agent", "none"]
 NatMode = Literal["stateful", "stateless"]
+#: A PROXY protocol version (``send_proxy``: HAProxy's ``send-proxy`` and ``send-proxy-v2``).
+ProxyVersion = Literal[1, 2]
 #: Schedulers whose choice is a pure function of the packet (the client address): the only
 #: ones stateless NAT can run, since every packet of a connection is chosen for again.
 STATELESS_SCHEDULERS = ("sh", "mh", "fo")
@@ -85,6 +87,8 @@ class ServiceSpec:
     udp_idle: float = 30.0  # seconds a UDP flow lives without datagrams
     connect_timeout: float = 3.0  # userspace plane: seconds to connect to a real server
     nat: NatMode = "stateful"  # nftables plane: conntrack NAT, or per-packet rewriting
+    #: userspace TCP: the PROXY header (v1 or v2) sent to the real server first, or none
+    send_proxy: ProxyVersion | None = None
 
     @property
     def listen(self) -> str:

@@ -25,7 +25,11 @@ server (the failed ones excluded, each server at most once, the fallback last): 
 server that died but is not yet detected by its health checks costs the client latency,
 not a failed connection. When no server is left the client's connection is closed.
 Data the client sends before the real server answered is held (up to :data:`WRITE_HIGH`,
-then reading pauses) and passed on, with an early EOF, once it has.
+then reading pauses) and passed on, with an early EOF, once it has. With ``send_proxy``
+the first bytes the real server gets are a PROXY protocol header (v1 or v2,
+:mod:`dispatcher.proxyproto`) naming the client's address and port and the address it
+connected to, so the real server (a dispatcher with ``proxy_protocol = true``, nginx,
+HAProxy...) sees the client rather than this node.
 
 **UDP.** A flow is a client ``(address, port)``. Its first datagram chooses a real server
 and opens a connected UDP socket to it; the flow's later datagrams go the same way and the
@@ -48,8 +52,9 @@ import collections
 import logging
 import socket
 from collections.abc import Callable
-from typing import cast
+from typing import Literal, cast
 
+from dispatcher.proxyproto import encode, encode_unknown
 from farmnode.dataplane.base import DataPlane
 from farmnode.errors import DataplaneError
 from farmnode.rtt import socket_rtt
@@ -248,6 +253,8 @@ class _Link(asyncio.Protocol):
         "client_eof",
         "closed",
         "held",
+        "local",
+        "peer",
         "pending",
         "plane",
         "server",
@@ -265,6 +272,8 @@ class _Link(asyncio.Protocol):
         self.upstream: asyncio.Transport | None = None
         self.server: RealServer | None = None
         self.client = ""
+        self.peer: tuple[str, int] | None = None  # the client's (address, port)
+        self.local: tuple[str, int] | None = None  # the address it connected to
         self.pending: list[bytes] = []
         self.held = 0
         self.client_eof = False
@@ -278,6 +287,10 @@ class _Link(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else ""
+        if self.plane.spec.send_proxy is not None:
+            local = transport.get_extra_info("sockname")
+            self.peer = (self.client, int(peer[1])) if peer else None
+            self.local = (str(local[0]), int(local[1])) if local else None
         self.plane._links.add(self)
         self.task = self.plane.loop.create_task(self._connect())
 
@@ -364,6 +377,9 @@ class _Link(asyncio.Protocol):
         self.upstream = upstream
         upstream.set_write_buffer_limits(high=WRITE_HIGH)
         client.set_write_buffer_limits(high=WRITE_HIGH)
+        version = self.plane.spec.send_proxy
+        if version is not None:
+            upstream.write(self._proxy_header(version))
         if self.pending:
             upstream.writelines(self.pending)
             self.service.add_bytes(self.server, self.held, 0)  # type: ignore[arg-type]
@@ -373,6 +389,15 @@ class _Link(asyncio.Protocol):
         else:
             client.resume_reading()  # a no-op unless held data paused it
         return True
+
+    def _proxy_header(self, version: Literal[1, 2]) -> bytes:
+        """The PROXY header for this client (``UNKNOWN`` if its address cannot be told)."""
+        if self.peer is not None and self.local is not None:
+            try:
+                return encode(version, self.peer, self.local)
+            except ValueError:  # not an IP address (cannot happen on a TCP socket)
+                pass
+        return encode_unknown(version)
 
     # the end --------------------------------------------------------------------------------
 

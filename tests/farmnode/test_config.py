@@ -258,6 +258,37 @@ def test_stateless_nat_errors(tmp_path: Path, change: str, path: str, says: str)
     assert says in error.expected
 
 
+@pytest.mark.parametrize(
+    ("value", "version"), [("true", 2), ("false", None), ('"v1"', 1), ('"v2"', 2)]
+)
+def test_send_proxy_versions(tmp_path: Path, value: str, version: int | None) -> None:
+    """``true`` is version 2, as HAProxy's ``send-proxy-v2`` (binary: cheaper to parse)."""
+    text = MINIMAL.replace(
+        'listen = "127.0.0.1:8000"\n', f'listen = "127.0.0.1:8000"\nsend_proxy = {value}\n'
+    )
+    assert load_text(tmp_path, text).services[0].send_proxy == version
+    assert load_text(tmp_path, MINIMAL).services[0].send_proxy is None
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ('send_proxy = "v3"', 'true, false, "v1" or "v2", got \'v3\''),
+        ("send_proxy = 1", 'true, false, "v1" or "v2", got 1'),
+        ('send_proxy = true\ndataplane = "nftables"', "the nftables plane forwards packets"),
+        ('send_proxy = "v1"\nprotocol = "udp"\ncheck = { kind = "none" }', "TCP connections only"),
+    ],
+)
+def test_send_proxy_errors(tmp_path: Path, change: str, says: str) -> None:
+    text = MINIMAL.replace('protocol = "tcp"\n', "")
+    if "protocol" not in change:
+        change += '\nprotocol = "tcp"'
+    text = text.replace('listen = "127.0.0.1:8000"\n', f'listen = "127.0.0.1:8000"\n{change}\n')
+    error = error_of(tmp_path, text)
+    assert error.path == "services[0].send_proxy"
+    assert says in error.expected
+
+
 def test_a_stateless_service_owns_its_real_servers(tmp_path: Path) -> None:
     """Its replies are recognised by server address and port alone: no other kernel-plane
     service of the protocol may use the same server (a userspace one may: the proxy's
@@ -701,6 +732,7 @@ PLAUSIBLE: dict[str, list[Any]] = {
     "scheduler": [*sorted(SCHEDULERS), "random"],
     "dataplane": ["userspace", "nftables", "userspace", "kernel"],
     "nat": ["stateful", "stateless", "none"],
+    "send_proxy": [True, False, "v1", "v2", "v3", 1],
     "quiescent": [True, False, 1],
     "expire_quiescent": [True, False, "yes"],
     "udp_idle": SECONDS,

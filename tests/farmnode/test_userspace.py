@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from dispatcher.backends.health import Health, Prober, Target
+from dispatcher.proxyproto import decode
 from farmnode.dataplane.userspace import UserspacePlane
 from farmnode.errors import DataplaneError
 from farmnode.spec import CheckSpec, PersistenceSpec, RealSpec, ServiceSpec
@@ -683,6 +684,82 @@ async def test_udp_flow_table_is_bounded() -> None:
         finally:
             await plane.stop()
         assert service.servers[echoes[0][1].key].active == 0
+
+
+# --- send_proxy --------------------------------------------------------------------------------
+
+
+class Recorder(asyncio.Protocol):
+    """Keeps every byte of each connection; answers ``ok`` at the client's EOF."""
+
+    def __init__(self, received: list[bytearray]) -> None:
+        self.data = bytearray()
+        received.append(self.data)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> bool:
+        self.transport.write(b"ok")
+        self.transport.close()
+        return True
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_send_proxy_names_the_client_before_its_bytes(version: Literal[1, 2]) -> None:
+    """The real server reads a PROXY header with the client's own address (a distinct
+    loopback address here) and port, then exactly the client's bytes, on every connection,
+    also after a failed connect to another server."""
+    received: list[bytearray] = []
+    dead = RealSpec("127.0.0.1", closed_port())
+    async with tcp_server(lambda: Recorder(received)) as real:
+        spec = tcp_spec(dead, real, send_proxy=version)
+        async with running(spec) as (plane, _):
+            assert plane.address is not None
+            vip = plane.address
+            clients = []
+            for _ in range(2):  # round robin: one of them tries the dead server first
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", plane.address[1], local_addr=("127.0.0.23", 0)
+                )
+                writer.write(b"GET / HTTP/1.0\r\n\r\n")  # before the server is connected
+                writer.write_eof()
+                assert await asyncio.wait_for(reader.read(), TIMEOUT) == b"ok"
+                clients.append(writer.get_extra_info("sockname"))
+                writer.close()
+    assert len(received) == 2
+    for data, (host, port) in zip(received, clients, strict=True):
+        header = decode(bytes(data))
+        assert header is not None
+        assert header.version == version
+        assert header.source == (host, port) == ("127.0.0.23", port)
+        assert header.destination == vip
+        assert bytes(data[header.length :]) == b"GET / HTTP/1.0\r\n\r\n"
+
+
+async def test_without_send_proxy_the_bytes_are_the_clients_alone() -> None:
+    received: list[bytearray] = []
+    async with (
+        tcp_server(lambda: Recorder(received)) as real,
+        running(tcp_spec(real)) as (plane, _),
+    ):
+        assert plane.address is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", plane.address[1])
+        writer.write(b"hello")
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b"ok"
+        writer.close()
+    assert received == [bytearray(b"hello")]
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 # --- errors ------------------------------------------------------------------------------------
