@@ -437,7 +437,7 @@ def test_the_fallback_may_not_be_the_service_itself(tmp_path: Path) -> None:
     [
         ('name = "n1"', 'name = "N1"', "node.name", "lowercase letters"),
         ('name = "n1"', 'name = "-n1"', "node.name", "starting and ending"),
-        ('name = "n1"', 'nom = "n1"', "node.nom", "unknown key; expected one of log_level, name"),
+        ('name = "n1"', 'nom = "n1"', "node.nom", "expected one of log_format, log_level, name"),
         (
             'status_listen = "127.0.0.1:9100"',
             'status_listen = "localhost:9100"',
