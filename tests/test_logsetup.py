@@ -24,12 +24,12 @@ from dispatcher.logsetup import (
 )
 
 RFC3339_MS = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
-HOSTILE = "evil\n2025-01-01T00:00:00.000Z ERROR   webfarm.server: forged\r\x1b[31mred\x00\u2028\u0085"
+HOSTILE = (
+    "evil\n2025-01-01T00:00:00.000Z ERROR   webfarm.server: forged\r\x1b[31mred\x00\u2028\u0085"
+)
 
 
-def record(
-    message: str, *args: object, exc: bool = False, **extra: object
-) -> logging.LogRecord:
+def record(message: str, *args: object, exc: bool = False, **extra: object) -> logging.LogRecord:
     exc_info = None
     if exc:
         try:
@@ -95,9 +95,12 @@ def test_a_text_line_reads_as_before_with_a_timestamp() -> None:
 def test_a_hostile_message_stays_on_its_line_in_both_formats() -> None:
     text = TextFormatter().format(record("%s", HOSTILE))
     assert len(text.splitlines()) == 1
-    assert "\x1b" not in text and "\\x1b" in text and "\\n2025" in text
+    assert "\x1b" not in text
+    assert "\\x1b" in text
+    assert "\\n2025" in text
     line = JsonFormatter().format(record("%s", HOSTILE))
-    assert len(line.splitlines()) == 1 and line.isascii()
+    assert len(line.splitlines()) == 1
+    assert line.isascii()
     assert json.loads(line)["message"] == HOSTILE
 
 
@@ -105,12 +108,14 @@ def test_a_traceback_follows_on_marked_continuation_lines() -> None:
     text = TextFormatter().format(record("failed", exc=True))
     first, *rest = text.splitlines()
     assert first.endswith("webfarm.test: failed")
-    assert rest and all(line.startswith("  | ") for line in rest)
+    assert rest
+    assert all(line.startswith("  | ") for line in rest)
     # the exception's own line breaks continue the traceback: marked, never a forged line
     assert "  | 2025-01-01T00:00:00.000Z ERROR   webfarm.server: forged" in rest
     assert "\x1b" not in text
     doc = json.loads(JsonFormatter().format(record("failed", exc=True)))
-    assert "Traceback" in doc["exception"] and HOSTILE.rstrip() in doc["exception"]
+    assert "Traceback" in doc["exception"]
+    assert HOSTILE.rstrip() in doc["exception"]
 
 
 def test_a_huge_message_is_cut_and_says_so() -> None:

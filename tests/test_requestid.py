@@ -62,18 +62,20 @@ async def test_a_sane_client_id_is_kept_and_echoed(given_id: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [b"", b"a" * (MAX_LENGTH + 1), b"has space", b"new\nline", b"caf\xc3\xa9", b"<script>", b"\x00"],
+    [b"", b"a" * (MAX_LENGTH + 1), b"a space", b"new\nline", b"caf\xc3\xa9", b"<b>", b"\x00"],
 )
 async def test_anything_else_is_replaced_by_a_new_id(value: bytes) -> None:
     seen, _ = await call([(b"x-request-id", value)])
-    assert seen is not None and NEW_ID.fullmatch(seen)
+    assert seen is not None
+    assert NEW_ID.fullmatch(seen)
 
 
 async def test_without_a_header_each_request_gets_its_own_id() -> None:
     first, _ = await call([])
     second, _ = await call([])
     assert first != second
-    assert first is not None and NEW_ID.fullmatch(first)
+    assert first is not None
+    assert NEW_ID.fullmatch(first)
 
 
 def test_only_the_first_header_counts() -> None:
@@ -85,5 +87,7 @@ def test_only_the_first_header_counts() -> None:
 def test_an_accepted_id_is_always_safe(value: bytes) -> None:
     got = accepted([(HEADER, value)])
     if got is not None:
-        assert ALLOWED.fullmatch(got.encode()) and got.isascii() and got.isprintable()
+        assert ALLOWED.fullmatch(got.encode())
+        assert got.isascii()
+        assert got.isprintable()
         assert got.encode() == value

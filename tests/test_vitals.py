@@ -38,7 +38,8 @@ READY = Readiness(
 
 def test_liveness_in_process_is_the_control_loop() -> None:
     verdict = dispatcher_liveness(control=None, workers=None)
-    assert verdict.ok and verdict.status == 200
+    assert verdict.ok
+    assert verdict.status == 200
     assert verdict.document() == {
         "status": "ok",
         "checks": {"control": {"ok": True, "detail": "running"}},
@@ -92,7 +93,7 @@ def test_each_condition_can_fail_alone() -> None:
         ({"listening": False}, "listening"),
         ({"stopping": True}, "listening"),
     ]:
-        doc = dispatcher_readiness(replace(READY, **change)).document()  # type: ignore[arg-type]
+        doc = dispatcher_readiness(replace(READY, **change)).document()
         assert doc["status"] == "failing"
         assert [n for n, c in doc["checks"].items() if not c["ok"]] == [name]
 
@@ -117,7 +118,8 @@ class Node:
 def test_a_running_node_is_live_and_ready() -> None:
     assert node_liveness(Node()).ok
     ready = node_readiness(Node())
-    assert ready.ok and set(ready.document()["checks"]) == {"started", "services"}
+    assert ready.ok
+    assert set(ready.document()["checks"]) == {"started", "services"}
 
 
 def test_a_node_starting_or_stopping_is_not_ready() -> None:
