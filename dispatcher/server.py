@@ -362,7 +362,10 @@ class Runner:
         watchdog: asyncio.Task[None] | None = None
         try:
             await self.start()
-            notify.ready(f"dispatching: public port {self.public_port}")
+            assert self.admin is not None
+            notify.ready(
+                f"dispatching: public port {self.public_port}, admin port {self.admin.port}"
+            )
             watchdog = asyncio.create_task(
                 keep_watchdog(notify, lambda: self.liveness().ok), name="watchdog"
             )

@@ -366,7 +366,8 @@ class Node:
         watchdog = None
         try:
             await self.start()
-            self.notifier.ready(self.state)
+            where = self.listener.url if self.listener is not None else "nowhere"
+            self.notifier.ready(f"{self.state}; status on {where}")
             live = lambda: node_liveness(self).ok  # noqa: E731
             watchdog = asyncio.create_task(keep_watchdog(self.notifier, live), name="watchdog")
             while not self.flags.stop:
