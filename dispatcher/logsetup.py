@@ -52,11 +52,18 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+_second: list[Any] = [None, ""]  # the last second formatted, and its text (one per process)
+
+
 def timestamp(created: float) -> str:
     """``created`` (seconds since the epoch) as RFC 3339 UTC with milliseconds."""
     whole = int(created)
     millis = min(999, int((created - whole) * 1000))
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    cached = _second
+    if cached[0] != whole:  # strftime once a second, not once a line
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        cached[0] = whole
+    return f"{cached[1]}.{millis:03d}Z"
 
 
 def cut(text: str, limit: int) -> str:
@@ -84,6 +91,8 @@ class _Formatter(logging.Formatter):
         return cut(record.getMessage(), MAX_MESSAGE)
 
     def trace(self, record: logging.LogRecord) -> str | None:
+        if not (record.exc_info or record.exc_text or record.stack_info):
+            return None
         parts = []
         if record.exc_info:
             parts.append("".join(traceback.format_exception(*record.exc_info)).rstrip())
@@ -93,14 +102,15 @@ class _Formatter(logging.Formatter):
             parts.append(record.stack_info.rstrip())
         return cut("\n".join(parts), MAX_TRACEBACK) if parts else None
 
-    def context(self, record: logging.LogRecord) -> dict[str, Any]:
-        """``request_id`` (when handling a request), this process's fields, the record's."""
-        found: dict[str, Any] = {}
+    def context(self, record: logging.LogRecord) -> Mapping[str, Any]:
+        """``request_id`` (when handling a request), this process's fields, the record's
+        (read only: it may be this formatter's own ``fields``)."""
         rid = request_id.get()
-        if rid is not None:
-            found["request_id"] = rid
+        extra = record.__dict__.get("fields")
+        if rid is None and not extra:
+            return self.fields
+        found: dict[str, Any] = {} if rid is None else {"request_id": rid}
         found.update(self.fields)
-        extra = getattr(record, "fields", None)
         if isinstance(extra, Mapping):
             found.update((str(k), v) for k, v in extra.items() if str(k) not in CORE_KEYS)
         return found
@@ -141,7 +151,7 @@ class JsonFormatter(_Formatter):
         trace = self.trace(record)
         if trace is not None:
             line["exception"] = trace
-        return json.dumps(line, ensure_ascii=True, default=_json_value, separators=(",", ":"))
+        return _ENCODER.encode(line)
 
 
 def _text_value(value: Any) -> str:
@@ -151,6 +161,9 @@ def _text_value(value: Any) -> str:
 
 def _json_value(value: Any) -> str:
     return cut(str(value), MAX_MESSAGE)
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=True, default=_json_value, separators=(",", ":"))
 
 
 #: The formatters by the name ``log_format`` gives.

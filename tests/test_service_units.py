@@ -211,31 +211,77 @@ async def test_the_dispatcher_notifies_systemd_and_logs_json(
     assert any("reloaded" in line["message"] for line in lines)
 
 
+CLUSTER = """
+[cluster]
+name = "units"
+key = "units-test-cluster-key-0123456789abcdef"
+interval = 0.2
+deadtime = 1.0
+initdead = 1.0
+[[cluster.transports]]
+kind = "udp"
+bind = "127.0.0.1:{port}"
+
+[[groups]]
+name = "front"
+[[groups.resources]]
+agent = "switch"
+name = "web"
+service = "web"
+"""
+
+
 async def test_farmnode_notifies_systemd_and_logs_json(
     tmp_path: Path, notify: NotifySocket
 ) -> None:
+    """A node with a single-node [cluster] whose group opens service ``web`` and a plain
+    service ``api``: ready, live and ready with its cluster conditions; a reload that adds
+    a service it cannot open makes it not ready (and says why); SIGTERM."""
     async with id_servers("a") as (a,):
         path = tmp_path / "node.toml"
-        text = node_text(service_toml("web", free_port(), [a]), status_listen="127.0.0.1:0")
+        services = service_toml("web", free_port(), [a]) + service_toml("api", free_port(), [a])
+        text = node_text(services, status_listen="127.0.0.1:0")
         text = text.replace('name = "n1"', 'name = "n1"\nlog_format = "json"', 1)
+        text += CLUSTER.format(port=free_port())
         path.write_text(text, encoding="utf-8")
         proc = start([FARMNODE, "serve", "--config", str(path)], notify, tmp_path)
         try:
             ready = await notify.next()
             assert ready["READY"] == "1", ready
-            assert ready["STATUS"].startswith("running: 1 service(s)"), ready
+            assert ready["STATUS"].startswith("running: 2 service(s)"), ready
             found = re.search(r"status on (http://\S+)/status", ready["STATUS"])
             assert found is not None, ready
+            base = found[1]
             async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
-                live = await client.get(f"{found[1]}/livez")
+                live = await client.get(f"{base}/livez")
                 assert live.status_code == 200, live.text
-                readyz = await client.get(f"{found[1]}/readyz")
-                assert readyz.status_code == 200, readyz.text
-                assert readyz.json()["checks"]["services"] == {"ok": True, "detail": "1 service(s)"}
-                await asyncio.to_thread(garbage, int(found[1].rsplit(":", 1)[1]))
-            proc.send_signal(signal.SIGHUP)
-            assert (await notify.next(10.0))["RELOADING"] == "1"
-            assert (await notify.next(10.0))["READY"] == "1"
+                assert set(live.json()["checks"]) == {"node", "cluster"}
+                deadline = time.monotonic() + 15
+                while (readyz := await client.get(f"{base}/readyz")).status_code != 200:
+                    assert time.monotonic() < deadline, readyz.text
+                    await asyncio.sleep(0.1)
+                checks = readyz.json()["checks"]
+                assert set(checks) == {"started", "services", "cluster", "quorum"}
+                assert checks["quorum"] == {"ok": True, "detail": "quorate"}
+                await asyncio.to_thread(garbage, int(base.rsplit(":", 1)[1]))
+
+                with socket.socket() as taken:  # a port the new service cannot have
+                    taken.bind(("127.0.0.1", 0))
+                    taken.listen(1)
+                    busy = service_toml("busy", taken.getsockname()[1], [a])
+                    path.write_text(text.replace("[cluster]", busy + "\n[cluster]", 1))
+                    proc.send_signal(signal.SIGHUP)
+                    assert (await notify.next(10.0))["RELOADING"] == "1"
+                    again = await notify.next(10.0)
+                    assert again["READY"] == "1"
+                    assert "failed to start: busy" in again["STATUS"], again
+                    readyz = await client.get(f"{base}/readyz")
+                    assert readyz.status_code == 503
+                    assert readyz.json()["checks"]["services"] == {
+                        "ok": False,
+                        "detail": "not running: busy",
+                    }
+                    assert (await client.get(f"{base}/livez")).status_code == 200
             await stop(proc, notify)
         finally:
             if proc.poll() is None:
@@ -244,3 +290,4 @@ async def test_farmnode_notifies_systemd_and_logs_json(
     lines = json_lines(tmp_path)
     loggers = {line["logger"] for line in lines}
     assert {"webfarm.farmnode", "uvicorn.error"} <= loggers
+    assert any("failed to start: busy" in line["message"] for line in lines)
