@@ -77,7 +77,6 @@ async def serve_bare(port: int, stop: asyncio.Event) -> None:
         BareRedirect(BARE_LOCATION),
         f"127.0.0.1:{port}",
         access_log=False,
-        log_level="warning",
         timeouts=TIMEOUTS,
     )
     await listener.start()
@@ -124,7 +123,6 @@ async def start_sites() -> list[Listener]:
             DemoSite(f"s{i}"),
             "127.0.0.1:0",
             access_log=False,
-            log_level="warning",
             timeouts=TIMEOUTS,
         )
         for i in range(3)
@@ -173,9 +171,7 @@ async def serve_dispatcher(
         if uvicorn:
             assert runner.core is not None
             app = DispatchApp(runner.farm, core=runner.core)
-            old_edge = Listener(
-                app, f"127.0.0.1:{port}", access_log=False, log_level="warning", timeouts=TIMEOUTS
-            )
+            old_edge = Listener(app, f"127.0.0.1:{port}", access_log=False, timeouts=TIMEOUTS)
             await old_edge.start()
         print("ready", flush=True)
         await stop.wait()

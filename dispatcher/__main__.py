@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Coroutine, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from dispatcher.demo import run_demo
 from dispatcher.errors import ConfigError, DispatcherError, InvalidValue
 from dispatcher.explain import explain, offline_snapshot, request_from_url
 from dispatcher.files import MAX_RULES_BYTES, read_regular_file
+from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS, configure_logging
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules
+from dispatcher.sdnotify import Notifier
 from dispatcher.server import Runner
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -37,11 +40,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit status (0 ok, 1 failure, 2 bad config)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
+    early = os.environ.get("FARM_LOG_FORMAT", "").strip()  # before the file is read
+    configure_logging(args.log_level or "info", early if early in LOG_FORMATS else "text")
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
@@ -60,7 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="farm-dispatcher", description="webfarm's dispatcher: redirect clients to sites."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="log at this level and above (default: the configuration's log_level, or info)",
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(
@@ -195,10 +199,16 @@ def _explain(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     config = _config(args)
     source = args.config
+    settings = config.dispatcher
+    if args.log_level is not None:  # the command line wins over the file, until a reload
+        settings = replace(settings, log_level=args.log_level)
+        config = replace(config, dispatcher=settings)
+    configure_logging(settings.log_level, settings.log_format)
     runner = Runner(config, worker_processes=True, reload_config=lambda: load_config(source))
+    notifier = Notifier()
 
     async def serve(stop: asyncio.Event, reload: asyncio.Event) -> None:
-        await runner.serve(stop, reload)
+        await runner.serve(stop, reload, notifier)
         if runner.stranded:  # a thread stuck on the database would hold up the exit
             _exit_now("stopped, leaving store calls stuck (a hung database?)")
 

@@ -34,6 +34,7 @@ from dispatcher.clientaddr import FORWARDED_HEADERS
 from dispatcher.clientaddr import parse_networks as parse_proxies
 from dispatcher.errors import ConfigError, GeoDatabaseError, InvalidValue
 from dispatcher.files import MAX_RULES_BYTES, read_regular_file
+from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS
 from dispatcher.placement.geoip import check_database
 from dispatcher.placement.locate import Locator
 from dispatcher.placement.prefixes import Network, parse_networks
@@ -83,6 +84,7 @@ class DispatcherSettings:
     registry_refresh: float = 1.0
     access_log: bool = False
     log_level: str = "info"
+    log_format: str = "text"
     rules: Path | None = None
     affinity: str = "off"
     affinity_lifetime: int = 3600
@@ -275,7 +277,8 @@ def _dispatcher_settings(
         "retry_after": _whole(raw, p, "retry_after", d.retry_after, 0, 86_400),
         "registry_refresh": _seconds(raw, p, "registry_refresh", d.registry_refresh, 0.05, 3600.0),
         "access_log": _get(raw, p, "access_log", bool, d.access_log, "true or false"),
-        "log_level": _choice(raw, p, "log_level", d.log_level, ("debug", "info", "warning")),
+        "log_level": _choice(raw, p, "log_level", d.log_level, LOG_LEVELS),
+        "log_format": _choice(raw, p, "log_format", d.log_format, LOG_FORMATS),
         "rules": _optional_path(raw, p, "rules", "the path of a rewrite rule file"),
         "affinity": _choice(raw, p, "affinity", d.affinity, ("off", "cookie", "network")),
         "affinity_lifetime": _whole(
@@ -318,8 +321,12 @@ def _dispatcher_settings(
 
 
 def _environment_overrides(values: dict[str, Any], env: Mapping[str, str]) -> None:
-    """``FARM_DATABASE_URL``, ``FARM_SECRET_KEYS``, ``FARM_ADMIN_TOKENS`` and
-    ``FARM_TRUSTED_PROXIES`` win over the file."""
+    """``FARM_DATABASE_URL``, ``FARM_SECRET_KEYS``, ``FARM_ADMIN_TOKENS``,
+    ``FARM_TRUSTED_PROXIES`` and ``FARM_LOG_FORMAT`` win over the file."""
+    if "FARM_LOG_FORMAT" in env:
+        values["log_format"] = _choice(
+            {"v": env["FARM_LOG_FORMAT"].strip()}, "", "v", "text", LOG_FORMATS, "FARM_LOG_FORMAT"
+        )
     if url := env.get("FARM_DATABASE_URL", "").strip():
         values["database_url"] = url
     if "FARM_GEOIP_DATABASE" in env:
@@ -533,11 +540,17 @@ def _cookie_domain(raw: Mapping[str, Any], path: str) -> str | None:
 
 
 def _choice(
-    raw: Mapping[str, Any], path: str, key: str, default: str, choices: tuple[str, ...]
+    raw: Mapping[str, Any],
+    path: str,
+    key: str,
+    default: str,
+    choices: tuple[str, ...],
+    field_name: str | None = None,
 ) -> str:
     value = raw.get(key, default)
     if value not in choices:
-        raise InvalidValue(f"{path}.{key}", f"one of {', '.join(choices)}, got {value!r}")
+        where = field_name or f"{path}.{key}"
+        raise InvalidValue(where, f"one of {', '.join(choices)}, got {value!r:.200}")
     return str(value)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from dispatcher.config import parse_address
 from dispatcher.errors import DispatcherError
 from dispatcher.farm import Farm
+from dispatcher.sdnotify import VARIABLES
 from dispatcher.server import bind
 from dispatcher.wire import (
     MAX_REPORT,
@@ -61,6 +62,8 @@ class WorkerView:
     ready: bool
     generation: int
     restarts: int
+    silence: float | None = None
+    """Seconds since the worker last reported (``None``: not since it started)."""
 
 
 @dataclass(slots=True)
@@ -73,23 +76,33 @@ class _Slot:
     generation: int = -1
     sent: int = -1
     restarts: int = 0
+    heard: float | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     first_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def view(self) -> WorkerView:
         pid = self.proc.pid if self.proc is not None else None
-        return WorkerView(self.index, pid, self.ready, self.generation, self.restarts)
+        silence = None if self.heard is None else time.monotonic() - self.heard
+        return WorkerView(self.index, pid, self.ready, self.generation, self.restarts, silence)
 
 
 class WorkerPool:
     """``count`` worker processes serving ``listen`` from ``farm``'s state."""
 
     def __init__(
-        self, farm: Farm, listen: str, count: int, *, log_level: str, graceful_timeout: float
+        self,
+        farm: Farm,
+        listen: str,
+        count: int,
+        *,
+        log_level: str,
+        graceful_timeout: float,
+        log_format: str = "text",
     ) -> None:
         self.farm = farm
         self.listen = listen
         self.log_level = log_level
+        self.log_format = log_format
         self.graceful_timeout = graceful_timeout
         self._slots = [_Slot(i) for i in range(count)]
         self._generation = 0
@@ -234,6 +247,7 @@ class WorkerPool:
                     f"--fd={theirs.fileno()}",
                     f"--parent={os.getpid()}",
                     f"--log-level={self.log_level}",
+                    f"--log-format={self.log_format}",
                 ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -242,6 +256,7 @@ class WorkerPool:
         finally:
             theirs.close()
         slot.proc, slot.ready, slot.generation, slot.sent = proc, False, -1, -1
+        slot.heard = None
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         sender: asyncio.Task[None] | None = None
         try:
@@ -268,6 +283,7 @@ class WorkerPool:
                 raise WireError("the worker did not start (see its log above)")
             startup.reschedule(None)
         slot.ready, slot.generation, pid = True, report.generation, report.pid
+        slot.heard = time.monotonic()
         slot.first_ready.set()
         log.info(
             "worker %d started (pid %d, ready in %.0f ms)",
@@ -290,6 +306,7 @@ class WorkerPool:
                 return
             if report is None:
                 return
+            slot.heard = time.monotonic()
             if report.kind == "ack":
                 slot.generation = report.generation
                 if report.generation == self._generation:
@@ -322,8 +339,9 @@ class WorkerPool:
 
 def worker_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
     """A worker's environment: ours without ``FARM_*`` (the secrets it needs come over its
-    channel, and it needs few: no admin tokens, no database URL)."""
-    return {k: v for k, v in environ.items() if not k.startswith("FARM_")}
+    channel, and it needs few: no admin tokens, no database URL) and without the service
+    manager's notification variables (only the control process speaks to systemd)."""
+    return {k: v for k, v in environ.items() if not k.startswith("FARM_") and k not in VARIABLES}
 
 
 def _signal(proc: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:

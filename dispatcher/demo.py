@@ -75,7 +75,6 @@ async def run_demo(stop: asyncio.Event, *, port: int = 8080) -> None:
                 DemoSite(name),
                 f"127.0.0.1:{port + 921 + i}",
                 access_log=False,
-                log_level="warning",
                 timeouts=timeouts,
             )
             for i, (name, _) in enumerate(DEMO_SITES)

@@ -76,6 +76,12 @@ class Farm:
         self._in_flight: set[asyncio.Task[Any]] = set()
         self.on_change: Callable[[], None] | None = None
         self.worker_views: Callable[[], Sequence[WorkerView]] | None = None
+        self.started = False
+        """Set once :meth:`start` ran: the registry was read and every site probed once."""
+        self.database_answered: float | None = None
+        """When a store call last succeeded (monotonic), for readiness: no store call there."""
+        self.refreshed_at: float | None = None
+        """When the registry was last read in full from the store (monotonic)."""
         self.snapshot = self._build()
 
     # --- life cycle ---
@@ -94,6 +100,7 @@ class Farm:
             )
         await self._io(self.adopt_rule_file)
         await self.refresh()
+        self.started = True
 
     async def stop(self, timeout: float = 10.0) -> bool:
         """Stop probing and wait (bounded) for store calls still running in worker threads;
@@ -125,8 +132,9 @@ class Farm:
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._in_flight.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved here too: its caller may have been cancelled
+        # retrieved here too: its caller may have been cancelled
+        if not task.cancelled() and task.exception() is None:
+            self.database_answered = time.monotonic()
 
     async def refresh(self) -> str:
         """Pick up changes other replicas made; return a short status for the log."""
@@ -143,6 +151,7 @@ class Farm:
             new_loads = self._merge_loads(loads)
             if (new_loads or new_rtt) and not changed:
                 self._changed()
+            self.refreshed_at = time.monotonic()
         return f"revision {revision}{' (reloaded)' if changed else ''}, {new_loads} new load(s)"
 
     async def run_refresher(self, interval: float) -> None:

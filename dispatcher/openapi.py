@@ -51,6 +51,19 @@ def _op(
     return op
 
 
+def _health(summary: str) -> dict[str, Any]:
+    """``/livez`` or ``/readyz``: no token, 200 or 503 with the conditions."""
+    return {
+        "summary": summary,
+        "security": [],
+        "responses": {
+            "200": _ok("every condition holds", "Verdict"),
+            "503": _ok("a condition fails (named in the body)", "Verdict"),
+            "4XX": _ERROR,
+        },
+    }
+
+
 def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
     """The document; ``pools`` are the configured pool names (a site's ``pool`` is one)."""
     pool_names = sorted(pools)
@@ -114,7 +127,13 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
     site_changes = {k: v for k, v in site_fields.items() if k != "name"}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "webfarm dispatcher admin API", "version": __version__},
+        "info": {
+            "title": "webfarm dispatcher admin API",
+            "version": __version__,
+            "description": "Every answer carries X-Request-Id: the client's own when it is"
+            " 1-128 characters of letters, digits and -._:+/=@, else a new one; the"
+            " request's log lines carry it too.",
+        },
         "security": [{"bearer": []}],
         "paths": {
             "/api/v1/sites": {
@@ -189,6 +208,19 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                     {"200": _ok("the explanation", "Explained")},
                     "ExplainIn",
                     store=False,
+                ),
+            },
+            "/livez": {
+                "get": _health(
+                    "Is the dispatcher alive: the control process and its workers run (no"
+                    " token; HEAD too)"
+                ),
+            },
+            "/readyz": {
+                "get": _health(
+                    "Should it get traffic: a snapshot, the first probe round, the public"
+                    " listener open, the database answered within registry_refresh x 10 (no"
+                    " token; HEAD too)"
                 ),
             },
             "/api/v1/openapi.json": {
@@ -312,6 +344,28 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                                     "restarts": {"type": "integer"},
                                 },
                             },
+                        },
+                    },
+                },
+                "Verdict": {
+                    "type": "object",
+                    "required": ["status", "checks"],
+                    "properties": {
+                        "status": {"enum": ["ok", "failing"]},
+                        "checks": {
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "object",
+                                "required": ["ok", "detail"],
+                                "properties": {
+                                    "ok": {"type": "boolean"},
+                                    "detail": {"type": "string"},
+                                },
+                            },
+                        },
+                        "snapshot_age": {
+                            "type": ["number", "null"],
+                            "description": "seconds since the registry was last read in full",
                         },
                     },
                 },

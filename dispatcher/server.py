@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,11 +31,21 @@ from dispatcher.config import Config, DispatcherSettings, load_config, parse_add
 from dispatcher.edge import PublicEdge
 from dispatcher.errors import DispatcherError, ListenError
 from dispatcher.farm import Farm
+from dispatcher.logsetup import configure_logging
 from dispatcher.redirect import RewriteError
 from dispatcher.relay import HandoffRelay
 from dispatcher.reload import plan_reload
+from dispatcher.requestid import RequestIds
+from dispatcher.sdnotify import Notifier, keep_watchdog
 from dispatcher.session import HandoffToken
 from dispatcher.throttle import throttle_warnings
+from dispatcher.vitals import (
+    HealthRoutes,
+    Readiness,
+    Verdict,
+    dispatcher_liveness,
+    dispatcher_readiness,
+)
 
 if TYPE_CHECKING:
     from dispatcher.control import WorkerPool
@@ -89,7 +100,8 @@ class ListenerLimits:
 
 class Listener:
     """One uvicorn server on one pre-bound socket (``sock``, else one bound to ``address``),
-    without uvicorn's signal handling."""
+    without uvicorn's signal handling or logging set-up (:mod:`dispatcher.logsetup` routes
+    its loggers)."""
 
     def __init__(
         self,
@@ -97,7 +109,6 @@ class Listener:
         address: str,
         *,
         access_log: bool,
-        log_level: str,
         timeouts: Timeouts,
         sock: socket.socket | None = None,
         limits: ListenerLimits | None = None,
@@ -115,7 +126,7 @@ class Listener:
             app,
             lifespan="off",
             access_log=access_log,
-            log_level=log_level,
+            log_config=None,  # every line through dispatcher.logsetup's handler and format
             proxy_headers=False,
             server_header=False,
             timeout_keep_alive=timeouts.keep_alive,
@@ -191,6 +202,9 @@ class Runner:
         self._admin_app: Swappable | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._reloading = asyncio.Lock()
+        self.listening = False
+        """Set once the public listener (or every worker process) accepts connections."""
+        self.stopping = False
         self.stranded = False
         """Set by :meth:`stop` when threads are left stuck in store calls: they would hold up
         the interpreter's exit, so the caller should end the process at once."""
@@ -210,14 +224,14 @@ class Runner:
         await self.farm.start()
         self._admin_app = Swappable(AdminApi(self.farm).app(settings.admin_tokens))
         self.admin = Listener(
-            self._admin_app,
+            RequestIds(HealthRoutes(self._admin_app, self.liveness, self.readiness)),
             settings.admin_listen,
             access_log=False,  # the admin app logs every request itself (webfarm.admin.access)
-            log_level=settings.log_level,
             timeouts=self.timeouts,
             limits=ListenerLimits(max_head=settings.max_request_head),
         )
         await self.admin.start()
+        self._start_refresher()  # from now on: worker processes take seconds to start
         if self.worker_processes:
             from dispatcher.control import WorkerPool  # (a cycle: it imports this module)
 
@@ -227,6 +241,7 @@ class Runner:
                 settings.workers,
                 log_level=settings.log_level,
                 graceful_timeout=settings.graceful_timeout,
+                log_format=settings.log_format,
             )
             await self.workers.start()
             where = f"{settings.workers} worker process(es)"
@@ -235,7 +250,7 @@ class Runner:
             self.public = PublicEdge.for_settings(self.core, bind(settings.listen), settings)
             await self.public.start()
             where = "this process"
-        self._start_refresher()
+        self.listening = True
         log.info(
             "dispatching on http://%s (admin on http://%s): public port %d, admin port %d, %s",
             settings.listen,
@@ -284,12 +299,13 @@ class Runner:
         the next state, which :meth:`Farm.reconfigure` announced)."""
         if new.admin_tokens != old.admin_tokens and self._admin_app is not None:
             self._admin_app.app = AdminApi(self.farm).app(new.admin_tokens)
-        if new.log_level != old.log_level:
-            logging.getLogger().setLevel(new.log_level.upper())
+        if (new.log_level, new.log_format) != (old.log_level, old.log_format):
+            configure_logging(new.log_level, new.log_format)
         if new.registry_refresh != old.registry_refresh:
             self._start_refresher()
-        if self.workers is not None:
+        if self.workers is not None:  # for the workers started from now on
             self.workers.graceful_timeout = new.graceful_timeout
+            self.workers.log_level, self.workers.log_format = new.log_level, new.log_format
         if self.public is not None and new != old:
             self.core = dispatch_core(self.farm, new)
             self.public.configure(self.core, new)
@@ -303,6 +319,7 @@ class Runner:
         :data:`STORE_GRACE` seconds, and the store is closed (bounded too); if either is
         left hanging, :attr:`stranded` is set.
         """
+        self.stopping = True
         stopping = [
             part.stop() for part in (self.workers, self.public, self.admin) if part is not None
         ]
@@ -323,11 +340,30 @@ class Runner:
             log.error("the database did not close within %g s; leaving it", STORE_GRACE)
             self.stranded = True
 
-    async def serve(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
-        """Start; reload whenever ``reload`` is set; stop once ``stop`` is set."""
+    async def serve(
+        self,
+        stop: asyncio.Event,
+        reload: asyncio.Event | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        """Start; reload whenever ``reload`` is set; stop once ``stop`` is set.
+
+        ``notifier`` tells the service manager (:mod:`dispatcher.sdnotify`): ready once the
+        listeners accept connections, reloading and ready again around each reload,
+        stopping; and feeds its watchdog while :meth:`liveness` holds.
+        """
         reload = reload or asyncio.Event()
+        notify = notifier or Notifier({})
+        watchdog: asyncio.Task[None] | None = None
         try:
             await self.start()
+            assert self.admin is not None
+            notify.ready(
+                f"dispatching: public port {self.public_port}, admin port {self.admin.port}"
+            )
+            watchdog = asyncio.create_task(
+                keep_watchdog(notify, lambda: self.liveness().ok), name="watchdog"
+            )
             while not stop.is_set():
                 stopped = asyncio.ensure_future(stop.wait())
                 reloading = asyncio.ensure_future(reload.wait())
@@ -336,9 +372,43 @@ class Runner:
                 reloading.cancel()
                 if reload.is_set() and not stop.is_set():
                     reload.clear()
-                    await self.reload()
+                    notify.reloading("reloading the configuration")
+                    done = await self.reload()
+                    notify.ready("reloaded" if done else "reload refused; see the log")
         finally:
+            notify.stopping("stopping")
+            if watchdog is not None:
+                watchdog.cancel()
             await self.stop()
+
+    # --- /livez and /readyz (dispatcher.vitals): what was last seen, no I/O ---
+
+    def liveness(self) -> Verdict:
+        """The control loop's background work runs; every worker process is live."""
+        refresher = self._refresher
+        trouble = None
+        if refresher is not None and refresher.done() and not self.stopping:
+            trouble = "the registry refresher has ended"
+        views = self.farm.worker_views
+        return dispatcher_liveness(
+            control=trouble, workers=None if views is None else list(views())
+        )
+
+    def readiness(self) -> Verdict:
+        """A snapshot, the first probe round, the public listener, a database that answers."""
+        farm = self.farm
+        return dispatcher_readiness(
+            Readiness(
+                loaded=farm.snapshot.revision >= 0,
+                probed=farm.started,
+                listening=self.listening,
+                stopping=self.stopping,
+                database_answered=farm.database_answered,
+                refreshed=farm.refreshed_at,
+                registry_refresh=self.config.dispatcher.registry_refresh,
+                now=time.monotonic(),
+            )
+        )
 
 
 def dispatch_app(

@@ -43,6 +43,7 @@ from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.config import Config
 from dispatcher.edge import PublicEdge
 from dispatcher.errors import DispatcherError
+from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS, configure_logging
 from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules
 from dispatcher.server import bind, dispatch_core
@@ -140,11 +141,14 @@ class Worker:
         self.edge: PublicEdge | None = None
         self.config: Config | None = None
         self.stop = asyncio.Event()
+        self.fields: dict[str, int] = {}
+        """What every log line of this worker carries (its index, once it is known)."""
         self._writer: asyncio.StreamWriter | None = None
 
     async def run(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self.channel)
         setup = await _expect(reader, Setup)
+        self.fields = {"worker": setup.index}
         state = await _expect(reader, WorkerState)
         self.apply(state)
         settings = state.config.dispatcher
@@ -186,7 +190,7 @@ class Worker:
             if self.edge is not None:  # the core, the limits, the trusted proxies
                 self.edge.configure(self.core, settings)
             self.config = state.config
-            logging.getLogger().setLevel(state.config.dispatcher.log_level.upper())
+            configure_logging(settings.log_level, settings.log_format, fields=self.fields)
         self.farm.snapshot = snapshot
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -254,16 +258,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dispatcher.worker")
     parser.add_argument("--fd", type=int, required=True, help="the control channel's fd")
     parser.add_argument("--parent", type=int, required=True, help="the control process's pid")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    parser.add_argument("--log-format", default="text", choices=LOG_FORMATS)
     args = parser.parse_args(argv)
     if not die_with_parent(args.parent):
         return 1
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     channel = socket.socket(fileno=args.fd)
     worker = Worker(channel, args.parent)
     try:

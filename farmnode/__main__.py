@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import math
 import os
 import signal
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 import httpx
 import uvloop
 
+from dispatcher.logsetup import configure_logging
+from dispatcher.sdnotify import Notifier
 from farmnode import __version__
 from farmnode.agents import AGENTS, AgentParamError, build_agent
 from farmnode.agents.postgresql import FORCE_VALID, request_forced_promotion
@@ -154,12 +155,8 @@ def serve(args: argparse.Namespace) -> int:
     """Run the node until SIGINT or SIGTERM; SIGHUP reloads ``--config``."""
     path = args.config
     config = load_config(path)
-    logging.basicConfig(
-        level=getattr(logging, config.node.log_level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
-    node = Node(config, loader=lambda: load_config(path))
+    configure_logging(config.node.log_level, config.node.log_format)
+    node = Node(config, loader=lambda: load_config(path), notifier=Notifier())
 
     async def body() -> None:
         loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ from dispatcher.backends.sites import NAME_RE as SITE_NAME_RE
 from dispatcher.backends.sites import check_base_url
 from dispatcher.config import printable, read_toml
 from dispatcher.errors import InvalidValue
+from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS
 from farmnode.cluster.settings import ClusterSettings, parse_cluster
 from farmnode.dataplane.nftables import scheduler_reason, unsupported_reason
 from farmnode.errors import ConfigError
@@ -50,7 +51,6 @@ from farmnode.validation import seconds as _seconds
 
 ENVIRONMENT = "<environment>"
 #: Node and service names: lowercase letters, digits and '-', like a host name's label.
-LOG_LEVELS = ("debug", "info", "warning")
 PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp")
 PLANES: tuple[PlaneName, ...] = ("userspace", "nftables")
 NAT_MODES: tuple[NatMode, ...] = ("stateful", "stateless")
@@ -60,7 +60,7 @@ MAX_CAPACITY = 10**9
 HOUR, DAY, WEEK = 3600.0, 86_400.0, 604_800.0
 
 TOP_KEYS = frozenset({"node", "services", "report", "cluster", "groups"})
-NODE_KEYS = frozenset({"name", "status_listen", "log_level"})
+NODE_KEYS = frozenset({"name", "status_listen", "log_level", "log_format"})
 REPORT_KEYS = frozenset({"url", "site", "token", "interval", "capacity"})
 SERVICE_KEYS = frozenset(
     {
@@ -95,6 +95,7 @@ class NodeSettings:
     name: str
     status_listen: str = "127.0.0.1:9100"
     log_level: str = "info"
+    log_format: str = "text"
 
     @property
     def status_address(self) -> tuple[str, int]:
@@ -214,10 +215,17 @@ def _node(raw: Mapping[str, Any], env: Mapping[str, str]) -> NodeSettings:
     if "FARMNODE_STATUS_LISTEN" in env:
         status_listen = env["FARMNODE_STATUS_LISTEN"].strip()
         _address(status_listen, "FARMNODE_STATUS_LISTEN", True, source=ENVIRONMENT)
+    log_format = _choice(raw, p, "log_format", d.log_format, LOG_FORMATS)
+    if "FARMNODE_LOG_FORMAT" in env:
+        log_format = env["FARMNODE_LOG_FORMAT"].strip()
+        if log_format not in LOG_FORMATS:
+            expected = f"one of {', '.join(LOG_FORMATS)}, got {log_format!r:.200}"
+            raise _Invalid("FARMNODE_LOG_FORMAT", expected, ENVIRONMENT)
     return NodeSettings(
         name=_name(raw["name"], f"{p}.name"),
         status_listen=status_listen,
         log_level=_choice(raw, p, "log_level", d.log_level, LOG_LEVELS),
+        log_format=log_format,
     )
 
 

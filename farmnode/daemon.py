@@ -34,7 +34,7 @@ Timers run on :func:`time.monotonic`.
 and data plane stay is updated in place (:meth:`VirtualService.reload` and a plane
 refresh): its established connections go on. Other services are stopped (after a short
 drain) or started; probe targets are resynced, new servers probed at once. A new status
-address or ``[report]`` table takes effect too; ``log_level`` only at the next start.
+address, ``[report]`` table, ``log_level`` or ``log_format`` takes effect too.
 A configuration that does not load is logged at ERROR and the running one stays.
 
 **Stop** (:meth:`Node.stop`): the reporter; every plane stops accepting, drains briefly and
@@ -63,6 +63,8 @@ from typing import Any
 import httpx
 
 from dispatcher.backends.health import Health, Prober, Target
+from dispatcher.logsetup import configure_logging
+from dispatcher.sdnotify import Notifier, keep_watchdog
 from farmnode.agents import Agent, ResourceGroup, SwitchAgent, build_agent
 from farmnode.agents.switch import ServiceController
 from farmnode.cluster import ClusterRuntime
@@ -77,6 +79,7 @@ from farmnode.rtt import RttTable
 from farmnode.spec import RealSpec, ServiceSpec
 from farmnode.status import StatusApp, StatusListener
 from farmnode.switch.service import VirtualService
+from farmnode.vitals import node_liveness, node_readiness
 from farmnode.waits import cancel_and_wait, wait_event
 
 log = logging.getLogger("webfarm.farmnode")
@@ -246,8 +249,10 @@ class Node:
         timeouts: Timeouts = Timeouts(),
         prober_client: httpx.AsyncClient | None = None,
         report_client: httpx.AsyncClient | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        self.notifier = notifier or Notifier({})
         self.loader = loader
         self.planes = planes
         self.timeouts = timeouts
@@ -290,7 +295,7 @@ class Node:
 
     async def _start(self) -> None:
         config = self.config
-        self.listener = StatusListener(StatusApp(self.status), config.node.status_listen)
+        self.listener = StatusListener(self._status_app(), config.node.status_listen)
         for spec in config.services:
             self.services[spec.name] = self._build(spec)
         await self._prune_stale_chains()
@@ -360,13 +365,22 @@ class Node:
             self._wake.set()
 
     async def run(self) -> None:
-        """Start, run cycles until :meth:`request_stop`, stop."""
+        """Start, run cycles until :meth:`request_stop`, stop; tell the service manager
+        (ready once started, stopping) and feed its watchdog while the node is live."""
+        watchdog = None
         try:
             await self.start()
+            where = self.listener.url if self.listener is not None else "nowhere"
+            self.notifier.ready(f"{self.state}; status on {where}")
+            live = lambda: node_liveness(self).ok  # noqa: E731
+            watchdog = asyncio.create_task(keep_watchdog(self.notifier, live), name="watchdog")
             while not self.flags.stop:
                 self._show(await self.cycle())
                 await self._sleep(self.timeouts.cycle)
         finally:
+            self.notifier.stopping("stopping")
+            if watchdog is not None:
+                await cancel_and_wait(watchdog, "the watchdog", TASK_END_LIMIT, log)
             await self.stop()
 
     async def cycle(self) -> str:
@@ -375,7 +389,10 @@ class Node:
             return "stopping"
         if self.flags.reload:
             self.flags.reload = False
-            return await self.reload_from_source()
+            self.notifier.reloading("reloading the configuration")
+            line = await self.reload_from_source()
+            self.notifier.ready(line)
+            return line
         return self.summary()
 
     def summary(self) -> str:
@@ -483,10 +500,12 @@ class Node:
         running.plane.spec = spec
 
     async def _reload_node_settings(self, config: NodeConfig) -> None:
+        node = config.node
+        configure_logging(node.log_level, node.log_format)
         listener = self.listener
         if listener is not None and listener.address != config.node.status_listen:
             try:
-                new = StatusListener(StatusApp(self.status), config.node.status_listen)
+                new = StatusListener(self._status_app(), config.node.status_listen)
                 await new.start()
             except FarmnodeError as exc:
                 log.error("status listener stays on %s: %s", listener.address, exc)  # noqa: TRY400 - the message is the whole story
@@ -691,6 +710,9 @@ class Node:
         reporter, self.reporter = self.reporter, None
         if reporter is not None:
             await reporter.close()
+
+    def _status_app(self) -> StatusApp:
+        return StatusApp(self.status, lambda: node_liveness(self), lambda: node_readiness(self))
 
     def status(self) -> dict[str, Any]:
         """The status document (see :mod:`farmnode.status`)."""

@@ -1,8 +1,9 @@
 """The node's status: a JSON endpoint for machines and a text table for people.
 
 :class:`StatusApp` is a plain ASGI app: ``GET /status`` answers the JSON document the
-daemon builds (:meth:`farmnode.daemon.Node.status`); any other path is a 404, any other
-method on ``/status`` a 405, both as JSON errors. :class:`StatusListener` serves it with
+daemon builds (:meth:`farmnode.daemon.Node.status`); ``GET /livez`` and ``GET /readyz``
+answer 200 or 503 (:mod:`farmnode.vitals`); any other path is a 404, any other method a
+405, both as JSON errors. :class:`StatusListener` serves it with
 uvicorn on a pre-bound socket (port 0 picks a free one). :func:`render_text` turns the
 document into the table ``farmnode status`` prints; :func:`find_status` finds where to ask
 (reading only ``node.status_listen``, so a configuration a reload refused still works).
@@ -25,7 +26,6 @@ Each real server of a service carries ``check``: the health checker's view of it
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import socket
@@ -38,6 +38,7 @@ from typing import Any
 import uvicorn
 
 from dispatcher.throttle import throttle_warnings
+from dispatcher.vitals import LIVEZ, READYZ, Condition, Verdict, send_json, send_verdict
 from farmnode.config import NodeSettings, parse_address
 from farmnode.errors import ConfigError, ListenError
 
@@ -56,26 +57,42 @@ SHUTDOWN_GRACE = 1
 
 
 class StatusApp:
-    """``GET /status`` -> ``document()`` as JSON; everything else a JSON 404 or 405.
+    """``GET /status`` -> ``document()`` as JSON, ``/livez`` and ``/readyz`` -> ``live()`` and
+    ``ready()`` (200 or 503); everything else a JSON 404 or 405.
 
-    ``document`` is called once per request, in the event loop; it must not block.
+    Each callable is called once per request, in the event loop; it must not block. Without
+    ``live`` or ``ready`` the node is taken as live or ready whenever the listener answers.
     """
 
-    def __init__(self, document: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        document: Callable[[], Mapping[str, Any]],
+        live: Callable[[], Verdict] | None = None,
+        ready: Callable[[], Verdict] | None = None,
+    ) -> None:
         self.document = document
+        self.verdicts = {LIVEZ: live or _answering, READYZ: ready or _answering}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
-        if path != STATUS_PATH:
-            status, body = 404, _error("not_found", f"no such path {path!r}; try GET /status")
-            await _send_json(send, status, body, method == "HEAD")
+        head = method == "HEAD"
+        verdict = self.verdicts.get(path)
+        if path != STATUS_PATH and verdict is None:
+            message = f"no such path {path!r}; try GET /status, /livez or /readyz"
+            await _send_json(send, 404, _error("not_found", message), head)
         elif method not in ("GET", "HEAD"):
             body = _error("method_not_allowed", f"{method} {path}: only GET is allowed")
             await _send_json(send, 405, body, False, extra=[(b"allow", b"GET, HEAD")])
+        elif verdict is not None:
+            await send_verdict(send, verdict(), head=head)
         else:
-            await _send_json(send, 200, dict(self.document()), method == "HEAD")
+            await _send_json(send, 200, dict(self.document()), head)
+
+
+def _answering() -> Verdict:
+    return Verdict((Condition("listener", True, "answering"),))
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -89,15 +106,7 @@ async def _send_json(
     head: bool,
     extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    data = json.dumps(body, separators=(",", ":")).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(data)).encode()),
-        (b"cache-control", b"no-store"),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else data})
+    await send_json(send, status, body, head=head, extra=extra)
 
 
 # --- the listener ---------------------------------------------------------------------------
@@ -141,7 +150,7 @@ class StatusListener:
             app,
             lifespan="off",
             access_log=False,
-            log_level="warning",
+            log_config=None,  # its lines go through dispatcher.logsetup like every other
             proxy_headers=False,
             server_header=False,
             timeout_keep_alive=2,

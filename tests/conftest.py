@@ -153,7 +153,6 @@ class LoopbackSite:
             self.app,
             address,
             access_log=False,
-            log_level="warning",
             timeouts=Timeouts(graceful_shutdown=1.0, keep_alive=1),
         )
         self.port = self.listener.port

@@ -539,3 +539,40 @@ def test_affinity_lifetime_is_bounded(value: int) -> None:
     e = error_of({"affinity_lifetime": value})
     assert e.path == "dispatcher.affinity_lifetime"
     assert "34560000" in e.expected
+
+
+# --- logs (issue 15) ---
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
+def test_every_log_level_loads(level: str) -> None:
+    config = build_config({"dispatcher": {"admin_tokens": ["t"], "log_level": level}}, environ={})
+    assert config.dispatcher.log_level == level
+
+
+def test_log_format_comes_from_the_file_or_the_environment() -> None:
+    raw = {"dispatcher": {"admin_tokens": ["t"], "log_format": "json"}}
+    assert build_config(raw, environ={}).dispatcher.log_format == "json"
+    assert build_config(raw, environ={"FARM_LOG_FORMAT": " text "}).dispatcher.log_format == "text"
+    assert (
+        build_config({"dispatcher": {"admin_tokens": ["t"]}}, environ={}).dispatcher.log_format
+        == "text"
+    )
+
+
+@pytest.mark.parametrize("value", ["xml", "JSON", "", 1, True])
+def test_an_unknown_log_format_is_refused(value: Any) -> None:
+    e = error_of({"log_format": value})
+    assert e.path == "dispatcher.log_format"
+    assert "one of text, json" in e.expected
+
+
+def test_an_unknown_log_format_in_the_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"dispatcher": {"admin_tokens": ["t"]}}, environ={"FARM_LOG_FORMAT": "x\n"})
+    assert info.value.path == "FARM_LOG_FORMAT"
+    assert "\n" not in str(info.value)
+
+
+def test_log_level_verbose_is_refused() -> None:
+    assert "debug, info, warning, error" in error_of({"log_level": "verbose"}).expected

@@ -184,3 +184,35 @@ async def test_the_dispatcher_stops_promptly_while_the_database_hangs(
         with contextlib.suppress(BaseException):
             await request
     assert took < TIMEOUT + 2.0, took
+
+
+async def test_readyz_fails_while_the_database_hangs_and_recovers_after(
+    lab_node: PgNode, lab_url: str, sites: dict[str, LoopbackSite], tmp_path: Path
+) -> None:
+    farm = await start(lab_url, sites, tmp_path)  # registry_refresh 0.2 s: a bound of 2 s
+    try:
+        assert (await farm.admin.get("/readyz")).status_code == 200
+        with stopped(lab_node):
+            began = time.monotonic()
+            while (ready := await farm.admin.get("/readyz")).status_code == 200:
+                assert time.monotonic() - began < 2.0 + 1.0, "still ready on a hung database"
+                await asyncio.sleep(0.05)
+            assert ready.status_code == 503
+            doc = ready.json()
+            assert doc["status"] == "failing"
+            assert doc["checks"]["database"]["ok"] is False
+            assert "beyond the bound of 2 s" in doc["checks"]["database"]["detail"]
+            assert [n for n, c in doc["checks"].items() if not c["ok"]] == ["database"]
+            assert doc["snapshot_age"] >= 1.5
+            # alive all the same (no restart wanted), and the hot path serves on
+            assert (await farm.admin.get("/livez")).status_code == 200
+            assert await _redirects(farm, 5)
+            await asyncio.sleep(1.0)
+            assert (await farm.admin.get("/readyz")).status_code == 503
+        began = time.monotonic()
+        while (ready := await farm.admin.get("/readyz")).status_code != 200:
+            assert time.monotonic() - began < TIMEOUT + 3.0, ready.text
+            await asyncio.sleep(0.05)
+        assert ready.json()["snapshot_age"] < 1.0
+    finally:
+        await farm.close()

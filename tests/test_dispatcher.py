@@ -16,6 +16,7 @@ from dispatcher.admin import AdminApi
 from dispatcher.backends.store import SqlSiteStore
 from dispatcher.errors import SchemaBehind
 from dispatcher.server import Runner
+from dispatcher.vitals import LIVEZ, READYZ
 from tests.conftest import LoopbackSite, RunningDispatcher, farm_toml
 
 pytestmark = pytest.mark.anyio
@@ -375,9 +376,10 @@ async def test_openapi_document(start_farm: Start) -> None:
     doc = (await farm.admin.get("/api/v1/openapi.json")).json()
     assert doc["openapi"].startswith("3.1")
     routes = AdminApi(farm.runner.farm).routes()
-    served = {route.path for route in routes}
+    served = {route.path for route in routes} | {LIVEZ, READYZ}  # those two need no token
     assert "/api/v1/rules" in served
     assert set(doc["paths"]) == served  # every route documented, nothing else
+    assert doc["paths"][LIVEZ]["get"]["security"] == []
 
 
 # --- schema and replicas -------------------------------------------------------------------

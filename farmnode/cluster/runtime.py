@@ -162,6 +162,8 @@ class ClusterRuntime:
         self.sent = 0
         self.send_errors = 0
         self.last_status = "not started"
+        self.cycled_at: float | None = None
+        """When the loop last finished a cycle (monotonic): its liveness (farmnode.vitals)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -295,7 +297,7 @@ class ClusterRuntime:
             except Exception:
                 log.exception("cluster cycle failed")  # one bad cycle never ends the loop
             self._wake.clear()
-            now = time.monotonic()
+            now = self.cycled_at = time.monotonic()
             if beat <= now:
                 # the next grid point; a stall longer than an interval skips, not bunches
                 beat += interval * (1 + int((now - beat) / interval))

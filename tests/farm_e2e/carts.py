@@ -236,7 +236,6 @@ class ASGICartServer(CartServer):
             self.middleware,
             f"{self.host}:{self.port}",
             access_log=False,
-            log_level="warning",
             timeouts=Timeouts(graceful_shutdown=1.0, keep_alive=1),
         )
         self.port = listener.port

@@ -196,9 +196,9 @@ def _status_doc(ns: Namespace) -> dict[str, Any] | None:
     return doc
 
 
-_LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"  # farmnode's asctime
+_LOG_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # farmnode's timestamps (dispatcher.logsetup)
 _LIVENESS = re.compile(
-    r"^(?P<at>\S+ \S+) \w+\s+farmnode\.cluster: peer (?P<peer>\S+): \w+ -> "
+    r"^(?P<at>\S+) \w+\s+farmnode\.cluster: peer (?P<peer>\S+): \w+ -> "
     r"(?P<now>alive|late|dead) \(silent for (?P<silent>[\d.]+) s\)"
 )
 _STATE = re.compile(r"farmnode\.cluster: cluster: \S+ \((?:member|witness), (?P<state>\w+),")
@@ -498,21 +498,21 @@ def test_runs_at_least_is_exact(p: float, k: int) -> None:
 
 
 LOG = """\
-2026-11-25 17:36:32,926 WARNING farmnode.cluster: peer n2: alive -> late (silent for 0.50 s)
-2026-11-25 17:36:33,426 WARNING farmnode.cluster: peer n2: late -> dead (silent for 1.00 s)
-2026-11-25 17:36:33,430 INFO    farmnode.cluster: peer n2: active -> noquorum
-2026-11-25 17:36:33,627 INFO    farmnode.cluster: peer n2: dead -> alive (silent for 0.20 s)
-2026-11-25 17:36:40,002 WARNING farmnode.cluster: peer w: alive -> late (silent for 0.50 s)
-2026-11-25 17:36:40,010 INFO    farmnode.cluster: cluster: n1 (member, noquorum, priority 150); \
+2026-11-25T17:36:32.926Z WARNING farmnode.cluster: peer n2: alive -> late (silent for 0.50 s)
+2026-11-25T17:36:33.426Z WARNING farmnode.cluster: peer n2: late -> dead (silent for 1.00 s)
+2026-11-25T17:36:33.430Z INFO    farmnode.cluster: peer n2: active -> noquorum
+2026-11-25T17:36:33.627Z INFO    farmnode.cluster: peer n2: dead -> alive (silent for 0.20 s)
+2026-11-25T17:36:40.002Z WARNING farmnode.cluster: peer w: alive -> late (silent for 0.50 s)
+2026-11-25T17:36:40.010Z INFO    farmnode.cluster: cluster: n1 (member, noquorum, priority 150); \
 front: releasing: lost quorum (1 of 3 voters seen)
-2026-11-25 17:36:40,011 INFO    farmnode.cluster: group front: release: \
+2026-11-25T17:36:40.011Z INFO    farmnode.cluster: group front: release: \
 lost quorum (1 of 3 voters seen)
-2026-11-25 17:36:40,020 INFO    farmnode.cluster: cluster: n1 (member, noquorum, priority 150); \
+2026-11-25T17:36:40.020Z INFO    farmnode.cluster: cluster: n1 (member, noquorum, priority 150); \
 front: no quorum (1 of 3 voters seen)
-2026-11-25 17:36:40,152 INFO    farmnode.cluster: peer w: late -> alive (silent for 0.04 s)
-2026-11-25 17:36:40,160 INFO    farmnode.cluster: cluster: n1 (member, active, priority 150); \
+2026-11-25T17:36:40.152Z INFO    farmnode.cluster: peer w: late -> alive (silent for 0.04 s)
+2026-11-25T17:36:40.160Z INFO    farmnode.cluster: cluster: n1 (member, active, priority 150); \
 front: settling (candidacy not yet seen by every peer)
-2026-11-25 17:36:41,000 INFO    farmnode.cluster: group front: acquire: \
+2026-11-25T17:36:41.000Z INFO    farmnode.cluster: group front: acquire: \
 highest-ranked candidate; no owner
 """
 

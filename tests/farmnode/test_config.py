@@ -170,7 +170,8 @@ def test_the_documented_example_loads_and_every_key_is_documented() -> None:
         assert f"| `{key}` |" in text, key
     for name in SCHEDULERS:
         assert f"`{name}`" in text, name
-    for var in ("FARMNODE_CONFIG", "FARMNODE_STATUS_LISTEN", "FARMNODE_REPORT_TOKEN"):
+    variables = ("FARMNODE_CONFIG", "FARMNODE_STATUS_LISTEN", "FARMNODE_REPORT_TOKEN")
+    for var in (*variables, "FARMNODE_LOG_FORMAT"):
         assert f"| `{var}` |" in text, var
 
 
@@ -351,6 +352,7 @@ def test_the_report_token_may_come_from_the_environment_only(tmp_path: Path) -> 
         ({"FARMNODE_REPORT_TOKEN": "a b"}, "FARMNODE_REPORT_TOKEN"),
         ({"FARMNODE_STATUS_LISTEN": "localhost:9100"}, "FARMNODE_STATUS_LISTEN"),
         ({"FARMNODE_STATUS_LISTEN": ""}, "FARMNODE_STATUS_LISTEN"),
+        ({"FARMNODE_LOG_FORMAT": "xml"}, "FARMNODE_LOG_FORMAT"),
     ],
 )
 def test_bad_environment_values_name_the_environment(
@@ -359,6 +361,18 @@ def test_bad_environment_values_name_the_environment(
     error = error_of(tmp_path, EXAMPLE, env)
     assert (error.source, error.path) == ("<environment>", path)
     assert str(error).startswith(f"<environment>: {path}: ")
+
+
+def test_log_level_and_format_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        'name = "n1"', 'name = "n1"\nlog_level = "error"\nlog_format = "json"', 1
+    )
+    config = load_text(tmp_path, text)
+    assert (config.node.log_level, config.node.log_format) == ("error", "json")
+    assert load_text(tmp_path, text, {"FARMNODE_LOG_FORMAT": "text"}).node.log_format == "text"
+    assert load_text(tmp_path, MINIMAL).node.log_format == "text"
+    bad = error_of(tmp_path, MINIMAL.replace('name = "n1"', 'name = "n1"\nlog_format = "xml"', 1))
+    assert bad.path == "node.log_format"
 
 
 def test_the_token_is_not_needed_without_a_report_table(tmp_path: Path) -> None:
@@ -468,7 +482,7 @@ def test_the_fallback_may_not_be_the_service_itself(tmp_path: Path) -> None:
     [
         ('name = "n1"', 'name = "N1"', "node.name", "lowercase letters"),
         ('name = "n1"', 'name = "-n1"', "node.name", "starting and ending"),
-        ('name = "n1"', 'nom = "n1"', "node.nom", "unknown key; expected one of log_level, name"),
+        ('name = "n1"', 'nom = "n1"', "node.nom", "expected one of log_format, log_level, name"),
         (
             'status_listen = "127.0.0.1:9100"',
             'status_listen = "localhost:9100"',
@@ -726,7 +740,8 @@ SECONDS = [0.5, 1, 2.0, 3, 0, float("inf"), float("nan")]
 PLAUSIBLE: dict[str, list[Any]] = {
     "name": ["n1", "web", "dns", "db", "Web"],
     "status_listen": ["127.0.0.1:0", "[::1]:9100", "127.0.0.1:9100", "localhost:1"],
-    "log_level": ["info", "debug", "warning", "loud"],
+    "log_level": ["info", "debug", "warning", "error", "loud"],
+    "log_format": ["text", "json", "xml"],
     "protocol": ["tcp", "udp", "tcp", "sctp"],
     "listen": ADDRESSES,
     "scheduler": [*sorted(SCHEDULERS), "random"],
