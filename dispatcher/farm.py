@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dispatcher.backends.health import Health, Prober, Target
+from dispatcher.backends.health import Health, Prober, ProbeResult, State, Target
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Load, Snapshot, build_snapshot
 from dispatcher.backends.store import LoadReport, SiteStore, StoredRules
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("webfarm.farm")
 T = TypeVar("T")
+_STATE_ONLY: Mapping[State, Health] = {
+    state: Health(state, None) for state in ("unknown", "up", "down")
+}
 
 
 class Farm:
@@ -42,7 +45,8 @@ class Farm:
     ``snapshot`` is replaced, never mutated; ``redirects`` counts redirects per site: bumped
     by the hot path when it runs in this process, else the totals the workers report
     (:meth:`add_redirects`). ``on_change`` (if set) is called after every change the workers
-    must see: registry, health state, load, rules, configuration, not every probe.
+    must see: registry, health state, load, rules, configuration. The snapshot is rebuilt for
+    those changes only, never for a probe result that leaves a site's state as it was.
     ``worker_views`` (if set) lists the worker processes: pid, the state generation each
     acked last, restarts (for a status view).
     """
@@ -332,10 +336,15 @@ class Farm:
         return fresh
 
     def _on_health(self, key: str, health: Health, changed: bool) -> None:
+        """A probe result: only an up/down change is placement's business. Any other result
+        costs no snapshot and nothing shipped (the admin API reads the last probe from the
+        prober, :meth:`last_probe`)."""
         if changed:
             self._changed()
-        else:  # the last probe's figures, for the admin API only
-            self.snapshot = self._build()
+
+    def last_probe(self, name: str) -> ProbeResult | None:
+        """The last counted probe of site ``name`` (``None`` before the first one)."""
+        return self.prober.health(name).last
 
     def _changed(self) -> None:
         self.snapshot = self._build()
@@ -347,13 +356,18 @@ class Farm:
             self.config,
             revision=self._revision,
             sites=self._sites,
-            health=self.prober.health,
+            health=self._placement_health,
             loads=self._loads,
             policies=self._policies,
             rules=self._rules,
         )
         self._policies = {name: pool.policy for name, pool in snapshot.pools.items()}
         return snapshot
+
+    def _placement_health(self, name: str) -> Health:
+        """A site's health as the snapshot holds it: its state only, as the workers' (the
+        last probe changes with every probe, and the snapshot is not rebuilt for it)."""
+        return _STATE_ONLY[self.prober.health(name).state]
 
 
 def _now() -> dt.datetime:

@@ -1,4 +1,5 @@
-"""The farm's slow side: what happens to store calls when a dispatcher stops."""
+"""The farm's slow side: store calls when a dispatcher stops; snapshots built only for what
+placement reads (an up/down change), never for a probe that changes nothing."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher.backends.health import Health, ProbeResult
+from dispatcher.backends.snapshot import Snapshot
 from dispatcher.backends.store import LoadReport, SqlSiteStore
 from dispatcher.config import build_config
 from dispatcher.farm import Farm
+from tests.conftest import LoopbackSite
 
 pytestmark = pytest.mark.anyio
 
@@ -54,3 +58,68 @@ async def test_stop_waits_for_store_calls_of_cancelled_callers(tmp_path: Path) -
     assert store.running == 0
     store.close()
     assert not store.closed_while_running
+
+
+# --- the snapshot is rebuilt for what placement reads, not for every probe ------------------
+
+
+def probed_farm(tmp_path: Path, site: LoopbackSite) -> Farm:
+    """A farm with one site, probed every 0.1 s; an up/down change after one probe."""
+    store = SqlSiteStore(f"sqlite:///{tmp_path / 'farm.db'}")
+    store.upgrade()
+    check = {"url": "/health", "expect": "OK", "interval": 0.1, "rise": 1, "fall": 1}
+    raw = {
+        "dispatcher": {"admin_tokens": ["t"]},
+        "sites": [{"name": "eu", "base_url": site.url, "check": check}],
+    }
+    return Farm(build_config(raw, environ={}), store)
+
+
+async def probes_seen(farm: Farm, count: int) -> list[ProbeResult]:
+    """Wait (3 s at most) until ``count`` more probes of ``eu`` were counted; return them."""
+    seen: list[ProbeResult] = []
+    async with asyncio.timeout(3):
+        while len(seen) < count:
+            last = farm.last_probe("eu")
+            if last is not None and (not seen or last.at != seen[-1].at):
+                seen.append(last)
+            await asyncio.sleep(0.01)
+    return seen
+
+
+async def test_a_probe_that_changes_nothing_builds_no_snapshot_and_ships_nothing(
+    tmp_path: Path,
+) -> None:
+    site = LoopbackSite("eu")
+    await site.start()
+    farm = probed_farm(tmp_path, site)
+    shipped: list[Snapshot] = []
+    try:
+        await farm.start()
+        farm.on_change = lambda: shipped.append(farm.snapshot)
+        steady = farm.snapshot
+        assert steady.sites["eu"].health == Health("up", None)  # the state only
+
+        seen = await probes_seen(farm, 4)
+        assert all(r.ok for r in seen)
+        assert farm.snapshot is steady  # four probes, not one rebuild
+        assert shipped == []
+
+        site.app.health_status = 503  # fall = 1: the next probe takes it down
+        async with asyncio.timeout(3):
+            while farm.snapshot.sites["eu"].health.state != "down":
+                await asyncio.sleep(0.01)
+        down = farm.snapshot
+        assert shipped == [down]  # one rebuild, shipped once
+        assert down.default_pool.candidates == ()
+        last = farm.last_probe("eu")
+        assert last is not None
+        assert last.detail == "HTTP 503"
+
+        await probes_seen(farm, 3)  # still down: nothing more to build or ship
+        assert farm.snapshot is down
+        assert shipped == [down]
+    finally:
+        await farm.stop()
+        farm.store.close()
+        await site.stop()
