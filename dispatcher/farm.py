@@ -65,6 +65,8 @@ class Farm:
         self._in_flight: set[asyncio.Task[Any]] = set()
         self.on_change: Callable[[], None] | None = None
         self.worker_views: Callable[[], Sequence[WorkerView]] | None = None
+        self._health_changed = False  # a state change not in the snapshot yet
+        self._installing = False
         self.snapshot = self._build()
 
     # --- life cycle ---
@@ -317,7 +319,13 @@ class Farm:
 
     async def _install(self, revision: int, sites: tuple[SiteSpec, ...]) -> None:
         self._sites, self._revision = sites, revision
-        await self.prober.sync(_target(site) for site in sites)
+        self._installing = True  # the first probes of new sites: one snapshot after them all
+        try:
+            await self.prober.sync(_target(site) for site in sites)
+        finally:
+            self._installing = False
+            if self._health_changed:  # (for the case sync() did not return)
+                asyncio.get_running_loop().call_soon(self._apply_health)
         self._changed()
 
     def _merge_loads(self, loads: Mapping[str, LoadReport]) -> int:
@@ -338,8 +346,16 @@ class Farm:
     def _on_health(self, key: str, health: Health, changed: bool) -> None:
         """A probe result: only an up/down change is placement's business. Any other result
         costs no snapshot and nothing shipped (the admin API reads the last probe from the
-        prober, :meth:`last_probe`)."""
-        if changed:
+        prober, :meth:`last_probe`). Changes heard in one turn of the event loop (a first
+        round of a thousand probes, an outage seen by many at once) make one snapshot, at
+        the end of that turn."""
+        if changed and not self._health_changed:
+            self._health_changed = True
+            if not self._installing:  # (else the install's own snapshot comes next)
+                asyncio.get_running_loop().call_soon(self._apply_health)
+
+    def _apply_health(self) -> None:
+        if self._health_changed:  # (else a snapshot was built since: it has them)
             self._changed()
 
     def last_probe(self, name: str) -> ProbeResult | None:
@@ -347,6 +363,7 @@ class Farm:
         return self.prober.health(name).last
 
     def _changed(self) -> None:
+        self._health_changed = False
         self.snapshot = self._build()
         if self.on_change is not None:
             self.on_change()

@@ -4,13 +4,14 @@ placement reads (an up/down change), never for a probe that changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from dispatcher.backends.health import Health, ProbeResult
+from dispatcher.backends.health import Health, Prober, ProbeResult, Target
 from dispatcher.backends.snapshot import Snapshot
 from dispatcher.backends.store import LoadReport, SqlSiteStore
 from dispatcher.config import build_config
@@ -123,3 +124,29 @@ async def test_a_probe_that_changes_nothing_builds_no_snapshot_and_ships_nothing
         await farm.stop()
         farm.store.close()
         await site.stop()
+
+
+async def test_a_first_round_of_many_probes_makes_one_snapshot(tmp_path: Path) -> None:
+    """300 sites come up in the first round: one snapshot with all of them, not 300 (each
+    rebuilding all 300 sites) while the round is still in flight."""
+    store = SqlSiteStore(f"sqlite:///{tmp_path / 'farm.db'}")
+    store.upgrade()
+    sites = [{"name": f"s{i}", "base_url": f"http://127.0.0.1:{10_000 + i}"} for i in range(300)]
+    raw = {"dispatcher": {"admin_tokens": ["t"]}, "sites": sites}
+    farm = Farm(build_config(raw, environ={}), store)
+    farm.prober = Prober(farm._on_health, probes={"http": answered})
+    shipped: list[Snapshot] = []
+    farm.on_change = lambda: shipped.append(farm.snapshot)
+    try:
+        await farm.start()
+        await asyncio.sleep(0.01)  # (a rebuild deferred to the end of a turn would be here)
+        assert len(shipped) == 1
+        assert len(farm.snapshot.default_pool.candidates) == 300
+    finally:
+        await farm.stop()
+        store.close()
+
+
+async def answered(target: Target) -> ProbeResult:
+    """A probe without a socket: the site answered."""
+    return ProbeResult(True, "HTTP 200", time.monotonic(), dt.datetime.now(dt.UTC), 0.001)
