@@ -297,12 +297,13 @@ async def test_many_targets_are_probed_in_a_few_ticks_per_interval() -> None:
         await prober.close()
     later = starts.at[first_round:]
     assert len(later) >= 400  # every target, at least once more
-    ticks = Counter(round(t / TICK) for t in later)
-    per_interval = interval / TICK
-    # the probes fall in batches on the grid: about interval / TICK of them per interval, not
-    # one wake-up per probe, and not all in one burst either
-    assert len(ticks) <= 3 * per_interval + 2
-    assert max(ticks.values()) < len(later) / 2
+    # in batches on the grid (spread evenly, 40 % would start this close after a tick)...
+    on_grid = [t for t in later if t % TICK < 0.02]
+    assert len(on_grid) > 0.8 * len(later)
+    # ...and spread over the interval's ticks, not all in one burst
+    ticks = Counter(int(t // TICK) for t in later)
+    assert len(ticks) >= interval / TICK
+    assert max(ticks.values()) < len(later) / 4
 
 
 @pytest.mark.anyio

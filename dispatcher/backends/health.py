@@ -249,19 +249,18 @@ class Prober:
         if probe_new_now and fresh:
             now = self._clock()
             await asyncio.gather(*(self._probe(t, now) for t in fresh))
+        now = self._clock()
         for target in fresh:
-            delay = self._first_delay(target) if probe_new_now else 0.0
+            first = self._next_tick(target, now) if probe_new_now else now
             self._tasks[target.key] = asyncio.create_task(
-                self._loop(target, delay=delay), name=f"probe {target.key}"
+                self._loop(target, first), name=f"probe {target.key}"
             )
 
-    def _first_delay(self, target: Target) -> float:
-        """How long after its first probe a target's loop starts: at its :func:`phase` of
-        the interval, rounded up to the :data:`TICK` grid (the targets in one tick share
-        the event loop's wake-ups)."""
-        now = self._clock()
-        due = now + target.interval * phase(target.key)
-        return math.ceil(due / TICK) * TICK - now
+    def _next_tick(self, target: Target, now: float) -> float:
+        """When a target probed at ``now`` is next due: at its :func:`phase` of the
+        interval, rounded up to the :data:`TICK` grid (the targets in one tick share the
+        event loop's wake-ups)."""
+        return math.ceil((now + target.interval * phase(target.key)) / TICK) * TICK
 
     async def close(self) -> None:
         await self._stop(list(self._targets))
@@ -290,8 +289,7 @@ class Prober:
             return probe_http(self._client, target.url, target.expect, target.timeout)
         return check_http(self._checker, target.url, target.expect, target.timeout)
 
-    async def _loop(self, target: Target, delay: float) -> None:
-        scheduled = self._clock() + delay
+    async def _loop(self, target: Target, scheduled: float) -> None:
         while True:
             await asyncio.sleep(max(0.0, scheduled - self._clock()))
             await self._probe(target, scheduled)
