@@ -298,12 +298,14 @@ class AdminApi:
         write failed) as stored, with its health not known yet."""
         status = self.farm.snapshot.sites.get(spec.name)
         if status is None or status.spec != spec:
-            status = SiteStatus(spec, Health("unknown", None), None)
+            return self._site(SiteStatus(spec, Health("unknown", None), None), probed=False)
         return self._site(status)
 
-    def _site(self, status: SiteStatus) -> dict[str, Any]:
+    def _site(self, status: SiteStatus, *, probed: bool = True) -> dict[str, Any]:
+        """A site for the API; its last probe (if ``probed``) is the prober's latest, which
+        the snapshot does not hold (it is not rebuilt for every probe)."""
         now = time.monotonic()
-        last = status.health.last
+        last = self.farm.last_probe(status.spec.name) if probed else None
         load = status.load
         return {
             **status.spec.as_dict(),

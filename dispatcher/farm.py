@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dispatcher.backends.health import Health, Prober, Target
+from dispatcher.backends.health import Health, Prober, ProbeResult, State, Target
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Load, Snapshot, build_snapshot
 from dispatcher.backends.store import LoadReport, SiteStore, StoredRules
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("webfarm.farm")
 T = TypeVar("T")
+_STATE_ONLY: Mapping[State, Health] = {
+    state: Health(state, None) for state in ("unknown", "up", "down")
+}
 
 
 class Farm:
@@ -50,7 +53,8 @@ class Farm:
     ``snapshot`` is replaced, never mutated; ``redirects`` counts redirects per site: bumped
     by the hot path when it runs in this process, else the totals the workers report
     (:meth:`add_redirects`). ``on_change`` (if set) is called after every change the workers
-    must see: registry, health state, load, rules, configuration, not every probe.
+    must see: registry, health state, load, rules, configuration. The snapshot is rebuilt for
+    those changes only, never for a probe result that leaves a site's state as it was.
     ``worker_views`` (if set) lists the worker processes: pid, the state generation each
     acked last, restarts (for a status view). ``rtt_view`` is what the sites' switches
     learned of client networks' RTT (:mod:`dispatcher.placement.rtt`), rebuilt off the event
@@ -82,6 +86,8 @@ class Farm:
         """When a store call last succeeded (monotonic), for readiness: no store call there."""
         self.refreshed_at: float | None = None
         """When the registry was last read in full from the store (monotonic)."""
+        self._health_changed = False  # a state change not in the snapshot yet
+        self._installing = False
         self.snapshot = self._build()
 
     # --- life cycle ---
@@ -372,7 +378,13 @@ class Farm:
 
     async def _install(self, revision: int, sites: tuple[SiteSpec, ...]) -> None:
         self._sites, self._revision = sites, revision
-        await self.prober.sync(_target(site) for site in sites)
+        self._installing = True  # the first probes of new sites: one snapshot after them all
+        try:
+            await self.prober.sync(_target(site) for site in sites)
+        finally:
+            self._installing = False
+            if self._health_changed:  # (for the case sync() did not return)
+                asyncio.get_running_loop().call_soon(self._apply_health)
         self._changed()
 
     def _merge_loads(self, loads: Mapping[str, LoadReport]) -> int:
@@ -391,12 +403,26 @@ class Farm:
         return fresh
 
     def _on_health(self, key: str, health: Health, changed: bool) -> None:
-        if changed:
+        """A probe result: only an up/down change is placement's business. Any other result
+        costs no snapshot and nothing shipped (the admin API reads the last probe from the
+        prober, :meth:`last_probe`). Changes heard in one turn of the event loop (a first
+        round of a thousand probes, an outage seen by many at once) make one snapshot, at
+        the end of that turn."""
+        if changed and not self._health_changed:
+            self._health_changed = True
+            if not self._installing:  # (else the install's own snapshot comes next)
+                asyncio.get_running_loop().call_soon(self._apply_health)
+
+    def _apply_health(self) -> None:
+        if self._health_changed:  # (else a snapshot was built since: it has them)
             self._changed()
-        else:  # the last probe's figures, for the admin API only
-            self.snapshot = self._build()
+
+    def last_probe(self, name: str) -> ProbeResult | None:
+        """The last counted probe of site ``name`` (``None`` before the first one)."""
+        return self.prober.health(name).last
 
     def _changed(self) -> None:
+        self._health_changed = False
         self.snapshot = self._build()
         if self.on_change is not None:
             self.on_change()
@@ -406,7 +432,7 @@ class Farm:
             self.config,
             revision=self._revision,
             sites=self._sites,
-            health=self.prober.health,
+            health=self._placement_health,
             loads=self._loads,
             policies=self._policies,
             rules=self._rules,
@@ -414,6 +440,11 @@ class Farm:
         )
         self._policies = {name: pool.policy for name, pool in snapshot.pools.items()}
         return snapshot
+
+    def _placement_health(self, name: str) -> Health:
+        """A site's health as the snapshot holds it: its state only, as the workers' (the
+        last probe changes with every probe, and the snapshot is not rebuilt for it)."""
+        return _STATE_ONLY[self.prober.health(name).state]
 
 
 def _now() -> dt.datetime:

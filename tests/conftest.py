@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,10 @@ import psycopg
 import pytest
 
 from dispatcher.app import Receive, Scope, Send
+from dispatcher.backends.httpcheck import HttpChecker
+from dispatcher.backends.probes import ProbeResult, check_http, probe_http
 from dispatcher.backends.store import SqlSiteStore
+from dispatcher.backends.wire import probe_client
 from dispatcher.config import load_config
 from dispatcher.server import Listener, Runner, Timeouts
 
@@ -104,6 +107,25 @@ def store(database_url: str) -> Iterator[SqlSiteStore]:
         yield store
     finally:
         store.close()
+
+
+# --- the HTTP probe, both implementations -------------------------------------------------
+
+#: One HTTP check: ``(url, expect, timeout) -> ProbeResult``.
+Fetch = Callable[[str, str, float], Awaitable[ProbeResult]]
+
+
+@pytest.fixture(params=["httpx", "lean"])
+async def fetch(request: pytest.FixtureRequest) -> AsyncIterator[Fetch]:
+    """The HTTP probe two ways, to hold both to one spec: ``httpx`` is
+    :func:`~dispatcher.backends.probes.probe_http` with a ``probe_client()``, ``lean`` is
+    :func:`~dispatcher.backends.probes.check_http` (the prober's default)."""
+    if request.param == "lean":
+        checker = HttpChecker()
+        yield lambda url, expect, timeout: check_http(checker, url, expect, timeout)
+        return
+    async with probe_client() as client:
+        yield lambda url, expect, timeout: probe_http(client, url, expect, timeout)
 
 
 # --- loopback sites ----------------------------------------------------------------------

@@ -8,7 +8,6 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
-import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,10 +19,9 @@ from dispatcher.backends.health import (
     ProbeResult,
     Target,
     own_lateness,
-    probe_http,
     trustworthy,
 )
-from tests.conftest import LoopbackSite
+from tests.conftest import Fetch, LoopbackSite
 
 
 def test_first_result_decides_the_initial_state() -> None:
@@ -93,56 +91,46 @@ async def site() -> AsyncIterator[LoopbackSite]:
     await s.stop()
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(trust_env=False) as c:
-        yield c
-
-
 @pytest.mark.anyio
 async def test_probe_succeeds_on_2xx_with_the_expected_string(
-    site: LoopbackSite, client: httpx.AsyncClient
+    site: LoopbackSite, fetch: Fetch
 ) -> None:
-    result = await probe_http(client, f"{site.url}/health", "OK", timeout=2)
+    result = await fetch(f"{site.url}/health", "OK", 2)
     assert result.ok
     assert result.detail == "HTTP 200"
     assert 0 <= result.duration < 2
 
 
 @pytest.mark.anyio
-async def test_probe_fails_when_the_body_lacks_the_string(
-    site: LoopbackSite, client: httpx.AsyncClient
-) -> None:
+async def test_probe_fails_when_the_body_lacks_the_string(site: LoopbackSite, fetch: Fetch) -> None:
     site.app.health_body = b"maintenance"
-    result = await probe_http(client, f"{site.url}/health", "OK", timeout=2)
+    result = await fetch(f"{site.url}/health", "OK", 2)
     assert not result.ok
     assert "body lacks 'OK'" in result.detail
 
 
 @pytest.mark.anyio
-async def test_probe_fails_on_a_non_2xx_status(
-    site: LoopbackSite, client: httpx.AsyncClient
-) -> None:
+async def test_probe_fails_on_a_non_2xx_status(site: LoopbackSite, fetch: Fetch) -> None:
     site.app.health_status = 503
-    result = await probe_http(client, f"{site.url}/health", "OK", timeout=2)
+    result = await fetch(f"{site.url}/health", "OK", 2)
     assert (result.ok, result.detail) == (False, "HTTP 503")
 
 
 @pytest.mark.anyio
-async def test_probe_times_out(site: LoopbackSite, client: httpx.AsyncClient) -> None:
+async def test_probe_times_out(site: LoopbackSite, fetch: Fetch) -> None:
     site.app.health_delay = 1.0
-    result = await probe_http(client, f"{site.url}/health", "OK", timeout=0.2)
+    result = await fetch(f"{site.url}/health", "OK", 0.2)
     assert not result.ok
     assert result.detail == "no answer within 0.2s"
     assert result.duration < 0.9
 
 
 @pytest.mark.anyio
-async def test_probe_reports_a_refused_connection(client: httpx.AsyncClient) -> None:
+async def test_probe_reports_a_refused_connection(fetch: Fetch) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = await probe_http(client, f"http://127.0.0.1:{port}/health", "OK", timeout=2)
+    result = await fetch(f"http://127.0.0.1:{port}/health", "OK", 2)
     assert not result.ok
     assert "ConnectError" in result.detail
 
@@ -202,7 +190,7 @@ class Canned:
         self.results = list(results)
         self.calls = 0
 
-    async def __call__(self, _client: httpx.AsyncClient, _target: Target) -> ProbeResult:
+    async def __call__(self, _target: Target) -> ProbeResult:
         self.calls += 1
         return self.results.pop(0) if self.results else result(ok=True, timed_out=False)
 

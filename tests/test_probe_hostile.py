@@ -1,6 +1,7 @@
 """The HTTP probe against hostile sites: bombs, trickles, endless heads and bodies.
 
-The decoder's caps are property-tested (pure); the probe meets real loopback servers that
+The decoder's caps are property-tested (pure); the probe (both of them: httpx with a
+``probe_client()``, and the prober's lean ``check_http``) meets real loopback servers that
 misbehave, and must end within its timeout + 0.2 s without the process's memory growing;
 then a real ``farm-dispatcher serve`` probes a double-gzip bomb and must stay small.
 """
@@ -19,7 +20,7 @@ import subprocess
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dispatcher.backends.httpcheck import HttpChecker
 from dispatcher.backends.inflate import (
     MAX_INFLATED,
     MAX_LAYERS,
@@ -37,9 +39,16 @@ from dispatcher.backends.inflate import (
     UndecodableBody,
     codings,
 )
-from dispatcher.backends.probes import MAX_BODY, probe_http
+from dispatcher.backends.probes import MAX_BODY, check_http, probe_http
 from dispatcher.backends.wire import MAX_WIRE, WireBudget, probe_client
-from tests.conftest import ADMIN_TOKEN, FARM_DISPATCHER, LoopbackSite, run_cli, skip_or_fail
+from tests.conftest import (
+    ADMIN_TOKEN,
+    FARM_DISPATCHER,
+    Fetch,
+    LoopbackSite,
+    run_cli,
+    skip_or_fail,
+)
 
 GIB = 1 << 30
 
@@ -364,12 +373,6 @@ class LoopLag:
             self.worst = max(self.worst, time.monotonic() - before - 0.005)
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with probe_client() as c:
-        yield c
-
-
 TIMEOUT = 0.5
 
 
@@ -389,14 +392,14 @@ TIMEOUT = 0.5
     ],
 )
 async def test_a_hostile_site_costs_the_probe_its_timeout_and_no_memory(
-    hostile: Hostile, client: httpx.AsyncClient, path: str, detail: str
+    hostile: Hostile, fetch: Fetch, path: str, detail: str
 ) -> None:
-    await probe_http(client, hostile.url("/endless-body"), "OK", TIMEOUT)  # warm up
+    await fetch(hostile.url("/endless-body"), "OK", TIMEOUT)  # warm up
     reset_peak()
     before = kib("VmRSS")
     start = time.monotonic()
     async with LoopLag() as lag:
-        result = await probe_http(client, hostile.url(path), "OK", TIMEOUT)
+        result = await fetch(hostile.url(path), "OK", TIMEOUT)
     took = time.monotonic() - start
     grew = kib("VmHWM") - before
     print(f"{path}: {took:.3f}s, peak RSS +{grew} KiB, loop held at most {lag.worst:.4f}s")
@@ -409,20 +412,18 @@ async def test_a_hostile_site_costs_the_probe_its_timeout_and_no_memory(
 
 @pytest.mark.anyio
 async def test_the_probe_asks_for_identity_and_reads_at_most_64_kib(
-    hostile: Hostile, client: httpx.AsyncClient
+    hostile: Hostile, fetch: Fetch
 ) -> None:
-    await probe_http(client, hostile.url("/endless-body"), "OK", TIMEOUT)
+    await fetch(hostile.url("/endless-body"), "OK", TIMEOUT)
     assert b"\r\naccept-encoding: identity\r\n" in hostile.requests[-1].lower()
     assert MAX_BODY == 64 * 1024
 
 
 @pytest.mark.anyio
-async def test_a_compressed_answer_is_still_understood(
-    hostile: Hostile, client: httpx.AsyncClient
-) -> None:
-    result = await probe_http(client, hostile.url("/gzipped-ok"), "OK", TIMEOUT)
+async def test_a_compressed_answer_is_still_understood(hostile: Hostile, fetch: Fetch) -> None:
+    result = await fetch(hostile.url("/gzipped-ok"), "OK", TIMEOUT)
     assert (result.ok, result.detail) == (True, "HTTP 200")
-    result = await probe_http(client, hostile.url("/brotli"), "OK", TIMEOUT)
+    result = await fetch(hostile.url("/brotli"), "OK", TIMEOUT)
     assert not result.ok
     assert "Content-Encoding 'br' is not supported" in result.detail
 
@@ -605,7 +606,8 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.anyio
-async def test_the_limits_hold_over_tls_too(tls_files: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("lean", [False, True], ids=["httpx", "lean"])
+async def test_the_limits_hold_over_tls_too(tls_files: tuple[Path, Path], lean: bool) -> None:
     cert, key = tls_files
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_side.load_cert_chain(cert, key)
@@ -623,12 +625,20 @@ async def test_the_limits_hold_over_tls_too(tls_files: tuple[Path, Path]) -> Non
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_side)
     port = server.sockets[0].getsockname()[1]
+    trusting = ssl.create_default_context(cafile=cert)
+    url = f"https://127.0.0.1:{port}"
     try:
-        async with probe_client(ssl.create_default_context(cafile=cert)) as client:
-            ok = await probe_http(client, f"https://127.0.0.1:{port}/ok", "OK", TIMEOUT)
-            many = await probe_http(client, f"https://127.0.0.1:{port}/many", "OK", TIMEOUT)
-        async with probe_client() as strict:  # certifi's CAs do not know this certificate
-            unknown = await probe_http(strict, f"https://127.0.0.1:{port}/ok", "OK", TIMEOUT)
+        if lean:
+            checker, strict = HttpChecker(trusting), HttpChecker()  # certifi's CAs by default
+            ok = await check_http(checker, f"{url}/ok", "OK", TIMEOUT)
+            many = await check_http(checker, f"{url}/many", "OK", TIMEOUT)
+            unknown = await check_http(strict, f"{url}/ok", "OK", TIMEOUT)
+        else:
+            async with probe_client(trusting) as client:
+                ok = await probe_http(client, f"{url}/ok", "OK", TIMEOUT)
+                many = await probe_http(client, f"{url}/many", "OK", TIMEOUT)
+            async with probe_client() as strict_client:  # certifi's CAs do not know it
+                unknown = await probe_http(strict_client, f"{url}/ok", "OK", TIMEOUT)
     finally:
         server.close()
         await server.wait_closed()

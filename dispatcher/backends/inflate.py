@@ -9,6 +9,10 @@ than what it was fed plus that cap: the event loop is never held for long.
 ``gzip`` (and ``x-gzip``) and ``deflate`` (zlib-wrapped or raw, as servers send both) are
 understood, stacked in any order; ``identity`` is skipped. Anything else is refused with a
 :class:`UndecodableBody` naming it.
+
+:class:`BodySearch` is the probe's whole body check on top of it, shared by both HTTP probes:
+raw pieces in, at most :data:`MAX_BODY` bytes in :data:`MAX_PIECES` pieces, decoded, searched
+for the expected text.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from collections.abc import Iterable
 
 MAX_INFLATED = 64 * 1024  # decoded bytes per layer: what is searched for the expected text
 MAX_LAYERS = 4  # content codings stacked on one body
+MAX_BODY = 64 * 1024  # raw body bytes read off the wire, before any inflating
+MAX_PIECES = 4096  # body pieces (reads, or chunks of a chunked body) a probe will take
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
@@ -137,4 +143,70 @@ class BodyDecoder:
         return data
 
 
-__all__ = ["MAX_INFLATED", "MAX_LAYERS", "BodyDecoder", "UndecodableBody", "codings"]
+class BodySearch:
+    """Look for ``wanted`` in a body fed one raw piece at a time (pure, no I/O).
+
+    At most :data:`MAX_BODY` raw bytes are taken, in at most :data:`MAX_PIECES` pieces, and
+    inflated through a :class:`BodyDecoder` for ``names`` (the ``Content-Encoding`` codings).
+    """
+
+    __slots__ = ("_body", "_decoder", "_keep", "_pieces", "_wanted", "found", "names", "read")
+
+    def __init__(self, wanted: bytes, names: list[str]) -> None:
+        self._wanted = wanted
+        self._keep = len(wanted) - 1  # what may hold the start of a match across pieces
+        self.names = names
+        self._decoder = BodyDecoder(names) if names else None
+        self._body = bytearray()  # decoded so far (without codings: only its last _keep bytes)
+        self._pieces = 0
+        self.read = 0
+        self.found = False
+
+    def feed(self, received: bytes) -> bool:
+        """Take one piece; ``True`` when the search is over (found, or a cap reached).
+
+        Raises :class:`UndecodableBody` for a corrupt coding or a piece beyond the count.
+        """
+        chunk = received[: MAX_BODY - self.read]
+        self.read += len(chunk)
+        seen = max(0, len(self._body) - self._keep)
+        decoder = self._decoder
+        if decoder is None:
+            haystack = self._body[seen:] + chunk
+            self._body = haystack[len(haystack) - self._keep :] if self._keep else bytearray()
+            full = False
+        else:
+            self._body += decoder.feed(chunk)
+            haystack = self._body[seen:]
+            full = decoder.full
+        if self._wanted in haystack:
+            self.found = True
+            return True
+        if self.read >= MAX_BODY or full:
+            return True
+        self._pieces += 1
+        if self._pieces >= MAX_PIECES:
+            raise UndecodableBody(f"the body came in more than {MAX_PIECES} pieces")
+        return False
+
+    def searched(self) -> str:
+        """For a failed search of a compressed body: what was searched (else ``""``)."""
+        if self.found or self._decoder is None:
+            return ""
+        capped = ", inflating stopped at its cap" if self._decoder.full else ""
+        how = ", ".join(self.names)
+        return (
+            f" (searched {len(self._body)} bytes inflated from {self.read} bytes of {how}{capped})"
+        )
+
+
+__all__ = [
+    "MAX_BODY",
+    "MAX_INFLATED",
+    "MAX_LAYERS",
+    "MAX_PIECES",
+    "BodyDecoder",
+    "BodySearch",
+    "UndecodableBody",
+    "codings",
+]

@@ -4,8 +4,9 @@
   body contains the expected string. Whatever the site sends, the probe reads at most
   :data:`MAX_BODY` raw body bytes and inflates a compressed answer only within
   :mod:`dispatcher.backends.inflate`'s caps; with a client from
-  :func:`dispatcher.backends.wire.probe_client` (the prober's default), the head is capped
-  at 16 KiB and 100 lines before it is parsed.
+  :func:`dispatcher.backends.wire.probe_client`, the head is capped at 16 KiB and 100 lines
+  before it is parsed. :func:`check_http` is the same check with every limit, without httpx
+  (:mod:`dispatcher.backends.httpcheck`): the prober's default, a fraction of the cost.
 - :func:`probe_tcp` (ldirectord ``connect``): a TCP connection is accepted; it is closed at
   once without sending anything.
 - :func:`probe_agent` (HAProxy ``agent-check``): connect to the agent port, read one line
@@ -31,10 +32,9 @@ from typing import Literal
 
 import httpx
 
-from dispatcher.backends.inflate import BodyDecoder, UndecodableBody, codings
+from dispatcher.backends.httpcheck import HttpChecker
+from dispatcher.backends.inflate import MAX_BODY, BodySearch, UndecodableBody, codings
 
-MAX_BODY = 64 * 1024  # raw body bytes read off the wire, before any inflating
-MAX_PIECES = 4096  # body pieces (reads, or chunks of a chunked body) a probe will take
 PROBE_HEADERS = {"accept-encoding": "identity"}
 MAX_AGENT_LINE = 1024  # bytes read from an agent before giving up on a line end
 MAX_AGENT_PERCENT = 25_600  # HAProxy clamps relative weights here too
@@ -229,6 +229,18 @@ async def probe_http(
     return await _timed(lambda: _fetch(client, url, expect, timeout), timeout)
 
 
+async def check_http(checker: HttpChecker, url: str, expect: str, timeout: float) -> ProbeResult:
+    """:func:`probe_http`'s check, the same limits and verdicts, without an HTTP client
+    library: one connection, one request, a lean reader (:mod:`dispatcher.backends.httpcheck`).
+    What the prober uses unless it was given an httpx client."""
+    return await _timed(lambda: _check(checker, url, expect), timeout)
+
+
+async def _check(checker: HttpChecker, url: str, expect: str) -> Outcome:
+    ok, detail = await checker.fetch(url, expect)
+    return ok, detail, None
+
+
 async def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:
     """Connect to ``host:port`` over TCP and close at once; success is an accepted connection."""
     return await _timed(lambda: _connect_only(host, port), timeout)
@@ -299,37 +311,21 @@ async def _fetch(client: httpx.AsyncClient, url: str, expect: str, timeout: floa
 
 async def _search(response: httpx.Response, wanted: bytes) -> tuple[bool, str]:
     """Look for ``wanted`` in the body: raw bytes off the wire (``aiter_raw``, no automatic
-    decompression), at most :data:`MAX_BODY` of them in at most :data:`MAX_PIECES` pieces,
-    inflated within the decoder's caps. (A chunked body's framing is removed by the HTTP
-    client before counting here, each chunk being a piece; a client from ``probe_client``
-    counts the framing too, in its per-connection wire cap.)
+    decompression) through a :class:`~dispatcher.backends.inflate.BodySearch`. (A chunked
+    body's framing is removed by the HTTP client before counting here, each chunk being a
+    piece; a client from ``probe_client`` counts the framing too, in its per-connection
+    wire cap.)
 
     Returns whether it was found and, when the body was compressed, what was searched.
     """
-    names = codings(response.headers.get_list("content-encoding"))
-    decoder = BodyDecoder(names)
-    body = bytearray()
-    read = pieces = 0
+    search = BodySearch(wanted, codings(response.headers.get_list("content-encoding")))
     async for received in response.aiter_raw():
-        chunk = received[: MAX_BODY - read]
-        read += len(chunk)
-        seen = max(0, len(body) - len(wanted) + 1)
-        body += decoder.feed(chunk)
-        if wanted in body[seen:]:
-            return True, ""
-        if read >= MAX_BODY or decoder.full:
+        if search.feed(received):
             break
-        pieces += 1
-        if pieces >= MAX_PIECES:
-            raise UndecodableBody(f"the body came in more than {MAX_PIECES} pieces")
         # Pieces already buffered come out of the HTTP client without a pause: let the
         # loop (and the deadline) run between them.
         await asyncio.sleep(0)
-    if not names:
-        return False, ""
-    capped = ", inflating stopped at its cap" if decoder.full else ""
-    how = ", ".join(names)
-    return False, f" (searched {len(body)} bytes inflated from {read} bytes of {how}{capped})"
+    return search.found, search.searched()
 
 
 async def _connect_only(host: str, port: int) -> Outcome:
@@ -379,6 +375,7 @@ __all__ = [
     "AgentReplyError",
     "AgentReport",
     "ProbeResult",
+    "check_http",
     "parse_agent_reply",
     "probe_agent",
     "probe_http",

@@ -30,14 +30,20 @@ MAX_WIRE = MAX_HEAD + 2 * 64 * 1024  # the body cap, with room for chunked frami
 
 
 class WireBudget:
-    """What one connection has read so far, and the head's limits (pure bookkeeping)."""
+    """What one connection has read so far, and the head's limits (pure bookkeeping).
 
-    __slots__ = ("head", "head_done", "total")
+    Lines are counted as bytes arrive (a head trickled a byte at a time costs no rescans).
+    Once the head is complete, :attr:`head` holds it (without the blank line that ends it).
+    """
+
+    __slots__ = ("_counted", "_lines", "head", "head_done", "total")
 
     def __init__(self) -> None:
         self.total = 0
         self.head = bytearray()
         self.head_done = False
+        self._lines = 0  # line ends in head[:_counted]
+        self._counted = 0
 
     def allowance(self, wanted: int) -> int:
         """How many bytes the next read may ask for; raises when the wire cap is used up."""
@@ -45,24 +51,48 @@ class WireBudget:
             raise httpcore.ReadError(f"the site sent more than {MAX_WIRE} bytes")
         return min(wanted, MAX_WIRE - self.total)
 
-    def received(self, data: bytes) -> None:
-        """Account for ``data``; raises ``httpcore.ReadError`` when the head breaks a limit."""
+    def received(self, data: bytes) -> int:
+        """Account for ``data`` (see :meth:`head_part`); raises ``httpcore.ReadError`` when
+        the head breaks a limit."""
         self.total += len(data)
+        return self.head_part(data)
+
+    def head_part(self, data: bytes) -> int:
+        """Follow the head through ``data`` (counted already) and check its limits.
+
+        Returns where in ``data`` the body starts when ``data`` completes the head, else -1.
+        Raises ``httpcore.ReadError`` when the head breaks a limit.
+        """
         if self.head_done or not data:
-            return
-        start = max(0, len(self.head) - 3)
-        self.head += data[: MAX_HEAD + 4 - len(self.head)]
-        found = (self.head.find(b"\r\n\r\n", start), self.head.find(b"\n\n", start))
-        ends = [i for i in found if i >= 0]  # (h11 takes bare LF line ends too)
-        end = min(ends) if ends else -1
-        head = self.head if end < 0 else self.head[:end]
-        if head.count(b"\n") > MAX_HEAD_LINES:  # the status line, then the header lines
+            return -1
+        start = len(self.head)
+        self.head += data[: MAX_HEAD + 4 - start]
+        scan = max(0, start - 3)
+        end, size = self.head.find(b"\r\n\r\n", scan), 4
+        bare = self.head.find(b"\n\n", scan)  # (h11 takes bare LF line ends too)
+        if bare >= 0 and (end < 0 or bare < end):
+            end, size = bare, 2
+        upto = end if end >= 0 else len(self.head)
+        if upto >= self._counted:
+            self._lines += self.head.count(b"\n", self._counted, upto)
+        else:  # the blank line began in what was counted before
+            self._lines -= self.head.count(b"\n", upto, self._counted)
+        self._counted = upto
+        if self._lines > MAX_HEAD_LINES:  # the status line, then the header lines
             raise httpcore.ReadError(f"response head over {MAX_HEAD_LINES} header lines")
-        if end < 0 and len(self.head) > MAX_HEAD:
-            raise httpcore.ReadError(f"response head over {MAX_HEAD} bytes")
-        if end >= 0:
-            self.head_done = True
-            self.head = bytearray()
+        if end < 0:
+            if len(self.head) > MAX_HEAD:
+                raise httpcore.ReadError(f"response head over {MAX_HEAD} bytes")
+            return -1
+        self.head_done = True
+        del self.head[end:]
+        return end + size - start
+
+    def next_head(self) -> None:
+        """Follow a new head from here (after a 1xx answer); the wire total carries on."""
+        self.head = bytearray()
+        self.head_done = False
+        self._lines = self._counted = 0
 
 
 class _CountedStream(httpcore.AsyncNetworkStream):
