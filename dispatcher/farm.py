@@ -2,7 +2,7 @@
 
 :class:`Farm` owns the slow side. It reads and writes the store (in worker threads),
 drives the prober, takes load reports, and after every change swaps in a new
-:class:`~dispatcher.backends.snapshot.Snapshot` for the hot path to read. When the hot path
+:class:`~dispatcher.snapshot.Snapshot` for the hot path to read. When the hot path
 runs in worker processes, ``on_change`` is told of every change they must see, and
 :meth:`Farm.worker_state` is what is shipped to them.
 """
@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dispatcher.backends.health import Health, Prober, Target
 from dispatcher.backends.sites import SiteSpec
-from dispatcher.backends.snapshot import Load, Snapshot, build_snapshot
+from dispatcher.backends.snapshot import Load
 from dispatcher.backends.store import LoadReport, SiteStore, StoredRules
 from dispatcher.config import Config, check_not_self
 from dispatcher.errors import InvalidValue, StoreError, StoreUnavailable
-from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules, load_rules
+from dispatcher.snapshot import Snapshot, build_snapshot
 from dispatcher.throttle import ThrottledLog
 from dispatcher.wire import RulesText, WorkerState, for_workers
 
@@ -55,12 +55,12 @@ class Farm:
         self._sites: tuple[SiteSpec, ...] = ()
         self._revision = -1
         self._loads: dict[str, Load] = {}
-        self._policies: dict[str, Policy] = {}
         self._rules: RewriteProgram | None = None
         self._refreshing = asyncio.Lock()
         self._in_flight: set[asyncio.Task[Any]] = set()
         self.on_change: Callable[[], None] | None = None
         self.worker_views: Callable[[], Sequence[WorkerView]] | None = None
+        self._last: Snapshot | None = None
         self.snapshot = self._build()
 
     # --- life cycle ---
@@ -349,10 +349,10 @@ class Farm:
             sites=self._sites,
             health=self.prober.health,
             loads=self._loads,
-            policies=self._policies,
+            previous=self._last,
             rules=self._rules,
         )
-        self._policies = {name: pool.policy for name, pool in snapshot.pools.items()}
+        self._last = snapshot
         return snapshot
 
 

@@ -39,14 +39,13 @@ from typing import TypeVar
 import uvloop
 
 from dispatcher.app import DispatchCore
-from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.config import Config
 from dispatcher.edge import PublicEdge
 from dispatcher.errors import DispatcherError
 from dispatcher.http1 import EdgeLimits
-from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules
 from dispatcher.server import bind, dispatch_core
+from dispatcher.snapshot import Snapshot, build_snapshot
 from dispatcher.wire import (
     MAX_FRAME,
     RulesText,
@@ -85,13 +84,13 @@ class WorkerFarm:
 class StateBuilder:
     """Turns the states a worker is sent into snapshots (pure but for rule compilation).
 
-    Policies are kept by pool name, so rotations carry on across states; the rules are
+    Each snapshot is built from the previous one, so rotations carry on across states; the rules are
     compiled only when their text, origin or the pools change, and a program that no longer
     compiles (a map file gone) leaves the previous one running.
     """
 
     def __init__(self) -> None:
-        self._policies: dict[str, Policy] = {}
+        self._previous: Snapshot | None = None
         self._rules: RewriteProgram | None = None
         self._rules_key: tuple[object, ...] | None = None
 
@@ -103,10 +102,10 @@ class StateBuilder:
             sites=state.sites,
             health=health_of(state.health),
             loads=state.loads,
-            policies=self._policies,
+            previous=self._previous,
             rules=self._compiled(state.rules, config),
         )
-        self._policies = {name: pool.policy for name, pool in snapshot.pools.items()}
+        self._previous = snapshot
         return snapshot
 
     def _compiled(self, rules: RulesText | None, config: Config) -> RewriteProgram | None:
