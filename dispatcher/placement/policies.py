@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from dispatcher.placement import swrr
 from dispatcher.placement.model import Candidate, Client, Location
 from dispatcher.placement.options import seconds
 from dispatcher.placement.policy import Option, Policy, register
 
-#: The longest period (sum of weights) the weighted policy precomputes.
-CYCLE_MAX = 256
+#: The longest period (sum of weights) the weighted policy precomputes (a schedule of that
+#: many picks, built in a few milliseconds at most: :func:`swrr.advance`).
+CYCLE_MAX = 4096
 
 
 @register
@@ -62,21 +64,7 @@ class Weighted(Policy):
         return self._step(candidates)
 
     def _step(self, candidates: Sequence[Candidate]) -> Candidate | None:
-        current = self._current
-        best: Candidate | None = None
-        best_value = 0
-        total = 0
-        for site in candidates:
-            value = current.get(site.name, 0) + site.weight
-            current[site.name] = value
-            total += site.weight
-            if best is None or value > best_value:
-                best, best_value = site, value
-        if best is not None:
-            current[best.name] = best_value - total
-        if len(current) > 4 * len(candidates) + 16:
-            self._forget_departed(candidates)
-        return best
+        return swrr.step(self._current, candidates)
 
     def _bind(self, candidates: Sequence[Candidate]) -> bool:
         """Compute the period's picks from the current state, if the state comes back after
@@ -89,7 +77,7 @@ class Weighted(Policy):
             self._retry = CYCLE_MAX
             return False
         start = dict(self._current)
-        picks = [self._step(candidates) for _ in range(period)]
+        picks = swrr.advance(self._current, candidates, period)
         names = [site.name for site in candidates]
         current = self._current  # (the trial's first step pruned as the loop's would)
         back = [current.get(n) for n in names] == [start.get(n, 0) for n in names]
@@ -110,12 +98,7 @@ class Weighted(Policy):
         bound, pos = self._bound, self._pos
         self._bound = None
         if bound is not None:
-            for _ in range(pos):
-                self._step(bound)
-
-    def _forget_departed(self, candidates: Sequence[Candidate]) -> None:
-        names = {site.name for site in candidates}
-        self._current = {name: v for name, v in self._current.items() if name in names}
+            swrr.advance(self._current, bound, pos)
 
 
 @register
