@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dispatcher.maglev import MH_DEFAULT_SIZE, client_hash, maglev_table
 from dispatcher.placement.model import Candidate, Client
 
 #: Salted rounds before a lookup whose sites are mostly unavailable takes the fallback.
 ROUNDS = 16
+#: Addresses whose first slot a ring remembers (a memo of a pure function: it changes no
+#: answer, it saves masking and hashing a returning address); emptied when full.
+MEMO_SIZE = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,10 @@ class NetworkRing:
     slots: tuple[str, ...]
     netmask: int = 24
     netmask6: int = 64
+    #: address (or subnet) -> (network, its hash, its first slot's site), or None
+    memo: dict[str, tuple[str, int, str] | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def build(
@@ -72,13 +79,23 @@ class NetworkRing:
         candidates by name); None when the client has no network or nothing is available."""
         if not available:
             return None
-        key = self.network(client)
-        if key is None:
+        text = client.subnet or client.address
+        memo = self.memo
+        try:
+            first = memo[text]
+        except KeyError:
+            first = self._first(client)
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[text] = first
+        if first is None:
             return None
+        key, h, name = first
+        site = available.get(name)
+        if site is not None:
+            return site
         slots = self.slots
         size = len(slots)
-        h = client_hash(key)
-        site = available.get(slots[h % size])
         salt = 1
         while site is None and salt <= ROUNDS:
             site = available.get(slots[client_hash(key, salt) % size])
@@ -86,6 +103,14 @@ class NetworkRing:
         if site is None:  # most of the table is unavailable: any candidate, still by hash
             site = candidates[h % len(candidates)] if candidates else None
         return site
+
+    def _first(self, client: Client) -> tuple[str, int, str] | None:
+        """The client's network, its hash, and the site of its first slot."""
+        key = self.network(client)
+        if key is None:
+            return None
+        h = client_hash(key)
+        return key, h, self.slots[h % len(self.slots)]
 
 
 def client_network(address: str, netmask: int, netmask6: int) -> str | None:

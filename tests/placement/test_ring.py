@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from dispatcher.placement import engine
 from dispatcher.placement.build import Hashing
 from dispatcher.placement.model import Client
-from dispatcher.placement.ring import NetworkRing, client_network, subnet_network
+from dispatcher.placement.ring import MEMO_SIZE, NetworkRing, client_network, subnet_network
 from tests.placement.support import pool_of, spec
 
 NETWORKS = 3000
@@ -169,3 +169,14 @@ def test_a_subnet_and_an_address_in_it_hash_alike() -> None:
         Client(address="198.51.100.200")
     )
     assert client_network("198.51.100.200", 24, 64) == "198.51.100.0/24"
+
+
+def test_the_rings_memo_is_bounded_and_changes_no_answer() -> None:
+    pool = pool_of([spec("eu"), spec("us"), spec("asia")], hashing=Hashing())
+    ring = pool.ring
+    assert ring is not None
+    clients = networks(11, MEMO_SIZE + 500)
+    first = [engine.pick(pool, c) for c in clients]
+    assert 0 < len(ring.memo) <= MEMO_SIZE
+    fresh = pool_of([spec("eu"), spec("us"), spec("asia")], hashing=Hashing())
+    assert [engine.pick(fresh, c) for c in reversed(clients)] == first[::-1]
