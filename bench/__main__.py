@@ -4,7 +4,8 @@ layer-4 switch (``bench.l4``, ``bench.l4_nft``), its failover against keepalived
 (``bench.failover``: at the defaults, at farmnode's fast timing and at a keepalived tuned to
 comparable false-failover safety; the lossy-link comparison is ``python -m bench.failover
 --loss 20``, minutes long, run on its own) and the truth tier's PostgreSQL failover
-(``bench.pg_failover``).
+(``bench.pg_failover``). ``bench.decision`` measures the decision alone (rules and
+placement, no sockets) from 3 to 1,000 sites and from 50 to 500 rules.
 
 Both servers run one worker on the same uvicorn settings, measured in the same run,
 alternating, several rounds each. Each server's figures are its median round; its ratio is
@@ -25,7 +26,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from bench import evaluator, failover, l4, l4_nft, peers, pg_failover, probes, session
+from bench import decision, evaluator, failover, l4, l4_nft, peers, pg_failover, probes, session
 from bench.servers import KEYS
 from dispatcher.session import AffinityStamp
 
@@ -204,6 +205,8 @@ def main() -> None:
     print(f"{'request':<36}{'median us':>10}{'p99 us':>10}")
     for name, (med, p99) in evaluator.measure().items():
         print(f"{name:<36}{med:>10.1f}{p99:>10.1f}")
+    print("\nthe decision alone (rules, placement, answer), CPU per request, no sockets:")
+    decision.main([])
     print("\nsigned client state, per operation (median of 5 timeit rounds):")
     print(f"{'token':<36}{'sign us':>10}{'verify us':>10}")
     for name, (sign, verify) in session.measure().items():

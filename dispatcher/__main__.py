@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     explain_cmd = command("explain", _explain, "show what a client asking for URL would get")
     explain_cmd.add_argument("url", help="the absolute URL the client asks for")
     explain_cmd.add_argument("--remote-addr", default="127.0.0.1", help="the client's address")
+    explain_cmd.add_argument(
+        "--subnet",
+        default="",
+        metavar="CIDR",
+        help="a client subnet (as EDNS sends it) to locate instead of the address",
+    )
     explain_cmd.add_argument("--method", default="GET")
     explain_cmd.add_argument(
         "--header",
@@ -192,7 +198,7 @@ def _explain(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"({note})")
-    print(explain(snapshot, request).format())
+    print(explain(snapshot, request, subnet=args.subnet).format())
     return EXIT_OK
 
 

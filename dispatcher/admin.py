@@ -44,7 +44,7 @@ from dispatcher.errors import (
     StoreRejected,
     StoreUnavailable,
 )
-from dispatcher.explain import explain, request_from_url
+from dispatcher.explain import client_subnet, explain, request_from_url
 from dispatcher.farm import Farm
 from dispatcher.openapi import openapi_document
 from dispatcher.redirect import RewriteError, RuleSyntaxError
@@ -261,12 +261,12 @@ class AdminApi:
         body = await _json(request)
         if not isinstance(body, dict):
             raise InvalidValue(
-                "", "a JSON object with url, and optional method, remote_addr, headers"
+                "", "a JSON object with url, and optional method, remote_addr, subnet, headers"
             )
-        unknown = set(body) - {"url", "method", "remote_addr", "headers"}
+        unknown = set(body) - {"url", "method", "remote_addr", "subnet", "headers"}
         if unknown:
             raise InvalidValue(sorted(unknown)[0], "no such field")
-        for key in ("url", "method", "remote_addr"):
+        for key in ("url", "method", "remote_addr", "subnet"):
             if key in body and not isinstance(body[key], str):
                 raise InvalidValue(key, f"a string, got {shown(body[key])}")
         if "url" not in body:
@@ -280,7 +280,8 @@ class AdminApi:
             trusted=trusted_proxies(settings.trusted_proxies),
             forwarded_header=settings.forwarded_header,
         )
-        return JSONResponse(explain(self.farm.snapshot, client_request).as_dict())
+        subnet = client_subnet(body.get("subnet", ""))
+        return JSONResponse(explain(self.farm.snapshot, client_request, subnet=subnet).as_dict())
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document(self.farm.config.pools))

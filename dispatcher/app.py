@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, NamedTuple, Protocol
 
 from dispatcher.affinity import Affinity, Recalled
-from dispatcher.backends.snapshot import PoolView, Snapshot
+from dispatcher.placement.engine import pick, pick_plain
+from dispatcher.placement.model import Candidate, Client
+from dispatcher.placement.pool import PoolView
 from dispatcher.redirect import Outcome, RewriteRequest
 from dispatcher.relay import HandoffRelay, split_handoff
 from dispatcher.session.tokens import HANDOFF_PARAM
+from dispatcher.snapshot import Snapshot
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -116,26 +119,30 @@ class DispatchCore:
         rules = snapshot.rules
         if rules is not None:
             selection = self._selection
-            selection.snapshot, selection.now, selection.host = snapshot, now, host
-            selection.recalled = recalled
+            selection.snapshot, selection.scope, selection.now = snapshot, scope, now
+            selection.host, selection.recalled, selection.client = host, recalled, None
             outcome = rules.evaluate_scope(scope, selection)
-            chosen, selection.chosen = selection.chosen, ()
             if outcome.cookies:
                 headers.extend((b"set-cookie", c.encode("latin-1")) for c in outcome.cookies)
             if outcome.action != "none":  # the rules answer, or rewrote the path
-                decision = decide(snapshot, outcome, target, host, now, chosen, recalled=recalled)
+                decision = decide(snapshot, outcome, target, selection)
+                selection.chosen = ()
                 return self._decided(decision, scope, now, recalled, headers)
+            selection.chosen = ()
         # the common case: a site of the default pool, path and query as they came
         pool = snapshot.default_pool
-        if affinity is None:
-            site, cookie = pool.choose(now, host), None
+        if recalled is None and pool.plain:
+            site = pick_plain(pool, host)
         else:
-            site, cookie = affinity.place(scope, pool, now, host, recalled)
+            remembered = recalled[0] if recalled is not None else None
+            site = pick(pool, Client(_address(scope), "", host, remembered, now))
         if site is None:
             return self._fallback(pool, scope)
         self.farm.redirects[site.name] += 1
-        if cookie is not None:
-            headers.append((b"set-cookie", cookie.encode("latin-1")))
+        if affinity is not None:
+            cookie = affinity.stamp(scope, site.name, recalled, now)
+            if cookie is not None:
+                headers.append((b"set-cookie", cookie.encode("latin-1")))
         headers.append((b"location", site.location_base + target))
         return pool.status, headers, b""
 
@@ -154,11 +161,7 @@ class DispatchCore:
             return self._fallback(self.farm.snapshot.default_pool, scope)
         affinity = self.affinity
         if affinity is not None and len(decision.sites) == 1:
-            site = decision.sites[0]
-            if recalled is not None and recalled[0] == site:
-                cookie = affinity.renew(scope, recalled, now)
-            else:
-                cookie = affinity.placed(scope, site, now)
+            cookie = affinity.stamp(scope, decision.sites[0], recalled, now)
             if cookie is not None:
                 headers.append((b"set-cookie", cookie.encode("latin-1")))
         if decision.location is not None:
@@ -273,16 +276,19 @@ class Decision(NamedTuple):
 
 
 class SiteSelection:
-    """The ``${site:POOL}`` map: the pool's pick for this client (its affinity site if the
-    pool can take it), never the site at ``host``; the sites picked, in order, in ``chosen``.
+    """The ``${site:POOL}`` map, and the default pool's placement after the rules: the
+    placement step (:func:`~dispatcher.placement.engine.pick`) for this request's client,
+    in whichever pool; the sites it placed the client on, in order, in ``chosen``.
 
     Evaluating the rules is synchronous, so :class:`DispatchCore` keeps one instance and
-    serves every request with it in turn: it points it at the request's snapshot, time and
-    Host just before evaluating and takes ``chosen`` just after, with no ``await`` between.
-    That saves building a selector for each request. ``explain`` builds its own.
+    serves every request with it in turn: it points it at the request's snapshot, scope,
+    time, Host and remembered site just before evaluating (and clears ``client``, built on
+    first need) and clears ``chosen`` just after, with no ``await`` between. That saves
+    building a selector for each request. ``explain`` builds its own, with a scope that
+    holds only the client's address (and the EDNS-style ``subnet``, if any).
     """
 
-    __slots__ = ("chosen", "host", "now", "recalled", "snapshot")
+    __slots__ = ("chosen", "client", "host", "now", "recalled", "scope", "snapshot", "subnet")
 
     def __init__(
         self,
@@ -290,11 +296,17 @@ class SiteSelection:
         now: float = 0.0,
         host: bytes = b"",
         recalled: Recalled | None = None,
+        *,
+        scope: Scope | None = None,
+        subnet: str = "",
     ) -> None:
         self.snapshot = snapshot
+        self.scope: Scope = scope if scope is not None else {}
         self.now = now
         self.host = host
         self.recalled = recalled
+        self.subnet = subnet
+        self.client: Client | None = None
         self.chosen: tuple[str, ...] = ()
 
     def __call__(self, pool_name: str, request: RewriteRequest) -> str | None:
@@ -302,40 +314,42 @@ class SiteSelection:
         pool = snapshot.pools.get(pool_name) if snapshot is not None else None
         if pool is None:
             return None
-        recalled = self.recalled  # affinity: the client's site, if this pool can take it
-        site = pool.named(recalled[0], self.host) if recalled is not None else None
-        if site is None:
-            site = pool.choose(self.now, self.host)
+        site = self.site(pool)
         if site is None:
             return None
         self.chosen += (site.name,)
         return site.base_url
 
+    def site(self, pool: PoolView) -> Candidate | None:
+        """The placement step for this request's client in ``pool``."""
+        recalled = self.recalled
+        if recalled is None and pool.plain:
+            return pick_plain(pool, self.host)
+        client = self.client
+        if client is None:
+            remembered = recalled[0] if recalled is not None else None
+            address = _address(self.scope)
+            client = Client(address, self.subnet, self.host, remembered, self.now)
+            self.client = client
+        return pick(pool, client)
+
 
 def decide(
-    snapshot: Snapshot,
-    outcome: Outcome,
-    target: bytes,
-    host: bytes,
-    now: float,
-    chosen: Sequence[str],
-    *,
-    recalled: Recalled | None = None,
+    snapshot: Snapshot, outcome: Outcome, target: bytes, selection: SiteSelection
 ) -> Decision:
-    """Turn the rules' outcome into the answer (pure but for the pool's rotation).
+    """Turn the rules' outcome into the answer (pure but for the pools' rotations).
 
     A redirect or an error status is the rules' own; anything else (no rule matched, or an
-    internal rewrite) is redirected to a site of the default pool, with the rewritten path:
-    the ``recalled`` one (affinity) if the pool can take the client, else the policy's pick.
+    internal rewrite) is redirected to a site of the default pool, with the rewritten path,
+    placed by ``selection`` (the remembered site if the pool can take the client, else the
+    policy's pick). ``selection.chosen`` names the sites the rules' ``${site:}`` chose.
     """
     if outcome.action == "redirect" and outcome.location is not None and outcome.status:
-        return Decision(outcome.status, outcome.location.encode("ascii"), tuple(chosen))
+        return Decision(outcome.status, outcome.location.encode("ascii"), selection.chosen)
     if outcome.action in ("forbidden", "gone", "status") and outcome.status:
         return Decision(outcome.status, None)
     pool = snapshot.default_pool
-    site = pool.named(recalled[0], host) if recalled is not None else None
-    if site is None:
-        site = pool.choose(now, host)
+    site = selection.site(pool)
     if site is None:
         fallback = pool.config.fallback
         if fallback == "sorry":
@@ -343,6 +357,12 @@ def decide(
         return Decision(pool.status, fallback.encode("ascii"))
     path = target if outcome.action == "none" else _rewritten(outcome)
     return Decision(pool.status, site.location_base + path, (site.name,))
+
+
+def _address(scope: Scope) -> str:
+    """The client's address as the edge gives it (``""`` when unknown)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def _rewritten(outcome: Outcome) -> bytes:

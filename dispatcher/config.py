@@ -35,12 +35,13 @@ from dispatcher.clientaddr import parse_networks as parse_proxies
 from dispatcher.errors import ConfigError, GeoDatabaseError, InvalidValue
 from dispatcher.files import MAX_RULES_BYTES, read_regular_file
 from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS
+from dispatcher.placement.catalog import REGISTRY
 from dispatcher.placement.geoip import check_database
 from dispatcher.placement.locate import Locator
+from dispatcher.placement.pool import PoolConfig
 from dispatcher.placement.prefixes import Network, parse_networks
 from dispatcher.session.cookies import CookieAttributes
 
-POLICY_NAMES = ("weighted", "least-load", "failover")
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 ALL_DOWN = ("sorry", "fail-open")
 MAX_WORKERS = 64
@@ -57,17 +58,6 @@ ENVIRONMENT = "<environment>"
 MAX_GEOIP_DATABASES = 4
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class PoolConfig:
-    """A pool of sites that share one selection policy and one fallback."""
-
-    name: str
-    policy: str = "weighted"
-    fallback: str = "sorry"
-    redirect_status: int | None = None
-    all_down: str = "sorry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,11 +194,12 @@ def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir
     networks = parse_networks(raw.get("networks", []))
     geoip_key = "FARM_GEOIP_DATABASE" if "FARM_GEOIP_DATABASE" in env else None
     _check_geoip(settings.geoip_database, geoip_key or "dispatcher.geoip_database")
-    pools = _pools(_table(raw, "pools"))
+    pools = _pools(_table(raw, "pools"), settings)
     if settings.default_pool not in pools:
         if settings.default_pool != "default":
             raise InvalidValue("dispatcher.default_pool", "the name of a pool under [pools]")
-        pools = {"default": PoolConfig("default"), **pools}
+        default = PoolConfig("default", options=_options({}, "pools.default", "weighted", settings))
+        pools = {"default": default, **pools}
     sites = _sites(raw.get("sites", []), pools)
     for index, site in enumerate(sites):
         check_not_self(site.base_url, settings, f"sites[{index}].base_url")
@@ -344,14 +335,19 @@ def _environment_overrides(values: dict[str, Any], env: Mapping[str, str]) -> No
             values[key] = parse_tokens(items, var) if key == "admin_tokens" else items
 
 
-def _pools(raw: Mapping[str, Any]) -> dict[str, PoolConfig]:
+#: The keys every pool table may have; its policy's declared options come on top.
+POOL_KEYS = ("policy", "fallback", "redirect_status", "all_down")
+
+
+def _pools(raw: Mapping[str, Any], settings: DispatcherSettings) -> dict[str, PoolConfig]:
     pools: dict[str, PoolConfig] = {}
     for name, table in raw.items():
         p = f"pools.{name}"
         check_pool_name(name, p)
         if not isinstance(table, Mapping):
             raise InvalidValue(p, "a table")
-        _only_keys(table, p, {"policy", "fallback", "redirect_status", "all_down"})
+        policy = _choice(table, p, "policy", "weighted", tuple(REGISTRY))
+        _policy_keys(table, p, policy)
         fallback = _get(table, p, "fallback", str, "sorry", '"sorry" or an absolute URL')
         if fallback != "sorry":
             try:
@@ -361,12 +357,46 @@ def _pools(raw: Mapping[str, Any]) -> dict[str, PoolConfig]:
         status = table.get("redirect_status")
         pools[name] = PoolConfig(
             name=name,
-            policy=_choice(table, p, "policy", "weighted", POLICY_NAMES),
+            policy=policy,
             fallback=fallback,
             redirect_status=None if status is None else _status(table, p, "redirect_status", 302),
             all_down=_choice(table, p, "all_down", "sorry", ALL_DOWN),
+            options=_options(table, p, policy, settings),
         )
     return pools
+
+
+def _policy_keys(table: Mapping[str, Any], path: str, policy: str) -> None:
+    """Only the common keys and the options ``policy`` declares; an option of another policy
+    is named as such."""
+    declared = REGISTRY[policy].options
+    for key in table:
+        if key in POOL_KEYS or key in declared:
+            continue
+        owners = [name for name, cls in REGISTRY.items() if key in cls.options]
+        if owners:
+            raise InvalidValue(
+                f"{path}.{key}",
+                f"an option of {' and '.join(owners)}, not of policy {policy!r}",
+            )
+        _only_keys(table, path, {*POOL_KEYS, *declared})
+
+
+def _options(
+    table: Mapping[str, Any], path: str, policy: str, settings: DispatcherSettings
+) -> dict[str, Any]:
+    """The options ``policy`` declares, parsed from the pool's ``table``. An option the
+    table does not set takes the ``[dispatcher]`` setting of the same name if there is one
+    (``load_max_age``), else the policy's default."""
+    values: dict[str, Any] = {}
+    for key, option in REGISTRY[policy].options.items():
+        if key in table:
+            values[key] = option.parse(table[key], f"{path}.{key}")
+        elif key in DispatcherSettings.__slots__:
+            values[key] = getattr(settings, key)
+        else:
+            values[key] = option.default
+    return values
 
 
 def _sites(raw: Any, pools: Mapping[str, PoolConfig]) -> tuple[SiteSpec, ...]:
@@ -580,7 +610,7 @@ def _prefixed(prefix: str, build: Callable[..., T], *args: Any, **kwargs: Any) -
 
 
 __all__ = [
-    "POLICY_NAMES",
+    "POOL_KEYS",
     "CheckSpec",
     "Config",
     "DispatcherSettings",

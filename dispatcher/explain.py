@@ -1,13 +1,16 @@
-""" "What would client X get?": the rules' trace plus the dispatcher's final answer.
+""" "What would client X get?": the rules' trace, how placement located the client and
+weighed every site of the pool, and the dispatcher's final answer.
 
 Shared by ``farm-dispatcher explain`` and ``POST /api/v1/explain``. Explaining never
 disturbs the live rotation: each pool answers with a copy of its policy, i.e. the site
-the next new client would get right now.
+the next new client would get right now. The placement shown is
+:func:`dispatcher.placement.engine.explain` on another copy, so it names the same site.
 """
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -16,11 +19,13 @@ from urllib.parse import urlsplit
 
 from dispatcher.app import Decision, SiteSelection, decide
 from dispatcher.backends.health import Health
-from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.backends.store import SiteStore
 from dispatcher.clientaddr import FORWARDED_HEADERS, TrustedProxies, forwarded_client
 from dispatcher.config import Config
 from dispatcher.errors import InvalidValue, StoreError
+from dispatcher.placement import engine
+from dispatcher.placement.model import Client, Considered, Location, Placement
+from dispatcher.placement.pool import Where
 from dispatcher.redirect import (
     Explanation,
     Outcome,
@@ -30,18 +35,28 @@ from dispatcher.redirect import (
     load_rules,
 )
 from dispatcher.redirect.request import DEFAULT_PORTS, split_host
+from dispatcher.snapshot import Snapshot, build_snapshot, locator_for
+
+#: The longest client subnet text accepted (an IPv6 address with a prefix fits in 50).
+MAX_SUBNET = 64
 
 
 @dataclass(frozen=True, slots=True)
 class Explained:
-    """The rules' explanation (``None`` without rules) and the dispatcher's answer."""
+    """The rules' explanation (``None`` without rules), the client as placement saw it,
+    the placement in each pool that placed it (the default pool's when none did), and the
+    dispatcher's answer."""
 
     request: RewriteRequest
     explanation: Explanation | None
     decision: Decision
+    client: Client
+    placements: tuple[Placement, ...] = ()
 
     def format(self) -> str:
         lines = [self.explanation.format()] if self.explanation else ["no rewrite rules"]
+        for placement in self.placements:
+            lines.extend(format_placement(placement, self.client))
         lines.append(f"dispatcher answers: {describe(self.decision)}")
         return "\n".join(lines)
 
@@ -67,8 +82,79 @@ class Explained:
                 "sites": list(self.decision.sites),
                 "sorry": self.decision.sorry,
             },
+            "client": {"remote_addr": self.client.address, "subnet": self.client.subnet or None},
+            "placements": [placement_dict(p) for p in self.placements],
             "text": self.format(),
         }
+
+
+def located_dict(located: Location) -> dict[str, Any]:
+    return {
+        "source": located.source,
+        "prefix": located.prefix,
+        "region": located.region,
+        "asn": located.asn,
+        "country": located.country,
+        "continent": located.continent,
+        "coordinates": list(located.coordinates) if located.coordinates else None,
+    }
+
+
+def placement_dict(placement: Placement) -> dict[str, Any]:
+    return {
+        "pool": placement.pool,
+        "sites": [site.name for site in placement.sites],
+        "located": located_dict(placement.located),
+        "considered": [
+            {
+                "site": c.site,
+                "verdict": c.verdict,
+                "tier": c.tier,
+                "distance_km": c.distance_km,
+                "rtt_ms": None if c.rtt is None else round(c.rtt * 1000, 3),
+                "detail": c.detail,
+            }
+            for c in placement.considered
+        ],
+    }
+
+
+def format_placement(placement: Placement, client: Client) -> list[str]:
+    """The placement as text: how the client was located, then one line per site."""
+    who = client.address or "an unknown address"
+    if client.subnet:
+        who += f" (client subnet {client.subnet})"
+    lines = [f"client {who}: {describe_location(placement.located)}"]
+    lines.append(f"pool {placement.pool}:")
+    width = max((len(c.site) for c in placement.considered), default=0)
+    lines.extend(f"  {c.site:<{width}}  {describe_verdict(c)}" for c in placement.considered)
+    if not placement.considered:
+        lines.append("  (no sites)")
+    return lines
+
+
+def describe_location(located: Location) -> str:
+    if located.source == "none" and not located.rtt:
+        return "not located"
+    parts = [f"{k} {v}" for k, v in located_dict(located).items() if k != "source" and v]
+    how = f"located by {located.source}" if located.source != "none" else "not located"
+    if located.rtt:
+        parts.append(f"learned RTT from {len(located.rtt)} site(s)")
+    return f"{how}: {', '.join(parts)}" if parts else how
+
+
+def describe_verdict(considered: Considered) -> str:
+    text = considered.verdict
+    extra = []
+    if considered.tier is not None:
+        extra.append(f"tier {considered.tier}")
+    if considered.distance_km is not None:
+        extra.append(f"{considered.distance_km:.0f} km")
+    if considered.rtt is not None:
+        extra.append(f"RTT {considered.rtt * 1000:.1f} ms")
+    if considered.detail:
+        extra.append(considered.detail)
+    return f"{text} ({'; '.join(extra)})" if extra else text
 
 
 def describe(decision: Decision) -> str:
@@ -129,20 +215,59 @@ def request_from_url(
     )
 
 
-def explain(snapshot: Snapshot, request: RewriteRequest) -> Explained:
-    """Run ``request`` through ``snapshot``'s rules and selection, leaving it untouched."""
+def explain(snapshot: Snapshot, request: RewriteRequest, *, subnet: str = "") -> Explained:
+    """Run ``request`` through ``snapshot``'s rules and placement, leaving it untouched.
+
+    ``subnet`` is a client subnet (as EDNS gives it) placement locates instead of the
+    request's address."""
+    subnet = client_subnet(subnet)
+    pristine = _dry(snapshot)  # (copied before the decision advances any rotation)
     dry = _dry(snapshot)
     now, host = time.monotonic(), request.host.lower().encode("latin-1")
     target = request.path.encode("latin-1")
     if request.query_string:
         target += b"?" + request.query_string.encode("latin-1")
+    scope = {"client": (request.remote_addr, 0)}
+    selection = SiteSelection(dry, now, host, scope=scope, subnet=subnet)
+    explanation = None
     if dry.rules is None:
         outcome = Outcome("none", None, None, request.path, request.query_string, (), {})
-        return Explained(request, None, decide(dry, outcome, target, host, now, ()))
-    selection = SiteSelection(dry, now, host)
-    explanation = dry.rules.explain(request, sites=selection)
-    decision = decide(dry, explanation.outcome, target, host, now, selection.chosen)
-    return Explained(request, explanation, decision)
+    else:
+        explanation = dry.rules.explain(request, sites=selection)
+        outcome = explanation.outcome
+    decision = decide(dry, outcome, target, selection)
+    client = Client(request.remote_addr, subnet, host, None, now)
+    answered = outcome.action in ("redirect", "forbidden", "gone", "status") and outcome.status
+    pools = _placing_pools(pristine, decision, asked_default=not answered)
+    placements = tuple(engine.explain(pristine.pools[name], client) for name in pools)
+    return Explained(request, explanation, decision, client, placements)
+
+
+def client_subnet(value: str) -> str:
+    """A client subnet as ``explain`` accepts it, normalised (``198.51.100.0/24``); ``""``
+    for none. :class:`InvalidValue` naming ``subnet`` for anything else."""
+    if not value:
+        return ""
+    expected = "an IPv4 or IPv6 network such as 198.51.100.0/24"
+    if len(value) > MAX_SUBNET or not value.isprintable():
+        raise InvalidValue("subnet", f"{expected}, got {value[:MAX_SUBNET]!r}")
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise InvalidValue("subnet", f"{expected}, got {value!r}") from None
+
+
+def _placing_pools(snapshot: Snapshot, decision: Decision, *, asked_default: bool) -> list[str]:
+    """The pools of the sites the answer sends the client to (each once, in order); the
+    default pool when it was asked and placed nobody (its fallback answers)."""
+    pools: list[str] = []
+    for name in decision.sites:
+        status = snapshot.sites.get(name)
+        if status is not None and status.spec.pool not in pools:
+            pools.append(status.spec.pool)
+    if not pools and asked_default:
+        pools.append(snapshot.default_pool.name)
+    return [name for name in pools if name in snapshot.pools]
 
 
 def _dry(snapshot: Snapshot) -> Snapshot:
@@ -190,8 +315,8 @@ def offline_snapshot(config: Config, store: SiteStore | None) -> tuple[Snapshot,
         sites=sites,
         health=lambda name: Health("up", None),
         loads={},
-        policies={},
         rules=rules,
+        where=Where(locator_for(config), None),
     )
     note = f"sites from the {source}, all assumed healthy; {rules_source}"
     return snapshot, note

@@ -2,7 +2,7 @@
 
 :class:`Farm` owns the slow side. It reads and writes the store (in worker threads),
 drives the prober, takes load reports, and after every change swaps in a new
-:class:`~dispatcher.backends.snapshot.Snapshot` for the hot path to read. When the hot path
+:class:`~dispatcher.snapshot.Snapshot` for the hot path to read. When the hot path
 runs in worker processes, ``on_change`` is told of every change they must see, and
 :meth:`Farm.worker_state` is what is shipped to them.
 """
@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dispatcher.backends.health import Health, Prober, ProbeResult, State, Target
 from dispatcher.backends.sites import SiteSpec
-from dispatcher.backends.snapshot import Load, Snapshot, build_snapshot
+from dispatcher.backends.snapshot import Load
 from dispatcher.backends.store import LoadReport, SiteStore, StoredRules
 from dispatcher.config import Config, check_not_self
 from dispatcher.errors import InvalidValue, StoreError, StoreUnavailable
+from dispatcher.placement.pool import Where
 from dispatcher.placement.rtt import (
     EMPTY_VIEW,
     RTT_REBUILD_EVERY,
@@ -32,8 +33,8 @@ from dispatcher.placement.rtt import (
     RttReport,
     build_view,
 )
-from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules, load_rules
+from dispatcher.snapshot import Snapshot, build_snapshot, locator_for
 from dispatcher.throttle import ThrottledLog
 from dispatcher.wire import RulesText, WorkerState, for_workers
 
@@ -70,7 +71,6 @@ class Farm:
         self._sites: tuple[SiteSpec, ...] = ()
         self._revision = -1
         self._loads: dict[str, Load] = {}
-        self._policies: dict[str, Policy] = {}
         self._rules: RewriteProgram | None = None
         self._rtt = LearnedRtt()
         self.rtt_view = EMPTY_VIEW
@@ -88,6 +88,8 @@ class Farm:
         """When the registry was last read in full from the store (monotonic)."""
         self._health_changed = False  # a state change not in the snapshot yet
         self._installing = False
+        self._last: Snapshot | None = None
+        self.locator = locator_for(config)
         self.snapshot = self._build()
 
     # --- life cycle ---
@@ -313,14 +315,16 @@ class Farm:
         the error is raised. Then the rule file is adopted again if it changed, and the new
         snapshot is built and announced.
         """
+        locator = await asyncio.to_thread(locator_for, config)  # (a big prefix map: ~1 s)
         old, self.config = self.config, config
+        old_locator, self.locator = self.locator, locator
         try:
             await self._io(self._check_rules)
             await self._io(self.adopt_rule_file)
             stored = await self._io(self.store.get_rules)
             self._rules = None if stored is None else self.compile(stored.text, stored.origin)
         except BaseException:
-            self.config = old
+            self.config, self.locator = old, old_locator
             raise
         self._changed()
 
@@ -434,11 +438,11 @@ class Farm:
             sites=self._sites,
             health=self._placement_health,
             loads=self._loads,
-            policies=self._policies,
+            previous=self._last,
             rules=self._rules,
-            rtt=self.rtt_view,
+            where=Where(self.locator, self.rtt_view),
         )
-        self._policies = {name: pool.policy for name, pool in snapshot.pools.items()}
+        self._last = snapshot
         return snapshot
 
     def _placement_health(self, name: str) -> Health:

@@ -14,6 +14,7 @@ from typing import Any
 
 from dispatcher import __version__
 from dispatcher.placement.countries import COUNTRIES
+from dispatcher.placement.engine import VERDICTS
 from dispatcher.placement.rtt import MAX_REPORT_ENTRIES, MAX_RTT, MAX_SAMPLES, NETWORK_PATTERN
 
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -384,6 +385,12 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                             "type": "string",
                             "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
                         },
+                        "subnet": {
+                            "type": "string",
+                            "maxLength": 64,
+                            "description": "a client subnet (as EDNS sends it) that placement "
+                            "locates instead of remote_addr, e.g. 198.51.100.0/24",
+                        },
                         "headers": {
                             "type": "object",
                             "maxProperties": 100,
@@ -398,10 +405,60 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                 },
                 "Explained": {
                     "type": "object",
+                    "required": ["outcome", "answer", "client", "placements", "text"],
                     "properties": {
                         "outcome": {"type": ["object", "null"]},
                         "answer": {"type": "object"},
+                        "client": {
+                            "type": "object",
+                            "properties": {
+                                "remote_addr": {"type": "string"},
+                                "subnet": {"type": ["string", "null"]},
+                            },
+                        },
+                        "placements": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Placement"},
+                        },
                         "text": {"type": "string"},
+                    },
+                },
+                "Placement": {
+                    "type": "object",
+                    "required": ["pool", "sites", "located", "considered"],
+                    "properties": {
+                        "pool": {"type": "string"},
+                        "sites": {"type": "array", "items": {"type": "string"}},
+                        "located": {
+                            "type": "object",
+                            "properties": {
+                                "source": {"enum": ["prefix-map", "database", "none"]},
+                                "prefix": {"type": ["string", "null"]},
+                                "region": {"type": ["string", "null"]},
+                                "asn": {"type": ["integer", "null"]},
+                                "country": {"type": ["string", "null"]},
+                                "continent": {"type": ["string", "null"]},
+                                "coordinates": {
+                                    "type": ["array", "null"],
+                                    "items": {"type": "number"},
+                                },
+                            },
+                        },
+                        "considered": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["site", "verdict"],
+                                "properties": {
+                                    "site": {"type": "string"},
+                                    "verdict": {"enum": list(VERDICTS)},
+                                    "tier": {"type": ["string", "null"]},
+                                    "distance_km": {"type": ["number", "null"]},
+                                    "rtt_ms": {"type": ["number", "null"]},
+                                    "detail": {"type": "string"},
+                                },
+                            },
+                        },
                     },
                 },
                 "Error": {

@@ -431,8 +431,6 @@ def dispatch_core(farm: FarmState, settings: DispatcherSettings) -> DispatchCore
         settings.secret_keys,
         lifetime=settings.affinity_lifetime,
         cookie_domain=settings.cookie_domain,
-        netmask=settings.affinity_netmask,
-        netmask6=settings.affinity_netmask6,
     )
     relay = None
     if settings.secret_keys:

@@ -10,7 +10,7 @@ length, then the payload. The two directions are not equally trusted:
   run code in the control process, which holds the database and the admin tokens.
 
 :func:`worker_snapshot` is how a worker turns a :class:`WorkerState` into the
-:class:`~dispatcher.backends.snapshot.Snapshot` its hot path reads (the rewrite rules travel
+:class:`~dispatcher.snapshot.Snapshot` its hot path reads (the rewrite rules travel
 as text: a compiled program does not pickle, so each worker compiles them itself).
 """
 
@@ -85,7 +85,7 @@ def for_workers(config: Config) -> Config:
 
 
 def health_of(states: Mapping[str, State]) -> Any:
-    """The ``health`` callable :func:`~dispatcher.backends.snapshot.build_snapshot` wants."""
+    """The ``health`` callable :func:`~dispatcher.snapshot.build_snapshot` wants."""
 
     def health(name: str) -> Health:
         return Health(states.get(name, "unknown"), None)

@@ -39,14 +39,15 @@ from typing import TypeVar
 import uvloop
 
 from dispatcher.app import DispatchCore
-from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.config import Config
 from dispatcher.edge import PublicEdge
-from dispatcher.errors import DispatcherError
+from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS, configure_logging
-from dispatcher.policies import Policy
+from dispatcher.placement.locate import Locator
+from dispatcher.placement.pool import Where
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules
 from dispatcher.server import bind, dispatch_core
+from dispatcher.snapshot import Snapshot, build_snapshot, locator_for
 from dispatcher.wire import (
     MAX_FRAME,
     RulesText,
@@ -85,15 +86,17 @@ class WorkerFarm:
 class StateBuilder:
     """Turns the states a worker is sent into snapshots (pure but for rule compilation).
 
-    Policies are kept by pool name, so rotations carry on across states; the rules are
+    Each snapshot is built from the previous one, so rotations carry on across states; the rules are
     compiled only when their text, origin or the pools change, and a program that no longer
     compiles (a map file gone) leaves the previous one running.
     """
 
     def __init__(self) -> None:
-        self._policies: dict[str, Policy] = {}
+        self._previous: Snapshot | None = None
         self._rules: RewriteProgram | None = None
         self._rules_key: tuple[object, ...] | None = None
+        self._locator: Locator | None = None
+        self._locator_key: tuple[object, ...] | None = None
 
     def build(self, state: WorkerState) -> Snapshot:
         config = state.config
@@ -103,12 +106,26 @@ class StateBuilder:
             sites=state.sites,
             health=health_of(state.health),
             loads=state.loads,
-            policies=self._policies,
+            previous=self._previous,
             rules=self._compiled(state.rules, config),
-            rtt=state.rtt,
+            where=Where(self._located(config), state.rtt),
         )
-        self._policies = {name: pool.policy for name, pool in snapshot.pools.items()}
+        self._previous = snapshot
         return snapshot
+
+    def _located(self, config: Config) -> Locator | None:
+        """The locator for ``config``, built again only when what it is built from changed;
+        one that cannot be built (a database file gone since the control process checked
+        it) leaves the previous one in use."""
+        policies = tuple(pool.policy for pool in config.pools.values())
+        key = (config.networks, config.dispatcher.geoip_database, policies)
+        if key != self._locator_key:
+            try:
+                self._locator = locator_for(config)
+            except ConfigError as exc:
+                log.error("cannot locate clients here, keeping the running locator: %s", exc)  # noqa: TRY400 - the message is the whole story
+            self._locator_key = key
+        return self._locator
 
     def _compiled(self, rules: RulesText | None, config: Config) -> RewriteProgram | None:
         if rules is None:

@@ -1,4 +1,4 @@
-"""Site affinity (cookie stamps and network templates) and the hand-off relay, on the hot
+"""Site affinity (cookie stamps and the network hash) and the hand-off relay, on the hot
 path driven as a plain ASGI callable; and the open-redirect guarantee."""
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.affinity import CookieAffinity, NetworkAffinity, client_network, make_affinity
+from dispatcher.affinity import CookieAffinity, make_affinity
 from dispatcher.app import DispatchApp
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
-from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.config import build_config
 from dispatcher.errors import ConfigError
+from dispatcher.placement.ring import client_network
 from dispatcher.redirect import compile_rules
 from dispatcher.relay import HandoffRelay, split_handoff
 from dispatcher.session import AffinityStamp, HandoffToken, ReplayGuard
+from dispatcher.snapshot import Snapshot, build_snapshot
 
 pytestmark = pytest.mark.anyio
 
@@ -54,11 +55,15 @@ class FakeFarm:
 
 
 def snapshot(
-    up: set[str], drained: Sequence[str] = (), rules: str | None = None, pool: str = "weighted"
+    up: set[str],
+    drained: Sequence[str] = (),
+    rules: str | None = None,
+    pool: str = "weighted",
+    affinity: str = "off",
 ) -> Snapshot:
     config = build_config(
         {
-            "dispatcher": {"admin_tokens": ["t"]},
+            "dispatcher": {"admin_tokens": ["t"], "affinity": affinity},
             "pools": {"default": {"policy": pool}, "regional": {}},
         },
         environ={},
@@ -71,7 +76,6 @@ def snapshot(
         sites=sites,
         health=lambda name: Health("up" if name.removeprefix("r-") in up else "down", None),
         loads={},
-        policies={},
         rules=compile_rules(rules, known_pools={"default", "regional"}) if rules else None,
     )
 
@@ -242,34 +246,41 @@ async def test_rules_site_map_respects_affinity_and_stamps_its_choice() -> None:
 
 
 async def test_network_affinity_keeps_a_client_network_on_one_site() -> None:
-    farm = FakeFarm(snapshot({"eu", "us", "asia"}))
-    app = DispatchApp(farm, affinity=NetworkAffinity(lifetime=300))
+    farm = FakeFarm(snapshot({"eu", "us", "asia"}, affinity="network"))
+    app = DispatchApp(farm)  # (network affinity is the snapshot's: no edge affinity)
     first = site_of((await call(app, client="198.51.100.7"))[1])
     for host in (7, 8, 200, 254):
         _, headers = await call(app, client=f"198.51.100.{host}")
         assert site_of(headers) == first
         assert stamp_of(headers) is None
-    seen = {site_of((await call(app, client=f"203.0.{n}.1"))[1]) for n in range(6)}
-    assert seen == {"eu", "us", "asia"}  # other networks are scheduled as usual
-    farm.snapshot = snapshot({"eu", "us", "asia"} - {first})
+    seen = Counter([site_of((await call(app, client=f"203.0.{n}.1"))[1]) for n in range(60)])
+    assert set(seen) == {"eu", "us", "asia"}  # other networks spread over the sites
+    farm.snapshot = snapshot({"eu", "us", "asia"} - {first}, affinity="network")
     moved = site_of((await call(app, client="198.51.100.9"))[1])
     assert moved != first
-    farm.snapshot = snapshot({"eu", "us", "asia"})
-    assert site_of((await call(app, client="198.51.100.9"))[1]) == moved  # re-placed
+    again = site_of((await call(app, client="198.51.100.10"))[1])
+    assert again == moved  # the whole network moved together
+    farm.snapshot = snapshot({"eu", "us", "asia"}, affinity="network")
+    assert site_of((await call(app, client="198.51.100.9"))[1]) == first  # and comes back
 
 
-def test_network_templates_expire_and_are_bounded() -> None:
-    affinity = NetworkAffinity(lifetime=10, limit=3)
-    scope = {"client": ("10.1.2.3", 1)}
-    affinity.placed(scope, "eu", now=100.0)
-    assert affinity.recall(scope, 109.0) == ("eu", 110.0)
-    assert affinity.recall(scope, 110.0) is None
-    for n in range(5):
-        affinity.placed({"client": (f"10.9.{n}.1", 1)}, "us", now=200.0 + n)
-    assert len(affinity.templates) == 3
-    assert list(affinity.templates) == ["10.9.2.0/24", "10.9.3.0/24", "10.9.4.0/24"]
-    assert affinity.recall({"client": None}, 0.0) is None
-    assert affinity.recall({"client": ("not-an-ip", 1)}, 0.0) is None
+async def test_network_affinity_needs_no_shared_state_between_replicas() -> None:
+    # two dispatchers (separate snapshots, separate policies, different histories) agree
+    one = DispatchApp(FakeFarm(snapshot({"eu", "us", "asia"}, affinity="network")))
+    two = DispatchApp(FakeFarm(snapshot({"eu", "us", "asia"}, affinity="network")))
+    for _ in range(5):  # one has served others before: its rotation moved on
+        await call(one, client="192.0.2.1")
+    for n in range(40):
+        client = f"10.{n}.{n * 7 % 256}.9"
+        assert site_of((await call(one, client=client))[1]) == site_of(
+            (await call(two, client=client))[1]
+        )
+
+
+async def test_network_affinity_without_an_address_falls_back_to_the_policy() -> None:
+    app = DispatchApp(FakeFarm(snapshot({"eu", "us", "asia"}, affinity="network")))
+    seen = {site_of((await call(app, client="not-an-ip"))[1]) for _ in range(6)}
+    assert seen == {"eu", "us", "asia"}
 
 
 @pytest.mark.parametrize(
@@ -324,8 +335,6 @@ def test_cookie_affinity_takes_its_keys_from_the_environment() -> None:
         settings.secret_keys,
         lifetime=settings.affinity_lifetime,
         cookie_domain=settings.cookie_domain,
-        netmask=settings.affinity_netmask,
-        netmask6=settings.affinity_netmask6,
     )
     assert isinstance(affinity, CookieAffinity)
     assert affinity.domain == ".ex.com"

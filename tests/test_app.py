@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from dispatcher.app import DispatchApp, DispatchCore
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
-from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.config import build_config
 from dispatcher.relay import HandoffRelay, split_handoff
 from dispatcher.session.tokens import HandoffToken
+from dispatcher.snapshot import Snapshot, build_snapshot
 
 
 @dataclass
@@ -37,7 +37,6 @@ def farm(sites: list[SiteSpec], up: set[str], pool: Mapping[str, Any] | None = N
         sites=sites,
         health=lambda name: Health("up" if name in up else "down", None),
         loads={},
-        policies={},
     )
     return FakeFarm(snapshot)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from dispatcher.backends.health import Health, Prober, ProbeResult, Target
-from dispatcher.backends.snapshot import Snapshot
 from dispatcher.backends.store import LoadReport, SqlSiteStore
 from dispatcher.config import build_config
 from dispatcher.farm import Farm
+from dispatcher.snapshot import Snapshot
 from tests.conftest import LoopbackSite
 
 pytestmark = pytest.mark.anyio

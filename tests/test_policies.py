@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,17 +15,14 @@ from hypothesis import strategies as st
 
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
-from dispatcher.backends.snapshot import PoolView, build_snapshot
 from dispatcher.config import build_config
-from dispatcher.placement.model import Candidate
-from dispatcher.policies import (
-    POLICIES,
-    Failover,
-    LeastLoad,
-    Policy,
-    Weighted,
-    make_policy,
-)
+from dispatcher.placement.catalog import REGISTRY, make_policy
+from dispatcher.placement.engine import pick
+from dispatcher.placement.model import NOWHERE, Candidate, Client
+from dispatcher.placement.policies import Failover, LeastLoad, Weighted
+from dispatcher.placement.policy import Policy
+from dispatcher.placement.pool import PoolView
+from dispatcher.snapshot import Snapshot, build_snapshot
 from tests.conftest import LoopbackSite, RunningDispatcher, farm_toml
 
 
@@ -37,6 +34,11 @@ def site(
     )
 
 
+def choose(policy: Policy, sites: Sequence[Candidate], now: float = 0.0) -> Candidate | None:
+    """The policy's pick for a client at time ``now`` that nothing is known of."""
+    return policy.choose(sites, Client(now=now), NOWHERE)
+
+
 def shares(picks: list[str]) -> dict[str, float]:
     counts = Counter(picks)
     return {name: n / len(picks) for name, n in counts.items()}
@@ -45,7 +47,7 @@ def shares(picks: list[str]) -> dict[str, float]:
 def test_weighted_shares_match_weights_within_two_percent_over_1000() -> None:
     sites = [site("eu", 2), site("us", 1), site("asia", 3), site("au", 7)]
     policy = Weighted()
-    picks = [policy.choose(sites, 0.0).name for _ in range(1000)]  # type: ignore[union-attr]
+    picks = [choose(policy, sites, 0.0).name for _ in range(1000)]  # type: ignore[union-attr]
     total = sum(s.weight for s in sites)
     for s in sites:
         assert abs(shares(picks)[s.name] - s.weight / total) < 0.02
@@ -55,14 +57,14 @@ def test_weighted_shares_match_weights_within_two_percent_over_1000() -> None:
 def test_weighted_is_exact_over_every_full_cycle(weights: list[int], cycles: int) -> None:
     sites = [site(f"s{i}", w) for i, w in enumerate(weights)]
     policy = Weighted()
-    picks = [policy.choose(sites, 0.0).name for _ in range(sum(weights) * cycles)]  # type: ignore[union-attr]
+    picks = [choose(policy, sites, 0.0).name for _ in range(sum(weights) * cycles)]  # type: ignore[union-attr]
     assert Counter(picks) == {s.name: s.weight * cycles for s in sites}
 
 
 def test_weighted_interleaves_a_heavy_site() -> None:
     policy = Weighted()
     sites = [site("a", 5), site("b", 1), site("c", 1)]
-    picks = "".join(policy.choose(sites, 0.0).name for _ in range(7))  # type: ignore[union-attr]
+    picks = "".join(choose(policy, sites, 0.0).name for _ in range(7))  # type: ignore[union-attr]
     assert picks == "aabacaa"  # nginx's smooth sequence, not aaaaabc
 
 
@@ -70,60 +72,65 @@ def test_weighted_adapts_when_a_site_leaves() -> None:
     policy = Weighted()
     sites = [site("a"), site("b"), site("c")]
     for _ in range(5):
-        policy.choose(sites, 0.0)
+        choose(policy, sites, 0.0)
     remaining = sites[:2]
-    picks = [policy.choose(remaining, 0.0).name for _ in range(100)]  # type: ignore[union-attr]
+    picks = [choose(policy, remaining, 0.0).name for _ in range(100)]  # type: ignore[union-attr]
     assert set(picks) == {"a", "b"}
     assert abs(picks.count("a") - picks.count("b")) <= 2
 
 
 def test_no_candidates_means_no_choice() -> None:
-    for name in POLICIES:
-        assert make_policy(name).choose([], 0.0) is None
+    for name in REGISTRY:
+        assert choose(make_policy(name), []) is None
         policy, none = make_policy(name), ()  # a snapshot's empty pool, again and again
-        assert [policy.choose(none, 0.0) for _ in range(3)] == [None, None, None]
+        assert [choose(policy, none, 0.0) for _ in range(3)] == [None, None, None]
 
 
 def test_least_load_picks_lowest_load_relative_to_weight() -> None:
-    policy = LeastLoad(max_age=30)
+    policy = LeastLoad({"load_max_age": 30})
     sites = [
         site("a", 1, load=0.30, at=100),
         site("b", 4, load=0.80, at=100),
         site("c", 1, load=0.25, at=100),
     ]
     # b: 0.8 / 4 = 0.2 beats c's 0.25 and a's 0.3
-    assert {policy.choose(sites, 101).name for _ in range(10)} == {"b"}  # type: ignore[union-attr]
+    assert {choose(policy, sites, 101).name for _ in range(10)} == {"b"}  # type: ignore[union-attr]
 
 
 def test_least_load_ignores_stale_reports() -> None:
-    policy = LeastLoad(max_age=10)
+    policy = LeastLoad({"load_max_age": 10})
     sites = [site("fresh", load=0.9, at=95), site("stale", load=0.0, at=80)]
-    assert policy.choose(sites, 100).name == "fresh"  # type: ignore[union-attr]
+    assert choose(policy, sites, 100).name == "fresh"  # type: ignore[union-attr]
 
 
 def test_least_load_without_fresh_reports_falls_back_to_weights() -> None:
-    policy = LeastLoad(max_age=10)
+    policy = LeastLoad({"load_max_age": 10})
     sites = [site("a", 3), site("b", 1, load=0.1, at=0.0)]
-    picks = [policy.choose(sites, 100).name for _ in range(400)]  # type: ignore[union-attr]
+    picks = [choose(policy, sites, 100).name for _ in range(400)]  # type: ignore[union-attr]
     assert picks.count("a") == 300
 
 
 def test_least_load_shares_ties() -> None:
     policy = LeastLoad()
     sites = [site("a", load=0.5, at=1), site("b", load=0.5, at=1), site("c", load=0.9, at=1)]
-    picks = [policy.choose(sites, 2).name for _ in range(100)]  # type: ignore[union-attr]
+    picks = [choose(policy, sites, 2).name for _ in range(100)]  # type: ignore[union-attr]
     assert Counter(picks) == {"a": 50, "b": 50}
 
 
 def test_failover_takes_the_first_in_configured_order() -> None:
     policy = Failover()
-    assert policy.choose([site("primary"), site("backup")], 0).name == "primary"  # type: ignore[union-attr]
-    assert policy.choose([site("backup")], 0).name == "backup"  # type: ignore[union-attr]
+    assert choose(policy, [site("primary"), site("backup")], 0).name == "primary"  # type: ignore[union-attr]
+    assert choose(policy, [site("backup")], 0).name == "backup"  # type: ignore[union-attr]
 
 
 def test_unknown_policy_name() -> None:
     with pytest.raises(KeyError):
         make_policy("random")
+
+
+def test_least_load_reads_its_max_age_option() -> None:
+    assert LeastLoad().max_age == 30.0
+    assert make_policy("least-load", {"load_max_age": 5.0}).settings == {"load_max_age": 5.0}
 
 
 # --- a pool whose sites are all down: sorry, or fail open (Route 53) ----------------------
@@ -135,23 +142,35 @@ def pool_snapshot(
     *,
     all_down: str = "fail-open",
     policy: str = "weighted",
-    policies: Mapping[str, Policy] | None = None,
+    previous: Snapshot | None = None,
 ) -> PoolView:
+    return pool_snapshot_whole(
+        specs, up, all_down=all_down, policy=policy, previous=previous
+    ).pools["default"]
+
+
+def pool_snapshot_whole(
+    specs: list[SiteSpec],
+    up: set[str],
+    *,
+    all_down: str = "fail-open",
+    policy: str = "weighted",
+    previous: Snapshot | None = None,
+) -> Snapshot:
     config = build_config(
         {
             "dispatcher": {"admin_tokens": ["t"]},
             "pools": {"default": {"policy": policy, "all_down": all_down}},
         }
     )
-    snapshot = build_snapshot(
+    return build_snapshot(
         config,
         revision=1,
         sites=specs,
         health=lambda name: Health("up" if name in up else "down", None),
         loads={},
-        policies=policies or {},
+        previous=previous,
     )
-    return snapshot.pools["default"]
 
 
 EU = SiteSpec("eu", "http://127.0.0.2:9001", weight=1)
@@ -167,17 +186,17 @@ def names(pool: PoolView) -> list[str]:
 
 def test_sorry_is_the_default_and_keeps_todays_behaviour() -> None:
     pool = pool_snapshot(EVERY, up=set(), all_down="sorry")
-    assert (names(pool), pool.failing_open, pool.choose(0.0)) == ([], False, None)
+    assert (names(pool), pool.failing_open, pick(pool, Client())) == ([], False, None)
 
 
 def test_fail_open_sends_clients_to_the_down_sites_by_the_pools_policy() -> None:
     pool = pool_snapshot(EVERY, up=set())
     assert (names(pool), pool.failing_open) == (["eu", "us"], True)  # drained, weight 0: out
-    picks = [pool.choose(0.0) for _ in range(400)]
+    picks = [pick(pool, Client()) for _ in range(400)]
     assert shares([p.name for p in picks if p is not None]) == {"eu": 0.25, "us": 0.75}
-    assert pool.named("us") is not None  # affinity may take a client back, too
+    assert pick(pool, Client(remembered="us")).name == "us"  # type: ignore[union-attr]
     failover = pool_snapshot(EVERY, up=set(), policy="failover")
-    assert failover.choose(0.0) == failover.candidates[0]
+    assert pick(failover, Client()) == failover.candidates[0]
     assert failover.candidates[0].name == "eu"
 
 
@@ -199,12 +218,11 @@ def test_fail_open_when_every_site_that_could_take_clients_is_down(
 
 def test_entering_and_leaving_fail_open_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="webfarm.farm")
-    policies: dict[str, Policy] = {}
+    previous: Snapshot | None = None
     states: list[bool] = []
     for up in [{"eu"}, set(), set(), set(), {"us"}, {"us"}, set(), set()]:
-        pool = pool_snapshot(EVERY, up, policies=policies)
-        policies = {"default": pool.policy}
-        states.append(pool.failing_open)
+        previous = pool_snapshot_whole(EVERY, up, previous=previous)
+        states.append(previous.default_pool.failing_open)
     assert states == [False, True, True, True, False, False, True, True]
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [
@@ -219,8 +237,8 @@ def test_a_new_policy_for_the_pool_does_not_log_the_same_outage_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="webfarm.farm")
-    first = pool_snapshot(EVERY, up=set())
-    again = pool_snapshot(EVERY, up=set(), policy="failover", policies={"default": first.policy})
+    first = pool_snapshot_whole(EVERY, up=set())
+    again = pool_snapshot(EVERY, up=set(), policy="failover", previous=first)
     assert (again.policy.name, again.failing_open) == ("failover", True)
     assert len(caplog.records) == 1
 
@@ -318,7 +336,7 @@ def test_weighted_shortcut_picks_exactly_as_the_loop(
         sites = [site(name, weight) for name, weight in unique.items()]
         given_sites: tuple[Candidate, ...] | list[Candidate] = tuple(sites) if as_tuple else sites
         for _ in range(count):
-            assert policy.choose(given_sites, 0.0) == reference_weighted(current, sites)
+            assert choose(policy, given_sites, 0.0) == reference_weighted(current, sites)
 
 
 def test_weighted_shortcut_forgets_departed_sites_when_the_loop_does() -> None:
@@ -331,4 +349,4 @@ def test_weighted_shortcut_forgets_departed_sites_when_the_loop_does() -> None:
             sites = [site(a, 2), site(b, 1)]
             snapshot = tuple(sites)
             for _ in range(count):
-                assert policy.choose(snapshot, 0.0) == reference_weighted(current, sites)
+                assert choose(policy, snapshot, 0.0) == reference_weighted(current, sites)

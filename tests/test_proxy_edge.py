@@ -27,12 +27,12 @@ from hypothesis import strategies as st
 
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
-from dispatcher.backends.snapshot import build_snapshot
 from dispatcher.config import build_config
 from dispatcher.edge import PublicEdge
 from dispatcher.proxyproto import V2_SIGNATURE, encode, encode_local
 from dispatcher.redirect import compile_rules
 from dispatcher.server import bind, dispatch_core
+from dispatcher.snapshot import build_snapshot
 from tests.conftest import run_cli
 from tests.test_app import FakeFarm
 from tests.test_http1 import closed, read_response
@@ -85,7 +85,6 @@ def serve(head_timeout: float = 0.5, **dispatcher: Any) -> Iterator[Served]:
         sites=[EU],
         health=lambda name: Health("up", None),
         loads={},
-        policies={},
         rules=compile_rules(RULES),
     )
     fake = FakeFarm(snapshot)

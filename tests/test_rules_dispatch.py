@@ -201,6 +201,18 @@ async def test_explain_over_the_admin_api(start: Start, sites: dict[str, Loopbac
     assert "line 4: RewriteRule ^/eu/(.*)$" in body["text"]
     assert "from 203.0.113.9" in body["text"]
     assert "dispatcher answers: 302 Location: " in body["text"]
+    assert body["client"] == {"remote_addr": "203.0.113.9", "subnet": None}
+    (placement,) = body["placements"]
+    assert placement["pool"] == "europe"
+    assert placement["sites"] == ["eu"]
+    assert placement["located"]["source"] == "none"
+    assert {c["site"]: c["verdict"] for c in placement["considered"]} == {"eu": "taken"}
+    located = await farm.admin.post(
+        "/api/v1/explain", json={"url": "http://www.example.com/", "subnet": "198.51.100.0/24"}
+    )
+    assert located.status_code == 200, located.text
+    assert located.json()["client"]["subnet"] == "198.51.100.0/24"
+    assert "client subnet 198.51.100.0/24" in located.json()["text"]
     assert await redirects() == before  # explaining sends nobody anywhere
 
     for payload, field in (
@@ -209,6 +221,8 @@ async def test_explain_over_the_admin_api(start: Start, sites: dict[str, Loopbac
         ({}, "url"),
         ({"url": "http://x/", "headers": {"a": 1}}, "headers"),
         ({"url": "http://x/", "colour": 1}, "colour"),
+        ({"url": "http://x/", "subnet": "198.51.100.0/33"}, "subnet"),
+        ({"url": "http://x/", "subnet": 24}, "subnet"),
     ):
         bad = await farm.admin.post("/api/v1/explain", json=payload)
         assert bad.status_code == 422, payload
@@ -245,8 +259,17 @@ def test_explain_command(tmp_path: Path) -> None:
     assert "'US'" in out
     assert "dispatcher answers: 302 Location: http://us.example/cart?x=1" in out
 
-    plain = run_cli("explain", "-c", str(config), "http://www.example.com/cart")
+    assert "pool america:\n  us  taken" in out
+
+    plain = run_cli(
+        "explain", "-c", str(config), "--subnet", "203.0.113.0/24", "http://www.example.com/cart"
+    )
     assert "dispatcher answers: 302 Location: http://home.example/cart" in plain.stdout
+    assert "client 127.0.0.1 (client subnet 203.0.113.0/24): not located" in plain.stdout
+    assert "pool default:\n  home  taken" in plain.stdout
+    bad = run_cli("explain", "-c", str(config), "--subnet", "nope", "http://www.example.com/")
+    assert bad.returncode == 2
+    assert "subnet" in bad.stderr
 
     (tmp_path / "rules.conf").write_text("RewriteEngine on\nRewriteRule ^/(.*$ /x\n")
     broken = run_cli("check-config", "-c", str(config))

@@ -163,14 +163,14 @@ def test_counts_and_acks_are_read() -> None:
 
 
 async def start_with_workers(
-    tmp_path: Path, sites: dict[str, LoopbackSite], workers: int = 2
+    tmp_path: Path, sites: dict[str, LoopbackSite], workers: int = 2, extra: str = ""
 ) -> RunningDispatcher:
     config_file = tmp_path / "farm.toml"
     config_file.write_text(
         farm_toml(
             {name: (site, 1) for name, site in sites.items()},
             database_url=f"sqlite:///{tmp_path / 'farm.db'}",
-            extra=f"workers = {workers}\ngraceful_timeout = 1.0",
+            extra=f"workers = {workers}\ngraceful_timeout = 1.0\n{extra}",
         )
     )
     runner = await RunningDispatcher.start_runner(config_file, worker_processes=True)
@@ -221,6 +221,47 @@ async def test_an_admin_change_is_in_force_in_every_worker_within_100_ms(
         }
     finally:
         await farm.close()
+
+
+async def from_address(port: int, source: str) -> str:
+    """The Location a request from ``source`` (a loopback address) gets, on a new
+    connection."""
+    transport = httpx.AsyncHTTPTransport(local_address=source)
+    async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
+        response = await client.get(f"http://127.0.0.1:{port}/page")
+    assert response.status_code == 302, response.text
+    return response.headers["location"]
+
+
+@pytest.mark.anyio
+async def test_network_affinity_places_a_network_alike_in_every_worker_and_every_replica(
+    tmp_path: Path, sites: dict[str, LoopbackSite]
+) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = await start_with_workers(tmp_path / "one", sites, extra='affinity = "network"')
+    two = await start_with_workers(tmp_path / "two", sites, extra='affinity = "network"')
+    try:
+        landed: dict[str, set[str]] = {}
+        for network in range(8):  # 127.9.N.0/24: one client network each
+            sources = [f"127.9.{network}.{host}" for host in (1, 2, 3, 50, 200, 254)]
+            answers = await asyncio.gather(
+                *(
+                    from_address(farm.runner.public_port, source)
+                    for farm in (one, two)
+                    for source in sources
+                )
+            )
+            landed[f"127.9.{network}.0/24"] = set(answers)
+        assert all(len(targets) == 1 for targets in landed.values()), landed
+        spread = {next(iter(targets)) for targets in landed.values()}
+        assert len(spread) >= 2  # networks spread over the sites
+        workers = one.runner.workers
+        assert workers is not None
+        assert len({v.pid for v in workers.views()}) == 2
+    finally:
+        await one.close()
+        await two.close()
 
 
 @pytest.mark.anyio

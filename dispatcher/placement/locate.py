@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from dispatcher.errors import GeoDatabaseError
@@ -46,6 +46,12 @@ _pton, _ntop, _AF4, _AF6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, s
 _from_bytes = int.from_bytes
 #: Marks a /24 (/48) in the cache whose addresses are cached one by one.
 _FINER = Location(source="finer")
+
+
+class Locates(Protocol):
+    """Anything that locates an address as :meth:`Locator.locate` does."""
+
+    def locate(self, address: str, subnet: str = "") -> Location: ...
 
 
 class Topology(NamedTuple):
@@ -297,13 +303,13 @@ def _text(version: int, value: int) -> str:
 # --- sites ---
 
 
-def site_topology(spec: SiteSpec, locator: Locator) -> Topology:
+def site_topology(spec: SiteSpec, locator: Locates | None) -> Topology:
     """Where a site is: its configured ``region``, ``country`` and ``coordinates`` win; what
     it leaves out (and its ASN) comes from locating its base URL's host when that is an IP
     address (the prefix map may give a region too); a host name is not resolved."""
     located = NOWHERE
     host = urlsplit(spec.base_url).hostname or ""
-    if _pack(host) is not None:
+    if locator is not None and _pack(host) is not None:
         located = locator.locate(host)
     country, continent = spec.country, CONTINENT_OF.get(spec.country or "")
     if country is None:

@@ -33,6 +33,7 @@ from dispatcher.placement.model import (
     Considered,
     Location,
 )
+from dispatcher.placement.policies import Weighted
 from dispatcher.placement.policy import Option, Policy, register
 from dispatcher.placement.ranking import (
     TIER_ASN,
@@ -53,9 +54,6 @@ from dispatcher.placement.ranking import (
     shedding_after,
 )
 
-# Weighted moves to dispatcher.placement.policies with the engine; until then it lives here.
-from dispatcher.policies import Weighted
-
 #: The source named by the configuration errors the options raise (the loader re-labels).
 CONFIG_SOURCE = "<config>"
 #: Ladders kept per candidate tuple (distinct client locations); past it the oldest goes.
@@ -65,7 +63,7 @@ MAX_BOARDS = 4
 #: Rotations kept (one per distinct set of sites a tier offers).
 MAX_ROTATIONS = 1024
 
-_Pick = Callable[[Sequence[Candidate], float], "Candidate | None"]
+_Pick = Callable[[Sequence[Candidate], Client, Location], "Candidate | None"]
 _GeoKey = tuple[Any, ...]
 
 
@@ -257,9 +255,9 @@ class Nearest(Policy):
             )
             found = board.by_place.get(key)
             if found is not None:
-                return found.pick(found.pick_from, now)
+                return found.pick(found.pick_from, client, located)
         found = self._ladder(board, located)
-        return found.pick(found.pick_from, now)
+        return found.pick(found.pick_from, client, located)
 
     def order(
         self, candidates: Sequence[Candidate], client: Client, located: Location, count: int
@@ -300,7 +298,7 @@ class Nearest(Policy):
         if not candidates:
             return None
         found = self._ladder(self._bind(candidates, client.now), located)
-        chosen = found.pick(found.pick_from, client.now)
+        chosen = found.pick(found.pick_from, client, located)
         return None if chosen is None else (chosen, found)
 
     # --- state and caches ---

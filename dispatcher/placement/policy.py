@@ -49,6 +49,10 @@ class Policy:
     #: True when the policy reads :class:`Location`: only then does placement locate the
     #: client (prefix map, IP database, learned RTT) before calling it.
     locates: ClassVar[bool] = False
+    #: False when :meth:`choose` reads nothing of the client (not its time, address or
+    #: host): the hot path then passes a placeholder instead of building a :class:`Client`
+    #: for every request. True unless a policy says otherwise.
+    reads_client: ClassVar[bool] = True
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self.settings: Mapping[str, Any] = dict(settings or {})

@@ -1,39 +1,26 @@
-"""Site selection policies: pure, no I/O, tested without sockets.
+"""The built-in policies: ``weighted``, ``least-load`` and ``failover``.
 
-A policy picks one :class:`Candidate` out of the sites of a pool that may take new clients
-(healthy, not drained, weight > 0; or, while a ``fail-open`` pool has every site down, the
-sites that would be eligible if health were ignored), in configured order. Policies keep a
-little rotation state between calls (like IPVS schedulers do) but never block and never touch
-the network. Implementations are chosen by name from :data:`POLICIES`.
+Each is a registered :class:`~dispatcher.placement.policy.Policy` (importing this module
+registers them) and follows its contract: pure, no I/O, a little rotation state kept
+between calls, as IPVS schedulers do. None of them locates the client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
-from dispatcher.placement.model import Candidate
+from dispatcher.placement import swrr
+from dispatcher.placement.model import Candidate, Client, Location
+from dispatcher.placement.options import seconds
+from dispatcher.placement.policy import Option, Policy, register
 
-
-class Policy:
-    """Chooses a site for a new client; ``None`` only when ``candidates`` is empty.
-
-    One instance serves a pool for as long as the pool's configuration names it: snapshots
-    reuse it, so rotations carry on. It also carries the pool's one other piece of running
-    state, :attr:`failing_open`, which snapshot building sets, so that a pool entering or
-    leaving fail-open is logged once, not on every rebuild.
-    """
-
-    name = ""
-    failing_open = False
-
-    def choose(self, candidates: Sequence[Candidate], now: float) -> Candidate | None:
-        raise NotImplementedError
+#: The longest period (sum of weights) the weighted policy precomputes (a schedule of that
+#: many picks, built in a few milliseconds at most: :func:`swrr.advance`).
+CYCLE_MAX = 4096
 
 
-#: The longest period (sum of weights) the weighted policy precomputes.
-CYCLE_MAX = 256
-
-
+@register
 class Weighted(Policy):
     """Smooth weighted round-robin (as nginx does it): exact shares, well interleaved.
 
@@ -42,8 +29,10 @@ class Weighted(Policy):
     """
 
     name = "weighted"
+    reads_client = False
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
         self._current: dict[str, int] = {}
         # The hot path's shortcut: over a full period (``sum(weights)`` picks) smooth
         # round-robin comes back to the state it started from, so for one candidate tuple
@@ -58,7 +47,9 @@ class Weighted(Policy):
         self._last = 0
         self._retry = 0
 
-    def choose(self, candidates: Sequence[Candidate], now: float) -> Candidate | None:
+    def choose(
+        self, candidates: Sequence[Candidate], client: Client, located: Location
+    ) -> Candidate | None:
         if candidates is self._bound:
             pos = self._pos
             self._pos = pos + 1 if pos < self._last else 0
@@ -66,28 +57,14 @@ class Weighted(Policy):
         if self._bound is not None:
             self._materialise()
         if candidates is self._seen and self._bind(candidates):
-            return self.choose(candidates, now)
+            return self.choose(candidates, client, located)
         # (a tuple, since a list may change; met twice in a row, so a caller that builds a
         # new tuple for each call does not pay for a schedule each time)
         self._seen = candidates if candidates.__class__ is tuple else None
         return self._step(candidates)
 
     def _step(self, candidates: Sequence[Candidate]) -> Candidate | None:
-        current = self._current
-        best: Candidate | None = None
-        best_value = 0
-        total = 0
-        for site in candidates:
-            value = current.get(site.name, 0) + site.weight
-            current[site.name] = value
-            total += site.weight
-            if best is None or value > best_value:
-                best, best_value = site, value
-        if best is not None:
-            current[best.name] = best_value - total
-        if len(current) > 4 * len(candidates) + 16:
-            self._forget_departed(candidates)
-        return best
+        return swrr.step(self._current, candidates)
 
     def _bind(self, candidates: Sequence[Candidate]) -> bool:
         """Compute the period's picks from the current state, if the state comes back after
@@ -100,7 +77,7 @@ class Weighted(Policy):
             self._retry = CYCLE_MAX
             return False
         start = dict(self._current)
-        picks = [self._step(candidates) for _ in range(period)]
+        picks = swrr.advance(self._current, candidates, period)
         names = [site.name for site in candidates]
         current = self._current  # (the trial's first step pruned as the loop's would)
         back = [current.get(n) for n in names] == [start.get(n, 0) for n in names]
@@ -121,30 +98,38 @@ class Weighted(Policy):
         bound, pos = self._bound, self._pos
         self._bound = None
         if bound is not None:
-            for _ in range(pos):
-                self._step(bound)
-
-    def _forget_departed(self, candidates: Sequence[Candidate]) -> None:
-        names = {site.name for site in candidates}
-        self._current = {name: v for name, v in self._current.items() if name in names}
+            swrr.advance(self._current, bound, pos)
 
 
+@register
 class LeastLoad(Policy):
     """The site with the lowest reported load relative to its weight.
 
-    Only reports younger than ``max_age`` seconds count. Sites without a fresh report are
-    used only when no site has one; ties (and that case) are broken by smooth weighted
-    round-robin, so equal sites share clients instead of one taking them all.
+    Only reports younger than ``load_max_age`` seconds (at the client's time) count. Sites
+    without a fresh report are used only when no site has one; ties (and that case) are
+    broken by smooth weighted round-robin, so equal sites share clients instead of one
+    taking them all.
     """
 
     name = "least-load"
+    options: ClassVar[Mapping[str, Option]] = {
+        "load_max_age": Option(
+            seconds(0.1, 86_400.0),
+            30.0,
+            "seconds (0.1-86400) after which a site's load report no longer counts; "
+            "defaults to `[dispatcher] load_max_age`",
+        ),
+    }
 
-    def __init__(self, max_age: float = 30.0) -> None:
-        self.max_age = max_age
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.max_age = float(self.settings.get("load_max_age", 30.0))
         self._tiebreak = Weighted()
 
-    def choose(self, candidates: Sequence[Candidate], now: float) -> Candidate | None:
-        oldest = now - self.max_age
+    def choose(
+        self, candidates: Sequence[Candidate], client: Client, located: Location
+    ) -> Candidate | None:
+        oldest = client.now - self.max_age
         best_score = float("inf")
         best: list[Candidate] = []
         for site in candidates:
@@ -155,25 +140,17 @@ class LeastLoad(Policy):
                 best_score, best = score, [site]
             elif score == best_score:
                 best.append(site)
-        return self._tiebreak.choose(best or candidates, now)
+        return self._tiebreak.choose(best or candidates, client, located)
 
 
+@register
 class Failover(Policy):
     """The first site in configured order; the others are hot standbys."""
 
     name = "failover"
+    reads_client = False
 
-    def choose(self, candidates: Sequence[Candidate], now: float) -> Candidate | None:
+    def choose(
+        self, candidates: Sequence[Candidate], client: Client, located: Location
+    ) -> Candidate | None:
         return candidates[0] if candidates else None
-
-
-POLICIES: dict[str, Callable[[float], Policy]] = {
-    "weighted": lambda max_age: Weighted(),
-    "least-load": LeastLoad,
-    "failover": lambda max_age: Failover(),
-}
-
-
-def make_policy(name: str, *, load_max_age: float = 30.0) -> Policy:
-    """Build the policy registered as ``name`` (``KeyError`` for an unknown name)."""
-    return POLICIES[name](load_max_age)
