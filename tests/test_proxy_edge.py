@@ -328,8 +328,10 @@ def test_network_affinity_keys_on_the_trusted_client() -> None:
         sock = served.connect("127.0.0.7")
         sock.sendall(request)
         assert read_response(sock, bytearray()).status == 302
-        wait_for(lambda: "203.0.113.0/24" in served.core.affinity.templates)
-        assert "127.0.0.0/24" not in served.core.affinity.templates
+        ring = served.core.farm.snapshot.default_pool.ring
+        assert ring is not None  # network affinity: the pool's consistent hash, keyed by client
+        wait_for(lambda: "203.0.113.9" in ring.memo)
+        assert "127.0.0.7" not in ring.memo
 
 
 GET_ROOT = b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n"
