@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from dispatcher.app import Answer, DispatchCore, Passed
 from dispatcher.backends.snapshot import Snapshot
@@ -52,7 +53,10 @@ class EmbeddedDispatcher:
     database not reached yet: a warning is logged, at most one per 10 s), for a path under
     one of the ``exempt`` prefixes, for this site's own health check (its ``check`` URL:
     the probes must reach the app, not be redirected), and for a hand-off token bound to
-    this site (the app's session middleware redeems it).
+    this site (the app's session middleware redeems it). When this site's ``base_url`` has a
+    path (``https://example.com/eu``), the rules and placement see the request's path below
+    it, as the standalone dispatcher sees the path it appends to the base; requests outside
+    it are decided on their whole path.
 
     :meth:`start` runs the farm in a background task of the running loop: the schema check,
     the first registry read and probe round (tried again, backing off to 30 s, while the
@@ -84,6 +88,7 @@ class EmbeddedDispatcher:
         self._task: asyncio.Task[None] | None = None
         self._seen: Snapshot | None = None
         self._own_check: tuple[bytes, bytes] | None = None
+        self._prefix = b""
         self._unready = ThrottledLog(log)
 
     # --- the decision (hot path) ---
@@ -111,10 +116,25 @@ class EmbeddedDispatcher:
         relay = core.relay
         if relay is not None and has_handoff(query) and _bound_to(relay, query, self.site):
             return None  # a sibling site handed the client to this one: the app redeems it
-        return core.route(scope, self.site)
+        prefix = self._prefix
+        if not prefix or not _under(path, prefix):
+            return core.route(scope, self.site)
+        below = path[len(prefix) :]  # as the dispatcher sees it: below the base URL
+        rest = below or b"/"
+        trimmed = {**scope, "raw_path": rest, "path": unquote(rest.decode("latin-1"))}
+        result = core.route(trimmed, self.site)
+        if not isinstance(result, Passed):
+            return result
+        target = result.target
+        if not below and target[:2] in (b"/", b"/?"):  # "/app" stays "/app", not "/app/"
+            target = target[1:]
+        return Passed(prefix + target, result.headers)
 
     def _see(self, snapshot: Snapshot) -> None:
-        """Take note of a new snapshot: this site's health check target."""
+        """Take note of a new snapshot: this site's base path and health check target."""
+        status = snapshot.sites.get(self.site)
+        base = urlsplit(status.spec.base_url).path if status is not None else ""
+        self._prefix = base.rstrip("/").encode("ascii", "replace")
         check = own_check(snapshot, self.site)
         if check is not None and check[0] == b"/" and check != self._own_check:
             log.warning(
@@ -225,14 +245,15 @@ def own_check(snapshot: Snapshot, site: str) -> tuple[bytes, bytes] | None:
     status = snapshot.sites.get(site)
     if status is None:
         return None
-    base, url = status.spec.base_url, status.spec.check_url
-    if not url.startswith(base):
+    base, url = urlsplit(status.spec.base_url), urlsplit(status.spec.check_url)
+    if (url.scheme, url.netloc.lower()) != (base.scheme, base.netloc.lower()):
         return None
-    rest = url[len(base) :]
-    if rest[:1] not in ("/", "?", ""):
-        return None
-    path, _, query = ("/" + rest if rest[:1] != "/" else rest).partition("?")
-    return path.encode("ascii", "replace"), query.encode("ascii", "replace")
+    return (url.path or "/").encode("ascii", "replace"), url.query.encode("ascii", "replace")
+
+
+def _under(path: bytes, prefix: bytes) -> bool:
+    """Whether ``path`` is ``prefix`` or below it (``/app`` holds ``/app/x``, not ``/apps``)."""
+    return path.startswith(prefix) and path[len(prefix) : len(prefix) + 1] in (b"", b"/")
 
 
 def _bound_to(relay: HandoffRelay, query: bytes, site: str) -> bool:
