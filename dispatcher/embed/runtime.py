@@ -174,6 +174,8 @@ class EmbeddedDispatcher:
             done, _ = await asyncio.wait([closing], timeout=STORE_GRACE)
             if not done:
                 log.error("the database did not close within %g s; leaving it", STORE_GRACE)
+            elif closing.exception() is not None:
+                log.error("the database did not close: %s", closing.exception())
         self.state = "stopped"
 
     def forget_inherited(self) -> None:

@@ -78,7 +78,7 @@ class WSGIDispatcherMiddleware:
         self._faults = ThrottledLog(log)
         forked = weakref.WeakMethod(self._forked)
         os.register_at_fork(after_in_child=lambda: _call(forked))
-        atexit.register(self.close)
+        at_exit(weakref.WeakMethod(self.close))
 
     def start(self) -> None:
         """Start the farm's thread now if it is not running (else the first request does);
@@ -89,8 +89,7 @@ class WSGIDispatcherMiddleware:
 
     def close(self) -> None:
         """Stop the farm's thread (bounded: :data:`CLOSE_TIMEOUT`); the last snapshot keeps
-        answering. Idempotent; also run at interpreter exit."""
-        atexit.unregister(self.close)
+        answering. Idempotent; also run at interpreter exit (:func:`at_exit`)."""
         with self._starting:
             thread, self._closed = self._thread, True
         if thread is not None and not thread.stop(CLOSE_TIMEOUT):
@@ -215,6 +214,26 @@ def _call(method: weakref.WeakMethod[Callable[[], None]]) -> None:
     bound = method()
     if bound is not None:
         bound()
+
+
+def at_exit(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    """Call ``method`` (if its object still lives) when the interpreter exits, while the
+    farm's store calls can still run in worker threads.
+
+    :mod:`atexit` runs too late for that: by then ``concurrent.futures`` has shut down the
+    event loop's executor (its exit hook runs once the non-daemon threads are done, before
+    ``atexit``). :func:`threading._register_atexit` is the hook it uses itself; these hooks
+    run last registered first, so ours is registered after its own (imported here). Where
+    that hook is missing, :mod:`atexit` (stopping then logs the store calls it could not
+    run).
+    """
+    import concurrent.futures.thread  # noqa: F401 - its hook first (registered on import)
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - CPython has had it since 3.9
+        atexit.register(_call, method)
+    else:
+        register(_call, method)
 
 
 class _LoopThread:

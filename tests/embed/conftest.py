@@ -13,6 +13,7 @@ import anyio
 import httpx
 import pytest
 
+from dispatcher.backends.store import SqlSiteStore
 from dispatcher.embed import DispatcherMiddleware, EmbeddedDispatcher, WSGIDispatcherMiddleware
 from dispatcher.session import AffinityStamp
 from tests.conftest import LoopbackSite, RunningDispatcher
@@ -90,9 +91,10 @@ class Start(Protocol):
 
 @pytest.fixture
 async def start(tmp_path: Path) -> AsyncIterator[Start]:
-    """Start a farm: "us", the standalone dispatcher (which brings the database to head,
-    unless not ``upgrade``), then "eu" in ``shape``; wait until every site is up for both,
-    unless not ``wait``. Database: SQLite in ``tmp_path`` unless ``database_url``."""
+    """Start a farm: "us", the standalone dispatcher (unless not ``standalone``), then
+    "eu" in ``shape``; wait until every site is up for both, unless not ``wait``. The
+    database (SQLite in ``tmp_path`` unless ``database_url``) is brought to head first,
+    unless not ``upgrade``."""
     stops: list[Callable[[], Awaitable[Any]]] = []
 
     async def go(
@@ -110,6 +112,10 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
         url = database_url or f"sqlite:///{tmp_path / 'farm.db'}"
         config = farm_config(tmp_path, url, eu=url_of(sock), us=us.url)
         alone = None
+        if upgrade and not standalone:
+            store = SqlSiteStore(url)
+            store.upgrade()
+            store.close()
         if standalone:
             alone = RunningDispatcher(await RunningDispatcher.start_runner(config, upgrade=upgrade))
             stops.append(alone.close)

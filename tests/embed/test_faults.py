@@ -55,7 +55,7 @@ async def test_until_the_database_is_ready_the_app_answers_then_the_rules_do(
     every request reaches the app meanwhile (a warning says so); once the schema is there,
     the rules and placement answer."""
     caplog.set_level(logging.WARNING, "webfarm.embed")
-    farm = await start(shape, standalone=False, wait=False)
+    farm = await start(shape, standalone=False, upgrade=False, wait=False)
     for target in ("/page", "/secret"):
         response = await farm.get(target)
         assert response.status_code == 200, response.text
