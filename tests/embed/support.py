@@ -30,6 +30,7 @@ RewriteRule ^/away$ http://elsewhere.example.org/landing [R=302,L]
 RewriteRule ^/secret - [F]
 RewriteRule ^/legacy/(.*)$ /v2/$1?from=legacy [QSA]
 RewriteRule ^/track$ - [CO=seen:1:.example.com:60]
+RewriteRule ^/region/(.*)$ ${site:default}/r/$1 [R=302,L]
 """
 KEYS = "embed-test-key"
 CHECK = "interval = 0.3, timeout = 2, rise = 1, fall = 3"  # patient: a busy machine

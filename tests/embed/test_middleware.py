@@ -10,11 +10,13 @@ on "eu": there the app answers, with the path and query the redirect would have 
 from __future__ import annotations
 
 import json
+import sys
 
+import anyio
 import pytest
 
 from dispatcher.session import AffinityStamp
-from tests.embed.conftest import SHAPES, Start, cookie_names, stamp, until
+from tests.embed.conftest import HOST, SHAPES, Start, cookie_names, stamp, until
 
 from .support import KEYS
 
@@ -109,3 +111,29 @@ async def test_a_registry_change_in_the_database_moves_new_clients(
     placed = next(v for v in here.headers.get_list("set-cookie") if v.startswith("farm_site="))
     token = placed.split(";")[0].split("=", 1)[1]
     assert AffinityStamp([KEYS], lifetime=3600).site_of(token) == "eu"
+
+
+async def test_threads_decide_each_for_their_own_client(start: Start) -> None:
+    """Waitress's threads decide at once for clients remembered on "eu" and on "us", through
+    a rule whose ``${site:}`` honours the stamp: each gets its own answer, every time."""
+    farm = await start("flask", standalone=False)
+    us = farm.us.url
+
+    async def client(n: int, site: str) -> None:
+        for i in range(15):
+            response = await farm.site.get(
+                f"/region/{n}-{i}", headers={**HOST, "cookie": stamp(site)}
+            )
+            if site == "us":
+                assert response.headers["location"] == f"{us}/r/{n}-{i}"
+            else:
+                assert response.json()["path"] == f"/r/{n}-{i}"
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns as often as they can: races show
+    try:
+        async with anyio.create_task_group() as group:
+            for n in range(16):
+                group.start_soon(client, n, "eu" if n % 2 else "us")
+    finally:
+        sys.setswitchinterval(interval)
