@@ -137,8 +137,10 @@ class DispatchCore:
             return answer
         site = self.farm.snapshot.sites.get(here)
         headers = answer[1]
-        location = next((v for n, v in headers if n == b"location"), None)
-        if site is None or location is None:
+        name, location = headers[-1]  # (where placement puts it; not so after a relay)
+        if name != b"location":
+            location = next((v for n, v in headers if n == b"location"), b"")
+        if site is None or not location:
             return answer
         base = site.spec.base_url.encode("ascii")
         rest = location[len(base) :]
