@@ -15,7 +15,7 @@ import pytest
 
 from dispatcher.backends.store import SqlSiteStore
 from dispatcher.embed import DispatcherMiddleware, EmbeddedDispatcher, WSGIDispatcherMiddleware
-from dispatcher.session import AffinityStamp
+from dispatcher.session import AffinityStamp, SessionMiddleware, WSGISessionMiddleware
 from tests.conftest import LoopbackSite, RunningDispatcher
 
 from .support import (
@@ -140,12 +140,15 @@ def serve(
 ) -> tuple[Served, DispatcherMiddleware | WSGIDispatcherMiddleware]:
     """Site "eu" in ``shape`` behind its middleware, served on ``sock``: Starlette on
     uvicorn (the farm starts with lifespan), Flask on waitress (the farm starts with
-    :meth:`start` once it serves)."""
+    :meth:`start` once it serves); the session middleware of the shape inside."""
     if shape == "starlette":
-        asgi = DispatcherMiddleware(starlette_site(), config, site="eu")
+        sessions = SessionMiddleware(starlette_site(), [KEYS], site="eu")
+        asgi = DispatcherMiddleware(sessions, config, site="eu")
         return UvicornServer(asgi, sock), asgi
     flask = flask_site()
-    wsgi = WSGIDispatcherMiddleware(flask.wsgi_app, config, site="eu")
+    # (its StartResponse protocol is its own, not wsgiref.types', which Flask uses)
+    inner = WSGISessionMiddleware(flask.wsgi_app, [KEYS], site="eu")  # type: ignore[arg-type]
+    wsgi = WSGIDispatcherMiddleware(inner, config, site="eu")
     flask.wsgi_app = wsgi  # type: ignore[method-assign]
     served = WaitressServer(flask, sock)
     wsgi.start()

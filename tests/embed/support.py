@@ -83,6 +83,7 @@ def starlette_site() -> Starlette:
             "path": request.scope["path"],
             "raw_path": request.scope["raw_path"].decode("latin-1"),
             "query": request.scope["query_string"].decode("latin-1"),
+            "session": request.scope.get("session"),
         }
         response = JSONResponse(seen)
         response.set_cookie("app", "1")
@@ -108,6 +109,7 @@ def flask_site() -> Flask:
             "path_info": environ["PATH_INFO"],
             "query": environ["QUERY_STRING"],
             "request_uri": environ.get("REQUEST_URI"),
+            "session": environ.get("webfarm.session"),
         }
         response = Response(json.dumps(seen), content_type="application/json")
         response.set_cookie("app", "1")

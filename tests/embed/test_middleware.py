@@ -15,7 +15,7 @@ import sys
 import anyio
 import pytest
 
-from dispatcher.session import AffinityStamp
+from dispatcher.session import HANDOFF_PARAM, AffinityStamp, HandoffToken
 from tests.embed.conftest import HOST, SHAPES, Start, cookie_names, stamp, until
 
 from .support import KEYS
@@ -137,3 +137,23 @@ async def test_threads_decide_each_for_their_own_client(start: Start) -> None:
                 group.start_soon(client, n, "eu" if n % 2 else "us")
     finally:
         sys.setswitchinterval(interval)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_a_handoff_reaches_the_session_middleware_inside(start: Start, shape: str) -> None:
+    """A client handed over with its session, in a token bound to the dispatcher (relayed:
+    a fresh one for "eu" goes on) or to "eu" itself (left alone): the site's session
+    middleware redeems it, installs the session and cleans the URL."""
+    farm = await start(shape)
+    tokens = HandoffToken([KEYS])
+    for bound in ("dispatcher", "eu"):
+        token = tokens.encode(bound, {"cart": [bound]})
+        redeemed = await farm.get(f"/basket?x=1&{HANDOFF_PARAM}={token}", stamp("eu"))
+        assert redeemed.status_code == 307, redeemed.text
+        assert redeemed.headers["location"] == "/basket?x=1"
+        header = next(
+            v for v in redeemed.headers.get_list("set-cookie") if v.startswith("farm_session=")
+        )
+        cookie = header.split(";")[0]
+        page = await farm.get("/basket?x=1", f"{stamp('eu')}; {cookie}")
+        assert page.json()["session"] == {"cart": [bound]}
