@@ -98,11 +98,11 @@ class WSGIDispatcherMiddleware:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self._thread is None and not self._closed:
             self.start()
-        scope = scope_of(environ)
         try:
+            scope = scope_of(environ)
             with self._deciding:
                 result = self.dispatcher.decide(scope)
-        except Exception:  # a bug must not fail the site's requests: they go to the app
+        except Exception:  # a bug (or a server's odd environ) must not fail the site's requests
             if self._faults.throttle.hit("decide") is not None:
                 log.exception("the embedded dispatcher failed; the request goes to the app")
             result = None

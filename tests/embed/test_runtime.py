@@ -5,11 +5,12 @@ bound to it), the options' validation, and the WSGI translation (PEP 3333)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 import pytest
 from hypothesis import given
@@ -20,7 +21,7 @@ from dispatcher.backends.health import Health
 from dispatcher.backends.sites import CheckSpec, SiteSpec
 from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.config import Config, build_config
-from dispatcher.embed import EmbeddedDispatcher
+from dispatcher.embed import EmbeddedDispatcher, WSGIDispatcherMiddleware
 from dispatcher.embed.runtime import own_check
 from dispatcher.embed.wsgi import raw_path, rewrite_environ, scope_of
 from dispatcher.errors import ConfigError, InvalidValue
@@ -281,3 +282,51 @@ def test_a_rewritten_path_reads_back_as_it_was_written(
     else:
         assert unquote_to_bytes(again["raw_path"]) == unquote_to_bytes(path)
     assert again["query_string"] == b"q=1"
+
+
+def test_an_environ_the_middleware_cannot_read_goes_to_the_app(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server's odd ``environ`` (bytes where PEP 3333 wants text) is the middleware's
+    fault to survive: logged with its traceback, and the app answers."""
+    statuses: list[str] = []
+
+    def app(env: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return [b"app"]
+
+    middleware = WSGIDispatcherMiddleware(app, config(), site="eu")
+    middleware.close()  # no farm thread: this test needs none
+    middleware.dispatcher.core = embedded().core
+
+    def start(
+        status: str, headers: list[tuple[str, str]], exc_info: object = None, /
+    ) -> Callable[[bytes], object]:
+        statuses.append(status)
+        return lambda data: None
+
+    body = middleware(environ(PATH_INFO=b"/page"), start)
+    assert (list(body), statuses) == ([b"app"], ["200 OK"])
+    assert any(r.exc_info for r in caplog.records if r.name == "webfarm.embed")
+    body = middleware(environ(PATH_INFO="/page"), start)
+    assert (list(body), statuses[-1]) == ([b""], "302 Found")
+
+
+HEADER_NAMES = st.sampled_from(["HTTP_HOST", "HTTP_COOKIE", "HTTP_X_FORWARDED_FOR", "HTTP_"])
+
+
+@given(
+    st.dictionaries(HEADER_NAMES, st.text(max_size=60), max_size=4),
+    st.text(max_size=40),
+    st.text(max_size=40),
+    st.one_of(st.none(), st.text(max_size=40)),
+)
+def test_no_environ_a_client_can_shape_makes_the_decision_raise(
+    headers: dict[str, str], path: str, query: str, uri: str | None
+) -> None:
+    dispatcher = embedded(relay=True)
+    env = environ(PATH_INFO=path, QUERY_STRING=query, **headers)
+    if uri is not None:
+        env["REQUEST_URI"] = uri
+    result = dispatcher.decide(scope_of(env))
+    assert result is None or isinstance(result, Passed) or 200 <= result[0] < 600
