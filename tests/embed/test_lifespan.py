@@ -14,6 +14,7 @@ import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
@@ -89,6 +90,7 @@ async def test_the_apps_own_lifespan_runs_around_the_farm(tmp_path: Path, us: Lo
     app = Starlette(routes=[Route("/{rest:path}", page)], lifespan=lifespan)
     middleware = DispatcherMiddleware(app, config_for(tmp_path, us, url_of(sock)), site="eu")
     served = await anyio.to_thread.run_sync(UvicornServer, middleware, sock)
+    await until(lambda: middleware.dispatcher.state == "running", "the farm to run")
     await anyio.to_thread.run_sync(served.stop)
     assert events == ["app up, farm starting", "app down, farm running"]
     assert middleware.dispatcher.state == "stopped"
@@ -145,5 +147,36 @@ async def test_the_wsgi_farm_runs_in_a_thread_from_the_first_request_until_close
             # closed: the last snapshot answers, nothing starts again
             assert (await client.get("/secret", headers=HOST)).status_code == 403
             assert embedded.state == "stopped"
+    finally:
+        await anyio.to_thread.run_sync(served.stop)
+
+
+async def test_the_documented_starlette_form(tmp_path: Path, us: LoopbackSite) -> None:
+    """``Starlette(middleware=[Middleware(DispatcherMiddleware, config=..., site=...)])``:
+    Starlette builds the middleware itself and hands it lifespan like any other scope."""
+
+    async def page(request: object) -> PlainTextResponse:
+        return PlainTextResponse("app")
+
+    sock = listening()
+    config = config_for(tmp_path, us, url_of(sock))
+    app = Starlette(
+        routes=[Route("/{rest:path}", page)],
+        middleware=[Middleware(DispatcherMiddleware, config=config, site="eu")],
+    )
+    served = await anyio.to_thread.run_sync(UvicornServer, app, sock)
+    try:
+        async with httpx.AsyncClient(base_url=served.url, trust_env=False) as client:
+
+            async def forbidden() -> bool:
+                return (await client.get("/secret", headers=HOST)).status_code == 403
+
+            for _ in range(200):  # the farm started with lifespan: the rules run soon
+                if await forbidden():
+                    break
+                await anyio.sleep(0.05)
+            assert await forbidden()
+            placed = await client.get("/page", headers=HOST)
+            assert placed.headers["location"] == f"{us.url}/page"
     finally:
         await anyio.to_thread.run_sync(served.stop)
