@@ -110,6 +110,49 @@ class DispatchCore:
             url = url.replace(b"\r", b"%0D").replace(b"\n", b"%0A")
         return self._answer(scope, url, b"" if host is None else host.lower())
 
+    def route(self, scope: Scope, here: str) -> Answer | Passed:
+        """:meth:`answer`, for a dispatcher embedded in the site named ``here`` (the ASGI and
+        WSGI middleware of :mod:`dispatcher.embed`): the same answer, except that a request
+        placement puts on ``here`` is :class:`Passed` on to the app instead of redirected
+        there, with the path and query that redirect would have carried (the request's
+        own, or the rules' internal rewrite) and its ``Set-Cookie`` headers.
+
+        Placement is the default pool's pick, or a ``${site:POOL}`` lookup that a rule
+        redirects to; it may pick ``here`` like any other site (the Host the request came
+        to, usually ``here``'s own, is not kept away from as in :meth:`answer`). A pick is
+        recognised as the dispatcher counts it: a redirect counted for ``here`` whose
+        ``Location`` lies inside ``here``. A rule's redirect to a literal URL is always
+        sent. A hand-off token is relayed as :meth:`answer` does; placed on ``here``, the
+        fresh token goes on to the app in the query, for its session middleware. Like
+        :meth:`answer`, not for concurrent threads: a threaded caller serialises calls.
+        """
+        counts = self.farm.redirects
+        before = counts.get(here, 0)
+        relay = self.relay
+        if relay is not None and scope.get("query_string", b"").find(_PARAM) >= 0:
+            answer = self._relay(relay, scope, b"")
+        else:
+            target = _target(scope)
+            if target is None:
+                return _not_origin_form(scope)
+            answer = self._answer(scope, target, b"")
+        if counts.get(here, 0) == before:
+            return answer
+        site = self.farm.snapshot.sites.get(here)
+        headers = answer[1]
+        name, location = headers[-1]  # (where placement puts it; not so after a relay)
+        if name != b"location":
+            location = next((v for n, v in headers if n == b"location"), b"")
+        if site is None or not location:
+            return answer
+        base = site.spec.base_url.encode("ascii")
+        rest = location[len(base) :]
+        if not location.startswith(base) or rest[:1] not in (b"", b"/", b"?"):
+            return answer
+        return Passed(
+            rest if rest[:1] == b"/" else b"/" + rest, [h for h in headers if h[0] == b"set-cookie"]
+        )
+
     def _answer(self, scope: Scope, target: bytes, host: bytes) -> Answer:
         snapshot = self.farm.snapshot
         now = time.monotonic()
@@ -168,12 +211,13 @@ class DispatchCore:
             headers.append((b"location", decision.location))
         return decision.status, headers, b""
 
-    def _relay(self, relay: HandoffRelay, scope: Scope) -> Answer:
+    def _relay(self, relay: HandoffRelay, scope: Scope, host: bytes | None = None) -> Answer:
         """Place a client that brings a hand-off token, and pass its state on to the site.
 
         The request is dispatched as if the token were not in its query; when the answer is
         a redirect to a registered site, a fresh token bound to that site is added to the
         ``Location`` and the status keeps the method (307, or 308 for a permanent one).
+        ``host`` overrides the Host that placement keeps away from (:meth:`route`).
         """
         token, rest = split_handoff(scope.get("query_string", b""))
         plain = {**scope, "query_string": rest}  # no token left; and not relayed again: a
@@ -181,7 +225,8 @@ class DispatchCore:
         if target is None:
             status, headers, body = _not_origin_form(plain)
         else:
-            status, headers, body = self._answer(plain, target, _host(plain))
+            away = _host(plain) if host is None else host
+            status, headers, body = self._answer(plain, target, away)
         location = next((v for n, v in headers if n == b"location"), None)
         site = site_at(self.farm.snapshot, location) if location is not None else None
         if location is not None and site is not None and token:
@@ -258,6 +303,17 @@ def site_at(snapshot: Snapshot, location: bytes) -> str | None:
         if location == base or location.startswith((base + b"/", base + b"?")):
             return name
     return None
+
+
+class Passed(NamedTuple):
+    """:meth:`DispatchCore.route`'s "pass": the request stays on this site and goes on to the
+    app. ``target`` is the path and query it goes with, as on the wire (%-encoded): the
+    request's own unless the rules rewrote it or a hand-off token was relayed. ``headers``
+    are the ``Set-Cookie`` headers the redirect would have carried (the affinity stamp, the
+    rules' ``CO`` cookies), for the app's response."""
+
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
 
 
 class Decision(NamedTuple):
