@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from dispatcher.app import Answer, DispatchCore, Passed
-from dispatcher.backends.snapshot import Snapshot
 from dispatcher.backends.store import SiteStore, SqlSiteStore, open_store
 from dispatcher.config import Config, load_config
 from dispatcher.errors import InvalidValue, StoreError
@@ -29,6 +28,7 @@ from dispatcher.redirect import RewriteError, load_rules
 from dispatcher.relay import HandoffRelay, has_handoff, split_handoff
 from dispatcher.server import STORE_GRACE, dispatch_core
 from dispatcher.session import SessionError
+from dispatcher.snapshot import Snapshot
 from dispatcher.throttle import ThrottledLog
 
 log = logging.getLogger("webfarm.embed")

@@ -17,12 +17,12 @@ from dispatcher.affinity import CookieAffinity
 from dispatcher.app import Answer, DispatchCore, Passed
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
-from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.config import build_config
 from dispatcher.redirect import compile_rules
 from dispatcher.relay import HandoffRelay
 from dispatcher.session import AffinityStamp, HandoffToken, ReplayGuard
 from dispatcher.session.tokens import HANDOFF_PARAM
+from dispatcher.snapshot import Snapshot, build_snapshot
 
 KEYS = ["route-test-key"]
 EU = SiteSpec("eu", "http://eu.example.com", weight=1)
@@ -56,7 +56,6 @@ def snapshot(
         sites=sites,
         health=lambda name: Health("up" if name in up else "down", None),
         loads={},
-        policies={},
         rules=compile_rules(RULES, known_pools={"default"}),
     )
 

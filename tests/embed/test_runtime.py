@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from dispatcher.app import Answer, DispatchCore, Passed
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import CheckSpec, SiteSpec
-from dispatcher.backends.snapshot import Snapshot, build_snapshot
 from dispatcher.config import Config, build_config
 from dispatcher.embed import EmbeddedDispatcher, WSGIDispatcherMiddleware
 from dispatcher.embed.runtime import own_check
@@ -29,6 +28,7 @@ from dispatcher.redirect import RuleSyntaxError
 from dispatcher.relay import HandoffRelay
 from dispatcher.session import HandoffToken
 from dispatcher.session.tokens import HANDOFF_PARAM
+from dispatcher.snapshot import Snapshot, build_snapshot
 
 KEYS = ["runtime-test-key"]
 
@@ -60,7 +60,6 @@ def snapshot(sites: Sequence[SiteSpec]) -> Snapshot:
         sites=sites,
         health=lambda name: Health("up", None),
         loads={},
-        policies={},
     )
 
 
