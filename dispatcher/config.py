@@ -95,6 +95,7 @@ class DispatcherSettings:
     trusted_proxies: tuple[str, ...] = ()
     forwarded_header: str = "x-forwarded-for"
     proxy_protocol: bool = False
+    metrics_public: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +297,7 @@ def _dispatcher_settings(
             raw, p, "forwarded_header", d.forwarded_header, FORWARDED_HEADERS
         ),
         "proxy_protocol": _get(raw, p, "proxy_protocol", bool, d.proxy_protocol, "true or false"),
+        "metrics_public": _get(raw, p, "metrics_public", bool, d.metrics_public, "true or false"),
     }
     _environment_overrides(values, env)
     database_key = "FARM_DATABASE_URL" if env.get("FARM_DATABASE_URL", "").strip() else None
@@ -313,11 +315,14 @@ def _dispatcher_settings(
 
 def _environment_overrides(values: dict[str, Any], env: Mapping[str, str]) -> None:
     """``FARM_DATABASE_URL``, ``FARM_SECRET_KEYS``, ``FARM_ADMIN_TOKENS``,
-    ``FARM_TRUSTED_PROXIES`` and ``FARM_LOG_FORMAT`` win over the file."""
+    ``FARM_TRUSTED_PROXIES``, ``FARM_LOG_FORMAT`` and ``FARM_METRICS_PUBLIC`` win over the
+    file."""
     if "FARM_LOG_FORMAT" in env:
         values["log_format"] = _choice(
             {"v": env["FARM_LOG_FORMAT"].strip()}, "", "v", "text", LOG_FORMATS, "FARM_LOG_FORMAT"
         )
+    if "FARM_METRICS_PUBLIC" in env:
+        values["metrics_public"] = _flag(env["FARM_METRICS_PUBLIC"], "FARM_METRICS_PUBLIC")
     if url := env.get("FARM_DATABASE_URL", "").strip():
         values["database_url"] = url
     if "FARM_GEOIP_DATABASE" in env:
@@ -333,6 +338,16 @@ def _environment_overrides(values: dict[str, Any], env: Mapping[str, str]) -> No
             if not items:
                 raise InvalidValue(var, "a comma-separated list with at least one entry")
             values[key] = parse_tokens(items, var) if key == "admin_tokens" else items
+
+
+def _flag(text: str, where: str) -> bool:
+    """An environment variable's true/false (also 1/0, yes/no, on/off)."""
+    word = text.strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise InvalidValue(where, f"true or false, got {text!r}")
 
 
 #: The keys every pool table may have; its policy's declared options come on top.

@@ -20,6 +20,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dispatcher.config import parse_address
@@ -64,6 +66,12 @@ class WorkerView:
     restarts: int
     silence: float | None = None
     """Seconds since the worker last reported (``None``: not since it started)."""
+    connections: int = 0
+    """Public connections open in the worker, as it last reported."""
+    refused: int = 0
+    """Connections answered 503 at the limit, by every worker this slot has had."""
+    shed: int = 0
+    """Idle connections closed to make room, by every worker this slot has had."""
 
 
 @dataclass(slots=True)
@@ -77,13 +85,31 @@ class _Slot:
     sent: int = -1
     restarts: int = 0
     heard: float | None = None
+    edge: Mapping[str, int] = field(default_factory=dict)  # the current worker's report
+    carried: Counter[str] = field(default_factory=Counter)  # its predecessors' totals
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     first_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def view(self) -> WorkerView:
         pid = self.proc.pid if self.proc is not None else None
         silence = None if self.heard is None else time.monotonic() - self.heard
-        return WorkerView(self.index, pid, self.ready, self.generation, self.restarts, silence)
+        edge, carried = self.edge, self.carried
+        return WorkerView(
+            self.index,
+            pid,
+            self.ready,
+            self.generation,
+            self.restarts,
+            silence,
+            connections=edge.get("connections", 0) if self.ready else 0,
+            refused=carried["refused"] + edge.get("refused", 0),
+            shed=carried["shed"] + edge.get("shed", 0),
+        )
+
+    def retire(self) -> None:
+        """The worker is gone: keep its totals for the slot, forget its gauges."""
+        self.carried.update({k: v for k, v in self.edge.items() if k != "connections"})
+        self.edge = {}
 
 
 class WorkerPool:
@@ -269,6 +295,7 @@ class WorkerPool:
                 sender.cancel()
             writer.close()
             slot.ready = False
+            slot.retire()
             status = await self._reap(proc)
             if not self._stopping.is_set():
                 log.warning(
@@ -316,8 +343,11 @@ class WorkerPool:
                         report.generation,
                         (time.monotonic() - self._shipped_at) * 1000,
                     )
-            elif report.kind == "counts" and report.redirects:
-                self.farm.add_redirects(report.redirects)
+            elif report.kind == "counts":
+                if report.redirects:
+                    self.farm.add_redirects(report.redirects)
+                if report.edge is not None:
+                    slot.edge = report.edge
 
     async def _next(self, reader: asyncio.StreamReader) -> Report | None:
         payload = await read_frame(reader, MAX_REPORT)

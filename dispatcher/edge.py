@@ -76,6 +76,10 @@ class PublicEdge:
         self.date = self.date_end = b""
         self._second = -1
         self._refused = 0
+        self.refused_total = 0
+        """Connections answered 503 at ``max_connections`` (for metrics; never reset)."""
+        self.shed_total = 0
+        """Idle connections closed to make room for new ones (for metrics; never reset)."""
         self._refused_logged = -REFUSED_LOG_INTERVAL
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -140,6 +144,7 @@ class PublicEdge:
         waiting = [c for c in self.connections if c.waiting()]
         if not waiting or len(self.connections) - len(waiting) >= self.limits.max_connections:
             self._refused += 1
+            self.refused_total += 1
             if self.now >= self._refused_logged + REFUSED_LOG_INTERVAL:  # one line, a count
                 log.warning(
                     "public edge: %d connections open and busy: %d new ones answered 503",
@@ -150,6 +155,7 @@ class PublicEdge:
             return False
         count = max(1, self.limits.max_connections // 64)
         for conn in heapq.nsmallest(count, waiting, key=lambda c: c.since):
+            self.shed_total += 1
             conn.abort()  # (leaves the connections at once)
         return len(self.connections) < self.limits.max_connections
 

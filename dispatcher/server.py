@@ -16,7 +16,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,14 @@ from dispatcher.edge import PublicEdge
 from dispatcher.errors import DispatcherError, ListenError
 from dispatcher.farm import Farm
 from dispatcher.logsetup import configure_logging
+from dispatcher.metrics import (
+    DispatcherCollector,
+    MetricsRoute,
+    WorkerCounts,
+    WorkerSample,
+    exposition,
+    token_gate,
+)
 from dispatcher.redirect import RewriteError
 from dispatcher.relay import HandoffRelay
 from dispatcher.reload import plan_reload
@@ -223,8 +231,13 @@ class Runner:
         await asyncio.to_thread(self.store.check_schema)
         await self.farm.start()
         self._admin_app = Swappable(AdminApi(self.farm).app(settings.admin_tokens))
+        metrics = MetricsRoute(
+            HealthRoutes(self._admin_app, self.liveness, self.readiness),
+            exposition(DispatcherCollector(self.farm, self._worker_counts)),
+            token_gate(lambda: self.config.dispatcher),
+        )
         self.admin = Listener(
-            RequestIds(HealthRoutes(self._admin_app, self.liveness, self.readiness)),
+            RequestIds(metrics),
             settings.admin_listen,
             access_log=False,  # the admin app logs every request itself (webfarm.admin.access)
             timeouts=self.timeouts,
@@ -380,6 +393,19 @@ class Runner:
             if watchdog is not None:
                 watchdog.cancel()
             await self.stop()
+
+    def _worker_counts(self) -> Sequence[WorkerCounts]:
+        """The public side for metrics: the worker processes, or this process as worker 0."""
+        if self.workers is not None:
+            return self.workers.views()
+        edge = self.public
+        if edge is None:
+            return []
+        return [
+            WorkerSample(
+                0, not edge.stopping, 0, len(edge.connections), edge.refused_total, edge.shed_total
+            )
+        ]
 
     # --- /livez and /readyz (dispatcher.vitals): what was last seen, no I/O ---
 

@@ -35,6 +35,8 @@ HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 #: The largest frame a worker may send (acks and counters are small).
 MAX_REPORT = 1024 * 1024
+#: What a worker's ``counts`` report says of its public edge (a missing one counts 0).
+EDGE_COUNTS = ("connections", "refused", "shed")
 
 
 class WireError(Exception):
@@ -141,6 +143,9 @@ class Report:
     generation: int = 0
     pid: int = 0
     redirects: Mapping[str, int] | None = None
+    edge: Mapping[str, int] | None = None
+    """With ``counts``: the worker's public edge now (``connections``) and its totals since
+    it started (``refused``, ``shed``), see :data:`EDGE_COUNTS`."""
 
 
 def decode_report(payload: bytes) -> Report:
@@ -158,7 +163,14 @@ def decode_report(payload: bytes) -> Report:
         redirects = data.get("redirects")
         if not isinstance(redirects, dict):
             raise WireError("counts without a redirects object")
-        return Report(kind, redirects={str(k): _count(redirects, k) for k in redirects})
+        edge = data.get("edge")
+        if edge is not None and not isinstance(edge, dict):
+            raise WireError("counts with an edge that is not an object")
+        return Report(
+            kind,
+            redirects={str(k): _count(redirects, k) for k in redirects},
+            edge=None if edge is None else {k: _count(edge, k) for k in EDGE_COUNTS},
+        )
     raise WireError(f"an unknown report type {kind!r}")
 
 

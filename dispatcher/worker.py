@@ -242,7 +242,15 @@ class Worker:
         if farm is None:
             return
         counts, farm.redirects = farm.redirects, defaultdict(int)
-        self._report({"type": "counts", "redirects": dict(counts)})
+        report: dict[str, object] = {"type": "counts", "redirects": dict(counts)}
+        edge = self.edge
+        if edge is not None:  # totals since this worker started (the control adds them up)
+            report["edge"] = {
+                "connections": len(edge.connections),
+                "refused": edge.refused_total,
+                "shed": edge.shed_total,
+            }
+        self._report(report)
 
     def _report(self, message: dict[str, object]) -> None:
         """Send without waiting; drop it when the control process does not keep up."""

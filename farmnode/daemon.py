@@ -64,6 +64,7 @@ import httpx
 
 from dispatcher.backends.health import Health, Prober, Target
 from dispatcher.logsetup import configure_logging
+from dispatcher.metrics import MetricsRoute, exposition
 from dispatcher.sdnotify import Notifier, keep_watchdog
 from farmnode.agents import Agent, ResourceGroup, SwitchAgent, build_agent
 from farmnode.agents.switch import ServiceController
@@ -74,6 +75,7 @@ from farmnode.dataplane.base import DataPlane
 from farmnode.dataplane.nftables import NftablesPlane, chains, count_flows
 from farmnode.dataplane.userspace import UserspacePlane
 from farmnode.errors import ConfigError, FarmnodeError
+from farmnode.metrics import NodeCollector
 from farmnode.report import RTT_INTERVAL, Measure, Reporter
 from farmnode.rtt import RttTable
 from farmnode.spec import RealSpec, ServiceSpec
@@ -711,8 +713,9 @@ class Node:
         if reporter is not None:
             await reporter.close()
 
-    def _status_app(self) -> StatusApp:
-        return StatusApp(self.status, lambda: node_liveness(self), lambda: node_readiness(self))
+    def _status_app(self) -> MetricsRoute:
+        app = StatusApp(self.status, lambda: node_liveness(self), lambda: node_readiness(self))
+        return MetricsRoute(app, exposition(NodeCollector(self.status)))
 
     def status(self) -> dict[str, Any]:
         """The status document (see :mod:`farmnode.status`)."""
@@ -742,12 +745,16 @@ class Node:
     def _check_view(self, spec: ServiceSpec, real: str) -> dict[str, Any] | None:
         if spec.check.kind == "none" or self.prober is None:
             return None
-        health = self.prober.health(target_key(spec.name, real))
+        key = target_key(spec.name, real)
+        health, tally = self.prober.health(key), self.prober.tally(key)
         last = health.last
         return {
             "health": health.state,
             "detail": last.detail if last is not None else None,
             "age": round(time.monotonic() - last.at, 3) if last is not None else None,
+            "failures": tally.failures if tally is not None else 0,
+            "up_down": tally.up_down if tally is not None else 0,
+            "downtime": round(tally.downtime(self.prober.now()), 3) if tally is not None else 0.0,
         }
 
     @property

@@ -80,7 +80,7 @@ class StatusApp:
         head = method == "HEAD"
         verdict = self.verdicts.get(path)
         if path != STATUS_PATH and verdict is None:
-            message = f"no such path {path!r}; try GET /status, /livez or /readyz"
+            message = f"no such path {path!r}; try GET /status, /metrics, /livez or /readyz"
             await _send_json(send, 404, _error("not_found", message), head)
         elif method not in ("GET", "HEAD"):
             body = _error("method_not_allowed", f"{method} {path}: only GET is allowed")
@@ -143,7 +143,9 @@ class StatusListener:
     second at most) and closes the socket. :meth:`stop` twice is harmless.
     """
 
-    def __init__(self, app: StatusApp, address: str) -> None:
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], address: str
+    ) -> None:
         self.address = address
         self.socket = bind(address)
         config = uvicorn.Config(

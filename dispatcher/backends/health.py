@@ -142,6 +142,35 @@ class Health:
     last: ProbeResult | None
 
 
+@dataclass(slots=True)
+class Tally:
+    """A target's check counters since it was added (HAProxy's ``chkfail``, ``chkdown``,
+    ``downtime``): failed results counted, up -> down moves, seconds spent down (closed
+    spells; :meth:`downtime` adds the open one)."""
+
+    failures: int = 0
+    up_down: int = 0
+    down_for: float = 0.0
+    down_since: float | None = None
+
+    def record(self, ok: bool, before: State, after: State, now: float) -> None:
+        if not ok:
+            self.failures += 1
+        if after == before:
+            return
+        if after == "down":
+            self.up_down += before == "up"
+            self.down_since = now
+        elif self.down_since is not None:
+            self.down_for += now - self.down_since
+            self.down_since = None
+
+    def downtime(self, now: float) -> float:
+        """Seconds spent down so far, the current spell included."""
+        since = self.down_since
+        return self.down_for + (max(0.0, now - since) if since is not None else 0.0)
+
+
 Listener = Callable[[str, Health, bool], None]
 Clock = Callable[[], float]
 
@@ -230,6 +259,15 @@ class Prober:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last: dict[str, ProbeResult] = {}
         self._agents: dict[str, AgentReport] = {}
+        self._tallies: dict[str, Tally] = {}
+
+    def tally(self, key: str) -> Tally | None:
+        """``key``'s check counters (read-only by convention), ``None`` if not probed."""
+        return self._tallies.get(key)
+
+    def now(self) -> float:
+        """The prober's clock (what :meth:`Tally.downtime` wants)."""
+        return self._clock()
 
     def health(self, key: str) -> Health:
         state = self._states.get(key)
@@ -246,6 +284,7 @@ class Prober:
         for target in fresh:
             self._targets[target.key] = target
             self._states[target.key] = Hysteresis(target.rise, target.fall)
+            self._tallies[target.key] = Tally()
         if probe_new_now and fresh:
             now = self._clock()
             await asyncio.gather(*(self._probe(t, now) for t in fresh))
@@ -282,6 +321,7 @@ class Prober:
         self._states.pop(key, None)
         self._last.pop(key, None)
         self._agents.pop(key, None)
+        self._tallies.pop(key, None)
         return self._tasks.pop(key, None)
 
     def _probe_http(self, target: Target) -> Awaitable[ProbeResult]:
@@ -319,10 +359,14 @@ class Prober:
             return
         said = result.agent
         result = self._with_standing_agent(target.key, result)
+        before = state.state
         if said is not None and said.decisive:
             changed = state.force(result.ok)
         else:
             changed = state.observe(result.ok)
+        tally = self._tallies.get(target.key)
+        if tally is not None:
+            tally.record(result.ok, before, state.state, self._clock())
         self._last[target.key] = result
         if changed:
             level = logging.INFO if state.state == "up" else logging.WARNING
@@ -356,6 +400,7 @@ __all__ = [
     "ProbeResult",
     "Prober",
     "State",
+    "Tally",
     "Target",
     "check_http",
     "own_lateness",
