@@ -35,6 +35,7 @@ from dispatcher.clientaddr import parse_networks as parse_proxies
 from dispatcher.errors import ConfigError, GeoDatabaseError, InvalidValue
 from dispatcher.files import MAX_RULES_BYTES, read_regular_file
 from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS
+from dispatcher.opsconfig import DEFAULT_AUDIT_RETENTION, anchor_tls, ops_settings
 from dispatcher.placement.geoip import check_database
 from dispatcher.placement.locate import Locator
 from dispatcher.placement.prefixes import Network, parse_networks
@@ -105,6 +106,12 @@ class DispatcherSettings:
     trusted_proxies: tuple[str, ...] = ()
     forwarded_header: str = "x-forwarded-for"
     proxy_protocol: bool = False
+    audit_retention: float = DEFAULT_AUDIT_RETENTION
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    admin_tls_certificate: Path | None = None
+    admin_tls_key: Path | None = None
+    admin_tls_client_ca: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +208,7 @@ def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir
     )
     if settings.rules is not None:
         _check_rules_file(settings.rules)
+    settings = anchor_tls(settings, base_dir)
     networks = parse_networks(raw.get("networks", []))
     geoip_key = "FARM_GEOIP_DATABASE" if "FARM_GEOIP_DATABASE" in env else None
     _check_geoip(settings.geoip_database, geoip_key or "dispatcher.geoip_database")
@@ -305,6 +313,7 @@ def _dispatcher_settings(
             raw, p, "forwarded_header", d.forwarded_header, FORWARDED_HEADERS
         ),
         "proxy_protocol": _get(raw, p, "proxy_protocol", bool, d.proxy_protocol, "true or false"),
+        **ops_settings(raw, p, env),
     }
     _environment_overrides(values, env)
     database_key = "FARM_DATABASE_URL" if env.get("FARM_DATABASE_URL", "").strip() else None

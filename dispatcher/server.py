@@ -25,6 +25,7 @@ import uvicorn
 from dispatcher.admin import AdminApi
 from dispatcher.affinity import make_affinity
 from dispatcher.app import DispatchApp, DispatchCore, FarmState, Receive, Scope, Send
+from dispatcher.audit_trail import record_reload, run_pruner
 from dispatcher.backends.store import SiteStore, open_store
 from dispatcher.clientaddr import TrustedProxyMiddleware, trusted_proxies
 from dispatcher.config import Config, DispatcherSettings, load_config, parse_address
@@ -201,6 +202,7 @@ class Runner:
         self.workers: WorkerPool | None = None
         self._admin_app: Swappable | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._reloading = asyncio.Lock()
         self.listening = False
         """Set once the public listener (or every worker process) accepts connections."""
@@ -231,6 +233,9 @@ class Runner:
             limits=ListenerLimits(max_head=settings.max_request_head),
         )
         await self.admin.start()
+        self._pruner = asyncio.create_task(
+            run_pruner(self.store, lambda: self.config.dispatcher.audit_retention), name="audit"
+        )
         self._start_refresher()  # from now on: worker processes take seconds to start
         if self.worker_processes:
             from dispatcher.control import WorkerPool  # (a cycle: it imports this module)
@@ -292,6 +297,7 @@ class Runner:
             old, self.config = self.config, plan.config
             self._apply(old.dispatcher, plan.config.dispatcher)
             log.info("reloaded %s: %s", source, plan.summary())
+            await record_reload(self.store, source, plan.applied, plan.needs_restart)
             return True
 
     def _apply(self, old: DispatcherSettings, new: DispatcherSettings) -> None:
@@ -326,10 +332,11 @@ class Runner:
         for failed in await asyncio.gather(*stopping, return_exceptions=True):
             if isinstance(failed, Exception):
                 log.error("stopping a listener failed: %s", failed)
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        for task in (self._refresher, self._pruner):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if not await self.farm.stop(timeout=STORE_GRACE):
             log.error("store calls still running after %g s (a hung database?)", STORE_GRACE)
             self.stranded = True
