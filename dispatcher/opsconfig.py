@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.errors import InvalidValue
-from dispatcher.tlsfiles import TlsFiles, server_context, tls_files
+from dispatcher.tlsfiles import ReloadableTls, TlsFiles, server_context, tls_files
 
 DEFAULT_AUDIT_RETENTION = 90 * 86_400.0
 MIN_RETENTION = 60.0
@@ -116,3 +116,9 @@ def listener_tls(settings: Any, listener: str) -> TlsFiles | None:
         settings.admin_tls_client_ca,
         f"{p}.admin_tls_client_ca",
     )
+
+
+def admin_tls(settings: Any) -> ReloadableTls | None:
+    """The admin listener's reloadable TLS context, or ``None`` (plain HTTP)."""
+    files = listener_tls(settings, "admin")
+    return None if files is None else ReloadableTls(files)

@@ -33,6 +33,7 @@ from dispatcher.edge import PublicEdge
 from dispatcher.errors import DispatcherError, ListenError
 from dispatcher.farm import Farm
 from dispatcher.logsetup import configure_logging
+from dispatcher.opsconfig import admin_tls, listener_tls
 from dispatcher.redirect import RewriteError
 from dispatcher.relay import HandoffRelay
 from dispatcher.reload import plan_reload
@@ -40,6 +41,7 @@ from dispatcher.requestid import RequestIds
 from dispatcher.sdnotify import Notifier, keep_watchdog
 from dispatcher.session import HandoffToken
 from dispatcher.throttle import throttle_warnings
+from dispatcher.tlsfiles import ReloadableTls
 from dispatcher.vitals import (
     HealthRoutes,
     Readiness,
@@ -113,8 +115,10 @@ class Listener:
         timeouts: Timeouts,
         sock: socket.socket | None = None,
         limits: ListenerLimits | None = None,
+        tls: ReloadableTls | None = None,
     ) -> None:
         self.address = address
+        self.tls = tls
         self.socket = sock if sock is not None else bind(address)
         bounded: dict[str, Any] = {}
         if limits is not None:  # h11 bounds a request head, httptools does not
@@ -135,6 +139,8 @@ class Listener:
             **bounded,
         )
         config.load()
+        if tls is not None:  # uvicorn serves with this context (scheme https)
+            config.ssl = tls.context
         if limits is not None:  # what a stranger's bad request makes uvicorn warn about
             throttle_warnings(logging.getLogger("uvicorn.error"))
         self._server = uvicorn.Server(config)
@@ -231,6 +237,7 @@ class Runner:
             access_log=False,  # the admin app logs every request itself (webfarm.admin.access)
             timeouts=self.timeouts,
             limits=ListenerLimits(max_head=settings.max_request_head),
+            tls=admin_tls(settings),
         )
         await self.admin.start()
         self._pruner = asyncio.create_task(
@@ -315,6 +322,10 @@ class Runner:
         if self.public is not None and new != old:
             self.core = dispatch_core(self.farm, new)
             self.public.configure(self.core, new)
+        elif self.public is not None:
+            self.public.reload_tls(new)  # the same files may hold a new certificate
+        if self.admin is not None and self.admin.tls is not None:
+            self.admin.tls.reload(listener_tls(new, "admin"))
 
     async def stop(self) -> None:
         """Stop within the graceful timeout plus a few seconds, whatever hangs.
