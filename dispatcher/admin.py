@@ -32,6 +32,7 @@ from dispatcher.admin_input import (
 )
 from dispatcher.admin_input import read_json as _json
 from dispatcher.app import Receive, Scope, Send
+from dispatcher.audit_input import audit_query
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec, check_whole, parse_site, shown, update_site
 from dispatcher.backends.snapshot import SiteStatus
@@ -110,6 +111,7 @@ class AdminApi:
             _route("/api/v1/status", GET=(self.status, "read")),
             _route("/api/v1/rules", GET=(self.get_rules, "read"), PUT=(self.put_rules, "rules")),
             _route("/api/v1/explain", POST=(self.explain, "explain")),
+            _route("/api/v1/audit", GET=(self.audit_trail, "read")),
             _route("/api/v1/openapi.json", GET=(self.openapi, "read")),
         ]
 
@@ -138,7 +140,7 @@ class AdminApi:
 
     async def create_site(self, request: Request) -> Response:
         site = parse_site(await _json(request))
-        created = await self.farm.create_site(site)
+        created = await self.farm.create_site(site, audit.site_hook(request.scope, "created"))
         audit.site_created(request.scope, created)
         return JSONResponse(
             self._site_stored(created),
@@ -153,14 +155,15 @@ class AdminApi:
         changes = await _json(request)
         name = request.path_params["name"]
         change = audit.Recorded(lambda site: update_site(site, changes))
-        after = await self.farm.modify_site(name, change)
+        hook = audit.site_hook(request.scope, "modified")
+        after = await self.farm.modify_site(name, change, hook)
         audit.site_modified(request.scope, "modified", change.before, after)
         return JSONResponse(self._site_named(name))
 
     async def delete_site(self, request: Request) -> Response:
         name = request.path_params["name"]
         before = self.farm.snapshot.sites.get(name)
-        await self.farm.delete_site(name)
+        await self.farm.delete_site(name, audit.site_hook(request.scope, "deleted"))
         audit.site_deleted(request.scope, name, before.spec if before else None)
         return Response(status_code=204)
 
@@ -173,8 +176,8 @@ class AdminApi:
     async def _set_drained(self, request: Request, drained: bool) -> Response:
         name = request.path_params["name"]
         change = audit.Recorded(lambda site: replace(site, drained=drained))
-        after = await self.farm.modify_site(name, change)
         action = "drained" if drained else "undrained"
+        after = await self.farm.modify_site(name, change, audit.site_hook(request.scope, action))
         audit.site_modified(request.scope, action, change.before, after)
         return JSONResponse(self._site_named(name))
 
@@ -252,10 +255,21 @@ class AdminApi:
         except UnicodeDecodeError as exc:
             raise ApiError(400, "invalid_rules", f"the rules are not UTF-8: {exc}") from None
         rules = self.farm.snapshot.rules
-        program = await self.farm.set_rules(text)
+        program = await self.farm.set_rules(text, audit.who(request.scope))
         before = (rules.source, rules.filename) if rules is not None else None
         audit.rules_replaced(request.scope, before, text, program.rule_count)
         return JSONResponse({"rules": program.rule_count, "enabled": program.enabled})
+
+    async def audit_trail(self, request: Request) -> Response:
+        query = audit_query(request.query_params.multi_items())
+        records = await self.farm.audit_records(query)
+        full = len(records) == query.limit
+        return JSONResponse(
+            {
+                "records": [r.as_dict() for r in records],
+                "next": str(records[-1].id) if full and records else None,
+            }
+        )
 
     async def explain(self, request: Request) -> Response:
         body = await _json(request)

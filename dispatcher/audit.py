@@ -14,6 +14,10 @@ Two loggers, both always on (whatever ``access_log`` says, which is the public l
   then the count of the others, so that no stranger can fill the log.
 
 Values are quoted as JSON so that nothing a client sends can forge a line.
+
+The same changes are stored in the database (the audit trail, ``GET /api/v1/audit``) by
+the hooks made here (:func:`site_hook`, :func:`rules_hook`), which the store runs inside
+the transaction of the change. Reloads from the file are recorded with the token ``-``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 from dispatcher.access import AdminToken
 from dispatcher.app import Message, Receive, Scope, Send
+from dispatcher.backends.auditstore import AuditHook, AuditNote
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.throttle import Throttle, ThrottledLog
 
@@ -110,6 +115,48 @@ def rules_replaced(
     )
 
 
+#: The token name of changes no token made: reloads, the rule file's adoption.
+NO_TOKEN = "-"  # noqa: S105 - a token name shown in records, not a secret
+
+
+def site_hook(scope: Mapping[str, Any], action: str) -> AuditHook:
+    """The audit record of a site change (``created``, ``modified``, ``deleted``,
+    ``drained``, ``undrained``): the site as stored before and after."""
+    token = who(scope)
+
+    def note(before: SiteSpec | None, after: SiteSpec | None) -> AuditNote:
+        site = after if after is not None else before
+        return AuditNote(
+            token,
+            action,
+            f"site:{site.name if site is not None else '?'}",
+            None if before is None else before.as_dict(),
+            None if after is None else after.as_dict(),
+        )
+
+    return note
+
+
+def rules_hook(token: str, action: str, counts: Mapping[str, int]) -> AuditHook:
+    """The audit record of a rules change: origin, full SHA-256 and rule count (when
+    ``counts``, keyed by digest, knows it) of the rules before and after, never the text."""
+
+    def describe(rules: Any) -> dict[str, Any] | None:
+        if rules is None:
+            return None
+        full = hashlib.sha256(rules.text.encode()).hexdigest()
+        return {"origin": rules.origin, "digest": full, "rules": counts.get(full)}
+
+    def note(before: Any, after: Any) -> AuditNote:
+        return AuditNote(token, action, "rules", describe(before), describe(after))
+
+    return note
+
+
+def full_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def load_reported(
     scope: Mapping[str, Any], site: str, load: float, connections: int | None
 ) -> None:
@@ -190,15 +237,19 @@ def _client(scope: Mapping[str, Any]) -> str:
 
 
 __all__ = [
+    "NO_TOKEN",
     "TOKEN_KEY",
     "AccessLog",
     "Recorded",
     "changes",
     "digest",
+    "full_digest",
     "load_reported",
+    "rules_hook",
     "rules_replaced",
     "site_created",
     "site_deleted",
+    "site_hook",
     "site_modified",
     "who",
 ]

@@ -35,6 +35,7 @@ from dispatcher.clientaddr import parse_networks as parse_proxies
 from dispatcher.errors import ConfigError, GeoDatabaseError, InvalidValue
 from dispatcher.files import MAX_RULES_BYTES, read_regular_file
 from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS
+from dispatcher.opsconfig import DEFAULT_AUDIT_RETENTION, anchor_tls, ops_settings
 from dispatcher.placement.catalog import REGISTRY
 from dispatcher.placement.geoip import check_database
 from dispatcher.placement.locate import Locator
@@ -96,6 +97,12 @@ class DispatcherSettings:
     forwarded_header: str = "x-forwarded-for"
     proxy_protocol: bool = False
     metrics_public: bool = False
+    audit_retention: float = DEFAULT_AUDIT_RETENTION
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    admin_tls_certificate: Path | None = None
+    admin_tls_key: Path | None = None
+    admin_tls_client_ca: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +199,7 @@ def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir
     )
     if settings.rules is not None:
         _check_rules_file(settings.rules)
+    settings = anchor_tls(settings, base_dir)
     networks = parse_networks(raw.get("networks", []))
     geoip_key = "FARM_GEOIP_DATABASE" if "FARM_GEOIP_DATABASE" in env else None
     _check_geoip(settings.geoip_database, geoip_key or "dispatcher.geoip_database")
@@ -298,6 +306,7 @@ def _dispatcher_settings(
         ),
         "proxy_protocol": _get(raw, p, "proxy_protocol", bool, d.proxy_protocol, "true or false"),
         "metrics_public": _get(raw, p, "metrics_public", bool, d.metrics_public, "true or false"),
+        **ops_settings(raw, p, env),
     }
     _environment_overrides(values, env)
     database_key = "FARM_DATABASE_URL" if env.get("FARM_DATABASE_URL", "").strip() else None

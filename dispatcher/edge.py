@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING
 
 from dispatcher.clientaddr import TrustedProxies, front, trusted_proxies
 from dispatcher.http1 import Decider, EdgeLimits, HttpConnection
+from dispatcher.opsconfig import listener_tls
 from dispatcher.proxied import ProxiedConnection, ProxyRefusals
+from dispatcher.tlsfiles import ReloadableTls
 
 if TYPE_CHECKING:
     from dispatcher.config import DispatcherSettings
@@ -65,8 +67,11 @@ class PublicEdge:
         access_log: bool = False,
         proxy_protocol: bool = False,
         trusted: TrustedProxies | None = None,
+        tls: ReloadableTls | None = None,
     ) -> None:
         self.core = core
+        self.tls = tls
+        self.scheme = "http" if tls is None else "https"  # (a connection's scope, once)
         self.socket = sock
         self.limits = limits or EdgeLimits()
         self.access_log = access_log
@@ -100,6 +105,7 @@ class PublicEdge:
             access_log=settings.access_log,
             proxy_protocol=settings.proxy_protocol,
             trusted=trusted_proxies(settings.trusted_proxies),
+            tls=_tls(settings),
         )
 
     def configure(self, core: Decider, settings: DispatcherSettings) -> None:
@@ -108,6 +114,14 @@ class PublicEdge:
         self.core = front(core, settings)
         self.limits = EdgeLimits.from_settings(settings)
         self.trusted = trusted_proxies(settings.trusted_proxies)
+        self.reload_tls(settings)
+
+    def reload_tls(self, settings: DispatcherSettings) -> None:
+        """Load the certificate again into the running context (new handshakes use it);
+        a bad one is logged and the old one kept. Turning TLS on or off needs a restart."""
+        files = listener_tls(settings, "public")
+        if self.tls is not None and files is not None:
+            self.tls.reload(files)
 
     @property
     def port(self) -> int:
@@ -118,7 +132,18 @@ class PublicEdge:
         loop = asyncio.get_running_loop()
         self._clock(loop)
         kind = ProxiedConnection if self.proxy_protocol else HttpConnection
-        self._server = await loop.create_server(lambda: kind(self), sock=self.socket, backlog=4096)
+        if self.tls is None:
+            self._server = await loop.create_server(
+                lambda: kind(self), sock=self.socket, backlog=4096
+            )
+        else:  # the handshake counts against head_timeout
+            self._server = await loop.create_server(
+                lambda: kind(self),
+                sock=self.socket,
+                backlog=4096,
+                ssl=self.tls.context,
+                ssl_handshake_timeout=self.limits.head_timeout,
+            )
         self._sweeper = asyncio.create_task(self._sweep(loop), name="public edge sweeper")
 
     async def stop(self) -> None:
@@ -177,6 +202,11 @@ class PublicEdge:
             late = [c for c in self.connections if c.deadline <= now]
             for conn in late:
                 conn.expire()
+
+
+def _tls(settings: DispatcherSettings) -> ReloadableTls | None:
+    files = listener_tls(settings, "public")
+    return None if files is None else ReloadableTls(files)
 
 
 def raise_nofile() -> None:

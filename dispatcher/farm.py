@@ -18,6 +18,8 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from dispatcher.audit import NO_TOKEN, full_digest, rules_hook
+from dispatcher.backends.auditstore import AuditHook, AuditQuery, AuditRecord
 from dispatcher.backends.health import Health, Prober, ProbeResult, State, Target
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Load
@@ -188,24 +190,26 @@ class Farm:
         except StoreError as exc:
             log.warning("stored a change, but could not reload the registry: %s", exc)
 
-    async def create_site(self, site: SiteSpec) -> SiteSpec:
+    async def create_site(self, site: SiteSpec, audit: AuditHook | None = None) -> SiteSpec:
         self._check_site(site)
-        created = await self._io(self.store.create_site, site)
+        created = await self._io(self.store.create_site, site, audit)
         await self._refresh_after_write()
         return created
 
-    async def modify_site(self, name: str, change: Callable[[SiteSpec], SiteSpec]) -> SiteSpec:
+    async def modify_site(
+        self, name: str, change: Callable[[SiteSpec], SiteSpec], audit: AuditHook | None = None
+    ) -> SiteSpec:
         def checked(site: SiteSpec) -> SiteSpec:
             new = change(site)
             self._check_site(new)
             return new
 
-        modified = await self._io(self.store.modify_site, name, checked)
+        modified = await self._io(self.store.modify_site, name, checked, audit)
         await self._refresh_after_write()
         return modified
 
-    async def delete_site(self, name: str) -> None:
-        await self._io(self.store.delete_site, name)
+    async def delete_site(self, name: str, audit: AuditHook | None = None) -> None:
+        await self._io(self.store.delete_site, name, audit)
         self.redirects.pop(name, None)
         await self._refresh_after_write()
 
@@ -275,19 +279,30 @@ class Farm:
         stored = self.store.get_rules()
         if stored is not None and stored.file_digest == digest:
             return False
-        self.store.set_rules(StoredRules(program.source, str(path), digest, _now()))
+        counts = {digest: program.rule_count}
+        if self._rules is not None:
+            counts.setdefault(full_digest(self._rules.source), self._rules.rule_count)
+        hook = rules_hook(NO_TOKEN, "adopted", counts)
+        self.store.set_rules(StoredRules(program.source, str(path), digest, _now()), hook)
         log.info("adopted rewrite rules from %s (%d rules)", path, program.rule_count)
         return True
 
-    async def set_rules(self, text: str) -> RewriteProgram:
-        """Validate, store and swap in new rules; the running ones stay if ``text`` is bad."""
+    async def set_rules(self, text: str, token: str = NO_TOKEN) -> RewriteProgram:
+        """Validate, store and swap in new rules; the running ones stay if ``text`` is bad.
+        The change is recorded in the audit trail as made by ``token`` (its name)."""
         program = await asyncio.to_thread(self.compile, text, "<admin API>")
         stored = await self._io(self.store.get_rules)
         digest = stored.file_digest if stored else None
         rules = StoredRules(text, "admin API", digest, _now())
-        await self._io(self.store.set_rules, rules)
+        counts = {full_digest(text): program.rule_count}
+        if self._rules is not None:
+            counts.setdefault(full_digest(self._rules.source), self._rules.rule_count)
+        await self._io(self.store.set_rules, rules, rules_hook(token, "replaced", counts))
         await self._refresh_after_write()
         return program
+
+    async def audit_records(self, query: AuditQuery) -> tuple[AuditRecord, ...]:
+        return await self._io(self.store.audit_records, query)
 
     async def current_rules(self) -> StoredRules | None:
         return await self._io(self.store.get_rules)

@@ -163,6 +163,7 @@ class Edge(Protocol):
     date_end: bytes  # date + CRLF: a kept-alive HTTP/1.1 answer's head ends so
     access_log: bool
     stopping: bool
+    scheme: str  # https on a TLS listener
 
     def make_room(self) -> bool:
         """Free a connection slot (dropping the longest-waiting connections); False if
@@ -231,7 +232,7 @@ class HttpConnection(asyncio.Protocol):
         self.client = (str(peer[0]), int(peer[1])) if peer else None
         sock = transport.get_extra_info("sockname")
         self.server = (str(sock[0]), int(sock[1])) if sock else None
-        self.scope = dict(_SCOPE, client=self.client, server=self.server)
+        self.scope = dict(_SCOPE, client=self.client, server=self.server, scheme=edge.scheme)
         self.since = edge.now
         self.deadline = edge.now + self.limits.head_timeout
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dispatcher import __version__
+from dispatcher.audit_input import AUDIT_PATH, AUDIT_SCHEMAS
 from dispatcher.placement.countries import COUNTRIES
 from dispatcher.placement.engine import VERDICTS
 from dispatcher.placement.rtt import MAX_REPORT_ENTRIES, MAX_RTT, MAX_SAMPLES, NETWORK_PATTERN
@@ -211,6 +212,7 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                     store=False,
                 ),
             },
+            "/api/v1/audit": AUDIT_PATH,
             "/livez": {
                 "get": _health(
                     "Is the dispatcher alive: the control process and its workers run (no"
@@ -243,6 +245,7 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                 "Error": {"description": "an error", "content": _json("Error")},
             },
             "schemas": {
+                **AUDIT_SCHEMAS,
                 "Check": check,
                 "NewSite": {
                     "type": "object",

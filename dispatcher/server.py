@@ -25,6 +25,7 @@ import uvicorn
 from dispatcher.admin import AdminApi
 from dispatcher.affinity import make_affinity
 from dispatcher.app import DispatchApp, DispatchCore, FarmState, Receive, Scope, Send
+from dispatcher.audit_trail import record_reload, run_pruner
 from dispatcher.backends.store import SiteStore, open_store
 from dispatcher.clientaddr import TrustedProxyMiddleware, trusted_proxies
 from dispatcher.config import Config, DispatcherSettings, load_config, parse_address
@@ -40,6 +41,7 @@ from dispatcher.metrics import (
     exposition,
     token_gate,
 )
+from dispatcher.opsconfig import admin_tls, listener_tls
 from dispatcher.redirect import RewriteError
 from dispatcher.relay import HandoffRelay
 from dispatcher.reload import plan_reload
@@ -47,6 +49,7 @@ from dispatcher.requestid import RequestIds
 from dispatcher.sdnotify import Notifier, keep_watchdog
 from dispatcher.session import HandoffToken
 from dispatcher.throttle import throttle_warnings
+from dispatcher.tlsfiles import ReloadableTls
 from dispatcher.vitals import (
     HealthRoutes,
     Readiness,
@@ -120,8 +123,10 @@ class Listener:
         timeouts: Timeouts,
         sock: socket.socket | None = None,
         limits: ListenerLimits | None = None,
+        tls: ReloadableTls | None = None,
     ) -> None:
         self.address = address
+        self.tls = tls
         self.socket = sock if sock is not None else bind(address)
         bounded: dict[str, Any] = {}
         if limits is not None:  # h11 bounds a request head, httptools does not
@@ -142,6 +147,8 @@ class Listener:
             **bounded,
         )
         config.load()
+        if tls is not None:  # uvicorn serves with this context (scheme https)
+            config.ssl = tls.context
         if limits is not None:  # what a stranger's bad request makes uvicorn warn about
             throttle_warnings(logging.getLogger("uvicorn.error"))
         self._server = uvicorn.Server(config)
@@ -209,6 +216,7 @@ class Runner:
         self.workers: WorkerPool | None = None
         self._admin_app: Swappable | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._reloading = asyncio.Lock()
         self.listening = False
         """Set once the public listener (or every worker process) accepts connections."""
@@ -242,8 +250,12 @@ class Runner:
             access_log=False,  # the admin app logs every request itself (webfarm.admin.access)
             timeouts=self.timeouts,
             limits=ListenerLimits(max_head=settings.max_request_head),
+            tls=admin_tls(settings),
         )
         await self.admin.start()
+        self._pruner = asyncio.create_task(
+            run_pruner(self.store, lambda: self.config.dispatcher.audit_retention), name="audit"
+        )
         self._start_refresher()  # from now on: worker processes take seconds to start
         if self.worker_processes:
             from dispatcher.control import WorkerPool  # (a cycle: it imports this module)
@@ -305,6 +317,7 @@ class Runner:
             old, self.config = self.config, plan.config
             self._apply(old.dispatcher, plan.config.dispatcher)
             log.info("reloaded %s: %s", source, plan.summary())
+            await record_reload(self.store, source, plan.applied, plan.needs_restart)
             return True
 
     def _apply(self, old: DispatcherSettings, new: DispatcherSettings) -> None:
@@ -322,6 +335,10 @@ class Runner:
         if self.public is not None and new != old:
             self.core = dispatch_core(self.farm, new)
             self.public.configure(self.core, new)
+        elif self.public is not None:
+            self.public.reload_tls(new)  # the same files may hold a new certificate
+        if self.admin is not None and self.admin.tls is not None:
+            self.admin.tls.reload(listener_tls(new, "admin"))
 
     async def stop(self) -> None:
         """Stop within the graceful timeout plus a few seconds, whatever hangs.
@@ -339,10 +356,11 @@ class Runner:
         for failed in await asyncio.gather(*stopping, return_exceptions=True):
             if isinstance(failed, Exception):
                 log.error("stopping a listener failed: %s", failed)
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        for task in (self._refresher, self._pruner):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if not await self.farm.stop(timeout=STORE_GRACE):
             log.error("store calls still running after %g s (a hung database?)", STORE_GRACE)
             self.stranded = True

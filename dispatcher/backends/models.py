@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -103,3 +104,19 @@ class RttRow(Base):
     reported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     networks: Mapped[int] = mapped_column(Integer)
     entries: Mapped[list[list[object]]] = mapped_column(JSON)
+
+
+class AuditRow(Base):
+    """One change made through the admin API or by a reload: when, by which token (its
+    name, never its value), what was done to which object, and the object before and after
+    as JSON (rules: their digest and count, never their text). Kept ``audit_retention``."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    token: Mapped[str] = mapped_column(String(63))
+    action: Mapped[str] = mapped_column(String(32))
+    object: Mapped[str] = mapped_column(String(127), index=True)
+    before: Mapped[Any] = mapped_column(JSON, nullable=True)
+    after: Mapped[Any] = mapped_column(JSON, nullable=True)

@@ -25,6 +25,8 @@ from sqlalchemy import Engine, create_engine, delete, event, func, select, text
 from sqlalchemy.exc import DisconnectionError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.backends import auditstore
+from dispatcher.backends.auditstore import AuditHook, AuditNote, AuditQuery, AuditRecord
 from dispatcher.backends.deadline import (
     UPGRADE_HINT,
     Deadline,
@@ -110,11 +112,16 @@ class SiteStore(abc.ABC):
         """The site called ``name``, or :class:`SiteNotFound`."""
 
     @abc.abstractmethod
-    def create_site(self, site: SiteSpec) -> SiteSpec:
-        """Add ``site`` after all others; :class:`SiteExists` if the name is taken."""
+    def create_site(self, site: SiteSpec, audit: AuditHook | None = None) -> SiteSpec:
+        """Add ``site`` after all others; :class:`SiteExists` if the name is taken.
+
+        Every write that takes ``audit`` stores ``audit(before, after)`` in its own
+        transaction (:mod:`~dispatcher.backends.auditstore`): both or neither."""
 
     @abc.abstractmethod
-    def modify_site(self, name: str, change: Callable[[SiteSpec], SiteSpec]) -> SiteSpec:
+    def modify_site(
+        self, name: str, change: Callable[[SiteSpec], SiteSpec], audit: AuditHook | None = None
+    ) -> SiteSpec:
         """Replace a site by ``change(current)``, read and written in one transaction.
 
         ``change`` may raise (a validation error, say): then nothing is written.
@@ -122,7 +129,7 @@ class SiteStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def delete_site(self, name: str) -> None:
+    def delete_site(self, name: str, audit: AuditHook | None = None) -> None:
         """Remove a site and its load report; :class:`SiteNotFound` if there is none."""
 
     @abc.abstractmethod
@@ -148,8 +155,20 @@ class SiteStore(abc.ABC):
         """The rules in force, or ``None`` if none were ever stored."""
 
     @abc.abstractmethod
-    def set_rules(self, rules: StoredRules) -> None:
+    def set_rules(self, rules: StoredRules, audit: AuditHook | None = None) -> None:
         """Replace the rules in force, bumping the revision in the same transaction."""
+
+    @abc.abstractmethod
+    def record_audit(self, note: AuditNote) -> None:
+        """Store a record of a change made outside this store (a reload)."""
+
+    @abc.abstractmethod
+    def audit_records(self, query: AuditQuery) -> tuple[AuditRecord, ...]:
+        """The audit records ``query`` selects, newest first."""
+
+    @abc.abstractmethod
+    def prune_audit(self, cutoff: dt.datetime, limit: int) -> int:
+        """Delete up to ``limit`` audit records older than ``cutoff``; how many."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -242,7 +261,7 @@ class SqlSiteStore(SiteStore):
         with self._transaction() as session:
             return _spec(self._site(session, name))
 
-    def create_site(self, site: SiteSpec) -> SiteSpec:
+    def create_site(self, site: SiteSpec, audit: AuditHook | None = None) -> SiteSpec:
         try:
             with self._transaction(write=True) as session:
                 registry = self._registry(session, lock=True)
@@ -253,28 +272,35 @@ class SqlSiteStore(SiteStore):
                 row.position += 1
                 session.add(row)
                 registry.revision += 1
+                auditstore.add(session, audit, None, _spec(row))
         except StoreRejected as exc:
             if isinstance(exc.__cause__, IntegrityError):  # a replica inserted it just now
                 raise SiteExists(site.name) from None
             raise
         return _spec(row)
 
-    def modify_site(self, name: str, change: Callable[[SiteSpec], SiteSpec]) -> SiteSpec:
+    def modify_site(
+        self, name: str, change: Callable[[SiteSpec], SiteSpec], audit: AuditHook | None = None
+    ) -> SiteSpec:
         with self._transaction(write=True) as session:
             registry = self._registry(session, lock=True)
             row = self._site(session, name)
-            new = change(_spec(row))
+            old = _spec(row)
+            new = change(old)
             row.base_url, row.pool, row.weight = new.base_url, new.pool, new.weight
             row.drained, row.check = new.drained, new.check.as_dict()
             _set_topology(row, new)
             row.updated_at = _now()
             registry.revision += 1
+            auditstore.add(session, audit, old, _spec(row))
             return _spec(row)
 
-    def delete_site(self, name: str) -> None:
+    def delete_site(self, name: str, audit: AuditHook | None = None) -> None:
         with self._transaction(write=True) as session:
             registry = self._registry(session, lock=True)
-            session.delete(self._site(session, name))
+            row = self._site(session, name)
+            auditstore.add(session, audit, _spec(row), None)
+            session.delete(row)
             session.execute(delete(LoadRow).where(LoadRow.site == name))
             session.execute(delete(RttRow).where(RttRow.site == name))
             registry.revision += 1
@@ -326,16 +352,34 @@ class SqlSiteStore(SiteStore):
                 return None
             return StoredRules(row.text, row.origin, row.file_digest, _utc(row.updated_at))
 
-    def set_rules(self, rules: StoredRules) -> None:
+    def set_rules(self, rules: StoredRules, audit: AuditHook | None = None) -> None:
         with self._transaction(write=True) as session:
             registry = self._registry(session, lock=True)
             row = session.get(RulesRow, 1)
+            old = (
+                None
+                if row is None
+                else StoredRules(row.text, row.origin, row.file_digest, _utc(row.updated_at))
+            )
+            auditstore.add(session, audit, old, rules)
             if row is None:
                 row = RulesRow(id=1)
                 session.add(row)
             row.text, row.origin, row.file_digest = rules.text, rules.origin, rules.file_digest
             row.updated_at = rules.updated_at
             registry.revision += 1
+
+    def record_audit(self, note: AuditNote) -> None:
+        with self._transaction(write=True) as session:
+            auditstore.add(session, lambda _before, _after: note, None, None)
+
+    def audit_records(self, query: AuditQuery) -> tuple[AuditRecord, ...]:
+        with self._transaction() as session:
+            return auditstore.query(session, query)
+
+    def prune_audit(self, cutoff: dt.datetime, limit: int) -> int:
+        with self._transaction(write=True) as session:
+            return auditstore.prune(session, cutoff, limit)
 
     def close(self) -> None:
         self.engine.dispose()
