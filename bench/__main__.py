@@ -5,7 +5,8 @@ layer-4 switch (``bench.l4``, ``bench.l4_nft``), its failover against keepalived
 comparable false-failover safety; the lossy-link comparison is ``python -m bench.failover
 --loss 20``, minutes long, run on its own) and the truth tier's PostgreSQL failover
 (``bench.pg_failover``). ``bench.decision`` measures the decision alone (rules and
-placement, no sockets) from 3 to 1,000 sites and from 50 to 500 rules.
+placement, no sockets) from 3 to 1,000 sites and from 50 to 500 rules, and the ``nearest``
+policy (prefix map and ``.mmdb``) beside ``weighted``.
 
 Both servers run one worker on the same uvicorn settings, measured in the same run,
 alternating, several rounds each. Each server's figures are its median round; its ratio is
