@@ -277,8 +277,10 @@ class Runner:
             where = "this process"
         self.listening = True
         log.info(
-            "dispatching on http://%s (admin on http://%s): public port %d, admin port %d, %s",
+            "dispatching on %s://%s (admin on %s://%s): public port %d, admin port %d, %s",
+            "http" if listener_tls(settings, "public") is None else "https",
             settings.listen,
+            "http" if self.admin.tls is None else "https",
             settings.admin_listen,
             self.public_port,
             self.admin.port,
