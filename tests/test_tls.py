@@ -20,6 +20,7 @@ import pytest
 
 from dispatcher.config import build_config
 from dispatcher.errors import ConfigError
+from dispatcher.reload import plan_reload
 from tests.conftest import ADMIN_TOKEN, LoopbackSite, RunningDispatcher, farm_toml
 from tests.tlsca import ScratchCa
 
@@ -201,3 +202,60 @@ def test_bad_tls_files_are_refused_at_load_naming_the_key(
     with pytest.raises(ConfigError) as info:
         build_config(raw, environ={}, base_dir=tmp_path)
     assert info.value.path.startswith(field)
+
+
+def test_a_reload_reads_new_tls_files_but_turning_tls_on_or_off_needs_a_restart(
+    ca: ScratchCa, tmp_path: Path
+) -> None:
+    ca.issue("one")
+    ca.issue("two")
+
+    def cfg(**files: str) -> Any:
+        raw = {"dispatcher": {"admin_tokens": ["t"], **files}}
+        return build_config(raw, environ={}, base_dir=tmp_path)
+
+    plain = cfg()
+    one = cfg(tls_certificate="one.pem", tls_key="one.key")
+    two = cfg(tls_certificate="two.pem", tls_key="two.key")
+    turned_on = plan_reload(plain, one)
+    assert turned_on.needs_restart == ("dispatcher.tls_certificate", "dispatcher.tls_key")
+    assert turned_on.config.dispatcher.tls_certificate is None  # still plain until a restart
+    turned_off = plan_reload(one, plain)
+    assert turned_off.needs_restart == ("dispatcher.tls_certificate", "dispatcher.tls_key")
+    assert turned_off.config.dispatcher.tls_certificate == tmp_path / "one.pem"
+    moved = plan_reload(one, two)
+    assert moved.needs_restart == ()
+    assert moved.applied == ("dispatcher.tls_certificate", "dispatcher.tls_key")
+    assert moved.config.dispatcher.tls_key == tmp_path / "two.key"
+    assert plan_reload(one, one).summary() == "applied: nothing changed"  # (files read again)
+    admin = {"admin_tls_certificate": "one.pem", "admin_tls_key": "one.key"}
+    with_ca = plan_reload(cfg(**admin), cfg(**admin, admin_tls_client_ca="ca.pem"))
+    assert with_ca.needs_restart == ("dispatcher.admin_tls_client_ca",)
+    admin_moved = plan_reload(
+        cfg(**admin), cfg(admin_tls_certificate="two.pem", admin_tls_key="two.key")
+    )
+    assert admin_moved.applied == ("dispatcher.admin_tls_certificate", "dispatcher.admin_tls_key")
+
+
+async def test_new_paths_are_served_after_a_reload_and_tls_stays_on_until_a_restart(
+    farm: tuple[RunningDispatcher, ScratchCa], tmp_path: Path
+) -> None:
+    running, ca = farm
+    port = running.runner.public_port
+    config = tmp_path / "farm.toml"
+    text = config.read_text()
+    ca.issue("elsewhere")
+    config.write_text(
+        text.replace('"live.pem"', '"elsewhere.pem"').replace('"live.key"', '"elsewhere.key"')
+    )
+    assert await running.runner.reload()
+    assert await asyncio.to_thread(_served_cn, port, ca) == "elsewhere"
+    admin = running.runner.admin
+    assert admin is not None
+    assert admin.tls is not None
+    assert admin.tls.files.certificate == tmp_path / "elsewhere.pem"
+    plain = "\n".join(line for line in text.splitlines() if "tls_" not in line)
+    config.write_text(plain)
+    assert await running.runner.reload()
+    assert running.runner.config.dispatcher.tls_certificate == tmp_path / "elsewhere.pem"
+    assert await asyncio.to_thread(_served_cn, port, ca) == "elsewhere"  # HTTPS until a restart
