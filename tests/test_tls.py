@@ -259,3 +259,48 @@ async def test_new_paths_are_served_after_a_reload_and_tls_stays_on_until_a_rest
     assert await running.runner.reload()
     assert running.runner.config.dispatcher.tls_certificate == tmp_path / "elsewhere.pem"
     assert await asyncio.to_thread(_served_cn, port, ca) == "elsewhere"  # HTTPS until a restart
+
+
+RULES = """\
+RewriteEngine on
+RewriteCond %{HTTPS} =on
+RewriteRule ^/where$ https://secure.example/%{HTTPS} [R=302,L]
+RewriteRule ^/where$ http://plain.example/%{HTTPS} [R=302,L]
+"""
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["https", "http"])
+async def test_https_in_rules_and_the_affinity_cookies_secure_follow_the_listener(
+    sites: dict[str, LoopbackSite], tmp_path: Path, ca: ScratchCa, tls: bool
+) -> None:
+    cert, key = ca.issue("server")
+    (tmp_path / "rules.conf").write_text(RULES)
+    extra = 'rules = "rules.conf"\naffinity = "cookie"\nsecret_keys = ["k' + "x" * 40 + '"]\n'
+    if tls:
+        extra += f'tls_certificate = "{cert.name}"\ntls_key = "{key.name}"\n'
+    config = tmp_path / "farm.toml"
+    config.write_text(
+        farm_toml(
+            {"eu": (sites["eu"], 1)}, database_url=f"sqlite:///{tmp_path / 'f.db'}", extra=extra
+        )
+    )
+    running = RunningDispatcher(await RunningDispatcher.start_runner(config))
+    scheme = "https" if tls else "http"
+    try:
+        base = f"{scheme}://127.0.0.1:{running.runner.public_port}"
+        async with httpx.AsyncClient(verify=_client(ca), trust_env=False) as client:
+            where = await client.get(f"{base}/where")
+            deadline = time.monotonic() + 10
+            while (placed := await client.get(f"{base}/page")).status_code != 302:
+                assert time.monotonic() < deadline, placed  # until the site is up
+                await asyncio.sleep(0.1)
+    finally:
+        await running.close()
+    assert where.status_code == 302
+    expected = "https://secure.example/on" if tls else "http://plain.example/off"
+    assert where.headers["location"] == expected
+    assert placed.headers["location"].startswith(sites["eu"].url)
+    cookie = placed.headers["set-cookie"]
+    assert cookie.startswith("farm_site=")
+    attributes = [part.strip().lower() for part in cookie.split(";")[1:]]
+    assert ("secure" in attributes) is tls, cookie
