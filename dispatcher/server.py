@@ -103,10 +103,12 @@ class ListenerLimits:
     """Limits of a uvicorn listener that strangers can reach (the admin listener: it runs in
     the control process, beside the probes). A head beyond ``max_head`` bytes is answered
     400 and closed (h11's incomplete-event limit); beyond ``max_connections`` at once a new
-    request is answered 503."""
+    request is answered 503. On a TLS listener, a handshake not done within
+    ``handshake_timeout`` seconds is dropped (uvicorn sets no bound of its own)."""
 
     max_head: int = 16 * 1024
     max_connections: int = 256
+    handshake_timeout: float = 10.0
 
 
 class Listener:
@@ -127,6 +129,7 @@ class Listener:
     ) -> None:
         self.address = address
         self.tls = tls
+        self.handshake_timeout = (limits or ListenerLimits()).handshake_timeout
         self.socket = sock if sock is not None else bind(address)
         bounded: dict[str, Any] = {}
         if limits is not None:  # h11 bounds a request head, httptools does not
@@ -159,7 +162,32 @@ class Listener:
         return int(self.socket.getsockname()[1])
 
     async def start(self) -> None:
-        await self._server.startup(sockets=[self.socket])
+        if self.tls is None:
+            await self._server.startup(sockets=[self.socket])
+            return
+        # uvicorn's create_server passes no ssl_handshake_timeout (a stalled handshake would
+        # hold its connection for ever): it starts with no socket, and this listener's
+        # server is made here, with the handshake bounded, as uvicorn makes its own.
+        server = self._server
+        await server.startup(sockets=[])
+
+        def protocol() -> asyncio.Protocol:
+            return server.config.http_protocol_class(  # type: ignore[call-arg]
+                config=server.config,
+                server_state=server.server_state,
+                app_state=server.lifespan.state,
+            )
+
+        loop = asyncio.get_running_loop()
+        server.servers.append(
+            await loop.create_server(
+                protocol,
+                sock=self.socket,
+                ssl=self.tls.context,
+                ssl_handshake_timeout=self.handshake_timeout,
+                backlog=LISTEN_BACKLOG,
+            )
+        )
 
     async def stop(self) -> None:
         """Stop accepting, let open requests finish (bounded), close the socket."""
@@ -249,7 +277,9 @@ class Runner:
             settings.admin_listen,
             access_log=False,  # the admin app logs every request itself (webfarm.admin.access)
             timeouts=self.timeouts,
-            limits=ListenerLimits(max_head=settings.max_request_head),
+            limits=ListenerLimits(
+                max_head=settings.max_request_head, handshake_timeout=settings.head_timeout
+            ),
             tls=admin_tls(settings),
         )
         await self.admin.start()

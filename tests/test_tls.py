@@ -125,16 +125,25 @@ async def test_admin_requires_a_client_certificate(
     assert refused.returncode != 0
 
 
+@pytest.mark.parametrize("listener", ["public", "admin"])
 async def test_a_stalled_handshake_is_dropped_within_head_timeout(
-    farm: tuple[RunningDispatcher, ScratchCa],
+    farm: tuple[RunningDispatcher, ScratchCa], listener: str
 ) -> None:
     running, _ = farm
-    reader, writer = await asyncio.open_connection("127.0.0.1", running.runner.public_port)
+    admin = running.runner.admin
+    assert admin is not None
+    port = running.runner.public_port if listener == "public" else admin.port
+    stalled = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    stalled[1][1].write(b"\x16\x03\x01\x00")  # a ClientHello's first bytes, then nothing
     started = time.monotonic()
-    async with asyncio.timeout(5):
-        assert await reader.read() == b""  # closed, no handshake ever sent
-    assert time.monotonic() - started < 3
-    writer.close()
+    try:
+        async with asyncio.timeout(5):
+            for reader, _ in stalled:
+                assert await reader.read() == b""  # closed by the listener
+        assert time.monotonic() - started < 3  # (head_timeout is 0.5 s here)
+    finally:
+        for _, writer in stalled:
+            writer.close()
 
 
 async def test_certificates_are_reloaded_under_load_without_a_failed_request(
