@@ -49,7 +49,7 @@ from dispatcher.requestid import RequestIds
 from dispatcher.sdnotify import Notifier, keep_watchdog
 from dispatcher.session import HandoffToken
 from dispatcher.throttle import throttle_warnings
-from dispatcher.tlsfiles import ReloadableTls
+from dispatcher.tlsfiles import ReloadableTls, start_uvicorn
 from dispatcher.vitals import (
     HealthRoutes,
     Readiness,
@@ -150,8 +150,6 @@ class Listener:
             **bounded,
         )
         config.load()
-        if tls is not None:  # uvicorn serves with this context (scheme https)
-            config.ssl = tls.context
         if limits is not None:  # what a stranger's bad request makes uvicorn warn about
             throttle_warnings(logging.getLogger("uvicorn.error"))
         self._server = uvicorn.Server(config)
@@ -162,31 +160,8 @@ class Listener:
         return int(self.socket.getsockname()[1])
 
     async def start(self) -> None:
-        if self.tls is None:
-            await self._server.startup(sockets=[self.socket])
-            return
-        # uvicorn's create_server passes no ssl_handshake_timeout (a stalled handshake would
-        # hold its connection for ever): it starts with no socket, and this listener's
-        # server is made here, with the handshake bounded, as uvicorn makes its own.
-        server = self._server
-        await server.startup(sockets=[])
-
-        def protocol() -> asyncio.Protocol:
-            return server.config.http_protocol_class(  # type: ignore[call-arg]
-                config=server.config,
-                server_state=server.server_state,
-                app_state=server.lifespan.state,
-            )
-
-        loop = asyncio.get_running_loop()
-        server.servers.append(
-            await loop.create_server(
-                protocol,
-                sock=self.socket,
-                ssl=self.tls.context,
-                ssl_handshake_timeout=self.handshake_timeout,
-                backlog=LISTEN_BACKLOG,
-            )
+        await start_uvicorn(
+            self._server, self.socket, self.tls, self.handshake_timeout, LISTEN_BACKLOG
         )
 
     async def stop(self) -> None:
