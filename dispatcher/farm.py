@@ -88,6 +88,8 @@ class Farm:
         """When a store call last succeeded (monotonic), for readiness: no store call there."""
         self.refreshed_at: float | None = None
         """When the registry was last read in full from the store (monotonic)."""
+        self.reloads = 0
+        """Reloads applied (SIGHUP): a worker reads its TLS files again when it changes."""
         self._health_changed = False  # a state change not in the snapshot yet
         self._installing = False
         self._last: Snapshot | None = None
@@ -341,6 +343,7 @@ class Farm:
         except BaseException:
             self.config, self.locator = old, old_locator
             raise
+        self.reloads += 1  # (the same TLS paths may hold a renewed certificate)
         self._changed()
 
     def _check_rules(self) -> None:
@@ -379,6 +382,7 @@ class Farm:
             loads=dict(self._loads),
             rules=None if rules is None else RulesText(rules.source, rules.filename),
             rtt=self.rtt_view,
+            reloads=self.reloads,
         )
 
     def add_redirects(self, counts: Mapping[str, int]) -> None:

@@ -2,8 +2,9 @@
 
 Most settings apply at once: pools and their policies, the rule file, everything the hot
 path reads (redirect status, affinity, keys, hand-off settings, retry-after), the admin
-tokens, the log level, refresh and load ages, the graceful timeout. A few are bound to
-sockets, processes or connections made at start-up; for those the running value stays and
+tokens, the log level, refresh and load ages, the graceful timeout, the TLS files of a
+listener that speaks TLS. A few are bound to sockets, processes or connections made at
+start-up (and turning a listener's TLS on or off); for those the running value stays and
 the log says the change needs a restart.
 """
 
@@ -29,7 +30,18 @@ NEEDS_RESTART = (
     "keep_alive_timeout",
     "max_connections",
     "proxy_protocol",
+    "admin_tls_client_ca",  # (a running context's CA list can be added to, never cut)
 )
+
+#: The TLS files of a listener, each with the setting that says whether TLS is on: new
+#: paths (or the same ones) are read again into the running context on a reload, but
+#: turning a listener's TLS on or off needs a restart (the socket is served one way).
+TLS_SWITCHES = {
+    "tls_certificate": "tls_certificate",
+    "tls_key": "tls_certificate",
+    "admin_tls_certificate": "admin_tls_certificate",
+    "admin_tls_key": "admin_tls_certificate",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +71,8 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     differ = [
         name for name in DispatcherSettings.__slots__ if _get(before, name) != _get(after, name)
     ]
-    restart = tuple(name for name in differ if name in NEEDS_RESTART)
-    applied = [f"dispatcher.{name}" for name in differ if name not in NEEDS_RESTART]
+    restart = tuple(name for name in differ if _needs_restart(before, after, name))
+    applied = [f"dispatcher.{name}" for name in differ if name not in restart]
     if dict(old.pools) != dict(new.pools):
         applied.append("pools")
     kept = {name: _get(before, name) for name in restart}
@@ -71,6 +83,13 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         needs_restart=tuple(f"dispatcher.{name}" for name in restart),
         sites_differ=old.sites != new.sites,
     )
+
+
+def _needs_restart(before: DispatcherSettings, after: DispatcherSettings, name: str) -> bool:
+    switch = TLS_SWITCHES.get(name)
+    if switch is not None:  # TLS turned on or off, or the files changed?
+        return (_get(before, switch) is None) != (_get(after, switch) is None)
+    return name in NEEDS_RESTART
 
 
 def _get(settings: DispatcherSettings, name: str) -> Any:

@@ -49,7 +49,7 @@ from dispatcher.requestid import RequestIds
 from dispatcher.sdnotify import Notifier, keep_watchdog
 from dispatcher.session import HandoffToken
 from dispatcher.throttle import throttle_warnings
-from dispatcher.tlsfiles import ReloadableTls
+from dispatcher.tlsfiles import ReloadableTls, start_uvicorn
 from dispatcher.vitals import (
     HealthRoutes,
     Readiness,
@@ -103,10 +103,12 @@ class ListenerLimits:
     """Limits of a uvicorn listener that strangers can reach (the admin listener: it runs in
     the control process, beside the probes). A head beyond ``max_head`` bytes is answered
     400 and closed (h11's incomplete-event limit); beyond ``max_connections`` at once a new
-    request is answered 503."""
+    request is answered 503. On a TLS listener, a handshake not done within
+    ``handshake_timeout`` seconds is dropped (uvicorn sets no bound of its own)."""
 
     max_head: int = 16 * 1024
     max_connections: int = 256
+    handshake_timeout: float = 10.0
 
 
 class Listener:
@@ -127,6 +129,7 @@ class Listener:
     ) -> None:
         self.address = address
         self.tls = tls
+        self.handshake_timeout = (limits or ListenerLimits()).handshake_timeout
         self.socket = sock if sock is not None else bind(address)
         bounded: dict[str, Any] = {}
         if limits is not None:  # h11 bounds a request head, httptools does not
@@ -147,8 +150,6 @@ class Listener:
             **bounded,
         )
         config.load()
-        if tls is not None:  # uvicorn serves with this context (scheme https)
-            config.ssl = tls.context
         if limits is not None:  # what a stranger's bad request makes uvicorn warn about
             throttle_warnings(logging.getLogger("uvicorn.error"))
         self._server = uvicorn.Server(config)
@@ -159,7 +160,9 @@ class Listener:
         return int(self.socket.getsockname()[1])
 
     async def start(self) -> None:
-        await self._server.startup(sockets=[self.socket])
+        await start_uvicorn(
+            self._server, self.socket, self.tls, self.handshake_timeout, LISTEN_BACKLOG
+        )
 
     async def stop(self) -> None:
         """Stop accepting, let open requests finish (bounded), close the socket."""
@@ -249,7 +252,9 @@ class Runner:
             settings.admin_listen,
             access_log=False,  # the admin app logs every request itself (webfarm.admin.access)
             timeouts=self.timeouts,
-            limits=ListenerLimits(max_head=settings.max_request_head),
+            limits=ListenerLimits(
+                max_head=settings.max_request_head, handshake_timeout=settings.head_timeout
+            ),
             tls=admin_tls(settings),
         )
         await self.admin.start()
@@ -277,8 +282,10 @@ class Runner:
             where = "this process"
         self.listening = True
         log.info(
-            "dispatching on http://%s (admin on http://%s): public port %d, admin port %d, %s",
+            "dispatching on %s://%s (admin on %s://%s): public port %d, admin port %d, %s",
+            "http" if listener_tls(settings, "public") is None else "https",
             settings.listen,
+            "http" if self.admin.tls is None else "https",
             settings.admin_listen,
             self.public_port,
             self.admin.port,

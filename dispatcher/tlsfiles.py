@@ -6,18 +6,26 @@ key (and, for the admin listener, a CA whose client certificates are required), 
 large, does not parse, or the key does not match the certificate. :class:`ReloadableTls`
 keeps one context for a listener's life: :meth:`ReloadableTls.reload` loads the new chain
 into the SAME context (new handshakes use it; established connections keep theirs), and a
-bad new chain is logged at ERROR with the old one kept.
+bad new chain is logged at ERROR with the old one kept. :func:`start_uvicorn` serves a
+uvicorn server on a socket with a bounded handshake (the dispatcher's admin listener and
+farmnode's status listener).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dispatcher.errors import InvalidValue
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("webfarm.tls")
 
@@ -124,3 +132,42 @@ class ReloadableTls:
         self.files = files
         log.info("TLS certificate reloaded from %s", files.certificate)
         return True
+
+
+async def start_uvicorn(
+    server: uvicorn.Server,
+    sock: socket.socket,
+    tls: ReloadableTls | None,
+    handshake_timeout: float,
+    backlog: int = 2048,
+) -> None:
+    """Start ``server`` (its lifespan set) on ``sock``: plain, or with ``tls``'s context and a
+    handshake not done within ``handshake_timeout`` seconds dropped.
+
+    uvicorn's own ``create_server`` passes no ``ssl_handshake_timeout`` (a client that never
+    finishes its handshake would hold a connection for a minute): it starts with no socket,
+    and the server is made here as uvicorn makes its own, with the bound.
+    """
+    if tls is None:
+        await server.startup(sockets=[sock])
+        return
+    server.config.ssl = tls.context  # (uvicorn reads it for the scheme it reports)
+    await server.startup(sockets=[])
+
+    def protocol() -> asyncio.Protocol:
+        return server.config.http_protocol_class(  # type: ignore[call-arg]
+            config=server.config,
+            server_state=server.server_state,
+            app_state=server.lifespan.state,
+        )
+
+    loop = asyncio.get_running_loop()
+    server.servers.append(
+        await loop.create_server(
+            protocol,
+            sock=sock,
+            ssl=tls.context,
+            ssl_handshake_timeout=handshake_timeout,
+            backlog=backlog,
+        )
+    )

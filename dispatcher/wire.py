@@ -78,6 +78,9 @@ class WorkerState:
     loads: Mapping[str, Load]
     rules: RulesText | None
     rtt: RttView | None = None
+    reloads: int = 0
+    """The control process's count of applied reloads: when it moves, the worker loads its
+    TLS files again (a certificate renewed at the same paths), even if nothing else changed."""
 
 
 def for_workers(config: Config) -> Config:

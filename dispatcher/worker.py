@@ -7,7 +7,8 @@ worker reads its :class:`~dispatcher.wire.Setup` and first
 ``SO_REUSEPORT`` and says ``ready``. From then on it
 
 - applies every state it is sent (builds the snapshot itself, compiles the rules when their
-  text changed, rebuilds the public app when the configuration changed) and acks it;
+  text changed, rebuilds the public app when the configuration changed, reads its TLS files
+  again after each reload of the control process) and acks it;
 - sends its redirect counts every :data:`COUNTS_INTERVAL` seconds (also when there are
   none: a worker that stays silent for long is taken as hung and replaced);
 - never waits on the control process: it writes without waiting for the pipe to drain, and
@@ -157,6 +158,7 @@ class Worker:
         self.core: DispatchCore | None = None
         self.edge: PublicEdge | None = None
         self.config: Config | None = None
+        self.reloads = 0
         self.stop = asyncio.Event()
         self.fields: dict[str, int] = {}
         """What every log line of this worker carries (its index, once it is known)."""
@@ -180,7 +182,13 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         os.nice(WORKER_NICENESS)  # once started: a restart under load should not crawl
         self._report({"type": "ready", "pid": os.getpid(), "generation": state.generation})
-        log.info("worker %d (pid %d) serving on http://%s", setup.index, os.getpid(), address)
+        log.info(
+            "worker %d (pid %d) serving on %s://%s",
+            setup.index,
+            os.getpid(),
+            listener.scheme,
+            address,
+        )
         tasks = [
             asyncio.create_task(self._read(reader), name="states"),
             asyncio.create_task(self._send_counts(), name="counts"),
@@ -208,6 +216,9 @@ class Worker:
                 self.edge.configure(self.core, settings)
             self.config = state.config
             configure_logging(settings.log_level, settings.log_format, fields=self.fields)
+        elif state.reloads != self.reloads and self.edge is not None:
+            self.edge.reload_tls(state.config.dispatcher)  # renewed files at the same paths
+        self.reloads = state.reloads
         self.farm.snapshot = snapshot
 
     async def _read(self, reader: asyncio.StreamReader) -> None:

@@ -21,6 +21,7 @@ from dispatcher.backends.sites import check_base_url
 from dispatcher.config import printable, read_toml
 from dispatcher.errors import InvalidValue
 from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS
+from dispatcher.tlsfiles import TlsFiles, server_context, tls_files
 from farmnode.cluster.settings import ClusterSettings, parse_cluster
 from farmnode.dataplane.nftables import scheduler_reason, unsupported_reason
 from farmnode.errors import ConfigError
@@ -60,7 +61,9 @@ MAX_CAPACITY = 10**9
 HOUR, DAY, WEEK = 3600.0, 86_400.0, 604_800.0
 
 TOP_KEYS = frozenset({"node", "services", "report", "cluster", "groups"})
-NODE_KEYS = frozenset({"name", "status_listen", "log_level", "log_format"})
+NODE_KEYS = frozenset(
+    {"name", "status_listen", "log_level", "log_format", "status_tls_certificate", "status_tls_key"}
+)
 REPORT_KEYS = frozenset({"url", "site", "token", "interval", "capacity"})
 SERVICE_KEYS = frozenset(
     {
@@ -96,6 +99,18 @@ class NodeSettings:
     status_listen: str = "127.0.0.1:9100"
     log_level: str = "info"
     log_format: str = "text"
+    status_tls_certificate: Path | None = None
+    status_tls_key: Path | None = None
+
+    @property
+    def status_tls(self) -> TlsFiles | None:
+        """The status listener's TLS files (checked at load), or ``None``: plain HTTP."""
+        return tls_files(
+            self.status_tls_certificate,
+            self.status_tls_key,
+            "node.status_tls_certificate",
+            "node.status_tls_key",
+        )
 
     @property
     def status_address(self) -> tuple[str, int]:
@@ -159,7 +174,9 @@ def load_config(
     """
     file = Path(path)
     doc = read_toml(file, ConfigError)
-    return parse_config(doc, str(file), environ=environ, need_token=need_token)
+    return parse_config(
+        doc, str(file), environ=environ, need_token=need_token, base_dir=file.parent
+    )
 
 
 def parse_config(
@@ -168,15 +185,17 @@ def parse_config(
     *,
     environ: Mapping[str, str] | None = None,
     need_token: bool = True,
+    base_dir: Path | None = None,
 ) -> NodeConfig:
     """Validate a parsed TOML document plus environment overrides into a :class:`NodeConfig`.
 
-    ``environ`` defaults to :data:`os.environ`. Raises :class:`ConfigError` and nothing else
-    for any document.
+    ``environ`` defaults to :data:`os.environ`; relative file paths are taken from
+    ``base_dir`` (the configuration file's directory; default: the working directory).
+    Raises :class:`ConfigError` and nothing else for any document.
     """
     env = os.environ if environ is None else environ
     try:
-        return _build(doc, env, source, need_token)
+        return _build(doc, env, source, need_token, base_dir or Path())
     except _Invalid as exc:
         raise ConfigError(
             exc.source or source, printable(exc.path), printable(exc.expected)
@@ -184,12 +203,16 @@ def parse_config(
 
 
 def _build(
-    doc: Mapping[str, Any], env: Mapping[str, str], source: str, need_token: bool = True
+    doc: Mapping[str, Any],
+    env: Mapping[str, str],
+    source: str,
+    need_token: bool = True,
+    base_dir: Path | None = None,
 ) -> NodeConfig:
     _only_keys(_mapping(doc, "", "a TOML document"), "", TOP_KEYS)
     if "node" not in doc:
         raise _Invalid("node", "a [node] table with at least name = ...")
-    node = _node(_mapping(doc["node"], "node", "a table ([node])"), env)
+    node = _node(_mapping(doc["node"], "node", "a table ([node])"), env, base_dir or Path())
     services = _services(doc.get("services", []))
     report = None
     if "report" in doc:
@@ -205,7 +228,7 @@ def _build(
     return NodeConfig(node, services, report, source, cluster)
 
 
-def _node(raw: Mapping[str, Any], env: Mapping[str, str]) -> NodeSettings:
+def _node(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> NodeSettings:
     p = "node"
     _only_keys(raw, p, NODE_KEYS)
     _require(raw, p, "name")
@@ -221,12 +244,30 @@ def _node(raw: Mapping[str, Any], env: Mapping[str, str]) -> NodeSettings:
         if log_format not in LOG_FORMATS:
             expected = f"one of {', '.join(LOG_FORMATS)}, got {log_format!r:.200}"
             raise _Invalid("FARMNODE_LOG_FORMAT", expected, ENVIRONMENT)
-    return NodeSettings(
+    node = NodeSettings(
         name=_name(raw["name"], f"{p}.name"),
         status_listen=status_listen,
         log_level=_choice(raw, p, "log_level", d.log_level, LOG_LEVELS),
         log_format=log_format,
+        status_tls_certificate=_pem_path(raw, p, "status_tls_certificate", base_dir),
+        status_tls_key=_pem_path(raw, p, "status_tls_key", base_dir),
     )
+    try:
+        files = node.status_tls  # both or neither
+        if files is not None:
+            server_context(files)  # the files parse, the key matches
+    except InvalidValue as exc:
+        raise _Invalid(exc.field, exc.message) from None
+    return node
+
+
+def _pem_path(raw: Mapping[str, Any], p: str, key: str, base_dir: Path) -> Path | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise _Invalid(f"{p}.{key}", f"the path of a PEM file, got {value!r:.200}")
+    return base_dir / value
 
 
 def _report(raw: Mapping[str, Any], env: Mapping[str, str], need_token: bool) -> ReportSettings:

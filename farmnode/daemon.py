@@ -63,14 +63,16 @@ from typing import Any
 import httpx
 
 from dispatcher.backends.health import Health, Prober, Target
+from dispatcher.errors import InvalidValue
 from dispatcher.logsetup import configure_logging
 from dispatcher.metrics import MetricsRoute, exposition
 from dispatcher.sdnotify import Notifier, keep_watchdog
+from dispatcher.tlsfiles import ReloadableTls
 from farmnode.agents import Agent, ResourceGroup, SwitchAgent, build_agent
 from farmnode.agents.switch import ServiceController
 from farmnode.cluster import ClusterRuntime
 from farmnode.cluster.settings import ClusterSettings, ResourceSettings
-from farmnode.config import NodeConfig
+from farmnode.config import NodeConfig, NodeSettings
 from farmnode.dataplane.base import DataPlane
 from farmnode.dataplane.nftables import NftablesPlane, chains, count_flows
 from farmnode.dataplane.userspace import UserspacePlane
@@ -297,7 +299,7 @@ class Node:
 
     async def _start(self) -> None:
         config = self.config
-        self.listener = StatusListener(self._status_app(), config.node.status_listen)
+        self.listener = self._status_listener(config.node)
         for spec in config.services:
             self.services[spec.name] = self._build(spec)
         await self._prune_stale_chains()
@@ -505,11 +507,13 @@ class Node:
         node = config.node
         configure_logging(node.log_level, node.log_format)
         listener = self.listener
-        if listener is not None and listener.address != config.node.status_listen:
+        if listener is not None and listener.address == node.status_listen:
+            self._reload_status_tls(listener, node)
+        elif listener is not None:
             try:
-                new = StatusListener(self._status_app(), config.node.status_listen)
+                new = self._status_listener(node)
                 await new.start()
-            except FarmnodeError as exc:
+            except (FarmnodeError, InvalidValue) as exc:
                 log.error("status listener stays on %s: %s", listener.address, exc)  # noqa: TRY400 - the message is the whole story
             else:
                 await listener.stop()
@@ -519,6 +523,25 @@ class Node:
         if current != config.report:
             await self._stop_reporter()
             self._start_reporter()
+
+    def _status_listener(self, node: NodeSettings) -> StatusListener:
+        files = node.status_tls
+        tls = None if files is None else ReloadableTls(files)
+        return StatusListener(self._status_app(), node.status_listen, tls)
+
+    @staticmethod
+    def _reload_status_tls(listener: StatusListener, node: NodeSettings) -> None:
+        """Renewed (or moved) TLS files into the running context; TLS on or off: a restart."""
+        files = node.status_tls
+        if listener.tls is not None and files is not None:
+            listener.tls.reload(files)
+        elif (listener.tls is None) != (files is None):
+            log.warning(
+                "node %s: turning the status listener's TLS on or off needs a restart "
+                "(it stays %s)",
+                node.name,
+                "plain HTTP" if listener.tls is None else "HTTPS",
+            )
 
     # -- services and planes -------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from typing import Any
 import uvicorn
 
 from dispatcher.throttle import throttle_warnings
+from dispatcher.tlsfiles import ReloadableTls, start_uvicorn
 from dispatcher.vitals import LIVEZ, READYZ, Condition, Verdict, send_json, send_verdict
 from farmnode.config import NodeSettings, parse_address
 from farmnode.errors import ConfigError, ListenError
@@ -54,6 +55,8 @@ MAX_HEAD = 16 * 1024
 MAX_CONNECTIONS = 64
 #: Seconds uvicorn waits for open status requests at shutdown.
 SHUTDOWN_GRACE = 1
+#: Seconds a client has to finish its TLS handshake on a status listener with TLS.
+HANDSHAKE_TIMEOUT = 5.0
 
 
 class StatusApp:
@@ -140,13 +143,19 @@ class StatusListener:
 
     Binds in the constructor (so a taken port fails before anything else starts);
     :meth:`start` serves, :meth:`stop` stops accepting, lets open requests finish (about a
-    second at most) and closes the socket. :meth:`stop` twice is harmless.
+    second at most) and closes the socket. :meth:`stop` twice is harmless. With ``tls`` it
+    speaks only HTTPS (a handshake bounded by :data:`HANDSHAKE_TIMEOUT`), and
+    ``tls.reload()`` takes a renewed certificate into the running context.
     """
 
     def __init__(
-        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], address: str
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        address: str,
+        tls: ReloadableTls | None = None,
     ) -> None:
         self.address = address
+        self.tls = tls
         self.socket = bind(address)
         config = uvicorn.Config(
             app,
@@ -176,11 +185,12 @@ class StatusListener:
 
     @property
     def url(self) -> str:
-        """``http://host:port/status`` as bound (a wildcard address is asked on loopback)."""
-        return status_url(self.socket.getsockname()[0], self.port)
+        """``http(s)://host:port/status`` as bound (a wildcard address is asked on loopback)."""
+        scheme = "http" if self.tls is None else "https"
+        return status_url(self.socket.getsockname()[0], self.port, scheme)
 
     async def start(self) -> None:
-        await self._server.startup(sockets=[self.socket])
+        await start_uvicorn(self._server, self.socket, self.tls, HANDSHAKE_TIMEOUT)
 
     async def stop(self) -> None:
         if self._closed:
@@ -191,14 +201,14 @@ class StatusListener:
         self.socket.close()
 
 
-def status_url(host: str, port: int) -> str:
+def status_url(host: str, port: int, scheme: str = "http") -> str:
     """Where to ask a node listening on ``host:port``; ``0.0.0.0``/``::`` become loopback."""
     if host == "0.0.0.0":  # noqa: S104 - mapping a wildcard to loopback, not binding
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}{STATUS_PATH}"
+    return f"{scheme}://{shown}:{port}{STATUS_PATH}"
 
 
 # --- where the running node answers (``farmnode status``) -----------------------------------

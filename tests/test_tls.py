@@ -20,6 +20,7 @@ import pytest
 
 from dispatcher.config import build_config
 from dispatcher.errors import ConfigError
+from dispatcher.reload import plan_reload
 from tests.conftest import ADMIN_TOKEN, LoopbackSite, RunningDispatcher, farm_toml
 from tests.tlsca import ScratchCa
 
@@ -124,16 +125,25 @@ async def test_admin_requires_a_client_certificate(
     assert refused.returncode != 0
 
 
+@pytest.mark.parametrize("listener", ["public", "admin"])
 async def test_a_stalled_handshake_is_dropped_within_head_timeout(
-    farm: tuple[RunningDispatcher, ScratchCa],
+    farm: tuple[RunningDispatcher, ScratchCa], listener: str
 ) -> None:
     running, _ = farm
-    reader, writer = await asyncio.open_connection("127.0.0.1", running.runner.public_port)
+    admin = running.runner.admin
+    assert admin is not None
+    port = running.runner.public_port if listener == "public" else admin.port
+    stalled = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    stalled[1][1].write(b"\x16\x03\x01\x00")  # a ClientHello's first bytes, then nothing
     started = time.monotonic()
-    async with asyncio.timeout(5):
-        assert await reader.read() == b""  # closed, no handshake ever sent
-    assert time.monotonic() - started < 3
-    writer.close()
+    try:
+        async with asyncio.timeout(5):
+            for reader, _ in stalled:
+                assert await reader.read() == b""  # closed by the listener
+        assert time.monotonic() - started < 3  # (head_timeout is 0.5 s here)
+    finally:
+        for _, writer in stalled:
+            writer.close()
 
 
 async def test_certificates_are_reloaded_under_load_without_a_failed_request(
@@ -201,3 +211,105 @@ def test_bad_tls_files_are_refused_at_load_naming_the_key(
     with pytest.raises(ConfigError) as info:
         build_config(raw, environ={}, base_dir=tmp_path)
     assert info.value.path.startswith(field)
+
+
+def test_a_reload_reads_new_tls_files_but_turning_tls_on_or_off_needs_a_restart(
+    ca: ScratchCa, tmp_path: Path
+) -> None:
+    ca.issue("one")
+    ca.issue("two")
+
+    def cfg(**files: str) -> Any:
+        raw = {"dispatcher": {"admin_tokens": ["t"], **files}}
+        return build_config(raw, environ={}, base_dir=tmp_path)
+
+    plain = cfg()
+    one = cfg(tls_certificate="one.pem", tls_key="one.key")
+    two = cfg(tls_certificate="two.pem", tls_key="two.key")
+    turned_on = plan_reload(plain, one)
+    assert turned_on.needs_restart == ("dispatcher.tls_certificate", "dispatcher.tls_key")
+    assert turned_on.config.dispatcher.tls_certificate is None  # still plain until a restart
+    turned_off = plan_reload(one, plain)
+    assert turned_off.needs_restart == ("dispatcher.tls_certificate", "dispatcher.tls_key")
+    assert turned_off.config.dispatcher.tls_certificate == tmp_path / "one.pem"
+    moved = plan_reload(one, two)
+    assert moved.needs_restart == ()
+    assert moved.applied == ("dispatcher.tls_certificate", "dispatcher.tls_key")
+    assert moved.config.dispatcher.tls_key == tmp_path / "two.key"
+    assert plan_reload(one, one).summary() == "applied: nothing changed"  # (files read again)
+    admin = {"admin_tls_certificate": "one.pem", "admin_tls_key": "one.key"}
+    with_ca = plan_reload(cfg(**admin), cfg(**admin, admin_tls_client_ca="ca.pem"))
+    assert with_ca.needs_restart == ("dispatcher.admin_tls_client_ca",)
+    admin_moved = plan_reload(
+        cfg(**admin), cfg(admin_tls_certificate="two.pem", admin_tls_key="two.key")
+    )
+    assert admin_moved.applied == ("dispatcher.admin_tls_certificate", "dispatcher.admin_tls_key")
+
+
+async def test_new_paths_are_served_after_a_reload_and_tls_stays_on_until_a_restart(
+    farm: tuple[RunningDispatcher, ScratchCa], tmp_path: Path
+) -> None:
+    running, ca = farm
+    port = running.runner.public_port
+    config = tmp_path / "farm.toml"
+    text = config.read_text()
+    ca.issue("elsewhere")
+    config.write_text(
+        text.replace('"live.pem"', '"elsewhere.pem"').replace('"live.key"', '"elsewhere.key"')
+    )
+    assert await running.runner.reload()
+    assert await asyncio.to_thread(_served_cn, port, ca) == "elsewhere"
+    admin = running.runner.admin
+    assert admin is not None
+    assert admin.tls is not None
+    assert admin.tls.files.certificate == tmp_path / "elsewhere.pem"
+    plain = "\n".join(line for line in text.splitlines() if "tls_" not in line)
+    config.write_text(plain)
+    assert await running.runner.reload()
+    assert running.runner.config.dispatcher.tls_certificate == tmp_path / "elsewhere.pem"
+    assert await asyncio.to_thread(_served_cn, port, ca) == "elsewhere"  # HTTPS until a restart
+
+
+RULES = """\
+RewriteEngine on
+RewriteCond %{HTTPS} =on
+RewriteRule ^/where$ https://secure.example/%{HTTPS} [R=302,L]
+RewriteRule ^/where$ http://plain.example/%{HTTPS} [R=302,L]
+"""
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["https", "http"])
+async def test_https_in_rules_and_the_affinity_cookies_secure_follow_the_listener(
+    sites: dict[str, LoopbackSite], tmp_path: Path, ca: ScratchCa, tls: bool
+) -> None:
+    cert, key = ca.issue("server")
+    (tmp_path / "rules.conf").write_text(RULES)
+    extra = 'rules = "rules.conf"\naffinity = "cookie"\nsecret_keys = ["k' + "x" * 40 + '"]\n'
+    if tls:
+        extra += f'tls_certificate = "{cert.name}"\ntls_key = "{key.name}"\n'
+    config = tmp_path / "farm.toml"
+    config.write_text(
+        farm_toml(
+            {"eu": (sites["eu"], 1)}, database_url=f"sqlite:///{tmp_path / 'f.db'}", extra=extra
+        )
+    )
+    running = RunningDispatcher(await RunningDispatcher.start_runner(config))
+    scheme = "https" if tls else "http"
+    try:
+        base = f"{scheme}://127.0.0.1:{running.runner.public_port}"
+        async with httpx.AsyncClient(verify=_client(ca), trust_env=False) as client:
+            where = await client.get(f"{base}/where")
+            deadline = time.monotonic() + 10
+            while (placed := await client.get(f"{base}/page")).status_code != 302:
+                assert time.monotonic() < deadline, placed  # until the site is up
+                await asyncio.sleep(0.1)
+    finally:
+        await running.close()
+    assert where.status_code == 302
+    expected = "https://secure.example/on" if tls else "http://plain.example/off"
+    assert where.headers["location"] == expected
+    assert placed.headers["location"].startswith(sites["eu"].url)
+    cookie = placed.headers["set-cookie"]
+    assert cookie.startswith("farm_site=")
+    attributes = [part.strip().lower() for part in cookie.split(";")[1:]]
+    assert ("secure" in attributes) is tls, cookie

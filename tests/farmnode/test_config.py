@@ -742,6 +742,8 @@ PLAUSIBLE: dict[str, list[Any]] = {
     "status_listen": ["127.0.0.1:0", "[::1]:9100", "127.0.0.1:9100", "localhost:1"],
     "log_level": ["info", "debug", "warning", "error", "loud"],
     "log_format": ["text", "json", "xml"],
+    "status_tls_certificate": ["/nonexistent/cert.pem", "", 5],
+    "status_tls_key": ["/nonexistent/key.pem", None],
     "protocol": ["tcp", "udp", "tcp", "sctp"],
     "listen": ADDRESSES,
     "scheduler": [*sorted(SCHEDULERS), "random"],
