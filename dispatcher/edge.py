@@ -32,7 +32,7 @@ import socket
 import time
 from email.utils import formatdate
 
-from dispatcher.http1 import Decider, EdgeLimits, HttpConnection
+from dispatcher.http1 import LINGER, Decider, EdgeLimits, HttpConnection
 
 log = logging.getLogger("webfarm.edge")
 
@@ -67,6 +67,8 @@ class PublicEdge:
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tick = min(SWEEP, self.limits.head_timeout / 4, self.limits.keep_alive_timeout / 4)
+        #: No connection whose wait began after now - this is late (the shortest limit).
+        self._shortest = min(self.limits.head_timeout, self.limits.keep_alive_timeout, LINGER)
 
     @property
     def port(self) -> int:
@@ -127,12 +129,13 @@ class PublicEdge:
             self.date_end = self.date + b"\r\n"
 
     async def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Keep the clock, and close the connections whose deadline passed."""
+        """Keep the clock, and close the connections that waited too long."""
         while True:
             await asyncio.sleep(self._tick)
             self._clock(loop)
             now = self.now
-            late = [c for c in self.connections if c.deadline <= now]
+            cut = now - self._shortest
+            late = [c for c in self.connections if c.since <= cut and c.late(now)]
             for conn in late:
                 conn.expire()
 

@@ -230,21 +230,43 @@ def test_a_body_beyond_the_cap_is_413_and_close() -> None:
         assert closed(sock)
 
 
-def test_expect_100_continue_gets_100_then_the_answer_on_a_kept_connection() -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [b"Content-Length: %d", b"Expect: 100-continue"],
+        [b"Expect: 100-continue", b"Content-Length: %d"],
+        [b"Expect: 100-continue", b"Content-Length: %d", b"Accept: */*"],
+    ],
+)
+def test_expect_100_continue_gets_100_then_the_answer_on_a_kept_connection(
+    headers: list[bytes],
+) -> None:
     with serve() as served:
+        head = b"".join(h + b"\r\n" for h in headers) + b"\r\n"
         sock = served.connect()
-        sock.sendall(
-            b"PUT /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
-        )
+        sock.sendall(b"PUT /up HTTP/1.1\r\nHost: h\r\n" + head % 5)
         buffer = bytearray()
         assert read_response(sock, buffer).status == 100
         sock.sendall(b"hello" + GET)
         assert read_response(sock, buffer).headers[b"location"].endswith(b"/up")
         assert read_response(sock, buffer).headers[b"location"].endswith(b"/a?b=1")
-        too_big = b"PUT / HTTP/1.1\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
-        response, sock = exchange(served, too_big % (1 << 20))
+        response, sock = exchange(served, b"PUT / HTTP/1.1\r\n" + head % (1 << 20))
         assert response.status == 413  # at once, no 100
         assert closed(sock)
+        empty = b"PUT / HTTP/1.1\r\nHost: h\r\n" + head % 0  # no body: no 100
+        assert exchange(served, empty)[0].status == 302
+
+
+@pytest.mark.parametrize("body", [b"", b"abc"])
+def test_a_body_that_stops_coming_is_408(body: bytes) -> None:
+    with serve() as served:
+        sock = served.connect()
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n" + body)
+        started = time.monotonic()
+        response = read_response(sock, bytearray())
+        assert response.status == 408
+        assert closed(sock)
+        assert 0.3 < time.monotonic() - started < 2.0
 
 
 # --- what is refused ----------------------------------------------------------------------
