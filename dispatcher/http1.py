@@ -131,7 +131,8 @@ _SPECIAL = {
 }
 
 
-#: Each request's scope starts as a copy of its connection's (this, with client and server).
+#: A connection's scope (this, with its client, server and headers list), which each of its
+#: requests updates in place (method, target, version; the headers list is refilled).
 _SCOPE: dict[str, Any] = {
     "type": "http",
     "method": "GET",
@@ -155,7 +156,12 @@ class _Refused(Exception):
 
 class Decider(Protocol):
     """What answers a request: :class:`~dispatcher.app.DispatchCore` (or, in the bench, a
-    fixed answer). Synchronous; never raises on client input."""
+    fixed answer). Synchronous; never raises on client input.
+
+    The edge hands ``answer_wire`` its connection's scope, the same dict (and the same
+    ``headers`` list) for each request on the connection, updated in place: the decider
+    reads them while it answers and keeps neither (a copy, if it must).
+    """
 
     def answer(self, scope: Scope) -> Answer: ...
 
@@ -282,13 +288,13 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._refuse(BAD_REQUEST)
             return
-        if self.state == HEAD:  # an unfinished header: llhttp buffers it in httptools
-            if self.head_len != head_len or self.count != count:  # a piece of target or a header
-                self.stalled = 0
-            else:
-                self.stalled += len(data)
+        if self.state == HEAD:  # a head unfinished: httptools keeps a header line's bytes
+            if self.head_len == head_len and self.count == count:  # no target, no header
+                self.stalled += len(data)  # (bytes since the last one; a head starts at 0)
                 if self.stalled > self.limits.max_request_head:
                     self._refuse(HEAD_TOO_LARGE)
+            else:
+                self.stalled = 0
 
     # --- httptools callbacks ---------------------------------------------------------------
 
@@ -301,7 +307,7 @@ class HttpConnection(asyncio.Protocol):
             self.state = HEAD
             self.headers.clear()
             self.host = None
-            self.special = 0
+            self.special = self.stalled = 0
             if self.count:  # the first head's time runs from the accept
                 self.since = self.edge.now
         elif state == HEAD:  # more of the target

@@ -366,6 +366,26 @@ def test_an_endless_header_is_cut_off_and_answered() -> None:
         wait_for(lambda: not served.edge.connections)
 
 
+def test_a_long_header_sent_in_pieces_does_not_count_against_the_next_head() -> None:
+    with serve() as served:
+        sock = served.connect()
+        head = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nX-Long: "
+        value = b"v" * 3000  # (the limit is 4096 bytes a head)
+        sock.sendall(head)
+        for piece in range(0, len(value), 1000):  # pieces read apart: no header completes
+            time.sleep(0.05)
+            sock.sendall(value[piece : piece + 1000])
+        time.sleep(0.05)
+        sock.sendall(b"\r\n\r\na")
+        buffer = bytearray()
+        assert read_response(sock, buffer).status == 302
+        time.sleep(0.05)
+        sock.sendall(head + value + b"\r\n\r\n")  # the same head at once, its body later
+        time.sleep(0.05)
+        sock.sendall(b"b")
+        assert read_response(sock, buffer).status == 302
+
+
 def sent_until_refused(sock: socket.socket, data: bytes, most: int) -> int:
     """How many times ``data`` could be sent before the send failed (closed, reset or timed
     out); ``most`` if it never did."""
