@@ -358,7 +358,10 @@ class HttpConnection(asyncio.Protocol):
         once; ``Expect: 100-continue`` on an HTTP/1.1 request with a body gets ``100
         Continue`` as soon as both are known (before the body: the client waits for it; a
         head refused after it gets its answer after the 100, as any final answer may), and
-        the body is read and dropped like any other."""
+        the body is read and dropped like any other. (A trailer, after a chunked body, is
+        not looked at.)"""
+        if self.state != HEAD:
+            return
         special = self.special | _SEEN
         if kind == _CONTENT_LENGTH:
             text = value.strip()
