@@ -39,7 +39,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from dispatcher.clientaddr import TrustedProxies, front, trusted_proxies
-from dispatcher.http1 import Decider, EdgeLimits, HttpConnection
+from dispatcher.http1 import LINGER, Decider, EdgeLimits, HttpConnection
 from dispatcher.opsconfig import listener_tls
 from dispatcher.proxied import ProxiedConnection, ProxyRefusals
 from dispatcher.tlsfiles import ReloadableTls
@@ -92,6 +92,8 @@ class PublicEdge:
         self.trusted = trusted  # (read by ProxiedConnection; may change on a reload)
         self.proxy_refusals = ProxyRefusals()
         self._tick = min(SWEEP, self.limits.head_timeout / 4, self.limits.keep_alive_timeout / 4)
+        #: No connection whose wait began after now - this is late (the shortest limit).
+        self._shortest = min(self.limits.head_timeout, self.limits.keep_alive_timeout, LINGER)
 
     @classmethod
     def for_settings(
@@ -113,6 +115,7 @@ class PublicEdge:
         reads, the trusted proxies); ``proxy_protocol`` and the socket need a restart."""
         self.core = front(core, settings)
         self.limits = EdgeLimits.from_settings(settings)
+        self._shortest = min(self.limits.head_timeout, self.limits.keep_alive_timeout, LINGER)
         self.trusted = trusted_proxies(settings.trusted_proxies)
         self.reload_tls(settings)
 
@@ -194,12 +197,13 @@ class PublicEdge:
             self.date_end = self.date + b"\r\n"
 
     async def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Keep the clock, and close the connections whose deadline passed."""
+        """Keep the clock, and close the connections that waited too long."""
         while True:
             await asyncio.sleep(self._tick)
             self._clock(loop)
             now = self.now
-            late = [c for c in self.connections if c.deadline <= now]
+            cut = now - self._shortest
+            late = [c for c in self.connections if c.since <= cut and c.late(now)]
             for conn in late:
                 conn.expire()
 

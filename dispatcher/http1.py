@@ -17,14 +17,17 @@ Small on purpose: every request gets an answer from :class:`~dispatcher.app.Disp
 - write backpressure: while the transport's buffer is above its high-water mark the
   connection stops reading, so a client that pipelines and never reads cannot grow memory.
 
-Deadlines (the head's, the keep-alive idle time, a stalled body's) are kept as numbers and
-enforced by the edge's sweeper (:mod:`dispatcher.edge`), so a request costs no timer.
+Deadlines (the head's, the keep-alive idle time, a stalled body's) are not kept per request:
+a connection notes when its current wait began (``since``) and the edge's sweeper
+(:mod:`dispatcher.edge`) closes the ones waiting longer than their state allows
+(:meth:`HttpConnection.late`), so a request costs no timer and no deadline arithmetic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
@@ -69,9 +72,13 @@ class EdgeLimits:
         )
 
 
-# Connection states. WAIT: no byte of the next request yet; HEAD: reading a head; BODY:
-# reading (and discarding) a body; DONE: answered for the last time, closing.
+# Connection states. WAIT: no byte of the next request yet; HEAD: reading a head (and, once
+# it is complete, waiting for its body's first bytes); BODY: reading (and discarding) a body;
+# DONE: answered for the last time, closing.
 WAIT, HEAD, BODY, DONE = 0, 1, 2, 3
+# What a request's special headers said (HttpConnection.special, bits; 0: none but Host):
+# one was there, it has a body, it expects 100-continue, the 100 Continue is written.
+_SEEN, _HAS_BODY, _EXPECTS, _CONTINUED = 1, 2, 4, 8
 
 
 def _status_line(status: int) -> bytes:
@@ -82,7 +89,8 @@ def _status_line(status: int) -> bytes:
     return f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii")
 
 
-_STATUS_LINES = {int(s): _status_line(int(s)) for s in HTTPStatus}
+#: Every three-digit status's line (indexed, not ``get``: the hot path's lookup).
+_STATUS_LINES = {status: _status_line(status) for status in range(100, 1000)}
 _KEEP = b"\r\n"
 _CLOSE = b"connection: close\r\n\r\n"
 _KEEP_10 = b"connection: keep-alive\r\n\r\n"  # an HTTP/1.0 client that asked for it
@@ -103,15 +111,16 @@ def fixed_response(status: int, text: str, *extra: tuple[bytes, bytes]) -> bytes
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 BAD_REQUEST = fixed_response(400, "Bad request")
-TIMEOUT = fixed_response(408, "Request timeout: the request head did not arrive in time")
+TIMEOUT = fixed_response(408, "Request timeout: the request did not arrive in time")
 TOO_LARGE = fixed_response(413, "Request body too large")
 HEAD_TOO_LARGE = fixed_response(431, "Request header fields too large")
 INTERNAL = fixed_response(500, "Internal error")
 FULL = fixed_response(503, "Too many connections", (b"retry-after", b"1"))
 
 _METHODS = {m: m.decode("ascii") for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE")}
-# header names the protocol itself looks at (lower case): the kind of each
-# (and the Host header, noted for the core: not special, it costs no get_http_version)
+# header names the protocol itself looks at (lower case): the kind of each (and the Host
+# header, noted for the core: not special, it costs no get_http_version). A request without
+# a special header has no body and is kept alive if it is HTTP/1.1.
 _CONTENT_LENGTH, _CHUNKED, _EXPECT, _CONNECTION, _HOST = 1, 2, 3, 4, 5
 _SPECIAL = {
     b"content-length": _CONTENT_LENGTH,
@@ -122,7 +131,8 @@ _SPECIAL = {
 }
 
 
-#: Each request's scope starts as a copy of its connection's (this, with client and server).
+#: A connection's scope (this, with its client, server and headers list), which each of its
+#: requests updates in place (method, target, version; the headers list is refilled).
 _SCOPE: dict[str, Any] = {
     "type": "http",
     "method": "GET",
@@ -136,13 +146,22 @@ _SCOPE: dict[str, Any] = {
 }
 
 
+def _dropped(data: bytes) -> None:
+    """What a closing connection does with what it still reads (see _finish)."""
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing; the answer is already chosen."""
 
 
 class Decider(Protocol):
     """What answers a request: :class:`~dispatcher.app.DispatchCore` (or, in the bench, a
-    fixed answer). Synchronous; never raises on client input."""
+    fixed answer). Synchronous; never raises on client input.
+
+    The edge hands ``answer_wire`` its connection's scope, the same dict (and the same
+    ``headers`` list) for each request on the connection, updated in place: the decider
+    reads them while it answers and keeps neither (a copy, if it must).
+    """
 
     def answer(self, scope: Scope) -> Answer: ...
 
@@ -178,16 +197,14 @@ class HttpConnection(asyncio.Protocol):
         "body",
         "client",
         "count",
-        "deadline",
         "edge",
+        "feed",
         "head_len",
         "headers",
         "host",
         "limits",
-        "lines",
         "parser",
         "paused",
-        "progress",
         "scope",
         "server",
         "since",
@@ -202,6 +219,8 @@ class HttpConnection(asyncio.Protocol):
         self.edge = edge
         self.limits = edge.limits
         self.parser = httptools.HttpRequestParser(self)
+        #: What data_received feeds: the parser, until the connection is DONE: then nothing.
+        self.feed: Callable[[bytes], None] = self.parser.feed_data
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
@@ -211,9 +230,10 @@ class HttpConnection(asyncio.Protocol):
         self.host: bytes | None = None  # the first Host header's value
         self.state = WAIT
         self.count = 0  # requests answered on this connection
-        self.head_len = self.lines = self.body = self.stalled = 0
-        self.special = self.progress = self.paused = False
-        self.since = self.deadline = 0.0
+        self.head_len = self.body = self.stalled = 0
+        self.special = 0  # what its special headers said (_SEEN, ...)
+        self.paused = False
+        self.since = 0.0  # when the current wait began (see late())
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -232,9 +252,10 @@ class HttpConnection(asyncio.Protocol):
         self.client = (str(peer[0]), int(peer[1])) if peer else None
         sock = transport.get_extra_info("sockname")
         self.server = (str(sock[0]), int(sock[1])) if sock else None
-        self.scope = dict(_SCOPE, client=self.client, server=self.server, scheme=edge.scheme)
+        self.scope = dict(
+            _SCOPE, client=self.client, server=self.server, scheme=edge.scheme, headers=self.headers
+        )
         self.since = edge.now
-        self.deadline = edge.now + self.limits.head_timeout
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.state = DONE
@@ -254,11 +275,9 @@ class HttpConnection(asyncio.Protocol):
         return False  # close our side too (answers already written are flushed first)
 
     def data_received(self, data: bytes) -> None:
-        if self.state == DONE:
-            return
-        self.progress = False
+        head_len, count = self.head_len, self.count  # (to tell progress from a stall)
         try:
-            self.parser.feed_data(data)
+            self.feed(data)  # (no check for DONE: it feeds nothing then)
         except httptools.HttpParserCallbackError as exc:
             if self.state == DONE:  # refused or answered for the last time by a callback
                 return
@@ -266,15 +285,19 @@ class HttpConnection(asyncio.Protocol):
             self._refuse(INTERNAL)
             return
         except httptools.HttpParserUpgrade:
-            self._finish()  # answered (see on_message_complete); what follows is not HTTP
+            if self.state != DONE:
+                self._finish()  # answered (see on_message_complete); what follows is not HTTP
             return
         except httptools.HttpParserError:
             self._refuse(BAD_REQUEST)
             return
-        if self.state == HEAD:  # an unfinished header: llhttp buffers it in httptools
-            self.stalled = 0 if self.progress else self.stalled + len(data)
-            if self.stalled > self.limits.max_request_head:
-                self._refuse(HEAD_TOO_LARGE)
+        if self.state == HEAD:  # a head unfinished: httptools keeps a header line's bytes
+            if self.head_len == head_len and self.count == count:  # no target, no header
+                self.stalled += len(data)  # (bytes since the last one; a head starts at 0)
+                if self.stalled > self.limits.max_request_head:
+                    self._refuse(HEAD_TOO_LARGE)
+            else:
+                self.stalled = 0
 
     # --- httptools callbacks ---------------------------------------------------------------
 
@@ -282,97 +305,100 @@ class HttpConnection(asyncio.Protocol):
     # bytes of target, in on_url; before that the connection counts as idle.)
 
     def on_url(self, url: bytes) -> None:
-        if self.state != HEAD:  # a new request
-            if self.state == DONE:  # pipelined after a last answer: not read
-                raise _Refused
+        state = self.state
+        if state == WAIT:  # a new request
             self.state = HEAD
-            self.url = url
-            self.headers = []
+            self.headers.clear()
             self.host = None
-            self.head_len, self.lines, self.body = len(url), 0, 0
-            self.special = False
-            if self.count:  # the first head's deadline runs from the accept
-                self.deadline = self.edge.now + self.limits.head_timeout
-        else:
-            self.url += url
-            self.head_len += len(url)
-        self.progress = True
-        if self.head_len > self.limits.max_request_head:
+            self.special = self.stalled = 0
+            if self.count:  # the first head's time runs from the accept
+                self.since = self.edge.now
+        elif state == HEAD:  # more of the target
+            url = self.url + url
+        else:  # pipelined after a last answer (DONE): not read
+            raise _Refused
+        self.url = url
+        head_len = self.head_len = len(url)  # (the head so far is its target)
+        if head_len > self.limits.max_request_head:
             self._refuse(HEAD_TOO_LARGE)
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.progress = True
-        self.lines += 1
-        self.head_len += len(name) + len(value) + 4
+        headers = self.headers
+        head_len = self.head_len = self.head_len + len(name) + len(value) + 4
         limits = self.limits
-        if self.head_len > limits.max_request_head or self.lines > limits.max_header_lines:
+        if head_len > limits.max_request_head or len(headers) >= limits.max_header_lines:
             self._refuse(HEAD_TOO_LARGE)
             raise _Refused
         name = name.lower()
         kind = _SPECIAL.get(name)
         if kind is not None:
             if kind != _HOST:
-                self.special = True
+                self._special(kind, value)
             elif self.host is None:  # the first one, as the core would take it
                 self.host = value
-        self.headers.append((name, value))
+        headers.append((name, value))
 
-    def on_headers_complete(self) -> None:
-        self.state = BODY
-        self.progress = True
-        if self.special:
-            self._check_body()
+    # (No on_headers_complete either: a callback less per request. What it would decide is
+    # decided by the headers themselves, in _special; the body's first bytes move the
+    # connection to BODY.)
 
     def on_body(self, body: bytes) -> None:
-        self.body += len(body)
+        if self.state == HEAD:  # the first bytes of this request's body
+            self.state = BODY
+            self.body = len(body)
+        else:
+            self.body += len(body)
         if self.body > self.limits.max_body:
             self._refuse(TOO_LARGE)
             raise _Refused
-        self.deadline = self.edge.now + self.limits.head_timeout  # a body that keeps coming
-
-    def on_message_complete(self) -> None:
-        keep_alive = self.parser.should_keep_alive()
-        # Kept alive without a Connection header: HTTP/1.1 (llhttp says so for 1.1 only),
-        # which spares get_http_version() (it formats a string: ~10 % of the protocol).
-        known = "1.1" if keep_alive and not self.special else None
-        self._answer(keep_alive and not self.edge.stopping, known)
+        self.since = self.edge.now  # a body that keeps coming
 
     # --- answers ---------------------------------------------------------------------------
 
-    def _check_body(self) -> None:
-        """``Content-Length`` beyond the cap: 413; ``Expect: 100-continue`` with a body (and
-        HTTP/1.1): ``100 Continue``, and the body is read and dropped like any other."""
-        length, body, expect = 0, False, False
-        for name, value in self.headers:
-            kind = _SPECIAL.get(name)
-            if kind == _CONTENT_LENGTH:
-                length = int(value) if value.strip().isdigit() else 0  # llhttp checked it
-                body = body or length > 0
-            elif kind == _CHUNKED:
-                body = True
-            elif kind == _EXPECT and value.strip().lower() == b"100-continue":
-                expect = True
-        if length > self.limits.max_body:
-            self._refuse(TOO_LARGE)
-            raise _Refused
-        if expect and body and self.parser.get_http_version() == "1.1":
-            self.transport.write(CONTINUE)  # type: ignore[union-attr]
+    def _special(self, kind: int, value: bytes) -> None:
+        """A header the protocol looks at: ``Content-Length`` beyond the cap is a 413 at
+        once; ``Expect: 100-continue`` on an HTTP/1.1 request with a body gets ``100
+        Continue`` as soon as both are known (before the body: the client waits for it; a
+        head refused after it gets its answer after the 100, as any final answer may), and
+        the body is read and dropped like any other. (A trailer, after a chunked body, is
+        not looked at.)"""
+        if self.state != HEAD:
+            return
+        special = self.special | _SEEN
+        if kind == _CONTENT_LENGTH:
+            text = value.strip()
+            length = int(text) if text.isdigit() else 0  # (llhttp checked it)
+            if length > self.limits.max_body:
+                self._refuse(TOO_LARGE)
+                raise _Refused
+            if length:
+                special |= _HAS_BODY
+        elif kind == _CHUNKED:
+            special |= _HAS_BODY
+        elif kind == _EXPECT and value.strip().lower() == b"100-continue":
+            special |= _EXPECTS
+        if special & (_HAS_BODY | _EXPECTS | _CONTINUED) == _HAS_BODY | _EXPECTS:
+            if self.parser.get_http_version() == "1.1":
+                self.transport.write(CONTINUE)  # type: ignore[union-attr]
+            special |= _CONTINUED
+        self.special = special
 
-    def _answer(self, keep_alive: bool, version: str | None = None) -> None:
+    def on_message_complete(self) -> None:
         """Ask the core, write its answer (a hot path: few lookups, one write)."""
         parser, edge = self.parser, self.edge
+        keep_alive = parser.should_keep_alive() and not edge.stopping
+        # Kept alive without a Connection header: HTTP/1.1 (llhttp says so for 1.1 only),
+        # which spares get_http_version() (it formats a string: ~10 % of the protocol).
+        version = "1.1" if keep_alive and not self.special else parser.get_http_version()
         raw = parser.get_method()
-        method = _METHODS.get(raw) or raw.decode("latin-1")
-        if version is None:
-            version = parser.get_http_version()
+        method = "GET" if raw == b"GET" else _METHODS.get(raw) or raw.decode("latin-1")
         url = self.url
         path, _, query = url.partition(b"?")  # (cheaper than find and slices)
-        scope = self.scope.copy()  # (cheaper than a dict display of nine keys)
+        scope = self.scope
         scope["method"] = method
         scope["raw_path"] = path
         scope["query_string"] = query
-        scope["headers"] = self.headers
         scope["http_version"] = version
         try:
             status, headers, body = edge.core.answer_wire(scope, url, self.host)
@@ -380,7 +406,7 @@ class HttpConnection(asyncio.Protocol):
             log.exception("public edge: the decision failed for %r", url[:200])
             self._refuse(INTERNAL)
             raise _Refused from None
-        parts = [_STATUS_LINES.get(status) or _status_line(status)]
+        parts = [_STATUS_LINES[status]]  # (any other status is a bug in the core: a 500)
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
         if version == "1.0":
@@ -397,8 +423,7 @@ class HttpConnection(asyncio.Protocol):
             self._log(method, url, version, status)
         if keep_alive:
             self.state = WAIT
-            self.since = now = edge.now
-            self.deadline = now + self.limits.keep_alive_timeout
+            self.since = edge.now
         else:
             self._finish()
 
@@ -422,7 +447,8 @@ class HttpConnection(asyncio.Protocol):
         the last answer; what the client still sends is read and dropped until it closes,
         so the answer is not lost to a reset), cut after ``LINGER`` seconds."""
         self.state = DONE
-        self.deadline = self.edge.now + LINGER
+        self.feed = _dropped  # (a callback's feed goes on: what follows is refused there)
+        self.since = self.edge.now
         transport = self.transport
         if transport is not None:
             if transport.can_write_eof():
@@ -432,15 +458,29 @@ class HttpConnection(asyncio.Protocol):
 
     # --- the edge's sweeper and stop -------------------------------------------------------
 
+    def late(self, now: float) -> bool:
+        """Whether the current wait has lasted longer than allowed: closing, ``LINGER``;
+        idle after an answer, ``keep_alive_timeout``; else (the first head, counted from
+        the accept, any later head, a body that stopped coming) ``head_timeout``."""
+        state = self.state
+        if state == DONE:
+            limit = LINGER
+        elif state == WAIT and self.count:
+            limit = self.limits.keep_alive_timeout
+        else:
+            limit = self.limits.head_timeout
+        return now >= self.since + limit
+
     def expire(self) -> None:
-        """The deadline passed: a head that started is a 408; otherwise just close (abort
-        if what was written cannot go out: the client does not read)."""
+        """The wait lasted too long (see late()): a request that started (its head, or its
+        body) is a 408; an idle connection just closes; abort if what was written cannot go
+        out (the client does not read)."""
         if self.state == DONE or self.paused:
             self.abort()
-        elif self.state == HEAD:
-            self._refuse(TIMEOUT)
-        else:
+        elif self.state == WAIT:
             self._finish()
+        else:
+            self._refuse(TIMEOUT)
 
     def waiting(self) -> bool:
         """Whether the connection is only waiting for a request head, or closing (it may be
@@ -459,6 +499,7 @@ class HttpConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.state = DONE
+        self.feed = _dropped
         self.edge.connections.pop(self, None)  # its slot is free now (make_room counts)
         if self.transport is not None:
             self.transport.abort()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import peers
+from bench import callgrind_edge, peers
 from tests.conftest import skip_or_fail
 
 
@@ -76,3 +76,16 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("kind", ["dispatcher", "bare-edge"])
+def test_the_callgrind_driver_answers_every_request_with_a_kept_alive_302(kind: str) -> None:
+    callgrind_edge.drive(100, kind)  # (it checks the answers and the redirect counts)
+    callgrind_edge.drive(0, kind)  # the baseline run: nothing to answer
+
+
+def test_the_callgrind_driver_notices_a_wrong_answer() -> None:
+    with pytest.raises(AssertionError):
+        callgrind_edge._check(b"HTTP/1.1 302 Found\r\nconnection: close\r\n\r\n", "bare-edge")
+    with pytest.raises(AssertionError):
+        callgrind_edge._check(b"HTTP/1.1 302 Found\r\nlocation: http://x/\r\n\r\n", "dispatcher")

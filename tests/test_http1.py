@@ -210,11 +210,15 @@ def test_request_bodies_are_read_and_discarded() -> None:
             b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5\r\nhello\r\n0\r\n\r\n"
         )
-        sock.sendall(sized + chunked + GET)
+        trailers = (  # (what a trailer says is not looked at: no late 100 Continue)
+            b"POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nExpect: 100-continue\r\n\r\n"
+        )
+        sock.sendall(sized + chunked + trailers + GET)
         buffer = bytearray()
-        answers = [read_response(sock, buffer) for _ in range(3)]
-        assert [a.status for a in answers] == [302, 302, 302]
-        assert [a.headers[b"location"][21:] for a in answers] == [b"/form", b"/c", b"/a?b=1"]
+        answers = [read_response(sock, buffer) for _ in range(4)]
+        assert [a.status for a in answers] == [302, 302, 302, 302]
+        assert [a.headers[b"location"][21:] for a in answers] == [b"/form", b"/c", b"/t", b"/a?b=1"]
 
 
 def test_a_body_beyond_the_cap_is_413_and_close() -> None:
@@ -230,21 +234,43 @@ def test_a_body_beyond_the_cap_is_413_and_close() -> None:
         assert closed(sock)
 
 
-def test_expect_100_continue_gets_100_then_the_answer_on_a_kept_connection() -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [b"Content-Length: %d", b"Expect: 100-continue"],
+        [b"Expect: 100-continue", b"Content-Length: %d"],
+        [b"Expect: 100-continue", b"Content-Length: %d", b"Accept: */*"],
+    ],
+)
+def test_expect_100_continue_gets_100_then_the_answer_on_a_kept_connection(
+    headers: list[bytes],
+) -> None:
     with serve() as served:
+        head = b"".join(h + b"\r\n" for h in headers) + b"\r\n"
         sock = served.connect()
-        sock.sendall(
-            b"PUT /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
-        )
+        sock.sendall(b"PUT /up HTTP/1.1\r\nHost: h\r\n" + head % 5)
         buffer = bytearray()
         assert read_response(sock, buffer).status == 100
         sock.sendall(b"hello" + GET)
         assert read_response(sock, buffer).headers[b"location"].endswith(b"/up")
         assert read_response(sock, buffer).headers[b"location"].endswith(b"/a?b=1")
-        too_big = b"PUT / HTTP/1.1\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
-        response, sock = exchange(served, too_big % (1 << 20))
+        response, sock = exchange(served, b"PUT / HTTP/1.1\r\n" + head % (1 << 20))
         assert response.status == 413  # at once, no 100
         assert closed(sock)
+        empty = b"PUT / HTTP/1.1\r\nHost: h\r\n" + head % 0  # no body: no 100
+        assert exchange(served, empty)[0].status == 302
+
+
+@pytest.mark.parametrize("body", [b"", b"abc"])
+def test_a_body_that_stops_coming_is_408(body: bytes) -> None:
+    with serve() as served:
+        sock = served.connect()
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n" + body)
+        started = time.monotonic()
+        response = read_response(sock, bytearray())
+        assert response.status == 408
+        assert closed(sock)
+        assert 0.3 < time.monotonic() - started < 2.0
 
 
 # --- what is refused ----------------------------------------------------------------------
@@ -342,6 +368,26 @@ def test_an_endless_header_is_cut_off_and_answered() -> None:
         assert closed(sock)
         sock.close()
         wait_for(lambda: not served.edge.connections)
+
+
+def test_a_long_header_sent_in_pieces_does_not_count_against_the_next_head() -> None:
+    with serve() as served:
+        sock = served.connect()
+        head = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nX-Long: "
+        value = b"v" * 3000  # (the limit is 4096 bytes a head)
+        sock.sendall(head)
+        for piece in range(0, len(value), 1000):  # pieces read apart: no header completes
+            time.sleep(0.05)
+            sock.sendall(value[piece : piece + 1000])
+        time.sleep(0.05)
+        sock.sendall(b"\r\n\r\na")
+        buffer = bytearray()
+        assert read_response(sock, buffer).status == 302
+        time.sleep(0.05)
+        sock.sendall(head + value + b"\r\n\r\n")  # the same head at once, its body later
+        time.sleep(0.05)
+        sock.sendall(b"b")
+        assert read_response(sock, buffer).status == 302
 
 
 def sent_until_refused(sock: socket.socket, data: bytes, most: int) -> int:
