@@ -30,6 +30,7 @@ from dispatcher.backends.sites import (
     parse_check,
     parse_site,
 )
+from dispatcher.dns.config import DnsConfig, parse_dns
 from dispatcher.errors import ConfigError, InvalidValue
 from dispatcher.files import MAX_RULES_BYTES, read_regular_file
 from dispatcher.session.cookies import CookieAttributes
@@ -103,6 +104,7 @@ class Config:
     sites: tuple[SiteSpec, ...]
     source: str = "<defaults>"
     base_dir: Path = field(default_factory=Path.cwd)
+    dns: DnsConfig | None = None
 
     @property
     def rules_base_dir(self) -> Path:
@@ -168,7 +170,7 @@ def printable(text: str) -> str:
 
 
 def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir: Path) -> Config:
-    _only_keys(raw, "", {"dispatcher", "pools", "sites"})
+    _only_keys(raw, "", {"dispatcher", "pools", "sites", "dns"})
     settings = _dispatcher_settings(_table(raw, "dispatcher"), env, source)
     settings = replace(
         settings,
@@ -188,7 +190,10 @@ def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir
     for name, pool in pools.items():
         if pool.fallback != "sorry":
             check_not_self(pool.fallback, settings, f"pools.{name}.fallback")
-    return Config(settings, pools, sites, source=source, base_dir=base_dir)
+    dns = None
+    if "dns" in raw:
+        dns = parse_dns(raw["dns"], pools, (settings.listen, settings.admin_listen))
+    return Config(settings, pools, sites, source=source, base_dir=base_dir, dns=dns)
 
 
 def _check_rules_file(path: Path) -> None:

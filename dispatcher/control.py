@@ -20,9 +20,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dispatcher.config import parse_address
+from dispatcher.dns.server import bind_pair
 from dispatcher.errors import DispatcherError
 from dispatcher.farm import Farm
 from dispatcher.server import bind
@@ -85,7 +87,14 @@ class WorkerPool:
     """``count`` worker processes serving ``listen`` from ``farm``'s state."""
 
     def __init__(
-        self, farm: Farm, listen: str, count: int, *, log_level: str, graceful_timeout: float
+        self,
+        farm: Farm,
+        listen: str,
+        count: int,
+        *,
+        log_level: str,
+        graceful_timeout: float,
+        dns_listen: Sequence[str] = (),
     ) -> None:
         self.farm = farm
         self.listen = listen
@@ -99,6 +108,9 @@ class WorkerPool:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reserved: socket.socket | None = None
+        self.dns_listen = tuple(dns_listen)
+        self._dns_reserved: list[tuple[socket.socket, socket.socket | None]] = []
+        self.dns_addresses: tuple[str, ...] = ()
         self._start_failed = asyncio.Event()
         self.host, self.port = parse_address(listen)
         self.hung_after = HUNG_AFTER
@@ -109,6 +121,7 @@ class WorkerPool:
         """Reserve the address, start every worker, return once all of them answer."""
         self._reserved = bind(self.listen, reuseport=True, listen=False)
         self.port = int(self._reserved.getsockname()[1])
+        self._reserve_dns()
         self._publish_now()
         self.farm.on_change = self._dirty.set
         self.farm.worker_views = self.views
@@ -127,6 +140,27 @@ class WorkerPool:
                 if not self._start_failed.is_set()
                 else "a worker process failed to start (see the log above)"
             )
+        self._release_udp()
+
+    def _reserve_dns(self) -> None:
+        """Reserve each DNS address as the public one is (TCP bound, never listening), and
+        its UDP port with a bound socket until the workers have bound theirs: a bound UDP
+        socket takes its share of the datagrams, so this one is closed once every worker
+        is ready (the workers' sockets hold the port from then on)."""
+        addresses = []
+        for address in self.dns_listen:
+            tcp, udp = bind_pair(address, reuseport=True, listen=False)
+            self._dns_reserved.append((tcp, udp))
+            host, _ = parse_address(address)
+            shown = f"[{host}]" if ":" in host else host
+            addresses.append(f"{shown}:{tcp.getsockname()[1]}")
+        self.dns_addresses = tuple(addresses)
+
+    def _release_udp(self) -> None:
+        for index, (tcp, udp) in enumerate(self._dns_reserved):
+            if udp is not None:
+                udp.close()
+                self._dns_reserved[index] = (tcp, None)
 
     async def _all_ready(self) -> None:
         for slot in self._slots:
@@ -155,6 +189,10 @@ class WorkerPool:
                 await task
         if self._reserved is not None:
             self._reserved.close()
+        for tcp, udp in self._dns_reserved:
+            tcp.close()
+            if udp is not None:
+                udp.close()
 
     def views(self) -> list[WorkerView]:
         return [slot.view() for slot in self._slots]
@@ -245,7 +283,7 @@ class WorkerPool:
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         sender: asyncio.Task[None] | None = None
         try:
-            writer.write(encode_state(Setup(slot.index, self.host, self.port)))
+            writer.write(encode_state(Setup(slot.index, self.host, self.port, self.dns_addresses)))
             sender = asyncio.create_task(self._send(slot, writer), name=f"states {slot.index}")
             slot.wake.set()
             await self._listen(slot, reader, started)
@@ -299,8 +337,11 @@ class WorkerPool:
                         report.generation,
                         (time.monotonic() - self._shipped_at) * 1000,
                     )
-            elif report.kind == "counts" and report.redirects:
-                self.farm.add_redirects(report.redirects)
+            elif report.kind == "counts":
+                if report.redirects:
+                    self.farm.add_redirects(report.redirects)
+                if report.dns:
+                    self.farm.add_dns_counts(report.dns)
 
     async def _next(self, reader: asyncio.StreamReader) -> Report | None:
         payload = await read_frame(reader, MAX_REPORT)

@@ -61,6 +61,8 @@ class Farm:
         self._in_flight: set[asyncio.Task[Any]] = set()
         self.on_change: Callable[[], None] | None = None
         self.worker_views: Callable[[], Sequence[WorkerView]] | None = None
+        self.dns_counts: defaultdict[str, int] = defaultdict(int)
+        self.dns_local: Callable[[], Mapping[str, int]] | None = None
         self.snapshot = self._build()
 
     # --- life cycle ---
@@ -303,6 +305,20 @@ class Farm:
         for name, count in counts.items():
             if name in self.snapshot.sites:
                 self.redirects[name] += count
+
+    def add_dns_counts(self, counts: Mapping[str, int]) -> None:
+        """Add a worker's DNS counters to the totals."""
+        for name, count in counts.items():
+            self.dns_counts[name] += count
+
+    def dns_totals(self) -> dict[str, int]:
+        """The DNS front's counters since start: the workers' reports, plus this process's
+        own front's when it runs one (``dns_local``)."""
+        totals = dict(self.dns_counts)
+        if self.dns_local is not None:
+            for name, count in self.dns_local().items():
+                totals[name] = totals.get(name, 0) + count
+        return totals
 
     # --- internals ---
 

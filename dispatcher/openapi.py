@@ -88,6 +88,14 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
         "weight": {"type": "integer", "minimum": 0, "maximum": 10000},
         "drained": {"type": "boolean"},
         "check": {"$ref": "#/components/schemas/Check"},
+        "addresses": {
+            "type": "array",
+            "maxItems": 16,
+            "uniqueItems": True,
+            "items": {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+            "description": "what the DNS front answers for the site (default: the base"
+            " URL's host when it is an IP literal)",
+        },
     }
     site_changes = {k: v for k, v in site_fields.items() if k != "name"}
     return {
@@ -254,6 +262,13 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                         },
                         "sites": {"type": "array", "items": {"type": "object"}},
                         "late_probe_results": {"type": "integer", "minimum": 0},
+                        "dns": {
+                            "description": "the DNS front's counters since start: queries"
+                            " (udp, tcp), answers by rcode, truncated, rrl_dropped,"
+                            " rrl_slipped, TCP connections closed at a limit",
+                            "type": "object",
+                            "additionalProperties": {"type": "integer", "minimum": 0},
+                        },
                         "workers": {
                             "description": "the worker processes (null when the public"
                             " listener runs in the control process itself)",

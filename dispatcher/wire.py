@@ -34,6 +34,8 @@ HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 #: The largest frame a worker may send (acks and counters are small).
 MAX_REPORT = 1024 * 1024
+#: The most DNS counters a report may carry (there are about twenty kinds).
+MAX_DNS_COUNTERS = 64
 
 
 class WireError(Exception):
@@ -42,11 +44,13 @@ class WireError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Setup:
-    """The first frame a worker reads: where to listen, and who it is."""
+    """The first frame a worker reads: where to listen, and who it is. ``dns`` lists the
+    DNS front's addresses (``host:port``, ports already picked), UDP and TCP on each."""
 
     index: int
     host: str
     port: int
+    dns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +135,15 @@ def decode_state(payload: bytes) -> Setup | WorkerState:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """A worker -> control message, checked: ``kind`` is ready, ack or counts."""
+    """A worker -> control message, checked: ``kind`` is ready, ack or counts (``dns``:
+    the DNS front's counters since the last report, see
+    :class:`~dispatcher.dns.service.DnsService`)."""
 
     kind: str
     generation: int = 0
     pid: int = 0
     redirects: Mapping[str, int] | None = None
+    dns: Mapping[str, int] | None = None
 
 
 def decode_report(payload: bytes) -> Report:
@@ -154,7 +161,14 @@ def decode_report(payload: bytes) -> Report:
         redirects = data.get("redirects")
         if not isinstance(redirects, dict):
             raise WireError("counts without a redirects object")
-        return Report(kind, redirects={str(k): _count(redirects, k) for k in redirects})
+        dns = data.get("dns", {})
+        if not isinstance(dns, dict) or len(dns) > MAX_DNS_COUNTERS:
+            raise WireError(f"counts with a dns object of at most {MAX_DNS_COUNTERS} counters")
+        return Report(
+            kind,
+            redirects={str(k): _count(redirects, k) for k in redirects},
+            dns={str(k)[:64]: _count(dns, k) for k in dns},
+        )
     raise WireError(f"an unknown report type {kind!r}")
 
 

@@ -31,7 +31,8 @@ class Base(DeclarativeBase):
 
 
 class SiteRow(Base):
-    """A registered site. ``check`` holds the health check's settings as JSON."""
+    """A registered site. ``check`` holds the health check's settings as JSON, ``addresses``
+    the addresses the DNS front answers for it (NULL: none configured)."""
 
     __tablename__ = "sites"
 
@@ -43,6 +44,7 @@ class SiteRow(Base):
     check: Mapped[dict[str, object]] = mapped_column(JSON)
     position: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    addresses: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class LoadRow(Base):

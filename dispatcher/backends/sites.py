@@ -6,6 +6,7 @@ refuses is refused by ``check-config`` with the same words.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,9 @@ MAX_EXPECT = 1024
 SHOWN = 80  # characters of an offending value quoted in an error
 MIN_INTERVAL = 0.1  # seconds between probes: faster is busy polling, not health checking
 MIN_TIMEOUT = 0.05
-SITE_KEYS = frozenset({"name", "base_url", "pool", "weight", "check", "drained"})
+#: The most addresses a site may have (what the DNS front answers for it).
+MAX_ADDRESSES = 16
+SITE_KEYS = frozenset({"name", "base_url", "pool", "weight", "check", "drained", "addresses"})
 CHECK_KEYS = frozenset({"url", "expect", "interval", "timeout", "rise", "fall"})
 
 
@@ -62,6 +65,19 @@ class SiteSpec:
     check: CheckSpec = field(default_factory=CheckSpec)
     drained: bool = False
     position: int = 0
+    addresses: tuple[str, ...] = ()
+
+    @property
+    def dns_addresses(self) -> tuple[str, ...]:
+        """The addresses the DNS front answers for this site: ``addresses``, or else the base
+        URL's host when it is an IP literal (none otherwise)."""
+        if self.addresses:
+            return self.addresses
+        host = urlsplit(self.base_url).hostname or ""
+        try:
+            return (str(ipaddress.ip_address(host)),)
+        except ValueError:
+            return ()
 
     @property
     def check_url(self) -> str:
@@ -78,6 +94,7 @@ class SiteSpec:
             "weight": self.weight,
             "check": self.check.as_dict(),
             "drained": self.drained,
+            "addresses": list(self.addresses),
         }
 
 
@@ -97,6 +114,7 @@ def parse_site(raw: Any, *, position: int = 0) -> SiteSpec:
         check=parse_check(raw.get("check", {})),
         drained=check_bool(raw.get("drained", False), "drained"),
         position=position,
+        addresses=check_addresses(raw.get("addresses", []), "addresses"),
     )
 
 
@@ -116,6 +134,8 @@ def update_site(site: SiteSpec, changes: Any) -> SiteSpec:
         new = replace(new, weight=check_weight(changes["weight"], "weight"))
     if "drained" in changes:
         new = replace(new, drained=check_bool(changes["drained"], "drained"))
+    if "addresses" in changes:
+        new = replace(new, addresses=check_addresses(changes["addresses"], "addresses"))
     if "check" in changes:
         merged = {**site.check.as_dict(), **_mapping(changes["check"], "check")}
         new = replace(new, check=parse_check(merged))
@@ -206,6 +226,28 @@ def check_whole(value: Any, field_name: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidValue(field_name, f"a whole number from {low} to {high}, got {shown(value)}")
     return value
+
+
+def check_addresses(value: Any, field_name: str, limit: int = MAX_ADDRESSES) -> tuple[str, ...]:
+    """A list of at most ``limit`` distinct IPv4 or IPv6 addresses (unicast or not: the
+    operator knows), each in its canonical text form (``2001:db8::1``)."""
+    expected = f"an array of at most {limit} distinct IPv4 or IPv6 addresses"
+    if not isinstance(value, list | tuple) or len(value) > limit:
+        raise InvalidValue(field_name, f"{expected}, got {shown(value)}")
+    found: list[str] = []
+    for index, item in enumerate(value):
+        try:
+            address = str(ipaddress.ip_address(item)) if isinstance(item, str) else None
+        except ValueError:
+            address = None
+        if address is None or "%" in address:
+            raise InvalidValue(
+                f"{field_name}[{index}]", f"an IPv4 or IPv6 address, got {shown(item)}"
+            )
+        if address in found:
+            raise InvalidValue(f"{field_name}[{index}]", f"{expected} ({address} twice)")
+        found.append(address)
+    return tuple(found)
 
 
 def check_bool(value: Any, field_name: str) -> bool:

@@ -255,6 +255,7 @@ class SqlSiteStore(SiteStore):
             new = change(_spec(row))
             row.base_url, row.pool, row.weight = new.base_url, new.pool, new.weight
             row.drained, row.check = new.drained, new.check.as_dict()
+            row.addresses = list(new.addresses) or None
             row.updated_at = _now()
             registry.revision += 1
             return _spec(row)
@@ -465,6 +466,7 @@ def _row(site: SiteSpec, position: int) -> SiteRow:
         check=site.check.as_dict(),
         position=position,
         updated_at=_now(),
+        addresses=list(site.addresses) or None,
     )
 
 
@@ -477,6 +479,7 @@ def _spec(row: SiteRow) -> SiteSpec:
         check=parse_check(row.check),
         drained=row.drained,
         position=row.position,
+        addresses=tuple(str(a) for a in row.addresses or ()),
     )
 
 

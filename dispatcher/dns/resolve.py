@@ -1,0 +1,109 @@
+"""Which addresses a name answers with, for one client: placement, then the name's rules.
+
+:func:`_placed` is the one step that asks placement for sites; everything else here turns
+its order into records. A name's answer is:
+
+- the address records of the placed sites, in placement order, ``answers`` of them at most
+  (a site contributes its addresses of the asked family; a site without one is passed);
+- when placement has no site for the client (every site down, drained or weight 0, or none
+  registered), the name's ``all_down``: its failsafe addresses, every address of the pool's
+  admitted sites (fail-open), or SERVFAIL; these carry the short TTL;
+- the ECS scope (RFC 7871): 0 when the pool's policy does not read where the client is
+  (the answer holds for everyone); else the prefix length of the network that located the
+  client, or, when nothing located it, the query's source prefix.
+
+A query's client is the EDNS client subnet when there is one with a source prefix above 0,
+else the resolver's address (a ``/0`` subnet, a resolver keeping its client private, is
+answered for the resolver, with scope 0).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from dispatcher.backends.snapshot import Snapshot
+from dispatcher.dns.message import NOERROR, SERVFAIL, Query
+from dispatcher.dns.table import Entry
+from dispatcher.placement.model import Client, Placement
+
+#: How the records of an answer were found (``explain`` prints it).
+PLACED, FIXED, FAILSAFE, FAIL_OPEN, NO_SITE = "placed", "fixed", "failsafe", "fail-open", "servfail"
+
+
+def _placed(snapshot: Snapshot, pool_name: str, client: Client, count: int) -> Placement:
+    """Up to ``count`` sites of ``pool_name`` for ``client``, in placement order.
+
+    The one place the DNS front asks placement (the lead points it at the placement
+    engine's ``order``). For now: the pool's policy picks the first, as it does for a
+    redirect; the other eligible sites follow in configured order.
+    """
+    pool = snapshot.pools.get(pool_name)
+    if pool is None or not pool.candidates:
+        return Placement(pool_name, ())
+    first = pool.choose(client.now)
+    if first is None:
+        return Placement(pool_name, ())
+    if count <= 1:
+        return Placement(pool_name, (first,))
+    rest = [c for c in pool.candidates if c is not first]
+    return Placement(pool_name, (first, *rest)[:count])
+
+
+class Resolved(NamedTuple):
+    """An address answer: ``records`` in wire form, the ``rcode`` (NOERROR or SERVFAIL),
+    the ECS ``scope``, ``how`` it was found and the ``placement`` (``None`` without)."""
+
+    records: list[bytes]
+    rcode: int
+    scope: int
+    how: str
+    placement: Placement | None
+
+
+def client_of(query: Query, resolver: str, now: float) -> Client:
+    ecs = query.ecs
+    if ecs is not None and ecs.source:
+        return Client(address=resolver, subnet=ecs.subnet(), now=now)
+    return Client(address=resolver, now=now)
+
+
+def resolve(
+    snapshot: Snapshot, entry: Entry, family: int, query: Query, resolver: str, now: float
+) -> Resolved:
+    """``entry``'s records of ``family`` (0: A, 2: AAAA) for this query; see the module."""
+    short = 1 if now < entry.short_until else 0
+    pool = entry.pool
+    if pool is None:
+        return Resolved(list(entry.fixed[family]), NOERROR, 0, FIXED, None)
+    client = client_of(query, resolver, now)
+    placement = _placed(snapshot, pool, client, entry.want[family >> 1])
+    sites = placement.sites
+    if not sites:
+        fallback = entry.fallback
+        if fallback is None:
+            return Resolved([], SERVFAIL, 0, NO_SITE, placement)
+        how = FAILSAFE if entry.config.all_down == "failsafe" else FAIL_OPEN
+        return Resolved(list(fallback[family]), NOERROR, 0, how, placement)
+    index = family + short
+    answers = entry.answers
+    records: list[bytes] = []
+    table = entry.records
+    for site in sites:
+        found = table.get(site.name)
+        if found is not None and found[index]:
+            records.extend(found[index])
+            if len(records) >= answers:
+                del records[answers:]
+                break
+    return Resolved(records, NOERROR, _scope(entry, query, placement), PLACED, placement)
+
+
+def _scope(entry: Entry, query: Query, placement: Placement) -> int:
+    ecs = query.ecs
+    if ecs is None or not entry.locates or not ecs.source:
+        return 0
+    prefix = placement.located.prefix
+    if prefix is None:
+        return ecs.source
+    _, _, length = prefix.rpartition("/")
+    return int(length) if length.isdecimal() else ecs.source
