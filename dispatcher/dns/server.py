@@ -129,8 +129,7 @@ class _Tcp(asyncio.Protocol):
         self.last = front.now()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)  # (uvloop's is not one)
         self.peer = client_host(transport.get_extra_info("peername"))
         settings = self.front.settings()
         transport.set_write_buffer_limits(high=settings.tcp_write_buffer)

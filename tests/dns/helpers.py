@@ -108,7 +108,11 @@ def query(
     if use_edns is None:
         return dns.message.make_query(name, rdtype).to_wire()
     message = dns.message.make_query(
-        name, rdtype, use_edns=use_edns, payload=payload, options=options,
+        name,
+        rdtype,
+        use_edns=use_edns,
+        payload=payload,
+        options=options,
         want_dnssec=want_dnssec,
     )
     return message.to_wire()

@@ -36,7 +36,8 @@ def test_a_and_aaaa_in_placement_order() -> None:
     svc = service()
     answer = ask(svc, query(WWW, "A"))
     assert answer.rcode() == dns.rcode.NOERROR
-    assert answer.flags & dns.flags.AA and not answer.flags & dns.flags.RA
+    assert answer.flags & dns.flags.AA
+    assert not answer.flags & dns.flags.RA
     assert addresses(answer) == ["192.0.2.1", "192.0.2.3"]  # eu first (weight 10), 2 answers
     assert answer.answer[0].ttl == 20
     six = ask(svc, query(WWW, "AAAA"))
@@ -54,7 +55,8 @@ def test_unknown_names_are_nxdomain_with_the_soa_and_the_negative_ttl() -> None:
     assert answer.rcode() == dns.rcode.NXDOMAIN
     assert answer.flags & dns.flags.AA
     (soa,) = answer.authority
-    assert soa.rdtype == dns.rdatatype.SOA and soa.name == dns.name.from_text(ZONE)
+    assert soa.rdtype == dns.rdatatype.SOA
+    assert soa.name == dns.name.from_text(ZONE)
     assert soa.ttl == 60  # min(SOA TTL 3600, minimum 60)
     assert soa[0].serial == 1  # the registry's revision
 
@@ -64,7 +66,8 @@ def test_other_types_of_existing_names_are_nodata() -> None:
     for name, rdtype in ((WWW, "MX"), (WWW, 65280), ("eu.farm.example.", "A"), (ZONE, "A")):
         answer = ask(svc, query(name, rdtype))
         assert answer.rcode() == dns.rcode.NOERROR, (name, rdtype)
-        assert not answer.answer and answer.authority[0].rdtype == dns.rdatatype.SOA
+        assert not answer.answer
+        assert answer.authority[0].rdtype == dns.rdatatype.SOA
 
 
 def test_names_outside_the_zones_other_classes_and_transfers_are_refused() -> None:
@@ -108,12 +111,14 @@ def test_any_is_answered_with_one_rrset() -> None:
     apex = ask(svc, query(ZONE, "ANY"))
     assert [r.rdtype for r in apex.answer] == [dns.rdatatype.SOA]
     ent = ask(svc, query("eu.farm.example.", "ANY"))
-    assert ent.rcode() == dns.rcode.NOERROR and not ent.answer
+    assert ent.rcode() == dns.rcode.NOERROR
+    assert not ent.answer
 
 
 def test_edns_is_echoed_with_our_payload_and_the_do_bit() -> None:
     answer = ask(service(), query(WWW, "A", payload=4096, want_dnssec=True))
-    assert answer.edns == 0 and answer.payload == 1232
+    assert answer.edns == 0
+    assert answer.payload == 1232
     assert answer.ednsflags & dns.flags.DO
     plain = ask(service(), query(WWW, "A"))
     assert plain.edns == -1  # no OPT in the query: none in the answer
@@ -125,12 +130,14 @@ def test_client_subnet_is_echoed_with_scope_zero_for_a_policy_that_does_not_loca
     assert isinstance(option, dns.edns.ECSOption)
     assert (option.address, option.srclen, option.scopelen) == ("198.51.100.0", 24, 0)
     nx = ask(service(), query("x.farm.example.", "A", subnet="2001:db8::/48"))
-    assert nx.options[0].srclen == 48 and nx.options[0].scopelen == 0
+    assert nx.options[0].srclen == 48
+    assert nx.options[0].scopelen == 0
 
 
 def test_badvers_for_edns_version_one() -> None:
     answer = ask(service(), query(WWW, "A", edns=1))
-    assert answer.rcode() == dns.rcode.BADVERS and answer.edns == 0
+    assert answer.rcode() == dns.rcode.BADVERS
+    assert answer.edns == 0
 
 
 def test_formerr_and_notimp_carry_the_id() -> None:
@@ -149,7 +156,11 @@ def test_formerr_and_notimp_carry_the_id() -> None:
 
 def _many(count: int) -> list[dict[str, object]]:
     return [
-        {"name": f"s{i}", "base_url": f"http://192.0.2.{i + 1}", "addresses": [f"2001:db8::{i + 1:x}"]}
+        {
+            "name": f"s{i}",
+            "base_url": f"http://192.0.2.{i + 1}",
+            "addresses": [f"2001:db8::{i + 1:x}"],
+        }
         for i in range(count)
     ]
 
@@ -161,10 +172,12 @@ def test_an_answer_that_does_not_fit_is_truncated_and_fits_over_tcp() -> None:
     config = make_config({"names": [{"name": LONG, "pool": "default", "answers": 16}]}, _many(16))
     svc = service(config)
     udp = ask(svc, query(LONG, "AAAA"))  # no EDNS: 512 bytes
-    assert udp.flags & dns.flags.TC and not udp.answer
+    assert udp.flags & dns.flags.TC
+    assert not udp.answer
     assert len(svc.answer_udp(query(LONG, "AAAA"), "127.0.0.1") or b"") <= 512
     big = ask(svc, query(LONG, "AAAA", edns=0, payload=1232))
-    assert not big.flags & dns.flags.TC and len(addresses(big)) == 16
+    assert not big.flags & dns.flags.TC
+    assert len(addresses(big)) == 16
     tcp = svc.answer_tcp(query(LONG, "AAAA"), "127.0.0.1")
     assert tcp is not None
     assert len(addresses(dns.message.from_wire(tcp))) == 16
@@ -183,11 +196,13 @@ def test_weights_ten_five_one_over_100000_queries() -> None:
     assert parsed is not None
     at = 12 + len(parsed.question) + 12  # the one A record's address: after its 12-byte head
     seen: Counter[bytes] = Counter()
+    last = b""
     for _ in range(100_000):
         reply = svc.answer_udp(wire, "127.0.0.1")
         assert reply is not None
         seen[reply[at : at + 4]] += 1
-    assert addresses(dns.message.from_wire(reply))[0] == ".".join(map(str, reply[at : at + 4]))
+        last = reply
+    assert addresses(dns.message.from_wire(last))[0] == ".".join(map(str, last[at : at + 4]))
     total = sum(seen.values())
     shares = {bytes(k).hex(): v / total for k, v in seen.items()}
     assert shares.keys() == {"c0000201", "c0000202", "c0000203"}
@@ -265,7 +280,8 @@ def test_every_answer_parses_fits_and_echoes(
     assert len(reply) <= limit_for(parsed, 1232)
     answer = dns.message.from_wire(reply)
     assert answer.id == sent.id
-    assert answer.flags & dns.flags.QR and not answer.flags & dns.flags.RA
+    assert answer.flags & dns.flags.QR
+    assert not answer.flags & dns.flags.RA
     assert answer.question[0].name.to_text() == sent.question[0].name.to_text()
     tcp = svc.answer_tcp(wire, "127.0.0.1")
     assert tcp is not None

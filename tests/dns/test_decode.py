@@ -36,7 +36,9 @@ def packet(
     return HEADER.pack(0x1234, flags, qd, an, ns, ar) + body
 
 
-def opt(options: bytes = b"", *, payload: int = 1232, ttl: int = 0, owner: bytes = b"\x00") -> bytes:
+def opt(
+    options: bytes = b"", *, payload: int = 1232, ttl: int = 0, owner: bytes = b"\x00"
+) -> bytes:
     return owner + struct.pack("!HHIH", 41, payload, ttl, len(options)) + options
 
 
@@ -61,7 +63,7 @@ def test_any_bytes_decode_without_raising(data: bytes) -> None:
 def test_garbage_after_a_valid_header_prefix(data: bytes, cut: int) -> None:
     """Valid queries cut or spliced anywhere never make the decoder raise."""
     good = query(WWW, "A", subnet="198.51.100.0/24")
-    for mixed in (good[: cut + 12] + data, data[:12] + good[12:], good[:-cut or None]):
+    for mixed in (good[: cut + 12] + data, data[:12] + good[12:], good[: -cut or None]):
         decode(mixed)
 
 
@@ -73,7 +75,8 @@ def test_short_datagrams_and_responses_get_silence() -> None:
 
 def test_a_plain_query() -> None:
     q = decode(query("WwW.Farm.Example.", "AAAA"))
-    assert q is not None and q.rcode == NOERROR
+    assert q is not None
+    assert q.rcode == NOERROR
     assert q.qname == b"\x03www\x04farm\x07example\x00"  # lower-cased for lookups
     assert q.question.startswith(b"\x03WwW\x04Farm\x07Example\x00")  # echoed as sent
     assert (q.qtype, q.qclass, q.edns, q.payload, q.ecs) == (28, 1, False, 512, None)
@@ -81,16 +84,23 @@ def test_a_plain_query() -> None:
 
 def test_edns_payload_do_and_client_subnet() -> None:
     q = decode(query(WWW, "A", subnet="198.51.100.77/24", payload=4000, want_dnssec=True))
-    assert q is not None and q.rcode == NOERROR
-    assert q.edns and q.payload == 4000 and q.do
-    assert q.ecs is not None and q.ecs.subnet() == "198.51.100.0/24"
+    assert q is not None
+    assert q.rcode == NOERROR
+    assert q.edns
+    assert q.payload == 4000
+    assert q.do
+    assert q.ecs is not None
+    assert q.ecs.subnet() == "198.51.100.0/24"
     q6 = decode(query(WWW, "A", subnet="2001:db8:aa:bb::/56"))
-    assert q6 is not None and q6.ecs is not None and q6.ecs.subnet() == "2001:db8:aa::/56"
+    assert q6 is not None
+    assert q6.ecs is not None
+    assert q6.ecs.subnet() == "2001:db8:aa::/56"
 
 
 def test_a_tiny_payload_counts_as_512() -> None:
     q = decode(packet(ar=1, body=QUESTION + opt(payload=100)))
-    assert q is not None and q.payload == 512
+    assert q is not None
+    assert q.payload == 512
 
 
 @pytest.mark.parametrize(
@@ -154,7 +164,9 @@ def test_client_subnet_as_rfc_7871_says(option: bytes, ok: bool) -> None:
 def test_a_tsig_record_is_read_and_ignored() -> None:
     tsig = b"\x03key\x00" + struct.pack("!HHIH", 250, 255, 0, 4) + b"abcd"
     q = decode(packet(ar=2, body=QUESTION + opt() + tsig))
-    assert q is not None and q.rcode == NOERROR and q.edns
+    assert q is not None
+    assert q.rcode == NOERROR
+    assert q.edns
 
 
 def test_a_compressed_question_is_echoed_uncompressed() -> None:
@@ -174,7 +186,8 @@ def test_read_name_terminates_or_refuses(data: bytes, offset: int) -> None:
         name, end = read_name(data, offset)
     except BadName:
         return
-    assert len(name) <= 255 and name.endswith(b"\x00")
+    assert len(name) <= 255
+    assert name.endswith(b"\x00")
     assert offset < end <= len(data)
 
 
@@ -182,5 +195,6 @@ def test_every_name_dnspython_writes_reads_back() -> None:
     for name in ("a.", "x" * 63 + ".example.", ".".join(["a" * 62] * 4) + "."):
         wire = dns.message.make_query(name, "A").to_wire()
         q = decode(wire)
-        assert q is not None and q.rcode == NOERROR
+        assert q is not None
+        assert q.rcode == NOERROR
         assert dns.name.from_wire(q.question, 0)[0] == dns.name.from_text(name)

@@ -63,7 +63,8 @@ async def test_udp_and_tcp_answer(front: DnsFront) -> None:
     udp = await dns.asyncquery.udp(message, "127.0.0.1", port=port, timeout=2)
     tcp = await dns.asyncquery.tcp(message, "127.0.0.1", port=port, timeout=2)
     assert len(addresses(udp)) == len(addresses(tcp)) == 2  # (the rotation moves on)
-    assert front.service.counts["udp"] == 1 and front.service.counts["tcp"] == 1
+    assert front.service.counts["udp"] == 1
+    assert front.service.counts["tcp"] == 1
 
 
 async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -166,9 +167,7 @@ async def test_at_the_connection_limit_the_idlest_connection_makes_room() -> Non
 
 
 async def test_a_peer_that_never_reads_cannot_grow_our_buffers() -> None:
-    front = await start(
-        tcp_write_buffer=4096, tcp_max_queries=1_000_000, tcp_idle_timeout=1.0
-    )
+    front = await start(tcp_write_buffer=4096, tcp_max_queries=1_000_000, tcp_idle_timeout=1.0)
     try:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
