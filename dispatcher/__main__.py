@@ -116,7 +116,10 @@ def _check_config(args: argparse.Namespace) -> int:
         program = _rules(config.dispatcher.rules, config.pools, config.source)
         rules = f", {program.rule_count} rewrite rule(s)"
     pools = ", ".join(config.pools)
-    print(f"{config.source}: ok ({len(config.sites)} site(s), pools: {pools}{rules})")
+    dns = ""
+    if config.dns is not None:
+        dns = f", dns: {len(config.dns.names)} name(s) in {len(config.dns.zones)} zone(s)"
+    print(f"{config.source}: ok ({len(config.sites)} site(s), pools: {pools}{rules}{dns})")
     return EXIT_OK
 
 

@@ -316,7 +316,7 @@ def _record(raw: Any, where: str, config: DnsConfig, pools: Collection[str]) -> 
     if config.zone_of(name) is None:
         zones = ", ".join(to_text(z) for z in config.zones)
         raise InvalidValue(
-            f"{where}.name", f"a name in one of the zones ({zones}), got {raw['name']!r}"
+            f"{where}.name", f"a name in one of dns.zones ({zones}), got {raw['name']!r}"
         )
     if ("pool" in raw) == ("addresses" in raw):
         raise InvalidValue(where, "either pool (answers placed by it) or addresses (fixed)")
@@ -324,7 +324,7 @@ def _record(raw: Any, where: str, config: DnsConfig, pools: Collection[str]) -> 
     addresses: tuple[str, ...] = ()
     if "pool" in raw:
         pool = raw["pool"]
-        if pool not in pools:
+        if not isinstance(pool, str) or pool not in pools:
             raise InvalidValue(
                 f"{where}.pool", f"one of the pools {sorted(pools)}, got {shown(pool)}"
             )
