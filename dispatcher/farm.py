@@ -23,6 +23,7 @@ from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Load, Snapshot, build_snapshot
 from dispatcher.backends.store import LoadReport, SiteStore, StoredRules
 from dispatcher.config import Config, check_not_self
+from dispatcher.dns.ttl import ChangeTracker
 from dispatcher.errors import InvalidValue, StoreError, StoreUnavailable
 from dispatcher.policies import Policy
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules, load_rules
@@ -62,6 +63,7 @@ class Farm:
         self.on_change: Callable[[], None] | None = None
         self.worker_views: Callable[[], Sequence[WorkerView]] | None = None
         self.dns_counts: defaultdict[str, int] = defaultdict(int)
+        self.dns_changes = ChangeTracker()  # (for explain: the workers keep their own)
         self.dns_local: Callable[[], Mapping[str, int]] | None = None
         self.snapshot = self._build()
 
@@ -369,6 +371,7 @@ class Farm:
             rules=self._rules,
         )
         self._policies = {name: pool.policy for name, pool in snapshot.pools.items()}
+        self.dns_changes.observe(snapshot, time.monotonic())
         return snapshot
 
 

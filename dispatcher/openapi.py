@@ -171,9 +171,10 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
             },
             "/api/v1/explain": {
                 "post": _op(
-                    "What a client asking for a URL would get, rule by rule",
+                    "What a client asking for a URL would get, rule by rule; or (the dns"
+                    " variant) what a resolver asking the DNS front would be told",
                     {"200": _ok("the explanation", "Explained")},
-                    "ExplainIn",
+                    "ExplainBody",
                     store=False,
                 ),
             },
@@ -313,11 +314,39 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                         },
                     },
                 },
+                "ExplainBody": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/ExplainIn"},
+                        {"$ref": "#/components/schemas/DnsExplainIn"},
+                    ]
+                },
+                "DnsExplainIn": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["dns"],
+                    "properties": {
+                        "dns": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string", "minLength": 1, "maxLength": 1024},
+                                "type": {"type": "string", "pattern": "^[A-Za-z0-9]{1,16}$"},
+                                "resolver": {
+                                    "type": "string",
+                                    "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+                                },
+                                "subnet": {"type": "string", "maxLength": 64},
+                            },
+                        }
+                    },
+                },
                 "Explained": {
                     "type": "object",
                     "properties": {
                         "outcome": {"type": ["object", "null"]},
                         "answer": {"type": "object"},
+                        "dns": {"type": "object", "description": "the dns variant's answer"},
                         "text": {"type": "string"},
                     },
                 },

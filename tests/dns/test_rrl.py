@@ -100,9 +100,7 @@ def test_the_service_limits_udp_not_tcp_and_counts() -> None:
 
 def test_nxdomain_for_random_names_is_one_stream_per_zone() -> None:
     svc = service(make_config({"rrl_rate": 3, "rrl_slip": 0}))
-    answers = [
-        svc.answer_udp(query(f"r{i}.farm.example.", "A"), "198.51.100.9") for i in range(10)
-    ]
+    answers = [svc.answer_udp(query(f"r{i}.farm.example.", "A"), "198.51.100.9") for i in range(10)]
     assert sum(a is not None for a in answers) == 3
     assert svc.answer_udp(query(WWW, "A"), "198.51.100.9") is not None  # answers: their own
 

@@ -4,9 +4,11 @@ unprobed, and short for as long as a site flaps. Pure: the clock is injected."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from dispatcher.backends.health import State
+from dispatcher.backends.sites import SiteSpec
 from dispatcher.dns.service import DnsService
 from tests.dns.helpers import WWW, Source, ask, make_config, query
 
@@ -71,16 +73,17 @@ def test_a_flapping_site_keeps_it_short() -> None:
 def test_drain_weight_addresses_and_membership_are_changes() -> None:
     config = make_config()
     sites = list(config.sites)
-    for change in (
+    changes: list[Callable[[SiteSpec], SiteSpec]] = [
         lambda s: replace(s, drained=True),
         lambda s: replace(s, weight=3),
         lambda s: replace(s, addresses=("192.0.2.77",)),
-    ):
-        source, svc, clock = setup()
+    ]
+    for change in changes:
+        source, svc, _ = setup()
         ttl(svc)
         source.rebuild([change(sites[0]), *sites[1:]])
         assert ttl(svc) == 5, change
-    source, svc, clock = setup()
+    source, svc, _ = setup()
     ttl(svc)
     source.rebuild(sites[:2])  # asia removed
     assert ttl(svc) == 5
