@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from dataclasses import replace
 
 import psycopg
 import pytest
 from alembic import command
+from sqlalchemy import text
 
 from dispatcher.backends.sites import CheckSpec, SiteSpec
 from dispatcher.backends.store import LoadReport, SqlSiteStore, StoredRules
@@ -219,19 +221,65 @@ def test_rules_are_stored_and_bump_the_revision(store: SqlSiteStore) -> None:
     )
 
 
+def _migrate(store: SqlSiteStore, revision: str, down: bool = False) -> None:
+    cfg = store._alembic()
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+
+
+def _insert_as_at_0001(store: SqlSiteStore) -> None:
+    """EU as a dispatcher of revision 0001 wrote it (its columns only)."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                'INSERT INTO sites (name, base_url, pool, weight, drained, "check",'
+                " position, updated_at) VALUES ('eu', :url, 'default', 2, false, :check, 0,"
+                " CURRENT_TIMESTAMP)"
+            ),
+            {"url": EU.base_url, "check": json.dumps(EU.check.as_dict())},
+        )
+        conn.execute(text("UPDATE registry SET seeded = true, revision = revision + 1"))
+
+
 def test_upgrade_from_the_first_revision_keeps_the_data(database_url: str) -> None:
     store = SqlSiteStore(database_url)
     try:
-        cfg = store._alembic()
-        with store.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0001")
+        _migrate(store, "0001")
         with pytest.raises(SchemaBehind) as info:
             store.check_schema()
         assert info.value.current == "0001"
-        store.seed([EU])
+        _insert_as_at_0001(store)
         store.upgrade()
         store.check_schema()
         assert store.get_site("eu") == replace(EU, position=0)
+    finally:
+        store.close()
+
+
+def test_site_addresses_round_trip_and_their_migration_goes_both_ways(database_url: str) -> None:
+    """0005 adds the addresses the DNS front answers: sites written before have none; a
+    site's addresses are stored and changed; downgrading to 0003 keeps the sites."""
+    store = SqlSiteStore(database_url)
+    try:
+        _migrate(store, "0003")
+        _insert_as_at_0001(store)
+        _migrate(store, "0005")
+        assert store.get_site("eu") == replace(EU, position=0)
+        named = replace(US, addresses=("192.0.2.3", "2001:db8::3"))
+        assert store.create_site(named) == replace(named, position=1)
+        assert store.get_site("us") == replace(named, position=1)
+        moved = store.modify_site("us", lambda s: replace(s, addresses=("198.51.100.3",)))
+        assert store.get_site("us").addresses == moved.addresses == ("198.51.100.3",)
+        cleared = store.modify_site("us", lambda s: replace(s, addresses=()))
+        assert store.get_site("us") == cleared
+        assert cleared.addresses == ()
+        store.modify_site("us", lambda s: replace(s, addresses=("198.51.100.3",)))
+        _migrate(store, "0003", down=True)
+        with store.engine.connect() as conn:
+            names = conn.execute(text("SELECT name FROM sites ORDER BY position")).scalars()
+            assert list(names) == ["eu", "us"]
+        store.upgrade()
+        assert store.get_site("us").addresses == ()
     finally:
         store.close()
