@@ -89,7 +89,8 @@ def respond(
     qtype = query.qtype
     entry = table.names.get(query.qname)
     if entry is not None and qtype in ADDRESS_TYPES:
-        resolved = resolve(table.snapshot, entry, 0 if qtype == A else 2, query, resolver, now)
+        family = 0 if qtype == A else 2
+        resolved = resolve(table.snapshot, entry, family, query.ecs, resolver, now)
         if not resolved.records and resolved.rcode == NOERROR:
             return negative(query, entry.zone, NOERROR, payload, limit), NOERROR
         return addresses(query, resolved, payload, limit), resolved.rcode
@@ -123,9 +124,9 @@ def _any(
 ) -> tuple[bytes, int]:
     """RFC 8482: one RRset, the A records (or AAAA when there is no IPv4 record)."""
     payload = table.config.max_udp_payload
-    resolved = resolve(table.snapshot, entry, 0, query, resolver, now)
+    resolved = resolve(table.snapshot, entry, 0, query.ecs, resolver, now)
     if not resolved.records and resolved.rcode == NOERROR:
-        resolved = resolve(table.snapshot, entry, 2, query, resolver, now)
+        resolved = resolve(table.snapshot, entry, 2, query.ecs, resolver, now)
     if not resolved.records and resolved.rcode == NOERROR:
         return negative(query, entry.zone, NOERROR, payload, limit), NOERROR
     return addresses(query, resolved, payload, limit), resolved.rcode

@@ -211,7 +211,7 @@ def _reasons(
     reasons.append(f"client: {client}")
     reasons.append(_ttl_reason(entry, now))
     family = 2 if query.qtype == AAAA else 0
-    resolved = resolve(snapshot, entry, family, query, resolver, now)
+    resolved = resolve(snapshot, entry, family, query.ecs, resolver, now)
     reasons.append(f"answered by: {resolved.how}, client subnet scope /{resolved.scope}")
     return reasons, _verdicts(snapshot, entry, resolved, family)
 

@@ -54,15 +54,18 @@ class Ecs:
     """An EDNS Client Subnet option from a query (RFC 7871), checked.
 
     ``address`` holds the ``ceil(source / 8)`` address bytes as sent (bits past ``source``
-    are zero, or the query was refused).
+    are zero, or the query was refused); ``text`` the subnet (``"192.0.2.0/24"``,
+    ``"2001:db8::/56"``); ``echo`` the option as it goes back with scope 0.
     """
 
-    __slots__ = ("address", "family", "source")
+    __slots__ = ("address", "echo", "family", "source", "text")
 
     def __init__(self, family: int, source: int, address: bytes) -> None:
         self.family = family
         self.source = source
         self.address = address
+        self.text = self.subnet()
+        self.echo = _ecs_option(family, source, 0, address)
 
     def subnet(self) -> str:
         """``"192.0.2.0/24"`` or ``"2001:db8::/56"``."""
@@ -74,8 +77,14 @@ class Ecs:
 
     def option(self, scope: int) -> bytes:
         """This option as it goes back in the answer, with ``scope`` (RFC 7871 section 7.2)."""
-        body = struct.pack("!HBB", self.family, self.source, scope) + self.address
-        return TWO.pack(ECS_OPTION, len(body)) + body
+        if scope == 0:
+            return self.echo
+        return _ecs_option(self.family, self.source, scope, self.address)
+
+
+def _ecs_option(family: int, source: int, scope: int, address: bytes) -> bytes:
+    body = struct.pack("!HBB", family, source, scope) + address
+    return TWO.pack(ECS_OPTION, len(body)) + body
 
 
 class Query:

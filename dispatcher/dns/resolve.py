@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from dispatcher.backends.snapshot import Snapshot
-from dispatcher.dns.message import NOERROR, SERVFAIL, Query
+from dispatcher.dns.message import NOERROR, SERVFAIL, Ecs
 from dispatcher.dns.table import Entry
 from dispatcher.placement.model import Client, Placement
 
@@ -60,22 +60,22 @@ class Resolved(NamedTuple):
     placement: Placement | None
 
 
-def client_of(query: Query, resolver: str, now: float) -> Client:
-    ecs = query.ecs
+def client_of(ecs: Ecs | None, resolver: str, now: float) -> Client:
     if ecs is not None and ecs.source:
-        return Client(address=resolver, subnet=ecs.subnet(), now=now)
+        return Client(address=resolver, subnet=ecs.text, now=now)
     return Client(address=resolver, now=now)
 
 
 def resolve(
-    snapshot: Snapshot, entry: Entry, family: int, query: Query, resolver: str, now: float
+    snapshot: Snapshot, entry: Entry, family: int, ecs: Ecs | None, resolver: str, now: float
 ) -> Resolved:
-    """``entry``'s records of ``family`` (0: A, 2: AAAA) for this query; see the module."""
+    """``entry``'s records of ``family`` (0: A, 2: AAAA) for a query from ``resolver`` with
+    the client subnet ``ecs`` (or none); see the module."""
     short = 1 if now < entry.short_until else 0
     pool = entry.pool
     if pool is None:
         return Resolved(list(entry.fixed[family]), NOERROR, 0, FIXED, None)
-    client = client_of(query, resolver, now)
+    client = client_of(ecs, resolver, now)
     placement = _placed(snapshot, pool, client, entry.want[family >> 1])
     sites = placement.sites
     if not sites:
@@ -95,11 +95,10 @@ def resolve(
             if len(records) >= answers:
                 del records[answers:]
                 break
-    return Resolved(records, NOERROR, _scope(entry, query, placement), PLACED, placement)
+    return Resolved(records, NOERROR, _scope(entry, ecs, placement), PLACED, placement)
 
 
-def _scope(entry: Entry, query: Query, placement: Placement) -> int:
-    ecs = query.ecs
+def _scope(entry: Entry, ecs: Ecs | None, placement: Placement) -> int:
     if ecs is None or not entry.locates or not ecs.source:
         return 0
     prefix = placement.located.prefix

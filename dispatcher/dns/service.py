@@ -18,7 +18,8 @@ from typing import Protocol
 from dispatcher.backends.snapshot import Snapshot
 from dispatcher.config import Config
 from dispatcher.dns.answer import TCP_LIMIT, limit_for, respond, truncated
-from dispatcher.dns.message import NOERROR, NXDOMAIN, Query, decode
+from dispatcher.dns.fastpath import fast_answer
+from dispatcher.dns.message import NOERROR, NXDOMAIN, SERVFAIL, Query, decode
 from dispatcher.dns.rrl import DROP, SLIP, RateLimiter
 from dispatcher.dns.table import DnsTable, build_table
 from dispatcher.dns.ttl import ChangeTracker
@@ -95,52 +96,73 @@ class DnsService:
 
     def answer_udp(self, data: bytes, address: str) -> bytes | None:
         """The datagram to send back to ``address`` for ``data``, or None (silence)."""
-        self.counts["udp"] += 1
-        query = decode(data)
+        counts = self.counts
+        counts["udp"] += 1
         table = self.table()
-        if query is None or table is None:
-            self.counts["silent"] += 1
+        if table is None:
+            counts["silent"] += 1
             return None
         now = self.clock()
-        response, rcode = self._respond(
-            table, query, address, now, limit_for(query, table.config.max_udp_payload)
-        )
+        answered = self._answer(table, data, address, now, tcp=False)
+        if answered is None:
+            counts["silent"] += 1
+            return None
+        response, key, rcode = answered
         limiter = self._limiter
         if limiter is not None:
-            verdict = limiter.decide(address, _rrl_key(table, query, rcode), now)
+            verdict = limiter.decide(address, key, now)
             if verdict == DROP:
-                self.counts["rrl_dropped"] += 1
+                counts["rrl_dropped"] += 1
                 return None
             if verdict == SLIP:
-                self.counts["rrl_slipped"] += 1
+                counts["rrl_slipped"] += 1
+                query = decode(data)
+                assert query is not None  # it was answered
                 return truncated(query, table.config.max_udp_payload)
-        self.counts[RCODE_NAMES.get(rcode, "other")] += 1
+        counts[RCODE_NAMES.get(rcode, "other")] += 1
         return response
 
     def answer_tcp(self, data: bytes, address: str) -> bytes | None:
         """The message to send back over TCP for one framed query, or None (close)."""
         self.counts["tcp"] += 1
-        query = decode(data)
         table = self.table()
-        if query is None or table is None:
+        answered = (
+            None if table is None else self._answer(table, data, address, self.clock(), tcp=True)
+        )
+        if answered is None:
             self.counts["silent"] += 1
             return None
-        response, rcode = self._respond(table, query, address, self.clock(), TCP_LIMIT)
-        self.counts[RCODE_NAMES.get(rcode, "other")] += 1
-        return response
+        self.counts[RCODE_NAMES.get(answered[2], "other")] += 1
+        return answered[0]
 
-    def _respond(
-        self, table: DnsTable, query: Query, address: str, now: float, limit: int
-    ) -> tuple[bytes, int]:
+    def _answer(
+        self, table: DnsTable, data: bytes, address: str, now: float, *, tcp: bool
+    ) -> tuple[bytes, object, int] | None:
+        """(answer, rate-limiting key, rcode): the fast path's, else the general path's;
+        None for silence."""
+        query: Query | None = None
+        key: object
         try:
-            response, rcode = respond(table, query, address, now, limit)
+            fast = fast_answer(table, data, address, now, tcp)
+            if fast is not None:
+                response, key, rcode = fast
+            else:
+                query = decode(data)
+                if query is None:
+                    return None
+                limit = TCP_LIMIT if tcp else limit_for(query, table.config.max_udp_payload)
+                response, rcode = respond(table, query, address, now, limit)
+                key = _rrl_key(table, query, rcode)
         except Exception:  # a bug must cost one answer, not the listener
             if self._bugs.hit("answer") is not None:
                 log.exception("could not answer a query (a bug; answered TC instead)")
-            return truncated(query, table.config.max_udp_payload), NOERROR
-        if response[3] & 0x02:  # TC
+            query = query or decode(data)
+            if query is None:
+                return None
+            return truncated(query, table.config.max_udp_payload), -SERVFAIL, NOERROR
+        if response[2] & 0x02:  # TC
             self.counts["truncated"] += 1
-        return response, rcode
+        return response, key, rcode
 
     def take_counts(self) -> dict[str, int]:
         """The counts since the last call (and start again from zero)."""
@@ -150,8 +172,8 @@ class DnsService:
 
 def _rrl_key(table: DnsTable, query: Query, rcode: int) -> object:
     """What makes two responses "identical" for rate limiting (see :mod:`~dispatcher.dns.rrl`)."""
-    if rcode == NOERROR:
-        return (query.qname, query.qtype)
+    if rcode == NOERROR:  # (the fast path's key for the same answer)
+        return query.qname + query.qtype.to_bytes(2, "big")
     if rcode == NXDOMAIN:
         zone = table.zone_of(query.qname)
         return (zone.apex if zone else b"", -NXDOMAIN)

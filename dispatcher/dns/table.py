@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from dispatcher.backends.snapshot import Snapshot
 from dispatcher.dns.config import DnsConfig, DnsName
-from dispatcher.dns.message import AAAA, IN, SOA, A
+from dispatcher.dns.message import AAAA, IN, SOA, A, Ecs
 from dispatcher.dns.names import ROOT, is_within, parents
 from dispatcher.dns.ttl import ChangeTracker, short_until
 
@@ -108,9 +108,10 @@ class Entry:
 class DnsTable:
     """The zones (by lower-cased wire apex), the names (by lower-cased wire name), the names
     that exist without records of their own (apexes and empty non-terminals), the snapshot
-    and configuration it was built from."""
+    and configuration it was built from; ``subnets`` is the fast path's cache of client
+    subnet options (:mod:`dispatcher.dns.fastpath`), the one thing that changes."""
 
-    __slots__ = ("config", "existing", "names", "snapshot", "zones")
+    __slots__ = ("config", "existing", "names", "snapshot", "subnets", "zones")
 
     def __init__(
         self,
@@ -125,6 +126,7 @@ class DnsTable:
         self.zones = zones
         self.names = names
         self.existing = existing
+        self.subnets: dict[bytes, Ecs] = {}  # the fast path's parsed client subnet options
 
     def zone_of(self, name: bytes) -> Zone | None:
         """The zone ``name`` (lower-cased wire) is in, or None (not ours: REFUSED)."""
