@@ -24,7 +24,11 @@ from typing import NamedTuple
 from dispatcher.backends.snapshot import Snapshot
 from dispatcher.dns.message import NOERROR, SERVFAIL, Ecs
 from dispatcher.dns.table import Entry
-from dispatcher.placement.model import Client, Placement
+from dispatcher.placement.model import Candidate, Client, Placement
+
+#: Placements of one site, kept (by the site object, which the snapshot holds).
+_SINGLE: dict[int, tuple[Candidate, Placement]] = {}
+MAX_SINGLE = 4096
 
 #: How the records of an answer were found (``explain`` prints it).
 PLACED, FIXED, FAILSAFE, FAIL_OPEN, NO_SITE = "placed", "fixed", "failsafe", "fail-open", "servfail"
@@ -43,8 +47,15 @@ def _placed(snapshot: Snapshot, pool_name: str, client: Client, count: int) -> P
     first = pool.choose(client.now)
     if first is None:
         return Placement(pool_name, ())
-    if count <= 1:
-        return Placement(pool_name, (first,))
+    if count <= 1:  # (a placement is immutable: one per site will do)
+        held = _SINGLE.get(id(first))
+        if held is not None and held[0] is first and held[1].pool == pool_name:
+            return held[1]
+        placement = Placement(pool_name, (first,))
+        if len(_SINGLE) >= MAX_SINGLE:
+            _SINGLE.clear()
+        _SINGLE[id(first)] = (first, placement)
+        return placement
     rest = [c for c in pool.candidates if c is not first]
     return Placement(pool_name, (first, *rest)[:count])
 
@@ -79,11 +90,7 @@ def resolve(
     placement = _placed(snapshot, pool, client, entry.want[family >> 1])
     sites = placement.sites
     if not sites:
-        fallback = entry.fallback
-        if fallback is None:
-            return Resolved([], SERVFAIL, 0, NO_SITE, placement)
-        how = FAILSAFE if entry.config.all_down == "failsafe" else FAIL_OPEN
-        return Resolved(list(fallback[family]), NOERROR, 0, how, placement)
+        return fallback(entry, family, placement)
     index = family + short
     answers = entry.answers
     records: list[bytes] = []
@@ -96,6 +103,15 @@ def resolve(
                 del records[answers:]
                 break
     return Resolved(records, NOERROR, _scope(entry, ecs, placement), PLACED, placement)
+
+
+def fallback(entry: Entry, family: int, placement: Placement) -> Resolved:
+    """What ``entry`` answers when placement has no site: its ``all_down``."""
+    records = entry.fallback
+    if records is None:
+        return Resolved([], SERVFAIL, 0, NO_SITE, placement)
+    how = FAILSAFE if entry.config.all_down == "failsafe" else FAIL_OPEN
+    return Resolved(list(records[family]), NOERROR, 0, how, placement)
 
 
 def _scope(entry: Entry, ecs: Ecs | None, placement: Placement) -> int:

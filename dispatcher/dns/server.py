@@ -17,7 +17,9 @@ Per connection: a query larger than ``tcp_max_message`` closes it; after
 ``tcp_max_queries`` answers it is closed (once they are written); idle for
 ``tcp_idle_timeout`` (no query, and no answer taken by the peer) it is closed. A peer that
 does not read: beyond ``tcp_write_buffer`` bytes of unsent answers the connection stops
-reading queries until the peer catches up, and the idle timeout ends it if it never does.
+reading queries until the peer catches up (what it holds meanwhile: those answers, and
+the queries of the one read that was under way, at most 256 KiB), and the idle timeout
+ends it if it never does.
 At ``tcp_max_connections`` a new connection first makes room by closing the connection
 idle the longest (as the HTTP edge does with idle keep-alive connections).
 """
@@ -40,8 +42,10 @@ from dispatcher.server import bind
 
 log = logging.getLogger("webfarm.dns")
 
-#: Unsent UDP answers (bytes) beyond which new answers are dropped.
-MAX_UDP_BACKLOG = 1024 * 1024
+#: Datagrams read per wake-up of a UDP socket (then the event loop runs other work).
+UDP_BATCH = 64
+#: The largest datagram read (a query is far smaller; a larger one is cut and refused).
+MAX_DATAGRAM = 65_535
 LENGTH = struct.Struct("!H")
 #: Attempts at finding a port free for both UDP and TCP when port 0 is configured.
 PORT_ATTEMPTS = 32
@@ -90,29 +94,36 @@ def client_host(peer: Any) -> str:
     return host
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, service: DnsService) -> None:
+class _Udp:
+    """One UDP socket, read straight from the event loop's readiness callback: up to
+    :data:`UDP_BATCH` datagrams a wake-up, each answered at once with ``sendto``; an
+    answer the kernel will not take now (its buffer is full) is dropped, never queued."""
+
+    def __init__(self, service: DnsService, sock: socket.socket) -> None:
         self.service = service
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # (uvloop's and 3.11's selector transports do not subclass DatagramTransport)
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        host = addr[0]
-        if host[:7] == "::ffff:" and "." in host:
-            host = host[7:]
-        response = self.service.answer_udp(data, host)
-        transport = self.transport
-        if response is not None and transport is not None:
-            if transport.get_write_buffer_size() > MAX_UDP_BACKLOG:  # type: ignore[attr-defined]
-                self.service.counts["udp_backlog"] += 1
+    def readable(self) -> None:
+        recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
+        answer = self.service.answer_udp
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
                 return
-            transport.sendto(response, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # an ICMP error about an earlier answer: nothing to do
+            except OSError:  # an ICMP error about an earlier answer
+                continue
+            host = addr[0]
+            if host[:7] == "::ffff:" and "." in host:
+                host = host[7:]
+            response = answer(data, host)
+            if response is not None:
+                try:
+                    sendto(response, addr)
+                except (BlockingIOError, InterruptedError):
+                    self.service.counts["udp_backlog"] += 1
+                except OSError:
+                    self.service.counts["udp_send_failed"] += 1
 
 
 class _Tcp(asyncio.Protocol):
@@ -201,7 +212,7 @@ class DnsFront:
         self.connections: dict[_Tcp, None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.AbstractServer] = []
-        self._transports: list[asyncio.BaseTransport] = []
+        self._udp: list[socket.socket] = []
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -223,8 +234,8 @@ class DnsFront:
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         for tcp, udp in self.pairs:
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self.service), sock=udp)
-            self._transports.append(transport)
+            loop.add_reader(udp.fileno(), _Udp(self.service, udp).readable)
+            self._udp.append(udp)
             self._servers.append(
                 await loop.create_server(lambda: _Tcp(self), sock=tcp, backlog=1024)
             )
@@ -234,8 +245,9 @@ class DnsFront:
         """Stop accepting; what is written to open connections goes out, then they close."""
         for server in self._servers:
             server.close()
-        for transport in self._transports:
-            transport.close()
+        if self._loop is not None:
+            for udp in self._udp:
+                self._loop.remove_reader(udp.fileno())
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()

@@ -108,10 +108,18 @@ class Entry:
 class DnsTable:
     """The zones (by lower-cased wire apex), the names (by lower-cased wire name), the names
     that exist without records of their own (apexes and empty non-terminals), the snapshot
-    and configuration it was built from; ``subnets`` is the fast path's cache of client
-    subnet options (:mod:`dispatcher.dns.fastpath`), the one thing that changes."""
+    and configuration it was built from; ``kept`` is the fast path's cache of parsed OPT
+    records (:mod:`dispatcher.dns.fastpath`), the one thing that changes."""
 
-    __slots__ = ("config", "existing", "names", "snapshot", "subnets", "zones")
+    __slots__ = (
+        "config",
+        "existing",
+        "fast",
+        "kept",
+        "names",
+        "snapshot",
+        "zones",
+    )
 
     def __init__(
         self,
@@ -126,7 +134,10 @@ class DnsTable:
         self.zones = zones
         self.names = names
         self.existing = existing
-        self.subnets: dict[bytes, Ecs] = {}  # the fast path's parsed client subnet options
+        # the fast path's: the names by name and type (A and AAAA), and the OPT records
+        # of queries, parsed (dispatcher.dns.fastpath)
+        self.fast = {name + t: e for name, e in names.items() for t in (b"\0\1", b"\0\x1c")}
+        self.kept: dict[bytes, tuple[int, Ecs | None, bytes, int]] = {}
 
     def zone_of(self, name: bytes) -> Zone | None:
         """The zone ``name`` (lower-cased wire) is in, or None (not ours: REFUSED)."""

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher.dns.answer import TCP_LIMIT, limit_for, respond
-from dispatcher.dns.fastpath import MAX_SUBNETS, fast_answer
+from dispatcher.dns.fastpath import MAX_KEPT, fast_answer
 from dispatcher.dns.message import decode
 from tests.dns.helpers import WWW, Source, make_config, query
 
@@ -122,12 +122,12 @@ def test_unusual_queries_are_declined() -> None:
     assert fast(source, query(WWW, "A"), False) is not None
 
 
-def test_the_subnet_cache_is_bounded() -> None:
+def test_the_opt_cache_is_bounded() -> None:
     from dispatcher.dns.table import build_table
 
     assert CONFIG.dns is not None
     table = build_table(CONFIG.dns, Source(CONFIG).snapshot)
-    for i in range(MAX_SUBNETS + 10):
+    for i in range(MAX_KEPT + 10):
         data = query(WWW, "A", subnet=f"10.{i // 256 % 256}.{i % 256}.0/24")
         assert fast_answer(table, data, "192.0.2.1", 1.0, False) is not None
-    assert len(table.subnets) <= MAX_SUBNETS
+    assert len(table.kept) <= MAX_KEPT
