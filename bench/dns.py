@@ -191,7 +191,10 @@ www 20 DYNA weighted!www
 """
 
 
-def start_webfarm(tmp: Path, site_ports: list[int], rrl: int) -> tuple[subprocess.Popen[bytes], int]:
+Started = tuple[subprocess.Popen[bytes], int]
+
+
+def start_webfarm(tmp: Path, site_ports: list[int], rrl: int) -> Started:
     port = free_port()
     directory = tmp / f"webfarm-{rrl}"
     directory.mkdir()
@@ -208,7 +211,7 @@ def start_webfarm(tmp: Path, site_ports: list[int], rrl: int) -> tuple[subproces
     return proc, port
 
 
-def start_gdnsd(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_gdnsd(tmp: Path) -> Started:
     port = free_port()
     root = tmp / "gdnsd"
     for sub in ("zones", "run", "state"):
@@ -280,9 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"{'server':<28}{'queries/s':>11}{'lost':>7}{'cpu us/q':>10}{'per core vs gdnsd':>19}")
     for f in figures:
-        print(
-            f"{f.name:<28}{f.qps:>11.0f}{f.lost:>7}{f.cpu_us:>10.1f}{gdnsd.cpu_us / f.cpu_us:>19.2f}"
-        )
+        ratio = gdnsd.cpu_us / f.cpu_us
+        print(f"{f.name:<28}{f.qps:>11.0f}{f.lost:>7}{f.cpu_us:>10.1f}{ratio:>19.2f}")
     plain = figures[0]
     rrl = figures[2]
     print(f"RRL's cost: {rrl.cpu_us - plain.cpu_us:+.1f} us of CPU per query")
