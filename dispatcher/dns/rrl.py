@@ -63,7 +63,10 @@ class RateLimiter:
     def decide(self, address: str, key: object, now: float) -> int:
         """:data:`SEND`, :data:`DROP` or :data:`SLIP` for a response ``key`` to ``address``
         at monotonic time ``now``."""
-        slot = (self.network(address), key)
+        if self._dot_cut and ":" not in address:
+            slot = (address[: address.rfind(".")], key)
+        else:
+            slot = (self.network(address), key)
         buckets = self._buckets
         bucket = buckets.get(slot)
         if bucket is None:
@@ -74,10 +77,9 @@ class RateLimiter:
             return SEND
         rate = self.rate
         tokens = bucket[0] + (now - bucket[1]) * rate
-        tokens = min(tokens, rate)
         bucket[1] = now
         if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
+            bucket[0] = (tokens if tokens < rate else rate) - 1.0
             return SEND
         bucket[0] = tokens
         bucket[2] += 1.0
