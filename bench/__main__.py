@@ -3,7 +3,8 @@ farmnode's layer-4 switch (``bench.l4``, ``bench.l4_nft``), its failover against
 keepalived (``bench.failover``: at the defaults, at farmnode's fast timing and at a
 keepalived tuned to comparable false-failover safety; the lossy-link comparison is
 ``python -m bench.failover --loss 20``, minutes long, run on its own) and the truth tier's
-PostgreSQL failover (``bench.pg_failover``).
+PostgreSQL failover (``bench.pg_failover``); and the DNS front against gdnsd with dnsperf
+(``bench.dns``).
 
 Both servers run one worker on the same uvicorn settings, measured in the same run,
 alternating, several rounds each. Each server's figures are its median round; its ratio is
@@ -24,6 +25,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from bench import dns as dns_bench
 from bench import evaluator, failover, l4, l4_nft, peers, pg_failover, session
 from bench.servers import KEYS
 from dispatcher.session import AffinityStamp
@@ -207,6 +209,8 @@ def main() -> None:
     print(f"{'token':<36}{'sign us':>10}{'verify us':>10}")
     for name, (sign, verify) in session.measure().items():
         print(f"{name:<36}{sign:>10.1f}{verify:>10.1f}")
+    print("\nthe DNS front against gdnsd (bench.dns):")
+    dns_bench.main([])
     print("\nfarmnode layer-4 switch, userspace plane against HAProxy:")
     l4.main([])
     print("\nfarmnode layer-4 switch, nftables plane against talking to the server directly:")
