@@ -63,6 +63,7 @@ class RateLimiter:
     def decide(self, address: str, key: object, now: float) -> int:
         """:data:`SEND`, :data:`DROP` or :data:`SLIP` for a response ``key`` to ``address``
         at monotonic time ``now``."""
+        slot: tuple[object, object]
         if self._dot_cut and ":" not in address:
             slot = (address[: address.rfind(".")], key)
         else:
