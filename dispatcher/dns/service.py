@@ -62,7 +62,11 @@ class DnsService:
         """The table for the current snapshot (``None`` when ``[dns]`` is not configured)."""
         snapshot = self.source.snapshot
         if snapshot is not self._snapshot:
-            self._rebuild(snapshot)
+            try:
+                self._rebuild(snapshot)
+            except Exception:  # a bug must not cost every answer: the last table stays
+                if self._bugs.hit("table") is not None:
+                    log.exception("could not build the DNS table; answering from the last one")
         return self._table
 
     def _rebuild(self, snapshot: Snapshot) -> None:

@@ -96,3 +96,25 @@ def test_an_unprobed_site_keeps_it_short_and_the_first_snapshot_is_no_change() -
     assert ttl(svc) == 5
     _, fresh, _ = setup({"asia": "down"})
     assert ttl(fresh) == 20  # a worker that has just started knows no history
+
+
+def test_the_scope_of_an_answer_placed_by_a_policy_that_locates() -> None:
+    """A policy that reads where the client is: the scope is the prefix that located the
+    client, else the query's source prefix; 0 for a policy that does not locate."""
+    from dispatcher.dns.message import Ecs
+    from dispatcher.dns.resolve import _scope
+    from dispatcher.dns.table import build_table
+    from dispatcher.placement.model import Location, Placement
+
+    source = Source(make_config())
+    assert source.config.dns is not None
+    entry = build_table(source.config.dns, source.snapshot).names[b"\x03www\x04farm\x07example\x00"]
+    ecs = Ecs(1, 24, bytes([198, 51, 100]))
+    located = Placement("default", (), Location(source="prefix-map", prefix="198.51.96.0/20"))
+    nowhere = Placement("default", ())
+    assert _scope(entry, ecs, located) == 0  # weighted does not locate
+    entry.locates = True
+    assert _scope(entry, ecs, located) == 20
+    assert _scope(entry, ecs, nowhere) == 24
+    assert _scope(entry, Ecs(1, 0, b""), located) == 0  # /0: answered for the resolver
+    assert _scope(entry, None, located) == 0
