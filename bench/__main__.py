@@ -6,7 +6,8 @@ comparable false-failover safety; the lossy-link comparison is ``python -m bench
 --loss 20``, minutes long, run on its own) and the truth tier's PostgreSQL failover
 (``bench.pg_failover``). ``bench.decision`` measures the decision alone (rules and
 placement, no sockets) from 3 to 1,000 sites and from 50 to 500 rules, and the ``nearest``
-policy (prefix map and ``.mmdb``) beside ``weighted``.
+policy (prefix map and ``.mmdb``) beside ``weighted``; ``bench.dns`` the DNS front against gdnsd
+with dnsperf.
 
 Both servers run one worker on the same uvicorn settings, measured in the same run,
 alternating, several rounds each. Each server's figures are its median round; its ratio is
@@ -28,6 +29,7 @@ import sys
 from dataclasses import dataclass
 
 from bench import decision, evaluator, failover, l4, l4_nft, peers, pg_failover, probes, session
+from bench import dns as dns_bench
 from bench.servers import KEYS
 from dispatcher.session import AffinityStamp
 
@@ -214,6 +216,8 @@ def main() -> None:
         print(f"{name:<36}{sign:>10.1f}{verify:>10.1f}")
     print("\nhealth checks: the dispatcher's CPU per probe (bench.probes):")
     probes.main([])
+    print("\nthe DNS front against gdnsd (bench.dns):")
+    dns_bench.main([])
     print("\nfarmnode layer-4 switch, userspace plane against HAProxy:")
     l4.main([])
     print("\nfarmnode layer-4 switch, nftables plane against talking to the server directly:")

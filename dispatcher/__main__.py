@@ -22,6 +22,7 @@ from dispatcher.backends.store import open_store
 from dispatcher.clientaddr import trusted_proxies
 from dispatcher.config import Config, load_config
 from dispatcher.demo import run_demo
+from dispatcher.dns.explain import explain_dns
 from dispatcher.errors import ConfigError, DispatcherError, InvalidValue
 from dispatcher.explain import explain, offline_snapshot, request_from_url
 from dispatcher.files import MAX_RULES_BYTES, read_regular_file
@@ -111,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="'NAME: VALUE'",
         help="a request header (repeatable)",
     )
+    dns_cmd = command(
+        "explain-dns", _explain_dns, "show what a resolver asking the DNS front would be told"
+    )
+    dns_cmd.add_argument("name", help="the name asked for (www.farm.example.)")
+    dns_cmd.add_argument("type", nargs="?", default="A", help="the record type (default A)")
+    dns_cmd.add_argument("--resolver", default="127.0.0.1", help="the resolver's address")
+    dns_cmd.add_argument("--subnet", help="the EDNS client subnet it sends (198.51.100.0/24)")
     demo = command("demo", _demo, "run a dispatcher in front of three demo sites", config=False)
     demo.add_argument("--port", type=int, default=8080, help="public port (admin is port+1)")
     return parser
@@ -130,7 +138,12 @@ def _check_config(args: argparse.Namespace) -> int:
     locator = config.locator()
     located = locator.describe()
     locator.close()
-    print(f"{config.source}: ok ({len(config.sites)} site(s), pools: {pools}{rules}; {located})")
+    dns = ""
+    if config.dns is not None:
+        dns = f", dns: {len(config.dns.names)} name(s) in {len(config.dns.zones)} zone(s)"
+    print(
+        f"{config.source}: ok ({len(config.sites)} site(s), pools: {pools}{rules}{dns}; {located})"
+    )
     return EXIT_OK
 
 
@@ -199,6 +212,21 @@ def _explain(args: argparse.Namespace) -> int:
         store.close()
     print(f"({note})")
     print(explain(snapshot, request, subnet=args.subnet).format())
+    return EXIT_OK
+
+
+def _explain_dns(args: argparse.Namespace) -> int:
+    config = _config(args)
+    store = open_store(config.dispatcher.database_url, timeout=config.dispatcher.database_timeout)
+    try:
+        snapshot, note = offline_snapshot(config, store)
+    finally:
+        store.close()
+    explained = explain_dns(
+        snapshot, config, args.name, args.type, resolver=args.resolver, subnet=args.subnet
+    )
+    print(f"({note})")
+    print(explained.format())
     return EXIT_OK
 
 

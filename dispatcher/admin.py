@@ -7,6 +7,7 @@ stored, stored in one transaction, and in force for the next public request.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -37,6 +38,7 @@ from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec, check_whole, parse_site, shown, update_site
 from dispatcher.backends.snapshot import SiteStatus
 from dispatcher.clientaddr import trusted_proxies
+from dispatcher.dns.explain import explain_dns
 from dispatcher.errors import (
     InvalidValue,
     SiteExists,
@@ -52,6 +54,10 @@ from dispatcher.redirect import RewriteError, RuleSyntaxError
 
 if TYPE_CHECKING:  # control imports server, which imports this module
     from dispatcher.control import WorkerView
+
+#: A record type in explain's DNS variant (a mnemonic, or TYPE and a number).
+DNS_TYPE_RE = re.compile(r"[A-Za-z0-9]{1,16}")
+MAX_SUBNET = 64
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
@@ -235,6 +241,7 @@ class AdminApi:
                 "sites": [self._site(s) for s in snapshot.sites.values()],
                 "late_probe_results": self.farm.prober.late_results,
                 "workers": workers,
+                "dns": self.farm.dns_totals(),
             }
         )
 
@@ -273,6 +280,8 @@ class AdminApi:
 
     async def explain(self, request: Request) -> Response:
         body = await _json(request)
+        if isinstance(body, dict) and "dns" in body:
+            return JSONResponse(self._explain_dns(body))
         if not isinstance(body, dict):
             raise InvalidValue(
                 "", "a JSON object with url, and optional method, remote_addr, subnet, headers"
@@ -296,6 +305,42 @@ class AdminApi:
         )
         subnet = client_subnet(body.get("subnet", ""))
         return JSONResponse(explain(self.farm.snapshot, client_request, subnet=subnet).as_dict())
+
+    def _explain_dns(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The DNS variant: ``{"dns": {"name", "type", "resolver", "subnet"}}``."""
+        if set(body) != {"dns"}:
+            raise InvalidValue(sorted(set(body) - {"dns"})[0], "no such field beside dns")
+        question = body["dns"]
+        if not isinstance(question, dict):
+            raise InvalidValue("dns", "an object with name, and optional type, resolver, subnet")
+        unknown = set(question) - {"name", "type", "resolver", "subnet"}
+        if unknown:
+            raise InvalidValue(f"dns.{sorted(unknown)[0]}", "no such field")
+        for key in ("name", "type", "resolver", "subnet"):
+            if key in question and not isinstance(question[key], str):
+                raise InvalidValue(f"dns.{key}", f"a string, got {shown(question[key])}")
+        if "name" not in question:
+            raise InvalidValue("dns.name", "the name asked for")
+        rdtype = question.get("type", "A")
+        if not DNS_TYPE_RE.fullmatch(rdtype):
+            raise InvalidValue("dns.type", f"a record type such as A or AAAA, got {shown(rdtype)}")
+        subnet = question.get("subnet")
+        if subnet is not None and len(subnet) > MAX_SUBNET:
+            raise InvalidValue("dns.subnet", f"at most {MAX_SUBNET} characters")
+        farm = self.farm
+        try:
+            explained = explain_dns(
+                farm.snapshot,
+                farm.config,
+                question["name"],
+                rdtype,
+                resolver=question.get("resolver", "127.0.0.1"),
+                subnet=subnet,
+                tracker=farm.dns_changes,
+            )
+        except InvalidValue as exc:
+            raise InvalidValue(f"dns.{exc.field}", exc.message) from None
+        return explained.as_dict()
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document(self.farm.config.pools))

@@ -32,6 +32,7 @@ from dispatcher.backends.sites import (
 )
 from dispatcher.clientaddr import FORWARDED_HEADERS
 from dispatcher.clientaddr import parse_networks as parse_proxies
+from dispatcher.dns.config import DnsConfig, parse_dns
 from dispatcher.errors import ConfigError, GeoDatabaseError, InvalidValue
 from dispatcher.files import MAX_RULES_BYTES, read_regular_file
 from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS
@@ -115,6 +116,7 @@ class Config:
     source: str = "<defaults>"
     base_dir: Path = field(default_factory=Path.cwd)
     networks: tuple[Network, ...] = ()
+    dns: DnsConfig | None = None
 
     @property
     def rules_base_dir(self) -> Path:
@@ -189,7 +191,7 @@ def printable(text: str) -> str:
 
 
 def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir: Path) -> Config:
-    _only_keys(raw, "", {"dispatcher", "pools", "sites", "networks"})
+    _only_keys(raw, "", {"dispatcher", "pools", "sites", "networks", "dns"})
     settings = _dispatcher_settings(_table(raw, "dispatcher"), env, source)
     settings = replace(
         settings,
@@ -215,7 +217,12 @@ def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir
     for name, pool in pools.items():
         if pool.fallback != "sorry":
             check_not_self(pool.fallback, settings, f"pools.{name}.fallback")
-    return Config(settings, pools, sites, source=source, base_dir=base_dir, networks=networks)
+    dns = None
+    if "dns" in raw:
+        dns = parse_dns(raw["dns"], pools, (settings.listen, settings.admin_listen))
+    return Config(
+        settings, pools, sites, source=source, base_dir=base_dir, networks=networks, dns=dns
+    )
 
 
 def _check_geoip(paths: tuple[Path, ...], field_name: str) -> None:

@@ -21,10 +21,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dispatcher.config import parse_address
+from dispatcher.dns.server import bind_pair
 from dispatcher.errors import DispatcherError
 from dispatcher.farm import Farm
 from dispatcher.sdnotify import VARIABLES
@@ -124,6 +125,7 @@ class WorkerPool:
         log_level: str,
         graceful_timeout: float,
         log_format: str = "text",
+        dns_listen: Sequence[str] = (),
     ) -> None:
         self.farm = farm
         self.listen = listen
@@ -138,6 +140,9 @@ class WorkerPool:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reserved: socket.socket | None = None
+        self.dns_listen = tuple(dns_listen)
+        self._dns_reserved: list[tuple[socket.socket, socket.socket | None]] = []
+        self.dns_addresses: tuple[str, ...] = ()
         self._start_failed = asyncio.Event()
         self.host, self.port = parse_address(listen)
         self.hung_after = HUNG_AFTER
@@ -148,6 +153,7 @@ class WorkerPool:
         """Reserve the address, start every worker, return once all of them answer."""
         self._reserved = bind(self.listen, reuseport=True, listen=False)
         self.port = int(self._reserved.getsockname()[1])
+        self._reserve_dns()
         self._publish_now()
         self.farm.on_change = self._dirty.set
         self.farm.worker_views = self.views
@@ -166,6 +172,27 @@ class WorkerPool:
                 if not self._start_failed.is_set()
                 else "a worker process failed to start (see the log above)"
             )
+        self._release_udp()
+
+    def _reserve_dns(self) -> None:
+        """Reserve each DNS address as the public one is (TCP bound, never listening), and
+        its UDP port with a bound socket until the workers have bound theirs: a bound UDP
+        socket takes its share of the datagrams, so this one is closed once every worker
+        is ready (the workers' sockets hold the port from then on)."""
+        addresses = []
+        for address in self.dns_listen:
+            tcp, udp = bind_pair(address, reuseport=True, listen=False)
+            self._dns_reserved.append((tcp, udp))
+            host, _ = parse_address(address)
+            shown = f"[{host}]" if ":" in host else host
+            addresses.append(f"{shown}:{tcp.getsockname()[1]}")
+        self.dns_addresses = tuple(addresses)
+
+    def _release_udp(self) -> None:
+        for index, (tcp, udp) in enumerate(self._dns_reserved):
+            if udp is not None:
+                udp.close()
+                self._dns_reserved[index] = (tcp, None)
 
     async def _all_ready(self) -> None:
         for slot in self._slots:
@@ -194,6 +221,10 @@ class WorkerPool:
                 await task
         if self._reserved is not None:
             self._reserved.close()
+        for tcp, udp in self._dns_reserved:
+            tcp.close()
+            if udp is not None:
+                udp.close()
 
     def views(self) -> list[WorkerView]:
         return [slot.view() for slot in self._slots]
@@ -286,7 +317,7 @@ class WorkerPool:
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         sender: asyncio.Task[None] | None = None
         try:
-            writer.write(encode_state(Setup(slot.index, self.host, self.port)))
+            writer.write(encode_state(Setup(slot.index, self.host, self.port, self.dns_addresses)))
             sender = asyncio.create_task(self._send(slot, writer), name=f"states {slot.index}")
             slot.wake.set()
             await self._listen(slot, reader, started)
@@ -348,6 +379,8 @@ class WorkerPool:
                     self.farm.add_redirects(report.redirects)
                 if report.edge is not None:
                     slot.edge = report.edge
+                if report.dns:
+                    self.farm.add_dns_counts(report.dns)
 
     async def _next(self, reader: asyncio.StreamReader) -> Report | None:
         payload = await read_frame(reader, MAX_REPORT)

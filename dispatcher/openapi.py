@@ -125,6 +125,14 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
             "minItems": 2,
             "description": "[latitude, longitude] in degrees; null: none",
         },
+        "addresses": {
+            "type": "array",
+            "maxItems": 16,
+            "uniqueItems": True,
+            "items": {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+            "description": "what the DNS front answers for the site (default: the base"
+            " URL's host when it is an IP literal)",
+        },
     }
     site_changes = {k: v for k, v in site_fields.items() if k != "name"}
     return {
@@ -206,9 +214,10 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
             },
             "/api/v1/explain": {
                 "post": _op(
-                    "What a client asking for a URL would get, rule by rule",
+                    "What a client asking for a URL would get, rule by rule; or (the dns"
+                    " variant) what a resolver asking the DNS front would be told",
                     {"200": _ok("the explanation", "Explained")},
-                    "ExplainIn",
+                    "ExplainBody",
                     store=False,
                 ),
             },
@@ -334,6 +343,13 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                         },
                         "sites": {"type": "array", "items": {"type": "object"}},
                         "late_probe_results": {"type": "integer", "minimum": 0},
+                        "dns": {
+                            "description": "the DNS front's counters since start: queries"
+                            " (udp, tcp), answers by rcode, truncated, rrl_dropped,"
+                            " rrl_slipped, TCP connections closed at a limit",
+                            "type": "object",
+                            "additionalProperties": {"type": "integer", "minimum": 0},
+                        },
                         "workers": {
                             "description": "the worker processes (null when the public"
                             " listener runs in the control process itself)",
@@ -406,6 +422,33 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                         },
                     },
                 },
+                "ExplainBody": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/ExplainIn"},
+                        {"$ref": "#/components/schemas/DnsExplainIn"},
+                    ]
+                },
+                "DnsExplainIn": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["dns"],
+                    "properties": {
+                        "dns": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string", "minLength": 1, "maxLength": 1024},
+                                "type": {"type": "string", "pattern": "^[A-Za-z0-9]{1,16}$"},
+                                "resolver": {
+                                    "type": "string",
+                                    "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+                                },
+                                "subnet": {"type": "string", "maxLength": 64},
+                            },
+                        }
+                    },
+                },
                 "Explained": {
                     "type": "object",
                     "required": ["outcome", "answer", "client", "placements", "text"],
@@ -423,6 +466,7 @@ def openapi_document(pools: Iterable[str] = ()) -> dict[str, Any]:
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Placement"},
                         },
+                        "dns": {"type": "object", "description": "the dns variant's answer"},
                         "text": {"type": "string"},
                     },
                 },

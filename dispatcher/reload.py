@@ -5,7 +5,8 @@ path reads (redirect status, affinity, keys, hand-off settings, retry-after), th
 tokens, the log level, refresh and load ages, the graceful timeout, the TLS files of a
 listener that speaks TLS. A few are bound to sockets, processes or connections made at
 start-up (and turning a listener's TLS on or off); for those the running value stays and
-the log says the change needs a restart.
+the log says the change needs a restart. ``[dns]`` applies at once (names, zones, limits,
+rate limiting) but for its ``listen`` addresses, and for turning the DNS front on or off.
 """
 
 from __future__ import annotations
@@ -77,10 +78,22 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         applied.append("pools")
     kept = {name: _get(before, name) for name in restart}
     settings = replace(after, **kept)
+    needs_restart = [f"dispatcher.{name}" for name in restart]
+    dns = new.dns
+    if old.dns != new.dns:
+        if old.dns is None or new.dns is None:  # the DNS front's sockets come or go
+            dns = old.dns
+            needs_restart.append("dns")
+        else:
+            if old.dns.listen != new.dns.listen:
+                dns = replace(new.dns, listen=old.dns.listen)
+                needs_restart.append("dns.listen")
+            if dns != old.dns:
+                applied.append("dns")
     return ReloadPlan(
-        config=replace(new, dispatcher=settings),
+        config=replace(new, dispatcher=settings, dns=dns),
         applied=tuple(applied),
-        needs_restart=tuple(f"dispatcher.{name}" for name in restart),
+        needs_restart=tuple(needs_restart),
         sites_differ=old.sites != new.sites,
     )
 

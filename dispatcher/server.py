@@ -60,6 +60,7 @@ from dispatcher.vitals import (
 
 if TYPE_CHECKING:
     from dispatcher.control import WorkerPool
+    from dispatcher.dns.server import DnsFront
 
 log = logging.getLogger("webfarm.server")
 LISTEN_BACKLOG = 2048
@@ -217,6 +218,7 @@ class Runner:
         self.public: PublicEdge | None = None
         self.admin: Listener | None = None
         self.workers: WorkerPool | None = None
+        self.dns: DnsFront | None = None
         self._admin_app: Swappable | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
@@ -272,6 +274,7 @@ class Runner:
                 log_level=settings.log_level,
                 graceful_timeout=settings.graceful_timeout,
                 log_format=settings.log_format,
+                dns_listen=self.config.dns.listen if self.config.dns else (),
             )
             await self.workers.start()
             where = f"{settings.workers} worker process(es)"
@@ -279,6 +282,7 @@ class Runner:
             self.core = dispatch_core(self.farm, settings)
             self.public = PublicEdge.for_settings(self.core, bind(settings.listen), settings)
             await self.public.start()
+            await self._start_dns()
             where = "this process"
         self.listening = True
         log.info(
@@ -291,6 +295,28 @@ class Runner:
             self.admin.port,
             where,
         )
+        if self.dns_ports:
+            log.info("DNS on udp+tcp: port(s) %s", " ".join(map(str, self.dns_ports)))
+
+    @property
+    def dns_ports(self) -> list[int]:
+        """The DNS front's ports, one per ``[dns] listen`` address (UDP and TCP share it)."""
+        if self.workers is not None:
+            return [int(a.rpartition(":")[2]) for a in self.workers.dns_addresses]
+        return self.dns.ports if self.dns is not None else []
+
+    async def _start_dns(self) -> None:
+        """The DNS front in this process (one-process mode), if ``[dns]`` is configured."""
+        if self.config.dns is None:
+            return
+        from dispatcher.dns.server import DnsFront, bind_pair  # (a cycle: it imports us)
+        from dispatcher.dns.service import DnsService
+
+        pairs = [bind_pair(address, reuseport=False) for address in self.config.dns.listen]
+        service = DnsService(self.farm)
+        self.dns = DnsFront(service, pairs)
+        self.farm.dns_local = lambda: service.counts
+        await self.dns.start()
 
     def _start_refresher(self) -> None:
         if self._refresher is not None:
@@ -358,7 +384,9 @@ class Runner:
         """
         self.stopping = True
         stopping = [
-            part.stop() for part in (self.workers, self.public, self.admin) if part is not None
+            part.stop()
+            for part in (self.workers, self.dns, self.public, self.admin)
+            if part is not None
         ]
         for failed in await asyncio.gather(*stopping, return_exceptions=True):
             if isinstance(failed, Exception):

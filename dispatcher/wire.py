@@ -37,6 +37,8 @@ MAX_FRAME = 64 * 1024 * 1024
 MAX_REPORT = 1024 * 1024
 #: What a worker's ``counts`` report says of its public edge (a missing one counts 0).
 EDGE_COUNTS = ("connections", "refused", "shed")
+#: The most DNS counters a report may carry (there are about twenty kinds).
+MAX_DNS_COUNTERS = 64
 
 
 class WireError(Exception):
@@ -45,11 +47,13 @@ class WireError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Setup:
-    """The first frame a worker reads: where to listen, and who it is."""
+    """The first frame a worker reads: where to listen, and who it is. ``dns`` lists the
+    DNS front's addresses (``host:port``, ports already picked), UDP and TCP on each."""
 
     index: int
     host: str
     port: int
+    dns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +144,9 @@ def decode_state(payload: bytes) -> Setup | WorkerState:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """A worker -> control message, checked: ``kind`` is ready, ack or counts."""
+    """A worker -> control message, checked: ``kind`` is ready, ack or counts (``dns``:
+    the DNS front's counters since the last report, see
+    :class:`~dispatcher.dns.service.DnsService`)."""
 
     kind: str
     generation: int = 0
@@ -149,6 +155,7 @@ class Report:
     edge: Mapping[str, int] | None = None
     """With ``counts``: the worker's public edge now (``connections``) and its totals since
     it started (``refused``, ``shed``), see :data:`EDGE_COUNTS`."""
+    dns: Mapping[str, int] | None = None
 
 
 def decode_report(payload: bytes) -> Report:
@@ -169,10 +176,14 @@ def decode_report(payload: bytes) -> Report:
         edge = data.get("edge")
         if edge is not None and not isinstance(edge, dict):
             raise WireError("counts with an edge that is not an object")
+        dns = data.get("dns", {})
+        if not isinstance(dns, dict) or len(dns) > MAX_DNS_COUNTERS:
+            raise WireError(f"counts with a dns object of at most {MAX_DNS_COUNTERS} counters")
         return Report(
             kind,
             redirects={str(k): _count(redirects, k) for k in redirects},
             edge=None if edge is None else {k: _count(edge, k) for k in EDGE_COUNTS},
+            dns={str(k)[:64]: _count(dns, k) for k in dns},
         )
     raise WireError(f"an unknown report type {kind!r}")
 

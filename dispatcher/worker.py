@@ -41,6 +41,8 @@ import uvloop
 
 from dispatcher.app import DispatchCore
 from dispatcher.config import Config
+from dispatcher.dns.server import DnsFront, bind_pair
+from dispatcher.dns.service import DnsService
 from dispatcher.edge import PublicEdge
 from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS, configure_logging
@@ -77,10 +79,13 @@ PR_SET_PDEATHSIG = 1
 
 class WorkerFarm:
     """The hot path's view (:class:`~dispatcher.app.FarmState`): the snapshot this worker
-    built last and the redirects counted since the last report."""
+    built last, the configuration it was built with (what the DNS front reads, see
+    :class:`~dispatcher.dns.service.DnsSource`) and the redirects counted since the last
+    report."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, config: Config) -> None:
         self.snapshot = snapshot
+        self.config = config
         self.redirects: defaultdict[str, int] = defaultdict(int)
 
 
@@ -157,6 +162,7 @@ class Worker:
         self.farm: WorkerFarm | None = None
         self.core: DispatchCore | None = None
         self.edge: PublicEdge | None = None
+        self.dns: DnsFront | None = None
         self.config: Config | None = None
         self.reloads = 0
         self.stop = asyncio.Event()
@@ -178,6 +184,11 @@ class Worker:
             self.core, bind(address, reuseport=True), settings
         )
         await listener.start()
+        if setup.dns:
+            assert self.farm is not None  # set by apply
+            pairs = [bind_pair(a, reuseport=True) for a in setup.dns]
+            self.dns = DnsFront(DnsService(self.farm), pairs)
+            await self.dns.start()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         os.nice(WORKER_NICENESS)  # once started: a restart under load should not crawl
@@ -196,6 +207,8 @@ class Worker:
         try:
             await self.stop.wait()
         finally:
+            if self.dns is not None:
+                await self.dns.stop()
             await listener.stop()
             for task in tasks:
                 task.cancel()
@@ -208,7 +221,7 @@ class Worker:
         """Build the snapshot ``state`` describes and put it in force (no await inside)."""
         snapshot = self.builder.build(state)
         if self.farm is None:
-            self.farm = WorkerFarm(snapshot)
+            self.farm = WorkerFarm(snapshot, state.config)
         if self.core is None or state.config != self.config:
             settings = state.config.dispatcher
             self.core = dispatch_core(self.farm, settings)
@@ -219,6 +232,7 @@ class Worker:
         elif state.reloads != self.reloads and self.edge is not None:
             self.edge.reload_tls(state.config.dispatcher)  # renewed files at the same paths
         self.reloads = state.reloads
+        self.farm.config = state.config  # (before the snapshot: the DNS front reads both)
         self.farm.snapshot = snapshot
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -261,6 +275,7 @@ class Worker:
                 "refused": edge.refused_total,
                 "shed": edge.shed_total,
             }
+        report["dns"] = self.dns.service.take_counts() if self.dns is not None else {}
         self._report(report)
 
     def _report(self, message: dict[str, object]) -> None:

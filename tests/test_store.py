@@ -285,6 +285,34 @@ def test_site_topology_round_trips_and_its_migration_goes_both_ways(database_url
         store.close()
 
 
+def test_site_addresses_round_trip_and_their_migration_goes_both_ways(database_url: str) -> None:
+    """0007 adds the addresses the DNS front answers: sites written before have none; a
+    site's addresses are stored and changed; downgrading to 0006 keeps the sites."""
+    store = SqlSiteStore(database_url)
+    try:
+        _migrate(store, "0006")
+        _insert_as_at_0001(store)
+        _migrate(store, "0007")
+        assert store.get_site("eu") == replace(EU, position=0)
+        named = replace(US, addresses=("192.0.2.3", "2001:db8::3"))
+        assert store.create_site(named) == replace(named, position=1)
+        assert store.get_site("us") == replace(named, position=1)
+        moved = store.modify_site("us", lambda s: replace(s, addresses=("198.51.100.3",)))
+        assert store.get_site("us").addresses == moved.addresses == ("198.51.100.3",)
+        cleared = store.modify_site("us", lambda s: replace(s, addresses=()))
+        assert store.get_site("us") == cleared
+        assert cleared.addresses == ()
+        store.modify_site("us", lambda s: replace(s, addresses=("198.51.100.3",)))
+        _migrate(store, "0006", down=True)
+        with store.engine.connect() as conn:
+            names = conn.execute(text("SELECT name FROM sites ORDER BY position")).scalars()
+            assert list(names) == ["eu", "us"]
+        store.upgrade()
+        assert store.get_site("us").addresses == ()
+    finally:
+        store.close()
+
+
 # --- learned latency -----------------------------------------------------------------------
 
 

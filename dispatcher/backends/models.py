@@ -33,7 +33,8 @@ class Base(DeclarativeBase):
 
 class SiteRow(Base):
     """A registered site. ``check`` holds the health check's settings as JSON; ``region``,
-    ``country``, ``latitude`` and ``longitude`` where it is (``NULL``: not configured)."""
+    ``country``, ``latitude`` and ``longitude`` where it is, ``addresses`` the addresses the
+    DNS front answers for it (``NULL``: not configured)."""
 
     __tablename__ = "sites"
 
@@ -49,6 +50,7 @@ class SiteRow(Base):
     country: Mapped[str | None] = mapped_column(String(2), nullable=True)
     latitude: Mapped[float | None] = mapped_column(Float, nullable=True)
     longitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    addresses: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class LoadRow(Base):

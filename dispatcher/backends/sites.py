@@ -6,6 +6,7 @@ refuses is refused by ``check-config`` with the same words.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,12 @@ SHOWN = 80  # characters of an offending value quoted in an error
 MIN_INTERVAL = 0.1  # seconds between probes: faster is busy polling, not health checking
 MIN_TIMEOUT = 0.05
 TOPOLOGY_KEYS = frozenset({"region", "country", "coordinates"})
-SITE_KEYS = frozenset({"name", "base_url", "pool", "weight", "check", "drained"}) | TOPOLOGY_KEYS
+#: The most addresses a site may have (what the DNS front answers for it).
+MAX_ADDRESSES = 16
+SITE_KEYS = (
+    frozenset({"name", "base_url", "pool", "weight", "check", "drained", "addresses"})
+    | TOPOLOGY_KEYS
+)
 CHECK_KEYS = frozenset({"url", "expect", "interval", "timeout", "rise", "fall"})
 
 
@@ -72,6 +78,19 @@ class SiteSpec:
     region: str | None = None
     country: str | None = None
     coordinates: tuple[float, float] | None = None
+    addresses: tuple[str, ...] = ()
+
+    @property
+    def dns_addresses(self) -> tuple[str, ...]:
+        """The addresses the DNS front answers for this site: ``addresses``, or else the base
+        URL's host when it is an IP literal (none otherwise)."""
+        if self.addresses:
+            return self.addresses
+        host = urlsplit(self.base_url).hostname or ""
+        try:
+            return (str(ipaddress.ip_address(host)),)
+        except ValueError:
+            return ()
 
     @property
     def check_url(self) -> str:
@@ -91,6 +110,7 @@ class SiteSpec:
             "region": self.region,
             "country": self.country,
             "coordinates": list(self.coordinates) if self.coordinates is not None else None,
+            "addresses": list(self.addresses),
         }
 
 
@@ -111,6 +131,7 @@ def parse_site(raw: Any, *, position: int = 0) -> SiteSpec:
         drained=check_bool(raw.get("drained", False), "drained"),
         position=position,
         **_topology(raw),
+        addresses=check_addresses(raw.get("addresses", []), "addresses"),
     )
 
 
@@ -130,6 +151,8 @@ def update_site(site: SiteSpec, changes: Any) -> SiteSpec:
         new = replace(new, weight=check_weight(changes["weight"], "weight"))
     if "drained" in changes:
         new = replace(new, drained=check_bool(changes["drained"], "drained"))
+    if "addresses" in changes:
+        new = replace(new, addresses=check_addresses(changes["addresses"], "addresses"))
     if "check" in changes:
         merged = {**site.check.as_dict(), **_mapping(changes["check"], "check")}
         new = replace(new, check=parse_check(merged))
@@ -230,6 +253,28 @@ def check_whole(value: Any, field_name: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidValue(field_name, f"a whole number from {low} to {high}, got {shown(value)}")
     return value
+
+
+def check_addresses(value: Any, field_name: str, limit: int = MAX_ADDRESSES) -> tuple[str, ...]:
+    """A list of at most ``limit`` distinct IPv4 or IPv6 addresses (unicast or not: the
+    operator knows), each in its canonical text form (``2001:db8::1``)."""
+    expected = f"an array of at most {limit} distinct IPv4 or IPv6 addresses"
+    if not isinstance(value, list | tuple) or len(value) > limit:
+        raise InvalidValue(field_name, f"{expected}, got {shown(value)}")
+    found: list[str] = []
+    for index, item in enumerate(value):
+        try:
+            address = str(ipaddress.ip_address(item)) if isinstance(item, str) else None
+        except ValueError:
+            address = None
+        if address is None or "%" in address:
+            raise InvalidValue(
+                f"{field_name}[{index}]", f"an IPv4 or IPv6 address, got {shown(item)}"
+            )
+        if address in found:
+            raise InvalidValue(f"{field_name}[{index}]", f"{expected} ({address} twice)")
+        found.append(address)
+    return tuple(found)
 
 
 def check_bool(value: Any, field_name: str) -> bool:

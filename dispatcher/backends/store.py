@@ -290,6 +290,7 @@ class SqlSiteStore(SiteStore):
             row.base_url, row.pool, row.weight = new.base_url, new.pool, new.weight
             row.drained, row.check = new.drained, new.check.as_dict()
             _set_topology(row, new)
+            row.addresses = list(new.addresses) or None
             row.updated_at = _now()
             registry.revision += 1
             auditstore.add(session, audit, old, _spec(row))
@@ -545,6 +546,7 @@ def _row(site: SiteSpec, position: int) -> SiteRow:
         check=site.check.as_dict(),
         position=position,
         updated_at=_now(),
+        addresses=list(site.addresses) or None,
     )
     _set_topology(row, site)
     return row
@@ -570,6 +572,7 @@ def _spec(row: SiteRow) -> SiteSpec:
         region=row.region,
         country=row.country,
         coordinates=coordinates,
+        addresses=tuple(str(a) for a in row.addresses or ()),
     )
 
 

@@ -1,0 +1,1 @@
+"""The authoritative DNS front: sites answered by name, placed like redirects (docs/dns.md)."""

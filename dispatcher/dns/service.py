@@ -1,0 +1,184 @@
+"""The DNS answer path of one process, independent of sockets: bytes in, bytes (or silence) out.
+
+:class:`DnsService` reads the farm's current snapshot and configuration from its
+``source`` (a worker's state, or the :class:`~dispatcher.farm.Farm` itself in one-process
+mode), rebuilds its :class:`~dispatcher.dns.table.DnsTable` when the snapshot changes (an
+identity check per query: no lock, no database), answers, applies response rate limiting
+to UDP, and counts. It never raises on what a client sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Protocol
+
+from dispatcher.config import Config
+from dispatcher.dns.answer import TCP_LIMIT, limit_for, respond, truncated
+from dispatcher.dns.fastpath import fast_answer
+from dispatcher.dns.message import NOERROR, NXDOMAIN, SERVFAIL, Query, decode
+from dispatcher.dns.rrl import DROP, SLIP, RateLimiter
+from dispatcher.dns.table import DnsTable, build_table
+from dispatcher.dns.ttl import ChangeTracker
+from dispatcher.snapshot import Snapshot
+from dispatcher.throttle import Throttle
+
+log = logging.getLogger("webfarm.dns")
+
+RCODE_NAMES = {0: "noerror", 1: "formerr", 2: "servfail", 3: "nxdomain", 4: "notimp"}
+RCODE_NAMES |= {5: "refused", 16: "badvers"}
+
+
+class DnsSource(Protocol):
+    """Where the answer path reads the state from: the snapshot and the configuration it
+    was built with (both replaced whole, never changed)."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    @property
+    def config(self) -> Config: ...
+
+
+class DnsService:
+    """One process's DNS answers. ``counts`` holds what happened since :meth:`take_counts`:
+    ``udp`` and ``tcp`` queries, ``silent`` (not answered: not a query), one count per rcode
+    answered, ``truncated`` (answers that did not fit), ``rrl_dropped``, ``rrl_slipped``."""
+
+    def __init__(self, source: DnsSource, clock: Callable[[], float] = time.monotonic) -> None:
+        self.source = source
+        self.clock = clock
+        self.tracker = ChangeTracker()
+        self.counts: defaultdict[str, int] = defaultdict(int)
+        self._snapshot: Snapshot | None = None
+        self._table: DnsTable | None = None
+        self._limiter: RateLimiter | None = None
+        self._limiter_key: tuple[int, ...] = ()
+        self._bugs = Throttle()
+
+    def table(self) -> DnsTable | None:
+        """The table for the current snapshot (``None`` when ``[dns]`` is not configured)."""
+        snapshot = self.source.snapshot
+        if snapshot is not self._snapshot:
+            try:
+                self._rebuild(snapshot)
+            except Exception:  # a bug must not cost every answer: the last table stays
+                if self._bugs.hit("table") is not None:
+                    log.exception("could not build the DNS table; answering from the last one")
+        return self._table
+
+    def _rebuild(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        config = self.source.config.dns
+        if config is None:
+            self._table = None
+            return
+        self.tracker.observe(snapshot, self.clock())
+        self._table = build_table(config, snapshot, self.tracker)
+        key = (
+            config.rrl_rate,
+            config.rrl_slip,
+            config.rrl_table,
+            config.rrl_ipv4_prefix,
+            config.rrl_ipv6_prefix,
+        )
+        if key != self._limiter_key:
+            self._limiter_key = key
+            self._limiter = (
+                RateLimiter(
+                    config.rrl_rate,
+                    config.rrl_slip,
+                    config.rrl_table,
+                    ipv4_prefix=config.rrl_ipv4_prefix,
+                    ipv6_prefix=config.rrl_ipv6_prefix,
+                )
+                if config.rrl_rate
+                else None
+            )
+
+    def answer_udp(self, data: bytes, address: str) -> bytes | None:
+        """The datagram to send back to ``address`` for ``data``, or None (silence)."""
+        counts = self.counts
+        counts["udp"] += 1
+        table = self.table()
+        if table is None:
+            counts["silent"] += 1
+            return None
+        now = self.clock()
+        answered = self._answer(table, data, address, now, tcp=False)
+        if answered is None:
+            counts["silent"] += 1
+            return None
+        response, key, rcode = answered
+        limiter = self._limiter
+        if limiter is not None:
+            verdict = limiter.decide(address, key, now)
+            if verdict == DROP:
+                counts["rrl_dropped"] += 1
+                return None
+            if verdict == SLIP:
+                counts["rrl_slipped"] += 1
+                query = decode(data)
+                assert query is not None  # it was answered
+                return truncated(query, table.config.max_udp_payload)
+        counts[RCODE_NAMES.get(rcode, "other")] += 1
+        return response
+
+    def answer_tcp(self, data: bytes, address: str) -> bytes | None:
+        """The message to send back over TCP for one framed query, or None (close)."""
+        self.counts["tcp"] += 1
+        table = self.table()
+        answered = (
+            None if table is None else self._answer(table, data, address, self.clock(), tcp=True)
+        )
+        if answered is None:
+            self.counts["silent"] += 1
+            return None
+        self.counts[RCODE_NAMES.get(answered[2], "other")] += 1
+        return answered[0]
+
+    def _answer(
+        self, table: DnsTable, data: bytes, address: str, now: float, *, tcp: bool
+    ) -> tuple[bytes, object, int] | None:
+        """(answer, rate-limiting key, rcode): the fast path's, else the general path's;
+        None for silence."""
+        query: Query | None = None
+        key: object
+        try:
+            fast = fast_answer(table, data, address, now, tcp)
+            if fast is not None:
+                response, key, rcode = fast
+            else:
+                query = decode(data)
+                if query is None:
+                    return None
+                limit = TCP_LIMIT if tcp else limit_for(query, table.config.max_udp_payload)
+                response, rcode = respond(table, query, address, now, limit)
+                key = _rrl_key(table, query, rcode)
+        except Exception:  # a bug must cost one answer, not the listener
+            if self._bugs.hit("answer") is not None:
+                log.exception("could not answer a query (a bug; answered TC instead)")
+            query = query or decode(data)
+            if query is None:
+                return None
+            return truncated(query, table.config.max_udp_payload), -SERVFAIL, NOERROR
+        if response[2] & 0x02:  # TC
+            self.counts["truncated"] += 1
+        return response, key, rcode
+
+    def take_counts(self) -> dict[str, int]:
+        """The counts since the last call (and start again from zero)."""
+        counts, self.counts = self.counts, defaultdict(int)
+        return dict(counts)
+
+
+def _rrl_key(table: DnsTable, query: Query, rcode: int) -> object:
+    """What makes two responses "identical" for rate limiting (see :mod:`~dispatcher.dns.rrl`)."""
+    if rcode == NOERROR:  # (the fast path's key for the same answer)
+        return query.qname + query.qtype.to_bytes(2, "big")
+    if rcode == NXDOMAIN:
+        zone = table.zone_of(query.qname)
+        return (zone.apex if zone else b"", -NXDOMAIN)
+    return -rcode
