@@ -407,12 +407,12 @@ async def test_every_change_is_audited_with_the_token_name_before_and_after(
         'eu-ops drained site eu: {"drained":[false,true]}',
         'eu-ops modified site eu: {"weight":[1,4]}',
         "token-1 created site asia: "
-        '{"base_url":"http://127.0.0.3:9","check":{"expect":"","fall":3,"interval":2.0,'
+        '{"addresses":[],"base_url":"http://127.0.0.3:9","check":{"expect":"","fall":3,"interval":2.0,'
         '"rise":2,"timeout":1.0,"url":"/"},"coordinates":null,"country":null,"drained":false,'
         '"name":"asia","pool":"default","region":null,"weight":1}',
         'token-1 modified site asia: {"check.interval":[2.0,7.0]}',
         "token-1 deleted site asia, which was "
-        '{"base_url":"http://127.0.0.3:9","check":{"expect":"","fall":3,"interval":7.0,'
+        '{"addresses":[],"base_url":"http://127.0.0.3:9","check":{"expect":"","fall":3,"interval":7.0,'
         '"rise":2,"timeout":1.0,"url":"/"},"coordinates":null,"country":null,"drained":false,'
         '"name":"asia","pool":"default","region":null,"weight":1}',
     ]
