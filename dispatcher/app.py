@@ -45,6 +45,10 @@ class FarmState(Protocol):
 
 #: What the decision core answers: status, headers (lower-case names), body.
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+#: What it answers an edge that writes HTTP/1.1 itself (:meth:`DispatchCore.answer_wire`):
+#: an :data:`Answer`, or, for the plain redirect, the header lines already joined (each
+#: ``name: value\r\n``; no ``Date``, no ``Connection``, no blank line) in place of the list.
+WireAnswer = tuple[int, list[tuple[bytes, bytes]] | bytes, bytes]
 
 #: The methods the dispatcher answers (``OPTIONS *``'s ``Allow``): it redirects any method.
 ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
@@ -93,12 +97,14 @@ class DispatchCore:
             return _not_origin_form(scope)
         return self._answer(scope, target, _host(scope))
 
-    def answer_wire(self, scope: Scope, url: bytes, host: bytes | None) -> Answer:
+    def answer_wire(self, scope: Scope, url: bytes, host: bytes | None) -> WireAnswer:
         """:meth:`answer`, for an edge that has the request target as it came (``url``;
         the scope's ``raw_path`` and ``query_string`` are its parts, split at the first
         ``?``) and the first ``Host`` header's value (``None`` without one): the same
         answer, without joining again what the edge has just split, nor looking for the
-        Host header among the headers once more."""
+        Host header among the headers once more. The plain redirect (no rules, no
+        affinity, a ``plain`` default pool: the hot path's common case) comes with its
+        header lines already joined (see :data:`WireAnswer`)."""
         relay = self.relay
         if relay is not None and scope["query_string"].find(_PARAM) >= 0:
             return self._relay(relay, scope)
@@ -108,7 +114,15 @@ class DispatchCore:
             url = url[:-1]
         if 13 in url or 10 in url:  # CR, LF: as _target does
             url = url.replace(b"\r", b"%0D").replace(b"\n", b"%0A")
-        return self._answer(scope, url, b"" if host is None else host.lower())
+        host = b"" if host is None else host.lower()
+        snapshot = self.farm.snapshot
+        pool = snapshot.default_pool
+        if pool.plain and snapshot.rules is None and self.affinity is None:
+            site = pick_plain(pool, host)
+            if site is not None:  # (else the pool's fallback, as _answer gives it)
+                self.farm.redirects[site.name] += 1
+                return pool.status, site.redirect_head + url + b"\r\n", b""
+        return self._answer(scope, url, host)
 
     def route(self, scope: Scope, here: str) -> Answer | Passed:
         """:meth:`answer`, for a dispatcher embedded in the site named ``here`` (the ASGI and

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from dispatcher.errors import InvalidValue
 
 if TYPE_CHECKING:
-    from dispatcher.app import Answer, Receive, Scope, Send
+    from dispatcher.app import Answer, Receive, Scope, Send, WireAnswer
     from dispatcher.config import DispatcherSettings
     from dispatcher.http1 import Decider
 
@@ -403,7 +403,7 @@ class ForwardedFront:
         resolve(scope, self.trusted, self.header)
         return self.core.answer(scope)
 
-    def answer_wire(self, scope: Scope, url: bytes, host: bytes | None) -> Answer:
+    def answer_wire(self, scope: Scope, url: bytes, host: bytes | None) -> WireAnswer:
         # (the edge's scope is this request's own copy: changed in place)
         resolve(scope, self.trusted, self.header)
         return self.core.answer_wire(scope, url, host)

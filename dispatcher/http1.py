@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
-from dispatcher.app import Answer, Scope
+from dispatcher.app import Answer, Scope, WireAnswer
 
 if TYPE_CHECKING:
     from dispatcher.config import DispatcherSettings
@@ -165,9 +165,10 @@ class Decider(Protocol):
 
     def answer(self, scope: Scope) -> Answer: ...
 
-    def answer_wire(self, scope: Scope, url: bytes, host: bytes | None) -> Answer:
+    def answer_wire(self, scope: Scope, url: bytes, host: bytes | None) -> WireAnswer:
         """``answer(scope)``, given the request target as it came and the first ``Host``
-        header's value (see :meth:`dispatcher.app.DispatchCore.answer_wire`)."""
+        header's value, with the header lines perhaps already joined (see
+        :meth:`dispatcher.app.DispatchCore.answer_wire`)."""
         ...
 
 
@@ -406,9 +407,12 @@ class HttpConnection(asyncio.Protocol):
             log.exception("public edge: the decision failed for %r", url[:200])
             self._refuse(INTERNAL)
             raise _Refused from None
-        parts = [_STATUS_LINES[status]]  # (any other status is a bug in the core: a 500)
-        for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
+        if isinstance(headers, bytes):  # the plain redirect's lines, joined by the core
+            parts = [_STATUS_LINES[status], headers]
+        else:  # (any status not in the table is a bug in the core: a 500)
+            parts = [_STATUS_LINES[status]]
+            for name, value in headers:
+                parts += (name, b": ", value, b"\r\n")
         if version == "1.0":
             parts += (edge.date, _KEEP_10 if keep_alive else _CLOSE)
         elif keep_alive:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.app import DispatchApp, DispatchCore
+from dispatcher.app import Answer, DispatchApp, DispatchCore, WireAnswer
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.config import build_config
@@ -215,4 +215,15 @@ def test_answer_wire_answers_as_answer_does(
         "headers": headers,
     }
     host = next((v for n, v in headers if n == b"host"), None)
-    assert core.answer_wire(dict(scope), url, host) == core.answer(dict(scope))
+    assert as_answer(core.answer_wire(dict(scope), url, host)) == core.answer(dict(scope))
+
+
+def as_answer(answer: WireAnswer) -> Answer:
+    """An :data:`~dispatcher.app.WireAnswer` with its header lines (when joined) split."""
+    status, headers, body = answer
+    if isinstance(headers, bytes):
+        lines = headers.split(b"\r\n")
+        assert lines[-1] == b"", headers  # each line ends with CRLF
+        pairs = [line.split(b": ", 1) for line in lines[:-1]]
+        headers = [(name, value) for name, value in pairs]
+    return status, headers, body

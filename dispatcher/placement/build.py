@@ -133,11 +133,13 @@ def _note_fail_open(
 def _candidate(status: SiteStatus, where: Where) -> Candidate:
     spec, load = status.spec, status.load
     topology = site_topology(spec, where.locator)
+    base = spec.base_url.encode("ascii")
     return Candidate(
         name=spec.name,
         base_url=spec.base_url,
         weight=spec.weight,
-        location_base=spec.base_url.encode("ascii"),
+        location_base=base,
+        redirect_head=b"content-length: 0\r\nlocation: " + base,
         netloc=urlsplit(spec.base_url).netloc.lower().encode("ascii"),
         load=load.report.load if load else None,
         load_at=load.received if load else None,

@@ -71,10 +71,12 @@ class Candidate:
     """A site that may take new clients, as the current snapshot sees it.
 
     ``location_base`` is ``base_url`` as bytes, ready to prefix a redirect target; ``netloc``
-    its lower-cased authority. ``load`` is the last reported utilisation (0..1) and
-    ``load_at`` the monotonic time it was received, both ``None`` when the site never
-    reported. The topology fields (``region``, ``country``, ``continent``, ``asn``,
-    ``coordinates``) are the site's, configured or located, ``None`` when unknown.
+    its lower-cased authority; ``redirect_head`` the header lines of a plain redirect there
+    up to the target (``content-length: 0``, then ``location: `` and ``location_base``).
+    ``load`` is the last reported utilisation (0..1) and ``load_at`` the monotonic time it
+    was received, both ``None`` when the site never reported. The topology fields
+    (``region``, ``country``, ``continent``, ``asn``, ``coordinates``) are the site's,
+    configured or located, ``None`` when unknown.
     """
 
     name: str
@@ -82,6 +84,7 @@ class Candidate:
     weight: int
     location_base: bytes = b""
     netloc: bytes = b""
+    redirect_head: bytes = b""
     load: float | None = None
     load_at: float | None = None
     region: str | None = None
