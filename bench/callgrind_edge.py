@@ -14,7 +14,8 @@ spread over 32 connections as ``wrk -c32`` does. The decision core is the one ``
 bench.servers dispatcher`` serves (``dispatch_core`` over the bench's configuration: three
 sites up in one weighted pool, no rules, no affinity, the hand-off relay on as the bench's
 signing keys turn it on). ``--kind bare-edge`` puts the bench's fixed 302 in place of the
-core: what the edge alone costs.
+core: what the edge alone costs; ``--kind dispatcher-rules`` adds the bench's 50 rules
+(``bench/rules50.conf``: none answers the request, so every one is tried).
 
 ``--drive N`` runs the requests without valgrind (what each valgrind run executes) and
 checks the answers: every one a 302 to a site, kept alive.
@@ -36,11 +37,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from bench.servers import BARE_LOCATION, FixedAnswer, dispatcher_config
+from bench.servers import BARE_LOCATION, RULES, FixedAnswer, dispatcher_config
 from dispatcher.backends.health import Health
 from dispatcher.config import build_config
 from dispatcher.edge import PublicEdge
 from dispatcher.http1 import Decider, HttpConnection
+from dispatcher.redirect import load_rules
 from dispatcher.server import dispatch_core
 from dispatcher.snapshot import build_snapshot
 
@@ -83,8 +85,11 @@ class FakeTransport:
 def drive(requests: int, kind: str) -> None:
     """Answer ``requests`` requests over ``CONNECTIONS`` kept-alive connections, and check
     the answers (each connection's last one)."""
+    rules = RULES if kind == "dispatcher-rules" else None
     config = build_config(
-        tomllib.loads(dispatcher_config(8080, [9001, 9002, 9003])), environ={}, base_dir=Path()
+        tomllib.loads(dispatcher_config(8080, [9001, 9002, 9003], rules)),
+        environ={},
+        base_dir=Path(),
     )
     snapshot = build_snapshot(
         config,
@@ -92,10 +97,11 @@ def drive(requests: int, kind: str) -> None:
         sites=config.sites,
         health=lambda name: Health("up", None),
         loads={},
+        rules=None if rules is None else load_rules(rules, known_pools=set(config.pools)),
     )
     farm = _Farm(snapshot)
     core: Decider = FixedAnswer(BARE_LOCATION)
-    if kind == "dispatcher":
+    if kind != "bare-edge":
         core = dispatch_core(farm, config.dispatcher)
     loop = asyncio.new_event_loop()
     with socket.socket() as sock:
@@ -111,7 +117,7 @@ def drive(requests: int, kind: str) -> None:
             feeds[i % CONNECTIONS](REQUEST)
         for transport in transports[: min(requests, CONNECTIONS)]:  # each one answered
             _check(transport.sent[-1] if transport.sent else b"", kind)
-        if kind == "dispatcher":
+        if kind != "bare-edge":
             assert sum(farm.redirects.values()) == requests, farm.redirects
         assert len(edge.connections) == CONNECTIONS
     loop.close()
@@ -128,7 +134,7 @@ def _check(answer: bytes, kind: str) -> None:
     assert head[0] == b"HTTP/1.1 302 Found", answer
     assert b"connection: close" not in answer.lower(), answer
     location = next(h for h in head if h.lower().startswith(b"location: "))
-    if kind == "dispatcher":
+    if kind != "bare-edge":
         assert re.fullmatch(rb"location: http://127\.0\.0\.1:900[123]/bench/path\?x=1", location)
 
 
@@ -158,7 +164,9 @@ def instructions(requests: int, kind: str, out: Path) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.callgrind_edge")
     parser.add_argument("--requests", type=int, default=REQUESTS)
-    parser.add_argument("--kind", choices=("dispatcher", "bare-edge"), default="dispatcher")
+    parser.add_argument(
+        "--kind", choices=("dispatcher", "dispatcher-rules", "bare-edge"), default="dispatcher"
+    )
     parser.add_argument("--drive", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.drive is not None:
