@@ -78,7 +78,7 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.mark.parametrize("kind", ["dispatcher", "bare-edge"])
+@pytest.mark.parametrize("kind", ["dispatcher", "dispatcher-rules", "bare-edge"])
 def test_the_callgrind_driver_answers_every_request_with_a_kept_alive_302(kind: str) -> None:
     callgrind_edge.drive(100, kind)  # (it checks the answers and the redirect counts)
     callgrind_edge.drive(0, kind)  # the baseline run: nothing to answer
