@@ -15,9 +15,10 @@ The document::
      "services": [VirtualService.status() + "address" (where the plane listens), ...]}
 
 ``cluster`` is :meth:`farmnode.cluster.ClusterRuntime.status` (members with their liveness
-and last heard per transport, quorum and its warnings, each group's owner), or ``null``
-without a ``[cluster]``. A service's ``deferred`` is true when a cluster group's ``switch``
-resource opens it (only on the group's owner).
+and last heard per transport, quorum and its warnings, each group's owner and what its
+resources last saw: a ``postgresql`` resource's role, timeline, positions and lag,
+:mod:`farmnode.pg.view`), or ``null`` without a ``[cluster]``. A service's ``deferred`` is
+true when a cluster group's ``switch`` resource opens it (only on the group's owner).
 
 Each real server of a service carries ``check``: the health checker's view of it
 (``health``, ``detail`` of the last probe, ``age`` in seconds), or ``null`` for
@@ -382,7 +383,42 @@ def cluster_lines(cluster: Mapping[str, Any]) -> list[str]:
         groups.append([str(name), str(group.get("owner") or "none"), str(group.get("local"))])
     if len(groups) > 1:
         lines += _table(groups)
+    for name, group in (cluster.get("groups") or {}).items():
+        for resource, seen in (group.get("resources") or {}).items():
+            if isinstance(seen, Mapping) and seen.get("agent") == "postgresql":
+                lines.append(f"  {name}/{resource}: {_postgres_text(seen)}")
     return lines
+
+
+def _postgres_text(seen: Mapping[str, Any]) -> str:
+    """A ``postgresql`` resource's last snapshot in a line (:mod:`farmnode.pg.view`)."""
+    parts = [str(seen.get("role")), "running" if seen.get("running") else "not running"]
+    if seen.get("timeline"):
+        parts.append(f"timeline {seen['timeline']}")
+    if seen.get("role") == "demoted":
+        parts.append(str(seen.get("state")))
+    if seen.get("primary"):
+        standbys = [
+            f"{s.get('name')} ({s.get('sync_state')}, "
+            f"lag {_lag(s.get('lag_bytes'), s.get('lag_seconds'))})"
+            for s in seen.get("standbys") or []
+        ]
+        parts.append("standbys " + ", ".join(standbys) if standbys else "no standby")
+    elif seen.get("replica"):
+        parts.append("streaming" if seen.get("streaming") else "not streaming")
+        if seen.get("sync_standby"):
+            parts.append("synchronous")
+        lag = seen.get("lag") or {}
+        parts.append(f"lag {_lag(lag.get('bytes'), lag.get('seconds'))}")
+    if seen.get("problem"):
+        parts.append(f"problem: {seen['problem']}")
+    return ", ".join(parts)
+
+
+def _lag(size: object, seconds: object) -> str:
+    shown = "?" if not isinstance(size, int) else _bytes(size)
+    secs = "?" if not isinstance(seconds, int | float) else f"{float(seconds):.1f}"
+    return f"{shown}B/{secs}s"
 
 
 def _member_row(name: str, member: Mapping[str, Any]) -> list[str]:
