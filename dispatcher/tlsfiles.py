@@ -113,6 +113,29 @@ def load_chain(context: ssl.SSLContext, files: TlsFiles) -> None:
             ) from None
 
 
+def client_context(ca: Path | None, field_name: str, *, verify: bool = True) -> ssl.SSLContext:
+    """A TLS 1.2+ client context for a command that asks a listener of ours (``farmnode
+    status``): it verifies the server's certificate against ``ca`` only (PEM CA
+    certificates), or the system's trust store without one, and checks the name asked for.
+    ``verify=False`` checks nothing (an operator's explicit choice). :class:`InvalidValue`
+    naming ``field_name`` when ``ca`` cannot be used."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif ca is None:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        _check_file(ca, field_name)
+        try:
+            context.load_verify_locations(cafile=str(ca))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise InvalidValue(field_name, f"PEM CA certificates: {ca}: {reason}") from None
+    return context
+
+
 class ReloadableTls:
     """One listener's TLS context, its chain reloadable in place (SIGHUP)."""
 

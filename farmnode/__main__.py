@@ -13,22 +13,26 @@ import json
 import math
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import httpx
 import uvloop
 
+from dispatcher.errors import InvalidValue
 from dispatcher.logsetup import configure_logging
 from dispatcher.sdnotify import Notifier
+from dispatcher.tlsfiles import client_context
 from farmnode import __version__
 from farmnode.agents import AGENTS, AgentParamError, build_agent
 from farmnode.agents.postgresql import FORCE_VALID, request_forced_promotion
 from farmnode.config import NodeConfig, load_config
 from farmnode.daemon import Node
 from farmnode.errors import ConfigError, FarmnodeError
-from farmnode.status import find_status, render_text
+from farmnode.status import StatusTarget, find_status, render_text
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "node.toml"
@@ -178,22 +182,28 @@ def status(args: argparse.Namespace) -> int:
 
     Where to ask is all it needs (:func:`farmnode.status.find_status`): ``--address``, else
     ``FARMNODE_STATUS_LISTEN``, else ``node.status_listen`` of ``--config``; nothing else of
-    the file is read, so it works after a reload the file broke, and without secrets."""
+    the file is read but whether the listener speaks TLS and the CA to trust, so it works
+    after a reload the file broke, and without secrets. Over TLS the certificate is verified
+    (against ``--cacert``, ``FARMNODE_STATUS_TLS_CA``, ``node.status_tls_ca`` or the
+    system's trust store) unless ``--insecure`` says otherwise."""
     target = find_status(args.config, os.environ, args.address)
     if target.port == 0:
         raise FarmnodeError(
             f"{target.origin}: node.status_listen has port 0 (a free port picked at start), "
             "so there is nothing to ask; give it a fixed port (or --address HOST:PORT)"
         )
+    if args.cacert is not None:
+        target = replace(
+            target, ca=Path(args.cacert), ca_source="<command line>", ca_field="--cacert"
+        )
     url = target.url
     who = f"node {target.node}" if target.node is not None else "the node"
+    extensions = {"sni_hostname": args.server_name} if args.server_name else {}
     try:
-        response = httpx.get(url, timeout=args.timeout, trust_env=False)
+        with httpx.Client(verify=_verify(target, args), trust_env=False) as client:
+            response = client.get(url, timeout=args.timeout, extensions=extensions)
     except httpx.HTTPError as exc:
-        print(
-            f"farmnode: {who} is not running (nothing answers at {url}: {type(exc).__name__})",
-            file=sys.stderr,
-        )
+        print(f"farmnode: {_failure(exc, who, target)}", file=sys.stderr)
         return EXIT_FAILURE
     if response.status_code != 200:
         print(f"farmnode: {url} answered HTTP {response.status_code}", file=sys.stderr)
@@ -208,6 +218,62 @@ def status(args: argparse.Namespace) -> int:
     else:
         print(render_text(document), end="")
     return EXIT_OK
+
+
+def _verify(target: StatusTarget, args: argparse.Namespace) -> ssl.SSLContext | bool:
+    """The TLS client context for ``target`` (``True`` for plain HTTP: unused)."""
+    if not target.tls:
+        return True
+    if args.insecure:
+        print(
+            f"farmnode: --insecure: the certificate at {target.url} is not verified",
+            file=sys.stderr,
+        )
+    try:
+        return client_context(target.ca, target.ca_field, verify=not args.insecure)
+    except InvalidValue as exc:
+        raise ConfigError(target.ca_source, exc.field, exc.message) from None
+
+
+def _failure(exc: httpx.HTTPError, who: str, target: StatusTarget) -> str:
+    """What went wrong asking ``target``, in words an operator can act on."""
+    cause = _ssl_cause(exc)
+    where = f"{target.host}:{target.port}"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        trust = (
+            "trust its CA with --cacert FILE (or FARMNODE_STATUS_TLS_CA, or node.status_tls_ca "
+            "in the configuration), give the name it carries with --server-name, or skip "
+            "the check with --insecure"
+        )
+        return (
+            f"{who}'s certificate at {target.url} is not trusted "
+            f"({(cause.verify_message or cause.reason or '').rstrip('.')}; CA: "
+            f"{target.ca or 'the system trust store'}): {trust}"
+        )
+    if cause is not None:
+        return (
+            f"no TLS at {target.url} ({cause.reason or cause}): is the status listener plain "
+            f"HTTP? (ask with --address {where})"
+        )
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) and not target.tls:
+        return (
+            f"something at {where} closed the connection without answering HTTP: a TLS "
+            f"status listener? ask with --address https://{where}, or with the --config "
+            "file that sets status_tls_certificate"
+        )
+    return f"{who} is not running (nothing answers at {target.url}: {type(exc).__name__})"
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The :class:`ssl.SSLError` under an httpx error, if one is."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain is short; a loop in it must not hang
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _timeout(text: str) -> float:
@@ -229,7 +295,24 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address",
         metavar="HOST:PORT",
-        help="ask the status listener there (the configuration file is not read)",
+        help="ask the status listener there, https://HOST:PORT for a TLS one (the "
+        "configuration file is not read)",
+    )
+    parser.add_argument(
+        "--cacert",
+        metavar="FILE",
+        help="PEM CA certificate(s) to verify a TLS status listener with (default: "
+        "$FARMNODE_STATUS_TLS_CA, else node.status_tls_ca, else the system trust store)",
+    )
+    parser.add_argument(
+        "--server-name",
+        metavar="NAME",
+        help="the name the listener's certificate must carry (default: the address asked)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify a TLS status listener's certificate (says so on stderr)",
     )
 
 

@@ -21,7 +21,7 @@ from dispatcher.backends.sites import check_base_url
 from dispatcher.config import printable, read_toml
 from dispatcher.errors import InvalidValue
 from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS
-from dispatcher.tlsfiles import TlsFiles, server_context, tls_files
+from dispatcher.tlsfiles import TlsFiles, client_context, server_context, tls_files
 from farmnode.cluster.settings import ClusterSettings, parse_cluster
 from farmnode.dataplane.nftables import scheduler_reason, unsupported_reason
 from farmnode.errors import ConfigError
@@ -62,7 +62,15 @@ HOUR, DAY, WEEK = 3600.0, 86_400.0, 604_800.0
 
 TOP_KEYS = frozenset({"node", "services", "report", "cluster", "groups"})
 NODE_KEYS = frozenset(
-    {"name", "status_listen", "log_level", "log_format", "status_tls_certificate", "status_tls_key"}
+    {
+        "name",
+        "status_listen",
+        "log_level",
+        "log_format",
+        "status_tls_certificate",
+        "status_tls_key",
+        "status_tls_ca",
+    }
 )
 REPORT_KEYS = frozenset({"url", "site", "token", "interval", "capacity"})
 SERVICE_KEYS = frozenset(
@@ -101,6 +109,8 @@ class NodeSettings:
     log_format: str = "text"
     status_tls_certificate: Path | None = None
     status_tls_key: Path | None = None
+    #: The CA ``farmnode status`` trusts for this listener (the daemon does not use it).
+    status_tls_ca: Path | None = None
 
     @property
     def status_tls(self) -> TlsFiles | None:
@@ -251,11 +261,14 @@ def _node(raw: Mapping[str, Any], env: Mapping[str, str], base_dir: Path) -> Nod
         log_format=log_format,
         status_tls_certificate=_pem_path(raw, p, "status_tls_certificate", base_dir),
         status_tls_key=_pem_path(raw, p, "status_tls_key", base_dir),
+        status_tls_ca=_pem_path(raw, p, "status_tls_ca", base_dir),
     )
     try:
         files = node.status_tls  # both or neither
         if files is not None:
             server_context(files)  # the files parse, the key matches
+        if node.status_tls_ca is not None:  # for `farmnode status`: checked all the same
+            client_context(node.status_tls_ca, f"{p}.status_tls_ca")
     except InvalidValue as exc:
         raise _Invalid(exc.field, exc.message) from None
     return node

@@ -3,8 +3,11 @@
 :class:`NodeCollector` renders, at scrape time, the status document the node builds anyway
 (:meth:`farmnode.daemon.Node.status`, see :mod:`farmnode.status`): virtual services as
 HAProxy's backends, real servers as its servers (status, connections, sessions, bytes,
-check results), and the heartbeat (members, last heard per transport, messages by outcome,
-each group's owner). Nothing is counted for it on the data path. ``docs/metrics.md`` lists
+check results), the heartbeat (members, last heard per transport, messages by outcome,
+each group's owner), and the truth tier's PostgreSQL in Patroni's names
+(``webfarm_postgres_primary`` for ``patroni_primary``...: :func:`postgres`, from what each
+``postgresql`` agent last saw, :mod:`farmnode.pg.view`). Nothing is counted for it on the
+data path. ``docs/metrics.md`` lists
 every name. The route itself is :class:`dispatcher.metrics.MetricsRoute` (no token: the
 status listener has none, and ``/status`` shows more).
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dispatcher.metrics import counter, gauge
@@ -25,6 +28,7 @@ SERVER_STATES: Final = ("up", "quiescent", "down")
 CHECK_STATES: Final = ("up", "down", "unknown")
 SERVICE: Final = ("service",)
 SERVER: Final = ("service", "server")
+RESOURCE: Final = ("group", "resource")
 
 
 class NodeCollector(Collector):
@@ -163,6 +167,7 @@ def heartbeat(cluster: Mapping[str, Any]) -> Iterator[Metric]:
     yield from (alive, fresh, heard, quorate, voters, seen)
     yield from groups(cluster.get("groups") or {}, str(cluster.get("node") or ""))
     yield from heartbeat_counters(cluster.get("counters") or {})
+    yield from postgres(cluster.get("groups") or {})
 
 
 def groups(docs: Mapping[str, Mapping[str, Any]], node: str) -> Iterator[Metric]:
@@ -196,6 +201,90 @@ def heartbeat_counters(counters: Mapping[str, Any]) -> Iterator[Metric]:
         for event, count in stats.items():
             transport.add_metric([name, event], int(count))
     yield from (sent, errors, received, restarts, transport)
+
+
+def postgres(docs: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+    """Each ``postgresql`` resource of each group (labels ``group``, ``resource``) as
+    Patroni's ``/metrics`` names it, under ``webfarm_postgres_``; positions in bytes from
+    ``0/0``, 0 where Patroni says 0 (not that role, not running). Series of a value that is
+    not known (a lag without a primary to measure against) are left out."""
+    pg = PostgresFamilies()
+    for group, doc in docs.items():
+        for resource, seen in (doc.get("resources") or {}).items():
+            if isinstance(seen, Mapping) and seen.get("agent") == "postgresql":
+                pg.add([str(group), str(resource)], seen)
+    return iter(pg.families())
+
+
+class PostgresFamilies:
+    """One ``postgresql`` resource's metrics (Patroni's ``patroni_*``, plus the lag)."""
+
+    FLAGS: Final = (
+        ("running", "running", "1 if PostgreSQL runs and answers SQL."),
+        ("primary", "primary", "1 if this node holds the primary role and accepts writes."),
+        ("replica", "replica", "1 if PostgreSQL runs as a standby."),
+        ("streaming", "streaming", "1 if the standby's WAL receiver streams."),
+        ("sync_standby", "sync_standby", "1 if the primary names this standby synchronous."),
+    )
+    POSITIONS: Final = (
+        ("xlog_location", "location", "The primary's WAL flush position, 0 if not primary."),
+        ("xlog_received_location", "received_location", "WAL received, 0 if not a replica."),
+        ("xlog_replayed_location", "replayed_location", "WAL replayed, 0 if not a replica."),
+    )
+
+    def __init__(self) -> None:
+        self.flags = [(gauge(f"postgres_{n}", h, RESOURCE), k) for n, k, h in self.FLAGS]
+        self.positions = [(gauge(f"postgres_{n}", h, RESOURCE), k) for n, k, h in self.POSITIONS]
+        self.timeline = gauge("postgres_timeline", "The timeline, 0 if not running.", RESOURCE)
+        self.lag_bytes = gauge(
+            "postgres_replication_lag_bytes", "Bytes behind the primary's position.", RESOURCE
+        )
+        self.lag_seconds = gauge(
+            "postgres_replication_lag_seconds", "Seconds replay is behind.", RESOURCE
+        )
+        standby = [*RESOURCE, "standby"]
+        self.standby_bytes = gauge(
+            "postgres_standby_lag_bytes", "Bytes a standby has yet to replay.", standby
+        )
+        self.standby_seconds = gauge(
+            "postgres_standby_lag_seconds", "A standby's replay lag.", standby
+        )
+        self.age = gauge(
+            "postgres_observed_age_seconds", "Seconds since PostgreSQL was last asked.", RESOURCE
+        )
+
+    def add(self, labels: list[str], seen: Mapping[str, Any]) -> None:
+        for family, key in self.flags:
+            family.add_metric(labels, float(bool(seen.get(key))))
+        xlog = seen.get("xlog") or {}
+        for family, key in self.positions:
+            family.add_metric(labels, float(xlog.get(key) or 0))
+        self.timeline.add_metric(labels, float(seen.get("timeline") or 0))
+        lag = seen.get("lag") or {}
+        _known(self.lag_bytes, labels, lag.get("bytes"))
+        _known(self.lag_seconds, labels, lag.get("seconds"))
+        for standby in seen.get("standbys") or []:
+            named = [*labels, str(standby.get("name"))]
+            _known(self.standby_bytes, named, standby.get("lag_bytes"))
+            _known(self.standby_seconds, named, standby.get("lag_seconds"))
+        _known(self.age, labels, seen.get("age"))
+
+    def families(self) -> list[Metric]:
+        return [
+            *(family for family, _ in self.flags),
+            self.timeline,
+            *(family for family, _ in self.positions),
+            self.lag_bytes,
+            self.lag_seconds,
+            self.standby_bytes,
+            self.standby_seconds,
+            self.age,
+        ]
+
+
+def _known(family: GaugeMetricFamily, labels: list[str], value: object) -> None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        family.add_metric(labels, float(value))
 
 
 def _sum(reals: list[Mapping[str, Any]], key: str) -> int:

@@ -15,9 +15,10 @@ The document::
      "services": [VirtualService.status() + "address" (where the plane listens), ...]}
 
 ``cluster`` is :meth:`farmnode.cluster.ClusterRuntime.status` (members with their liveness
-and last heard per transport, quorum and its warnings, each group's owner), or ``null``
-without a ``[cluster]``. A service's ``deferred`` is true when a cluster group's ``switch``
-resource opens it (only on the group's owner).
+and last heard per transport, quorum and its warnings, each group's owner and what its
+resources last saw: a ``postgresql`` resource's role, timeline, positions and lag,
+:mod:`farmnode.pg.view`), or ``null`` without a ``[cluster]``. A service's ``deferred`` is
+true when a cluster group's ``switch`` resource opens it (only on the group's owner).
 
 Each real server of a service carries ``check``: the health checker's view of it
 (``health``, ``detail`` of the last probe, ``age`` in seconds), or ``null`` for
@@ -31,7 +32,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -216,24 +217,36 @@ def status_url(host: str, port: int, scheme: str = "http") -> str:
 #: Where a node answers when its ``[node]`` table says nothing (``NodeSettings``' default).
 DEFAULT_STATUS_LISTEN = NodeSettings(name="-").status_listen
 STATUS_ENV = "FARMNODE_STATUS_LISTEN"
+#: The CA ``farmnode status`` trusts for a TLS status listener (over ``node.status_tls_ca``).
+STATUS_CA_ENV = "FARMNODE_STATUS_TLS_CA"
 #: A configuration file larger than this is not read by ``farmnode status``.
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\]#]*?)\s*\]")
-_STRING_KEY = re.compile(r'^\s*(status_listen|name)\s*=\s*"([^"\\]*)"\s*(?:#.*)?$')
+_STRING_KEY = re.compile(
+    r'^\s*(status_listen|name|status_tls_certificate|status_tls_ca)\s*=\s*"([^"\\]*)"\s*(?:#.*)?$'
+)
+_SCHEMES = {"http://": False, "https://": True}
 
 
 @dataclass(frozen=True, slots=True)
 class StatusTarget:
-    """Where ``farmnode status`` asks: the address, its origin, and the node's name if known."""
+    """Where ``farmnode status`` asks: the address, its origin, the node's name if known,
+    whether it speaks TLS, and the CA to trust for it (``None``: the system's trust store)
+    with where that came from: ``ca_source`` (a file, ``<environment>``, ``<command line>``)
+    and ``ca_field`` (its key there)."""
 
     host: str
     port: int
     origin: str
     node: str | None = None
+    tls: bool = False
+    ca: Path | None = None
+    ca_source: str = ""
+    ca_field: str = ""
 
     @property
     def url(self) -> str:
-        return status_url(self.host, self.port)
+        return status_url(self.host, self.port, "https" if self.tls else "http")
 
 
 def find_status(
@@ -241,21 +254,74 @@ def find_status(
 ) -> StatusTarget:
     """Where the node configured by ``path`` answers, reading as little as possible.
 
-    ``address`` (``--address``) wins and the file is not read; then ``FARMNODE_STATUS_LISTEN``
-    (as for ``serve``); then ``node.status_listen`` of the file (default
-    :data:`DEFAULT_STATUS_LISTEN`). Nothing else of the file is validated, so the file a
-    reload refused still names its node; a file that is not even TOML is scanned line by
-    line for its ``[node]`` table's ``status_listen = "..."``. Raises :class:`ConfigError`
-    naming what could not be found.
+    ``address`` (``--address``: ``HOST:PORT``, or ``https://HOST:PORT`` for a TLS listener)
+    wins and the file is not read; then ``FARMNODE_STATUS_LISTEN`` (as for ``serve``; whether
+    the listener speaks TLS is still read from the file when it can be); then
+    ``node.status_listen`` of the file (default :data:`DEFAULT_STATUS_LISTEN`). The listener
+    speaks TLS when the file's ``[node]`` sets ``status_tls_certificate``; the CA to trust is
+    ``FARMNODE_STATUS_TLS_CA``, else ``node.status_tls_ca`` (relative to the file). Nothing
+    else of the file is validated, so the file a reload refused still names its node; a file
+    that is not even TOML is scanned line by line for its ``[node]`` table's one-line
+    strings. Raises :class:`ConfigError` naming what could not be found.
     """
     if address is not None:
-        return StatusTarget(*_address(address, "--address", "<command line>"), "--address")
+        tls, text = _scheme(address)
+        host, port = _address(text, "--address", "<command line>")
+        return _with_ca(StatusTarget(host, port, "--address", tls=tls), environ)
     if STATUS_ENV in environ:
         value = environ[STATUS_ENV].strip()
         host, port = _address(value, STATUS_ENV, "<environment>")
-        return StatusTarget(host, port, STATUS_ENV)
+        try:
+            found = _file_node(Path(path))
+        except ConfigError:
+            found = {}  # the address is known: a file that cannot be read means no TLS
+        target = StatusTarget(host, port, STATUS_ENV, tls=_tls_on(found))
+        return _with_ca(_file_ca(target, found, Path(path)), environ)
     source = str(path)
-    text = _config_text(Path(path))
+    found = _file_node(Path(path))
+    listen = found.get("status_listen", DEFAULT_STATUS_LISTEN)
+    named = found.get("name")
+    name = named if isinstance(named, str) else None
+    host, port = _address(listen, "node.status_listen", source)
+    target = StatusTarget(host, port, source, name, tls=_tls_on(found))
+    return _with_ca(_file_ca(target, found, Path(path)), environ)
+
+
+def _scheme(address: str) -> tuple[bool, str]:
+    for scheme, tls in _SCHEMES.items():
+        if address.lower().startswith(scheme):
+            return tls, address[len(scheme) :].rstrip("/")
+    return False, address
+
+
+def _tls_on(node: Mapping[str, object]) -> bool:
+    value = node.get("status_tls_certificate")
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _file_ca(target: StatusTarget, node: Mapping[str, object], path: Path) -> StatusTarget:
+    value = node.get("status_tls_ca")
+    if value is None:
+        return target
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        expected = f"the path of a PEM file of CA certificates, got {value!r:.200}"
+        raise ConfigError(str(path), "node.status_tls_ca", expected)
+    return replace(
+        target, ca=path.parent / value, ca_source=str(path), ca_field="node.status_tls_ca"
+    )
+
+
+def _with_ca(target: StatusTarget, environ: Mapping[str, str]) -> StatusTarget:
+    value = environ.get(STATUS_CA_ENV, "").strip()
+    if not value:
+        return target
+    return replace(target, ca=Path(value), ca_source="<environment>", ca_field=STATUS_CA_ENV)
+
+
+def _file_node(file: Path) -> dict[str, object]:
+    """The ``[node]`` table of ``file`` (parsed, or scanned when it is not TOML)."""
+    source = str(file)
+    text = _config_text(file)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -263,15 +329,11 @@ def find_status(
         if found is None:
             expected = f"a [node] table (the file is not valid TOML: {exc}); or give --address"
             raise ConfigError(source, "node", expected) from None
-        value, name = found
-    else:
-        node = doc.get("node")
-        if not isinstance(node, dict):
-            raise ConfigError(source, "node", "a [node] table; or give --address")
-        value = node.get("status_listen", DEFAULT_STATUS_LISTEN)
-        name = node.get("name") if isinstance(node.get("name"), str) else None
-    host, port = _address(value, "node.status_listen", source)
-    return StatusTarget(host, port, source, name)
+        return dict(found)
+    node = doc.get("node")
+    if not isinstance(node, dict):
+        raise ConfigError(source, "node", "a [node] table; or give --address")
+    return node
 
 
 def _address(value: object, what: str, source: str) -> tuple[str, int]:
@@ -299,11 +361,11 @@ def _config_text(file: Path) -> str:
         raise ConfigError(str(file), "", f"UTF-8 text ({exc.reason})") from None
 
 
-def _scan_node_table(text: str) -> tuple[str, str | None] | None:
-    """``(status_listen, name)`` from the ``[node]`` table's lines, or ``None`` without one.
-
-    Only plain one-line basic strings are read (``status_listen = "127.0.0.1:9100"``).
-    """
+def _scan_node_table(text: str) -> dict[str, str] | None:
+    """The ``[node]`` table's one-line strings that :func:`find_status` reads
+    (``status_listen``, ``name``, ``status_tls_certificate``, ``status_tls_ca``), or
+    ``None`` without a ``[node]`` table. Only plain basic strings are read
+    (``status_listen = "127.0.0.1:9100"``)."""
     table: str | None = None
     seen = False
     found: dict[str, str] = {}
@@ -316,9 +378,7 @@ def _scan_node_table(text: str) -> tuple[str, str | None] | None:
         match = _STRING_KEY.match(line) if table == "node" else None
         if match is not None:
             found.setdefault(match.group(1), match.group(2))
-    if not seen:
-        return None
-    return found.get("status_listen", DEFAULT_STATUS_LISTEN), found.get("name")
+    return found if seen else None
 
 
 # --- the text table -------------------------------------------------------------------------
@@ -382,7 +442,42 @@ def cluster_lines(cluster: Mapping[str, Any]) -> list[str]:
         groups.append([str(name), str(group.get("owner") or "none"), str(group.get("local"))])
     if len(groups) > 1:
         lines += _table(groups)
+    for name, group in (cluster.get("groups") or {}).items():
+        for resource, seen in (group.get("resources") or {}).items():
+            if isinstance(seen, Mapping) and seen.get("agent") == "postgresql":
+                lines.append(f"  {name}/{resource}: {_postgres_text(seen)}")
     return lines
+
+
+def _postgres_text(seen: Mapping[str, Any]) -> str:
+    """A ``postgresql`` resource's last snapshot in a line (:mod:`farmnode.pg.view`)."""
+    parts = [str(seen.get("role")), "running" if seen.get("running") else "not running"]
+    if seen.get("timeline"):
+        parts.append(f"timeline {seen['timeline']}")
+    if seen.get("role") == "demoted":
+        parts.append(str(seen.get("state")))
+    if seen.get("primary"):
+        standbys = [
+            f"{s.get('name')} ({s.get('sync_state')}, "
+            f"lag {_lag(s.get('lag_bytes'), s.get('lag_seconds'))})"
+            for s in seen.get("standbys") or []
+        ]
+        parts.append("standbys " + ", ".join(standbys) if standbys else "no standby")
+    elif seen.get("replica"):
+        parts.append("streaming" if seen.get("streaming") else "not streaming")
+        if seen.get("sync_standby"):
+            parts.append("synchronous")
+        lag = seen.get("lag") or {}
+        parts.append(f"lag {_lag(lag.get('bytes'), lag.get('seconds'))}")
+    if seen.get("problem"):
+        parts.append(f"problem: {seen['problem']}")
+    return ", ".join(parts)
+
+
+def _lag(size: object, seconds: object) -> str:
+    shown = "?" if not isinstance(size, int) else _bytes(size)
+    secs = "?" if not isinstance(seconds, int | float) else f"{float(seconds):.1f}"
+    return f"{shown}B/{secs}s"
 
 
 def _member_row(name: str, member: Mapping[str, Any]) -> list[str]:
@@ -491,6 +586,7 @@ def _duration(seconds: float) -> str:
 
 __all__ = [
     "DEFAULT_STATUS_LISTEN",
+    "STATUS_CA_ENV",
     "STATUS_PATH",
     "StatusApp",
     "StatusListener",

@@ -1,6 +1,14 @@
 """A real Prometheus server (Debian's ``prometheus``) scrapes a running dispatcher (with a
-``reader`` token) and a running farmnode every second; its query API shows the values move
-as a site is drained, killed and brought back, and as a real server dies.
+``reader`` token) and two running farmnodes every second; its query API shows the values
+move as a site is drained, killed and brought back, as a real server dies, and as the two
+farmnodes' cluster group fails over.
+
+The farmnodes ``n1`` (priority 200, with a virtual service) and ``n2`` (100) run in this
+process, a heartbeat between them over UDP on 127.0.0.1 (interval 0.1 s, deadtime 0.5 s),
+and share one group, ``front``: a ``script`` resource (``tests/farmnode/
+test_cluster_runtime.py``'s, marking the node that holds it with a file) monitored every
+0.3 s. ``n1`` takes it at start; at the end ``fail-n1`` makes its monitor fail there, and
+the group moves to ``n2``: every node's ``webfarm_cluster_group_owner`` must name ``n2``.
 
 The server runs in a temp dir of its own on a free loopback port, with no remote storage
 or alerting; every wait is bounded, and the server is stopped at the end whatever happens.
@@ -13,17 +21,20 @@ import contextlib
 import shutil
 import subprocess
 import time
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from farmnode.config import NodeConfig, parse_config
 from tests.conftest import LoopbackSite, RunningDispatcher
+from tests.farmnode.test_cluster_runtime import SCRIPT, executable, free_ports
 from tests.farmnode.test_daemon import (
     free_port,
     id_servers,
-    node_config,
+    node_text,
     running_node,
     service_toml,
 )
@@ -33,9 +44,39 @@ pytestmark = pytest.mark.anyio
 WAIT = 30.0  # a scrape a second; a generous bound for each change to show
 
 
+def cluster_node(name: str, tmp_path: Path, ports: dict[str, int], *services: str) -> NodeConfig:
+    """Node ``name`` of the two-node cluster (module docstring), with ``services``."""
+    peer = next(other for other in ports if other != name)
+    script = executable(tmp_path / f"agent-{name}", SCRIPT.format(dir=tmp_path, node=name))
+    cluster = f"""
+[cluster]
+name = "prom"
+key = "prometheus-test-cluster-key-0123"
+priority = {200 if name == "n1" else 100}
+interval = 0.1
+deadtime = 0.5
+initdead = 0.5
+[[cluster.transports]]
+kind = "udp"
+bind = "127.0.0.1:{ports[name]}"
+[[cluster.peers]]
+name = "{peer}"
+addresses = ["127.0.0.1:{ports[peer]}"]
+
+[[groups]]
+name = "front"
+[[groups.resources]]
+agent = "script"
+path = "{script}"
+monitor_interval = 0.3
+"""
+    text = node_text(*services, report=cluster).replace('name = "n1"', f'name = "{name}"', 1)
+    return parse_config(tomllib.loads(text), f"{name}.toml", environ={})
+
+
 @contextlib.contextmanager
-def prometheus(tmp_path: Path, dispatcher: int, farmnode: int) -> Iterator[str]:
-    """A Prometheus server scraping both daemons; yields its base URL."""
+def prometheus(tmp_path: Path, dispatcher: int, farmnodes: list[int]) -> Iterator[str]:
+    """A Prometheus server scraping the dispatcher and the farmnodes; yields its base URL."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is missing: apt-get install prometheus (.ci/system-deps)")
@@ -54,7 +95,7 @@ scrape_configs:
       - targets: ["127.0.0.1:{dispatcher}"]
   - job_name: farmnode
     static_configs:
-      - targets: ["127.0.0.1:{farmnode}"]
+      - targets: {[f"127.0.0.1:{port}" for port in farmnodes]}
 """)
     port = free_port()
     with (home / "log").open("wb") as log:
@@ -121,13 +162,21 @@ async def test_prometheus_sees_sites_and_servers_move(
     tmp_path: Path, farm: RunningDispatcher, sites: dict[str, LoopbackSite]
 ) -> None:
     us = 'site="us",pool="default"'
+    ports = dict(zip(("n1", "n2"), free_ports(2), strict=True))
     async with id_servers("a", "b") as (a, b):
-        config = node_config(service_toml("web", free_port(), [a, b]))
-        async with running_node(config) as node, httpx.AsyncClient(trust_env=False) as client:
+        web = service_toml("web", free_port(), [a, b])
+        async with (
+            running_node(cluster_node("n1", tmp_path, ports, web)) as node,
+            running_node(cluster_node("n2", tmp_path, ports)) as n2,
+            httpx.AsyncClient(trust_env=False) as client,
+        ):
             assert farm.runner.admin is not None
-            with prometheus(tmp_path, farm.runner.admin.port, node.status_port) as base:
+            nodes = [node.status_port, n2.status_port]
+            with prometheus(tmp_path, farm.runner.admin.port, nodes) as base:
                 await shows(client, base, 'up{job="dispatcher"}', 1)
-                await shows(client, base, 'up{job="farmnode"}', 1)
+                await shows(client, base, 'count(up{job="farmnode"} == 1)', 2)
+                owner = 'count(webfarm_cluster_group_owner{group="front",owner="%s"} == 1)'
+                await shows(client, base, owner % "n1", 2)  # as both nodes see it
                 await shows(client, base, f'webfarm_site_status{{{us},state="up"}}', 1)
 
                 await farm.admin.post("/api/v1/sites/us/drain")
@@ -150,3 +199,14 @@ async def test_prometheus_sees_sites_and_servers_move(
                 await b.kill()
                 await shows(client, base, f'webfarm_server_status{{{real_b},state="down"}}', 1)
                 await shows(client, base, 'webfarm_service_up{service="web"}', 1)
+
+                (tmp_path / "fail-n1").touch()  # n1's monitor fails: the group moves
+                began = time.monotonic()
+                await shows(client, base, owner % "n2", 2)
+                took = time.monotonic() - began
+                here = 'webfarm_cluster_group_owned_here{group="front",instance="127.0.0.1:%d"}'
+                await shows(client, base, here % n2.status_port, 1)
+                await shows(client, base, here % node.status_port, 0)
+                assert (tmp_path / "up-n2").exists()
+                assert not (tmp_path / "up-n1").exists()
+                print(f"group failover -> both nodes name n2 in Prometheus: {took:.1f} s")

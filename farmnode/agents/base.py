@@ -27,6 +27,10 @@ Contract of every agent:
   check-config`` calls it) and raises :class:`AgentParamError` naming the parameter.
 - :meth:`Agent.meta_data` describes the agent in OCF meta-data XML; it raises
   :class:`AgentError` when the agent cannot describe itself (an OCF script missing).
+- :meth:`Agent.status` returns what the agent last saw of its resource, as JSON data for
+  the status document and the metrics, or ``None`` when it keeps nothing (most agents). It
+  reads only what the agent kept from its last action or background tick: it never blocks,
+  never raises and touches nothing.
 """
 
 from __future__ import annotations
@@ -231,6 +235,12 @@ class Agent(ABC):
         """Free what this object holds (sockets, background tasks) and leave the resource as
         it is: for a daemon that exits without releasing. Idempotent; never raises."""
         return  # most agents hold nothing between actions
+
+    def status(self) -> Mapping[str, Any] | None:
+        """What the agent last saw of its resource (JSON data: the cluster runtime puts it
+        in the group's ``resources`` in ``GET /status``, and :mod:`farmnode.metrics` renders
+        what it knows), or ``None``: nothing kept. Never blocks, never raises."""
+        return None
 
     def meta_data(self) -> str:
         """OCF meta-data XML describing this agent and its parameters."""

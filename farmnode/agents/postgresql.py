@@ -71,6 +71,7 @@ from farmnode.pg.instance import (
     render_sync_names,
     tcp_reachable,
 )
+from farmnode.pg.view import Seen, describe, role_of
 from farmnode.process import last_line, run_process
 
 log = logging.getLogger("farmnode.agents.postgresql")
@@ -261,6 +262,7 @@ class PostgresAgent(Agent):
         self._restart_at = 0.0
         self._waiting_since: float | None = None
         self._warned_at = 0.0
+        self._seen: Seen | None = None  # the last snapshot, for status() and metrics
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -409,7 +411,7 @@ class PostgresAgent(Agent):
                 return self.fail(OcfResult.ERR_GENERIC, str(exc))
 
     async def _monitor_locked(self) -> OcfResult:
-        snap = await self.instance.snapshot()
+        snap = await self._snapshot()
         if snap.writable:
             if self.mode != "lead":
                 self._lead(snap)
@@ -437,7 +439,7 @@ class PostgresAgent(Agent):
 
     async def _start_locked(self) -> OcfResult:
         me = self.context.node
-        snap = await self.instance.snapshot()
+        snap = await self._snapshot()
         if snap.writable:
             self._lead(snap)
             return OcfResult.SUCCESS
@@ -491,7 +493,7 @@ class PostgresAgent(Agent):
         deadline = time.monotonic() + self.timeouts[Action.START]
         while not snap.reachable and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-            snap = await self.instance.snapshot()
+            snap = await self._snapshot()
         if not snap.reachable:
             raise InstanceError(self.data_dir, f"PostgreSQL does not answer: {snap.error}")
         return snap
@@ -544,7 +546,7 @@ class PostgresAgent(Agent):
     async def _stop_locked(self) -> OcfResult:
         if self.mode == "failed":
             return OcfResult.SUCCESS  # a failed rewind stays down until farmnode restarts
-        snap = await self.instance.snapshot()
+        snap = await self._snapshot()
         if snap.writable:
             return await self._demote(snap)
         if snap.running and not snap.reachable:
@@ -605,15 +607,18 @@ class PostgresAgent(Agent):
         """Stop the server whatever it takes: fast, then immediate, then SIGKILL."""
         budget = self.timeouts[Action.STOP]
         if await self.instance.stop("fast", budget * 0.4):
+            self._keep(Snapshot(running=False))
             return
         log.warning("resource %s: fast stop failed; stopping in immediate mode", self.name)
         if await self.instance.stop("immediate", budget * 0.2):
+            self._keep(Snapshot(running=False))
             return
         log.error("resource %s: immediate stop failed; killing the postmaster", self.name)
         self.instance.kill()
         deadline = time.monotonic() + 2.0
         while self.instance.running() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        self._keep(Snapshot(running=self.instance.running()))
 
     def _mark_demoted(self) -> None:
         self._write_conf()
@@ -659,6 +664,8 @@ class PostgresAgent(Agent):
                     await self._lead_tick()
                 elif self.mode == "rejoin":
                     await self._rejoin_tick()
+                if self.mode not in ("follow", "lead"):
+                    await self._snapshot()  # demoted or failed: stopped, as a rule (cheap)
             except (InstanceError, ConfigError) as exc:
                 self.problem = str(exc)
                 log.warning("resource %s: %s", self.name, exc)
@@ -670,7 +677,7 @@ class PostgresAgent(Agent):
         async with self._lock:
             if self.mode != "follow":
                 return
-            snap = await self.instance.snapshot()
+            snap = await self._snapshot()
             if snap.writable:
                 log.error("resource %s: writable without the primary role: demoting", self.name)
                 await self._demote(snap)
@@ -691,7 +698,7 @@ class PostgresAgent(Agent):
         async with self._lock:
             if self.mode != "lead":
                 return
-            snap = await self.instance.snapshot()
+            snap = await self._snapshot()
             if snap.writable:
                 await self._lead_update(snap)
 
@@ -862,22 +869,51 @@ class PostgresAgent(Agent):
             str(node), str(role), self.context.alive(str(node)), None, names, remembered=True
         )
 
-    # --- health ------------------------------------------------------------------------------
+    # --- health and status -------------------------------------------------------------------
+
+    async def _snapshot(self) -> Snapshot:
+        """The server's state now, kept (with when) for :meth:`status`."""
+        snap = await self.instance.snapshot()
+        self._keep(snap)
+        return snap
+
+    def _keep(self, snap: Snapshot) -> None:
+        self._seen = Seen(snap, time.monotonic())
+
+    def _primary_position(self) -> int | None:
+        """The live primary's (another node's) last advertised ``pg.lsn``, or ``None``."""
+        source = self._live_primary()
+        seen = self.context.observed(LSN).get(source) if source else None
+        try:
+            return int(seen.value) if seen is not None else None
+        except ValueError:
+            return None
+
+    def _named_sync(self) -> bool:
+        """Whether the live primary last named this node synchronous (``pg.sync``)."""
+        source = self._live_primary()
+        seen = self.context.observed(SYNC).get(source) if source else None
+        return seen is not None and self.app_name in seen.value.split(",")
+
+    def status(self) -> dict[str, Any]:
+        """Role, timeline, positions and lag from the last snapshot (:mod:`farmnode.pg.view`;
+        at most about a second old while the background task runs)."""
+        return describe(
+            self._seen, time.monotonic(), mode=self.mode, state=self.state,
+            problem=self.problem, primary_lsn=self._primary_position(),
+            named_sync=self._named_sync(),
+        )  # fmt: skip
 
     async def health_state(self) -> HealthState:
         """This node's state for the HTTP endpoints."""
-        snap = await self.instance.snapshot()
-        role = {"lead": "primary", "rejoin": "demoted", "failed": "demoted"}.get(
-            self.mode, "replica"
-        )
+        snap = await self._snapshot()
+        role = role_of(self.mode)
         lag: int | None = None
         if snap.writable:
             lag = 0
         elif snap.lsn is not None:
-            source = self._live_primary()
-            seen = self.context.observed(LSN).get(source) if source else None
-            with contextlib.suppress(ValueError):
-                lag = max(0, int(seen.value) - snap.lsn) if seen is not None else None
+            primary_lsn = self._primary_position()
+            lag = None if primary_lsn is None else max(0, primary_lsn - snap.lsn)
         state = self.state if self.mode in ("rejoin", "failed") else (
             "running" if snap.running else "stopped"
         )  # fmt: skip

@@ -627,10 +627,16 @@ class ClusterRuntime:
         claimants = self._claimants(name, view)
         if name in self.planner.claims:
             claimants.insert(0, self.node_name)
+        run = self.groups[name]
         return {
             "owner": self.owner(name),
             "claimed_by": claimants,
-            "local": self.groups[name].state,
+            "local": run.state,
+            "resources": {
+                agent.name: dict(seen)
+                for agent in run.group.agents
+                if (seen := agent.status()) is not None
+            },
         }
 
 

@@ -184,6 +184,10 @@ class Replica:
     state: str
     sync_state: str
     flush_lsn: int | None
+    #: Bytes the standby has yet to replay of what the primary flushed (``None``: unknown).
+    lag_bytes: int | None = None
+    #: PostgreSQL's ``replay_lag`` in seconds (``None``: not measured, e.g. idle).
+    lag_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +196,10 @@ class Snapshot:
     ``reachable``: it answered SQL. ``lsn`` is the flush position on a primary, the larger
     of the receive and replay positions on a standby. ``receiver`` is the WAL receiver's
     status on a standby (``streaming`` when it streams). ``sync_names`` is the effective
-    ``synchronous_standby_names``."""
+    ``synchronous_standby_names``. On a standby, ``received`` and ``replayed`` are the
+    receive and replay positions (bytes from ``0/0``; ``None`` when PostgreSQL has none),
+    ``replayed_at`` the commit time of the last replayed transaction (epoch seconds) and
+    ``replay_age`` its age by the server's clock."""
 
     running: bool
     reachable: bool = False
@@ -203,6 +210,10 @@ class Snapshot:
     replicas: tuple[Replica, ...] = ()
     sync_names: str = ""
     error: str = ""
+    received: int | None = None
+    replayed: int | None = None
+    replayed_at: float | None = None
+    replay_age: float | None = None
 
     @property
     def writable(self) -> bool:
@@ -218,15 +229,19 @@ SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint,
        ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
 """
 _STANDBY_SQL = """
-SELECT pg_wal_lsn_diff(greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()),
-                       '0/0')::bigint,
+SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint,
+       pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
        coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
                 (SELECT timeline_id FROM pg_control_checkpoint())),
-       (SELECT status FROM pg_stat_wal_receiver)
+       (SELECT status FROM pg_stat_wal_receiver),
+       extract(epoch FROM pg_last_xact_replay_timestamp())::float8,
+       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
 """
 _REPLICAS_SQL = """
 SELECT coalesce(application_name, ''), coalesce(state, ''), coalesce(sync_state, ''),
-       pg_wal_lsn_diff(flush_lsn, '0/0')::bigint
+       pg_wal_lsn_diff(flush_lsn, '0/0')::bigint,
+       pg_wal_lsn_diff(pg_current_wal_flush_lsn(), replay_lsn)::bigint,
+       extract(epoch FROM replay_lag)::float8
 FROM pg_stat_replication ORDER BY application_name
 """
 
@@ -559,8 +574,15 @@ async def _query_snapshot(conn: psycopg.AsyncConnection[Any]) -> Snapshot:
     in_recovery, sync_names = bool(row[0]), str(row[1])
     if in_recovery:
         cur = await conn.execute(_STANDBY_SQL.encode())
-        lsn, timeline, receiver = await cur.fetchone() or (None, None, None)
-        return Snapshot(True, True, True, timeline, lsn, receiver, (), sync_names)
+        received, replayed, timeline, receiver, replayed_at, replay_age = (
+            await cur.fetchone() or (None,) * 6
+        )
+        known = [position for position in (received, replayed) if position is not None]
+        lsn = max(known) if known else None
+        return Snapshot(
+            True, True, True, timeline, lsn, receiver, (), sync_names,
+            received=received, replayed=replayed, replayed_at=replayed_at, replay_age=replay_age,
+        )  # fmt: skip
     cur = await conn.execute(_PRIMARY_SQL.encode())
     lsn, timeline = await cur.fetchone() or (None, None)
     cur = await conn.execute(_REPLICAS_SQL.encode())

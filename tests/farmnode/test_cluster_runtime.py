@@ -209,6 +209,7 @@ async def test_start_up_elects_exactly_one_owner_with_a_witness(tmp_path: Path) 
             "owner": "n1",
             "claimed_by": ["n1"],
             "local": "stopped",
+            "resources": {},  # a script agent keeps nothing to show
         }
         member = status["members"]["n1"]
         assert member["alive"]

@@ -744,6 +744,7 @@ PLAUSIBLE: dict[str, list[Any]] = {
     "log_format": ["text", "json", "xml"],
     "status_tls_certificate": ["/nonexistent/cert.pem", "", 5],
     "status_tls_key": ["/nonexistent/key.pem", None],
+    "status_tls_ca": ["/nonexistent/ca.pem", "", 5],
     "protocol": ["tcp", "udp", "tcp", "sctp"],
     "listen": ADDRESSES,
     "scheduler": [*sorted(SCHEDULERS), "random"],

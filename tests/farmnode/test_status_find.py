@@ -1,5 +1,6 @@
 """Where ``farmnode status`` asks (:func:`farmnode.status.find_status`): only the status
-address is read, so a file a reload refused, or one without secrets, still works."""
+address (and whether it speaks TLS, with the CA to trust) is read, so a file a reload
+refused, or one without secrets, still works."""
 
 from __future__ import annotations
 
@@ -71,6 +72,48 @@ def test_a_file_that_is_not_toml_is_scanned_for_its_node_table(tmp_path: Path) -
     assert "--address" in caught.value.expected
 
 
+def test_tls_and_the_ca_come_from_the_file_the_environment_or_the_address(
+    tmp_path: Path,
+) -> None:
+    tls = (
+        '[node]\nname = "n1"\nstatus_listen = "127.0.0.1:9001"\nstatus_tls_certificate = "c.pem"\n'
+    )
+    path = write(tmp_path, tls)
+    target = find_status(path, {})
+    assert (target.tls, target.ca, target.url) == (True, None, "https://127.0.0.1:9001/status")
+    path = write(tmp_path, tls + 'status_tls_ca = "ca.pem"\n')
+    target = find_status(path, {})
+    assert (target.ca, target.ca_source, target.ca_field) == (
+        tmp_path / "ca.pem",
+        str(path),
+        "node.status_tls_ca",
+    )
+    env = {"FARMNODE_STATUS_TLS_CA": "/etc/ca.pem", "FARMNODE_STATUS_LISTEN": "127.0.0.2:9"}
+    target = find_status(path, env)  # the address from the environment, TLS from the file
+    assert (target.url, target.ca, target.ca_field) == (
+        "https://127.0.0.2:9/status",
+        Path("/etc/ca.pem"),
+        "FARMNODE_STATUS_TLS_CA",
+    )
+    assert not find_status(tmp_path / "absent.toml", env).tls  # no file: plain
+    broken = write(tmp_path, tls + 'status_tls_ca = "ca.pem"\n[[services]\n')  # scanned
+    assert find_status(broken, {}).tls
+    assert find_status(broken, {}).ca == tmp_path / "ca.pem"
+    for address, wanted in (
+        ("https://[::1]:9", "https://[::1]:9/status"),
+        ("HTTPS://127.0.0.1:9/", "https://127.0.0.1:9/status"),
+        ("http://127.0.0.1:9", "http://127.0.0.1:9/status"),
+        ("127.0.0.1:9", "http://127.0.0.1:9/status"),
+    ):
+        assert find_status(path, {}, address).url == wanted  # the file is not read
+    with pytest.raises(ConfigError) as caught:
+        find_status(write(tmp_path, tls + "status_tls_ca = 5\n"), {})
+    assert caught.value.path == "node.status_tls_ca"
+    with pytest.raises(ConfigError) as caught:
+        find_status(path, {}, "ftp://127.0.0.1:9")
+    assert caught.value.path == "--address"
+
+
 @pytest.mark.parametrize(
     ("text", "env", "where"),
     [
@@ -116,7 +159,7 @@ def test_any_file_gives_an_address_or_a_config_error(tmp_path: Path, text: str) 
     except ConfigError as exc:
         error = exc
     if error is not None:
-        assert error.path in ("", "node", "node.status_listen")
+        assert error.path in ("", "node", "node.status_listen", "node.status_tls_ca")
     else:
         assert 0 <= target.port <= 65535
 
