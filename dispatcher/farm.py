@@ -96,7 +96,7 @@ class Farm:
         self._last: Snapshot | None = None
         self.locator = locator_for(config)
         self.dns_counts: defaultdict[str, int] = defaultdict(int)
-        self.dns_changes = ChangeTracker()  # (for explain: the workers keep their own)
+        self.dns_changes = ChangeTracker()  # (explain's; shipped to the workers' own)
         self.dns_local: Callable[[], Mapping[str, int]] | None = None
         self.snapshot = self._build()
 
@@ -387,6 +387,7 @@ class Farm:
             rules=None if rules is None else RulesText(rules.source, rules.filename),
             rtt=self.rtt_view,
             reloads=self.reloads,
+            dns_history=self.dns_changes.history(),
         )
 
     def add_redirects(self, counts: Mapping[str, int]) -> None:
@@ -395,6 +396,12 @@ class Farm:
         for name, count in counts.items():
             if name in self.snapshot.sites:
                 self.redirects[name] += count
+
+    @property
+    def dns_history(self) -> dict[str, float]:
+        """When each pool last changed, as this process saw it (see
+        :class:`~dispatcher.dns.service.DnsSource`)."""
+        return self.dns_changes.history()
 
     def add_dns_counts(self, counts: Mapping[str, int]) -> None:
         """Add a worker's DNS counters to the totals."""

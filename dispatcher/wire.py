@@ -21,7 +21,7 @@ import json
 import pickle
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dispatcher.backends.health import Health, State
@@ -85,6 +85,9 @@ class WorkerState:
     reloads: int = 0
     """The control process's count of applied reloads: when it moves, the worker loads its
     TLS files again (a certificate renewed at the same paths), even if nothing else changed."""
+    dns_history: Mapping[str, float] = field(default_factory=dict)
+    """When the control process saw each pool change last (monotonic): the DNS front's TTL
+    (:mod:`dispatcher.dns.ttl`) of a worker that started after a change follows it too."""
 
 
 def for_workers(config: Config) -> Config:

@@ -34,7 +34,7 @@ import signal
 import socket
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 import uvloop
@@ -87,6 +87,7 @@ class WorkerFarm:
         self.snapshot = snapshot
         self.config = config
         self.redirects: defaultdict[str, int] = defaultdict(int)
+        self.dns_history: Mapping[str, float] = {}
 
 
 class StateBuilder:
@@ -232,7 +233,8 @@ class Worker:
         elif state.reloads != self.reloads and self.edge is not None:
             self.edge.reload_tls(state.config.dispatcher)  # renewed files at the same paths
         self.reloads = state.reloads
-        self.farm.config = state.config  # (before the snapshot: the DNS front reads both)
+        self.farm.config = state.config  # (before the snapshot: the DNS front reads them)
+        self.farm.dns_history = state.dns_history
         self.farm.snapshot = snapshot
 
     async def _read(self, reader: asyncio.StreamReader) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from dispatcher.config import Config
@@ -33,13 +33,17 @@ RCODE_NAMES |= {5: "refused", 16: "badvers"}
 
 class DnsSource(Protocol):
     """Where the answer path reads the state from: the snapshot and the configuration it
-    was built with (both replaced whole, never changed)."""
+    was built with (both replaced whole, never changed), and when the control process saw
+    each pool change last (see :meth:`~dispatcher.dns.ttl.ChangeTracker.adopt`)."""
 
     @property
     def snapshot(self) -> Snapshot: ...
 
     @property
     def config(self) -> Config: ...
+
+    @property
+    def dns_history(self) -> Mapping[str, float]: ...
 
 
 class DnsService:
@@ -75,6 +79,7 @@ class DnsService:
         if config is None:
             self._table = None
             return
+        self.tracker.adopt(self.source.dns_history)  # (a worker's: the control's changes)
         self.tracker.observe(snapshot, self.clock())
         self._table = build_table(config, snapshot, self.tracker)
         key = (

@@ -13,9 +13,10 @@ coming back soon). Precisely, a pool is *unstable* at time ``t`` when
   changing within it, so the TTL stays short for as long as it flaps).
 
 Answers given while a pool has no site to place (failsafe, fail-open) always carry the
-short TTL. Changes are what this process observes between consecutive snapshots
-(:class:`ChangeTracker`): a worker that has just started knows no history and treats its
-first snapshot as stable (apart from unknown health).
+short TTL. Changes are what a process observes between consecutive snapshots
+(:class:`ChangeTracker`); a worker process also adopts the control process's history with
+every state it is sent (:meth:`ChangeTracker.adopt`), so a worker started (or restarted)
+just after a change answers with the short TTL too, as the others do.
 """
 
 from __future__ import annotations
@@ -57,6 +58,23 @@ class ChangeTracker:
     def changed_at(self, pool: str) -> float:
         """The monotonic time the pool last changed; -inf if never seen changing."""
         return self._changed.get(pool, -math.inf)
+
+    def history(self) -> dict[str, float]:
+        """When each pool last changed (monotonic; the clock is the host's, the same in
+        every process): what :meth:`adopt` takes in another process."""
+        return dict(self._changed)
+
+    def adopt(self, history: Mapping[str, float]) -> None:
+        """Take another observer's :meth:`history` in: a pool's change time becomes the
+        later of the two (a value that is not a finite number is ignored)."""
+        changed = self._changed
+        for pool, when in history.items():
+            if (
+                isinstance(when, float)
+                and math.isfinite(when)
+                and when > changed.get(pool, -math.inf)
+            ):
+                changed[pool] = when
 
 
 def _state(status: SiteStatus) -> object:

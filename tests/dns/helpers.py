@@ -68,6 +68,7 @@ class Source:
         self.previous: Snapshot | None = None
         self.health = health or (lambda name: "up")
         self.revision = 1
+        self.dns_history: dict[str, float] = {}  # (what a worker is sent by the control)
         self.snapshot = self.rebuild()
 
     def rebuild(self, sites: Any = None) -> Snapshot:

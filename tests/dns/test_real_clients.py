@@ -7,8 +7,10 @@ the weights over real sockets; a drained site and a dead one leaving the answers
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -236,3 +238,48 @@ async def test_a_drained_site_leaves_at_once_a_dead_one_within_fall_times_interv
     print(f"dead: last answered {took:.2f} s after the site stopped (bound {bound:.2f} s)")
     assert took <= bound + 0.3  # (the answer path, and a busy shared machine)
     assert set(await _count(port, 50)) == {ADDRESSES["asia"]}
+
+
+def _udp_sockets(port: int) -> int:
+    """How many UDP sockets are bound to ``port`` (one per serving worker)."""
+    lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1].endswith(f":{port:04X}"))
+
+
+async def _ttls(port: int, queries: int) -> Counter[int]:
+    seen: Counter[int] = Counter()
+    message = dns.message.make_query("www.farm.example.", "A")
+    for _ in range(queries):
+        reply = await dns.asyncquery.udp(message, "127.0.0.1", port=port, timeout=2)
+        seen.update(rrset.ttl for rrset in reply.answer)
+    return seen
+
+
+async def test_a_worker_restarted_after_a_change_answers_with_the_short_ttl(
+    running: Running,
+) -> None:
+    # www's ttl is "20/5": short for 20 s after a change. A worker started within those
+    # 20 s learns of the change from the control process (the others saw it happen).
+    port, serve = running.port, running.serve
+    admin = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{serve.admin}",
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+        trust_env=False,
+    )
+    async with admin:
+        assert (await admin.post("/api/v1/sites/eu/drain")).status_code == 200
+    changed = time.monotonic()
+    while ADDRESSES["eu"] in await _count(port, 20):
+        assert time.monotonic() - changed < 2.0
+    assert set(await _ttls(port, 40)) == {5}
+    workers = serve.workers()
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    while len(serve.workers() - {victim}) < 2 or _udp_sockets(port) < 2:
+        assert time.monotonic() - changed < 12, serve.output
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # (the new worker's first state applied)
+    ttls = await _ttls(port, 200)  # the kernel spreads them over both workers
+    print(f"after the restart, {time.monotonic() - changed:.1f} s after the change: {ttls}")
+    assert time.monotonic() - changed < 20 - 1  # (still inside the window)
+    assert set(ttls) == {5}, ttls

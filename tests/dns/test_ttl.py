@@ -95,7 +95,39 @@ def test_an_unprobed_site_keeps_it_short_and_the_first_snapshot_is_no_change() -
     clock.now += 3600
     assert ttl(svc) == 5
     _, fresh, _ = setup({"asia": "down"})
-    assert ttl(fresh) == 20  # a worker that has just started knows no history
+    assert ttl(fresh) == 20  # a process that has just started, told no history
+
+
+def test_a_worker_started_after_a_change_adopts_the_controls_history() -> None:
+    # the control process saw the default pool change 3 s ago; a worker that starts now
+    # (its first snapshot is no change to it) answers with the short TTL for the rest of
+    # the window, as the workers that saw the change do
+    source, svc, clock = setup({"asia": "down"})
+    source.dns_history = {"default": clock.now - 3.0, "other": clock.now}
+    assert ttl(svc) == 5
+    clock.now += WINDOW - 3.0 - 0.1
+    assert ttl(svc) == 5
+    clock.now += 0.2
+    assert ttl(svc) == 20
+    # an older change than the worker's own, and values that are no time, change nothing
+    source.dns_history = {"default": 0.0, "x": float("nan"), "y": "soon"}  # type: ignore[dict-item]
+    source.rebuild()
+    assert ttl(svc) == 20
+
+
+def test_the_control_ships_its_history_to_the_workers() -> None:
+    from dispatcher.dns.ttl import ChangeTracker
+
+    tracker = ChangeTracker()
+    source = Source(make_config())
+    tracker.observe(source.snapshot, 10.0)
+    assert tracker.history() == {}
+    sites = [replace(s, drained=True) if s.name == "asia" else s for s in source.config.sites]
+    tracker.observe(source.rebuild(sites), 12.5)
+    assert tracker.history() == {"default": 12.5}
+    other = ChangeTracker()
+    other.adopt(tracker.history())
+    assert other.changed_at("default") == 12.5
 
 
 def test_the_scope_of_an_answer_placed_by_a_policy_that_locates() -> None:
