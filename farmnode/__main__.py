@@ -28,10 +28,10 @@ from dispatcher.sdnotify import Notifier
 from dispatcher.tlsfiles import client_context
 from farmnode import __version__
 from farmnode.agents import AGENTS, AgentParamError, build_agent
-from farmnode.agents.postgresql import FORCE_VALID, request_forced_promotion
 from farmnode.config import NodeConfig, load_config
 from farmnode.daemon import Node
 from farmnode.errors import ConfigError, FarmnodeError
+from farmnode.pg.promotion import FORCE_VALID, request_forced_promotion
 from farmnode.status import StatusTarget, find_status, render_text
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

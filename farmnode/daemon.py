@@ -4,8 +4,8 @@ health checker, the status listener and the load reporter, from start-up to clea
 **Start** (:meth:`Node.start`), in this order, so the first client never meets a server
 nobody looked at: bind the status socket (a taken port fails before anything else
 happens); build every :class:`VirtualService` and its data plane (chosen by name from
-:data:`PLANES`); remove chains that a crashed run left in the nftables table for services
-this configuration no longer has; probe every real server once (the shared
+:data:`~farmnode.services.PLANES`); remove chains that a crashed run left in the nftables
+table for services this configuration no longer has; probe every real server once (the shared
 :class:`~dispatcher.backends.health.Prober`); start the data planes; serve status; start
 the load reporter; last, with a ``[cluster]``, the :class:`ClusterRuntime`. The probe
 loops run from the first probe on.
@@ -15,9 +15,9 @@ election, resource groups, ``docs/cluster.md``) once everything else is up. Its 
 built from ``[[groups]]``; a ``switch`` resource is a :class:`SwitchAgent` bound to this
 node (the :class:`~farmnode.agents.switch.ServiceController`: :meth:`Node.start_service`,
 :meth:`Node.stop_service`, :meth:`Node.service_running`). A service named by a ``switch``
-resource is *deferred* (:func:`deferred_services`): it is built and health-checked at
-start-up like every service, but its data plane opens only when this node acquires its
-group, and closes (after ``Timeouts.switch_drain``) when it releases it.
+resource is *deferred* (:func:`~farmnode.groups.deferred_services`): it is built and
+health-checked at start-up like every service, but its data plane opens only when this
+node acquires its group, and closes (after ``Timeouts.switch_drain``) when it releases it.
 
 **Health.** Each real server is one probe target, keyed ``"{service}/{host:port}"``. Every
 result moves the server's state in its service (rise/fall hysteresis is the prober's), and
@@ -53,7 +53,6 @@ set of deferred services stays too.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -68,19 +67,28 @@ from dispatcher.logsetup import configure_logging
 from dispatcher.metrics import MetricsRoute, exposition
 from dispatcher.sdnotify import Notifier, keep_watchdog
 from dispatcher.tlsfiles import ReloadableTls
-from farmnode.agents import Agent, ResourceGroup, SwitchAgent, build_agent
-from farmnode.agents.switch import ServiceController
 from farmnode.cluster import ClusterRuntime
-from farmnode.cluster.settings import ClusterSettings, ResourceSettings
 from farmnode.config import NodeConfig, NodeSettings
-from farmnode.dataplane.base import DataPlane
-from farmnode.dataplane.nftables import NftablesPlane, chains, count_flows
+from farmnode.dataplane.nftables import NftablesPlane, chains
 from farmnode.dataplane.userspace import UserspacePlane
 from farmnode.errors import ConfigError, FarmnodeError
+from farmnode.groups import cluster_groups, deferred_services
 from farmnode.metrics import NodeCollector
 from farmnode.report import RTT_INTERVAL, Measure, Reporter
 from farmnode.rtt import RttTable
-from farmnode.spec import RealSpec, ServiceSpec
+from farmnode.services import (
+    PLANES,
+    PlaneFactory,
+    Running,
+    agent_weight,
+    identity,
+    open_connections,
+    probe_targets,
+    prune_chains,
+    service_status,
+    target_key,
+)
+from farmnode.spec import ServiceSpec
 from farmnode.status import StatusApp, StatusListener
 from farmnode.switch.service import VirtualService
 from farmnode.vitals import node_liveness, node_readiness
@@ -88,9 +96,6 @@ from farmnode.waits import cancel_and_wait, wait_event
 
 log = logging.getLogger("webfarm.farmnode")
 
-PlaneFactory = Callable[[ServiceSpec, VirtualService], DataPlane]
-#: Data planes by the name a service's ``dataplane`` key gives.
-PLANES: Mapping[str, PlaneFactory] = {"userspace": UserspacePlane, "nftables": NftablesPlane}
 #: Seconds a cancelled task of the node (reporter, refresher) may take to end at shutdown.
 TASK_END_LIMIT = 2.0
 #: Seconds before a plane refresh that failed is tried again.
@@ -124,114 +129,6 @@ class Flags:
     def __init__(self) -> None:
         self.reload = False
         self.stop = False
-
-
-class Running:
-    """One service as the node runs it: its spec, its switch state and its data plane."""
-
-    __slots__ = ("on_fallback", "plane", "service", "spec", "started")
-
-    def __init__(self, spec: ServiceSpec, service: VirtualService, plane: DataPlane) -> None:
-        self.spec = spec
-        self.service = service
-        self.plane = plane
-        self.started = False
-        self.on_fallback = False
-
-    @property
-    def identity(self) -> tuple[str, str, int, str]:
-        """What must stay the same for a reload to update the service in place."""
-        spec = self.spec
-        return spec.protocol, spec.host, spec.port, spec.dataplane
-
-    @property
-    def address(self) -> str:
-        """Where the service listens (the bound port for a userspace plane)."""
-        plane = self.plane
-        if isinstance(plane, UserspacePlane) and plane.address is not None:
-            return plane.where
-        return self.spec.listen
-
-
-def identity(spec: ServiceSpec) -> tuple[str, str, int, str]:
-    return spec.protocol, spec.host, spec.port, spec.dataplane
-
-
-def target_key(service: str, real: str) -> str:
-    """The probe target's key for real server ``real`` (``host:port``) of ``service``."""
-    return f"{service}/{real}"
-
-
-def probe_targets(spec: ServiceSpec) -> list[Target]:
-    """The probe targets of one service's real servers (none for ``check.kind = "none"``)."""
-    check = spec.check
-    if check.kind == "none":
-        return []
-    return [_target(spec, real) for real in spec.real]
-
-
-def _target(spec: ServiceSpec, real: RealSpec) -> Target:
-    check = spec.check
-    common: dict[str, Any] = {
-        "key": target_key(spec.name, real.key),
-        "interval": check.interval,
-        "timeout": check.timeout,
-        "rise": check.rise,
-        "fall": check.fall,
-    }
-    port = check.port if check.port is not None else real.port
-    if check.kind == "http":
-        where = RealSpec(real.host, port).key
-        return Target(url=f"http://{where}{check.url}", expect=check.expect, **common)
-    if check.kind == "agent":
-        assert check.agent_port is not None  # the config requires it for agent checks
-        return Target(
-            url="", expect="", kind="agent", host=real.host, port=check.agent_port, **common
-        )
-    return Target(url="", expect="", kind="tcp", host=real.host, port=port, **common)
-
-
-def deferred_services(settings: ClusterSettings | None) -> frozenset[str]:
-    """The services named by a ``switch`` resource: opened only by their group's owner."""
-    if settings is None:
-        return frozenset()
-    return frozenset(
-        str(resource.params["service"])
-        for group in settings.groups
-        for resource in group.resources
-        if resource.agent == "switch"
-    )
-
-
-def cluster_groups(
-    settings: ClusterSettings, controller: ServiceController
-) -> dict[str, ResourceGroup]:
-    """The resource groups of ``[[groups]]``, ``switch`` resources bound to ``controller``.
-
-    Raises :class:`~farmnode.agents.AgentParamError` for a bad agent parameter.
-    """
-    return {
-        group.name: ResourceGroup(group.name, [_agent(r, controller) for r in group.resources])
-        for group in settings.groups
-    }
-
-
-def _agent(resource: ResourceSettings, controller: ServiceController) -> Agent:
-    table = resource.agent_table()
-    if resource.agent == "switch":
-        del table["agent"]
-        return SwitchAgent(table, name=resource.name, controller=controller)
-    return build_agent(table, name=resource.name)
-
-
-def agent_weight(health: Health, configured: int) -> int | None:
-    """The weight an agent's standing report asks for, or ``None`` for the configured one."""
-    report = health.last.agent if health.last is not None else None
-    if report is None:
-        return None
-    if report.weight_percent is None and report.admin in (None, "ready"):
-        return None
-    return report.weight(configured)
 
 
 class Node:
@@ -698,7 +595,7 @@ class Node:
             where = (plane.options.table, plane.nft.netns)
             if where not in done:
                 done.add(where)
-                await asyncio.to_thread(_prune, plane, wanted)
+                await asyncio.to_thread(prune_chains, plane, wanted)
 
     # -- what the node reports -------------------------------------------------------------
 
@@ -706,7 +603,7 @@ class Node:
         """Open connections over all services, and whether any real server is available."""
         connections = 0
         for running in list(self.services.values()):
-            connections += await _connections(running)
+            connections += await open_connections(running)
         available = any(
             server.available
             for running in self.services.values()
@@ -752,32 +649,9 @@ class Node:
             "last_reload": self.last_reload,
             "report": self.reporter.status() if self.reporter is not None else None,
             "cluster": self.cluster.status() if self.cluster is not None else None,
-            "services": [self._service_status(r) for r in self.services.values()],
-        }
-
-    def _service_status(self, running: Running) -> dict[str, Any]:
-        doc: dict[str, Any] = dict(running.service.status())
-        doc["address"] = running.address
-        doc["running"] = running.started
-        doc["deferred"] = running.spec.name in self.deferred
-        doc["check"] = running.spec.check.kind
-        for real in doc["real"]:
-            real["check"] = self._check_view(running.spec, str(real["address"]))
-        return doc
-
-    def _check_view(self, spec: ServiceSpec, real: str) -> dict[str, Any] | None:
-        if spec.check.kind == "none" or self.prober is None:
-            return None
-        key = target_key(spec.name, real)
-        health, tally = self.prober.health(key), self.prober.tally(key)
-        last = health.last
-        return {
-            "health": health.state,
-            "detail": last.detail if last is not None else None,
-            "age": round(time.monotonic() - last.at, 3) if last is not None else None,
-            "failures": tally.failures if tally is not None else 0,
-            "up_down": tally.up_down if tally is not None else 0,
-            "downtime": round(tally.downtime(self.prober.now()), 3) if tally is not None else 0.0,
+            "services": [
+                service_status(r, self.deferred, self.prober) for r in self.services.values()
+            ],
         }
 
     @property
@@ -794,49 +668,4 @@ class Node:
         return plane.address
 
 
-async def _connections(running: Running) -> int:
-    """Open connections (TCP) or flows (UDP) of one service as its plane sees them."""
-    plane = running.plane
-    if not running.started:
-        return 0
-    if isinstance(plane, UserspacePlane):
-        return plane.connections + plane.flows
-    if isinstance(plane, NftablesPlane):
-        text = await asyncio.to_thread(plane.nft.read, "/proc/net/nf_conntrack")
-        return count_flows(text, running.spec) if text is not None else 0
-    total = sum(server.active for server in running.service.servers.values())
-    fallback = running.service.fallback
-    return total + (fallback.active if fallback is not None else 0)
-
-
-def _prune(plane: NftablesPlane, wanted: set[str]) -> None:
-    """Blocking: delete chains not in ``wanted`` from ``plane``'s table, if it exists."""
-    table = plane.options.table
-    listing = plane.nft.run(["-j", "list", "table", "ip", table], check=False)
-    if listing.returncode != 0:
-        return  # no table yet
-    items: list[Any] = json.loads(listing.stdout).get("nftables", [])
-    names = {str(i["chain"]["name"]) for i in items if isinstance(i, dict) and "chain" in i}
-    stale = sorted(names - wanted)
-    if not stale:
-        return
-    log.info("nftables table %s: removing chains left by an earlier run: %s", table, stale)
-    script = "".join(
-        f"flush chain ip {table} {name}\ndelete chain ip {table} {name}\n" for name in stale
-    )
-    plane.nft.transact(script)
-
-
-__all__ = [
-    "PLANES",
-    "Flags",
-    "Node",
-    "PlaneFactory",
-    "Running",
-    "Timeouts",
-    "agent_weight",
-    "cluster_groups",
-    "deferred_services",
-    "probe_targets",
-    "target_key",
-]
+__all__ = ["Flags", "Node", "Timeouts"]

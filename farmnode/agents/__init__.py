@@ -3,7 +3,7 @@
 ``AGENTS`` maps the ``agent`` key of a ``[[groups.resources]]`` table to its class. The
 ``switch`` agent (:class:`SwitchAgent`, a virtual service of the layer-4 switch) needs the
 daemon's services: the daemon builds it, bound to itself, where it builds its groups
-(``farmnode.daemon.cluster_groups``).
+(``farmnode.groups.cluster_groups``).
 """
 
 from __future__ import annotations

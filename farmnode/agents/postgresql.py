@@ -9,54 +9,32 @@ first (a fast stop, so it accepts no more writes) and rejoining it to the new pr
 ``pg_rewind`` in the background. ``monitor`` (on the owner) is ``SUCCESS`` while PostgreSQL
 runs writable. A node that does not own the role always has ``standby.signal``.
 
-Facts cross nodes as node attributes (:mod:`farmnode.agents.context`): ``pg.role``
-(``primary``, ``standby`` or ``demoted``: a former primary not yet rejoined), ``pg.lsn``
-(the primary's flush position, a standby's receive/replay position, a demoted node's last
-position; an integer) and ``pg.sync`` (the standbys the primary last saw synchronous).
-A background task publishes them every second, keeps a standby running, turns
-``synchronous_standby_names`` on once a standby streams, and rejoins a demoted node.
-
-Promotion rules (``start``), after Patroni's ``synchronous_mode_strict`` and
-``maximum_lag_on_failover``; the last known primary is the other node whose last advertised
-role is ``primary`` or ``demoted``:
-
-1. this node is a writable primary already: success;
-2. the last known primary is alive and still advertises ``primary``: refused;
-3. this node is a former primary not yet rewound while another node has been primary:
-   refused (unless forced);
-4. this node is in the last known primary's ``pg.sync``: allowed; otherwise allowed only when
-   that primary's last ``pg.lsn`` minus this node's position is at most
-   ``maximum_lag_on_failover`` (unless forced: :meth:`PostgresAgent.force_next_promotion`);
-5. no primary ever observed (a fresh cluster): allowed;
-6. the last known primary died as a primary (not demoted) and ``fence`` is set: the fence
-   command runs first (``FARM_FENCE_NODE`` = that node); its failure refuses promotion.
-
-Then ``pg_ctl promote``, a wait until writable, and a ``CHECKPOINT`` so that the old
-primary can rewind against the new timeline.
+Facts cross nodes as node attributes (``pg.role``, ``pg.lsn``, ``pg.sync``: read in
+:mod:`farmnode.pg.peers`). A background task publishes this node's every second, keeps a
+standby running, turns ``synchronous_standby_names`` on once a standby streams, and rejoins
+a demoted node (:mod:`farmnode.pg.lifecycle`). ``start`` promotes only under the promotion
+rules (:mod:`farmnode.pg.promotion`; :meth:`PostgresAgent.force_next_promotion` and
+``farmnode promote --force`` skip the synchronous/lag rules), then ``pg_ctl promote``, a
+wait until writable, and a ``CHECKPOINT`` so that the old primary can rewind against the
+new timeline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import re
-import shlex
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
 from farmnode.agents.base import Action, Agent, OcfResult, Param
 from farmnode.agents.context import AttributeRefused
+from farmnode.agents.pgparams import PARAMS, conf_settings
 from farmnode.errors import ConfigError, FarmnodeError
-from farmnode.pg.health import HealthServer, HealthState, format_size, parse_listen
+from farmnode.pg.health import HealthServer, HealthState, parse_listen
 from farmnode.pg.instance import (
-    FORCE_MARKER,
-    LAST_PRIMARY,
     REWIND_MARKER,
     CheckFailed,
     Instance,
@@ -71,139 +49,37 @@ from farmnode.pg.instance import (
     render_sync_names,
     tcp_reachable,
 )
-from farmnode.pg.view import Seen, describe, role_of
-from farmnode.process import last_line, run_process
+from farmnode.pg.lifecycle import crashed_primary, halt, run_rewind
+from farmnode.pg.peers import (
+    LSN,
+    ROLE,
+    SYNC,
+    LastPrimaryRecord,
+    live_primary,
+    named_sync,
+    observed_primary,
+    primary_position,
+    standby_nodes,
+)
+from farmnode.pg.promotion import (
+    LastPrimary,
+    blocking_reason,
+    fence_argv,
+    lag_reason,
+    run_fence,
+    take_force_marker,
+)
+from farmnode.pg.view import Seen, describe, health_of
+from farmnode.process import last_line
 
 log = logging.getLogger("farmnode.agents.postgresql")
 
 Mode = Literal["idle", "follow", "lead", "rejoin", "failed"]
 TICK: Final = 1.0
-MiB: Final = 1024 * 1024
 #: Seconds a crashed standby waits before it is started again.
 RESTART_BACKOFF: Final = 3.0
-#: pg_rewind may take this long (it copies changed blocks and WAL from the source).
-REWIND_TIMEOUT: Final = 600.0
 #: Seconds between warnings while writes wait for a synchronous standby.
 SYNC_WARN_EVERY: Final = 60.0
-ROLE, LSN, SYNC = "pg.role", "pg.lsn", "pg.sync"
-#: Seconds a forced promotion stays requested; an older request is dropped, not obeyed.
-FORCE_VALID: Final = 900.0
-_APP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,63}")
-_PG_SIZE = re.compile(r"\d+\s*(kB|MB|GB|TB)?")
-_HOST = re.compile(r"[A-Za-z0-9_.:-]{1,253}")
-
-
-def _absolute(value: str) -> str | None:
-    return None if os.path.isabs(value) else "an absolute path"
-
-
-def _port(value: int) -> str | None:
-    return None if 1 <= value <= 65535 else "a port 1-65535"
-
-
-def _app_name(value: str) -> str | None:
-    return None if _APP_NAME.fullmatch(value) else "1-63 letters, digits, '_', '.' or '-'"
-
-
-def _host(value: str) -> str | None:
-    return None if _HOST.fullmatch(value) else "a host name or address"
-
-
-def _wal_size(value: str) -> str | None:
-    return None if _PG_SIZE.fullmatch(value) else "a size such as 256MB or 1GB"
-
-
-def _bytes(value: int) -> str | None:
-    return None if value >= 0 else "a number of bytes >= 0"
-
-
-def _listen(value: str) -> str | None:
-    try:
-        parse_listen(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _fence(value: object) -> str | None:
-    expected = "a command: an argv list or a string, the program an absolute path"
-    if isinstance(value, str):
-        try:
-            argv = shlex.split(value)
-        except ValueError:
-            return expected
-    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-        argv = list(value)
-    else:
-        return expected
-    return None if argv and os.path.isabs(argv[0]) else expected
-
-
-def fence_argv(value: str | Sequence[str]) -> list[str]:
-    """The fence command as an argv (a string is split like a shell would, without one)."""
-    return shlex.split(value) if isinstance(value, str) else list(value)
-
-
-# --- the promotion rules (pure) ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LastPrimary:
-    """The other node whose last advertised role was ``primary`` or ``demoted``.
-
-    ``remembered``: not heard in this run of farmnode but read back from the data directory
-    (:data:`LAST_PRIMARY`): who it was and its synchronous standbys then; its position since
-    is unknown (``lsn`` is ``None``), so only a standby it named synchronous may be promoted
-    without ``--force``.
-    """
-
-    node: str
-    role: str
-    alive: bool
-    lsn: int | None
-    sync: tuple[str, ...]
-    remembered: bool = False
-
-
-def _override(me: str) -> str:
-    return f"`farmnode promote --force {me}` to override"
-
-
-def blocking_reason(
-    me: str, last: LastPrimary | None, needs_rewind: bool, forced: bool
-) -> str | None:
-    """Why ``me`` may not be promoted whatever its position (rules 2 and 3), or ``None``."""
-    if last is None:
-        return None
-    if last.alive and last.role == "primary":
-        return f"not promoting {me}: {last.node} is alive and still primary"
-    if needs_rewind and not forced:
-        return (
-            f"not promoting {me}: it was a primary and has not rejoined (pg_rewind) since "
-            f"{last.node} became primary; {_override(me)}"
-        )
-    return None
-
-
-def lag_reason(
-    me: str, last: LastPrimary | None, position: int | None, limit: int, sync_name: str = ""
-) -> str | None:
-    """Why ``me`` (``sync_name`` on the primary, default ``me``) at ``position`` may not be
-    promoted (rule 4), or ``None``."""
-    if last is None or (sync_name or me) in last.sync:
-        return None
-    head = f"not promoting {me}: not synchronous at {last.node}'s last report and"
-    if last.remembered:
-        return (
-            f"{head} its position is unknown: {last.node} was last seen as primary before "
-            f"farmnode restarted here; {_override(me)}"
-        )
-    if last.lsn is None or position is None:
-        return f"{head} its position is unknown (limit {format_size(limit)}); {_override(me)}"
-    lag = last.lsn - position
-    if lag <= limit:
-        return None
-    return f"{head} {format_size(lag)} behind it (limit {format_size(limit)}); {_override(me)}"
 
 
 # --- the agent --------------------------------------------------------------------------------
@@ -217,24 +93,7 @@ class PostgresAgent(Agent):
         "PostgreSQL primary/standby: promote on start, demote to a standby on stop, strict "
         "synchronous replication, fencing, rejoin with pg_rewind, HTTP health endpoints."
     )
-    params: ClassVar[tuple[Param, ...]] = (
-        Param("data_dir", str, "the data directory", required=True, check=_absolute),
-        Param("primary_host", str, "the primary's address (floating IP)", True, check=_host),
-        Param("primary_port", int, "the primary's port (default: port)", check=_port),
-        Param("bin_dir", str, "programs (/usr/lib/postgresql/VER/bin)", check=_absolute),
-        Param("user", str, "OS user owning and running the cluster", default="postgres"),
-        Param("port", int, "port PostgreSQL listens on", default=5432, check=_port),
-        Param("listen", str, "listen_addresses", default="*"),
-        Param("socket_dir", str, "unix socket directory", False, "/var/run/postgresql", _absolute),
-        Param("replication_user", str, "role of standbys and pg_rewind", default="replicator"),
-        Param("replication_password", str, "its password (none: trust, or ~/.pgpass)"),
-        Param("application_name", str, "name on the primary (default: node)", check=_app_name),
-        Param("synchronous", bool, "strict synchronous replication", default=True),
-        Param("maximum_lag_on_failover", int, "bytes of lag still promoted", False, MiB, _bytes),
-        Param("fence", object, "command run before promoting over a dead primary", check=_fence),
-        Param("health_listen", str, "host:port of the HTTP health endpoints", check=_listen),
-        Param("wal_keep_size", str, "WAL kept for standbys", default="256MB", check=_wal_size),
-    )
+    params: ClassVar[tuple[Param, ...]] = PARAMS
 
     def __init__(self, params: Mapping[str, Any], *, name: str = "") -> None:
         super().__init__(params, name=name)
@@ -255,7 +114,7 @@ class PostgresAgent(Agent):
         self._task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
         self._force = False
-        self._remembered: dict[str, object] | None = None  # last record written
+        self._record = LastPrimaryRecord(self.data_dir, self.name)
         self._sync_names: list[str] = []
         self._last_sync: tuple[str, ...] = ()
         self._lsn: int | None = None
@@ -275,7 +134,7 @@ class PostgresAgent(Agent):
         try:
             return default_bin_dir(self.data_dir, self.values["bin_dir"])
         except CheckFailed as exc:
-            raise self._config_error(exc.param, exc.expected) from None
+            raise self.param_error(exc.param, exc.expected) from None
 
     @property
     def instance(self) -> Instance:
@@ -284,9 +143,6 @@ class PostgresAgent(Agent):
                 self.data_dir, self.bin_dir(), self.user, self.port, self.values["socket_dir"]
             )
         return self._instance
-
-    def _config_error(self, param: str, expected: str) -> ConfigError:
-        return self.param_error(param, expected)
 
     def check(self) -> None:
         """Check the system for this resource (for ``farmnode check-config``): the data
@@ -298,35 +154,11 @@ class PostgresAgent(Agent):
                 self.data_dir, self.user, self.values["bin_dir"], self.values["socket_dir"]
             )
         except CheckFailed as exc:
-            raise self._config_error(exc.param, exc.expected) from None
+            raise self.param_error(exc.param, exc.expected) from None
 
     def settings(self, sync_names: Sequence[str] = ()) -> dict[str, str | int | bool]:
         """What ``farmnode.conf`` sets: everything the roles need."""
-        v = self.values
-        conninfo = make_conninfo(
-            host=self.primary_host,
-            port=self.primary_port,
-            user=v["replication_user"],
-            password=v["replication_password"],
-            application_name=self.app_name,
-            connect_timeout=2,
-        )
-        return {
-            "port": self.port,
-            "listen_addresses": v["listen"],
-            "unix_socket_directories": v["socket_dir"],
-            "wal_level": "replica",
-            "hot_standby": True,
-            "wal_log_hints": True,
-            "full_page_writes": True,
-            "wal_keep_size": v["wal_keep_size"],
-            "max_wal_senders": 10,
-            "synchronous_commit": "on",
-            "synchronous_standby_names": render_sync_names(sync_names),
-            "primary_conninfo": conninfo,
-            "recovery_target_timeline": "latest",
-            "wal_retrieve_retry_interval": "1s",
-        }
+        return conf_settings(self.values, self.app_name, sync_names)
 
     def _write_conf(self, sync_names: Sequence[str] = ()) -> bool:
         header = (
@@ -336,36 +168,9 @@ class PostgresAgent(Agent):
         return self.instance.write_agent_conf(render_conf(self.settings(sync_names), header))
 
     def _take_force_marker(self) -> bool:
-        """Whether ``farmnode promote --force`` asked for this node's next promotion within
-        :data:`FORCE_VALID` seconds; the request is used up (or dropped) either way."""
-        marker = Path(self.data_dir) / FORCE_MARKER
-        try:
-            request = json.loads(marker.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return False
-        except (OSError, ValueError) as exc:
-            log.warning("resource %s: unreadable %s dropped: %s", self.name, marker, exc)
-            request = None
-        with contextlib.suppress(FileNotFoundError):
-            marker.unlink()
-        if not isinstance(request, dict) or request.get("node") != self.context.node:
-            log.warning(
-                "resource %s: %s is not for %s: dropped", self.name, marker, self.context.node
-            )
-            return False
-        at = request.get("at")
-        age = time.time() - at if isinstance(at, int | float) else -1.0
-        if not 0 <= age <= FORCE_VALID:
-            log.warning(
-                "resource %s: a forced promotion requested %.0f s ago dropped", self.name, age
-            )
-            return False
-        log.warning(
-            "resource %s: forced promotion of %s (farmnode promote --force)",
-            self.name,
-            self.context.node,
-        )
-        return True
+        """Whether ``farmnode promote --force`` asked for this node's next promotion
+        (:func:`~farmnode.pg.promotion.take_force_marker`)."""
+        return take_force_marker(self.data_dir, self.context.node, self.name)
 
     def force_next_promotion(self) -> None:
         """Let the next ``start`` skip the synchronous/lag rules (``farmnode promote
@@ -447,7 +252,7 @@ class PostgresAgent(Agent):
         forced = self._take_force_marker() or forced
         last = self._last_primary()
         needs_rewind = self.instance.exists(REWIND_MARKER) or (
-            not snap.running and await self._crashed_primary()
+            not snap.running and await crashed_primary(self.instance)
         )
         why = blocking_reason(me, last, needs_rewind, forced)
         if why is not None:
@@ -471,7 +276,7 @@ class PostgresAgent(Agent):
 
     async def _settle_idle(self) -> None:
         try:
-            crashed = self.instance.exists(REWIND_MARKER) or await self._crashed_primary()
+            crashed = self.instance.exists(REWIND_MARKER) or await crashed_primary(self.instance)
         except (InstanceError, ConfigError):
             crashed = True  # unknown: do not let the background start it
         if crashed:
@@ -499,22 +304,8 @@ class PostgresAgent(Agent):
         return snap
 
     async def _run_fence(self, node: str, fence: list[str]) -> str | None:
-        env = {"FARM_FENCE_NODE": node}  # on top of the safe child environment
-        try:
-            async with asyncio.timeout(self.timeouts[Action.START]):
-                code, output = await run_process(fence, env)
-        except TimeoutError:
-            return f"not promoting {self.context.node}: fencing {node} timed out"
-        except OSError as exc:
-            return f"not promoting {self.context.node}: cannot run the fence command: {exc}"
-        if code != 0:
-            said = last_line(output)
-            return (
-                f"not promoting {self.context.node}: fencing {node} failed "
-                f"(exit {code}{': ' if said else ''}{said})"
-            )
-        log.warning("resource %s: fenced %s", self.name, node)
-        return None
+        timeout = self.timeouts[Action.START]
+        return await run_fence(self.context.node, node, fence, timeout, self.name)
 
     async def _promote(self, forced: bool) -> OcfResult:
         self.state = "promoting"
@@ -563,7 +354,7 @@ class PostgresAgent(Agent):
                 await self.instance.execute("SELECT pg_reload_conf()")
             self._follow()
             return OcfResult.SUCCESS
-        if self.instance.exists(REWIND_MARKER) or await self._crashed_primary():
+        if self.instance.exists(REWIND_MARKER) or await crashed_primary(self.instance):
             self._mark_demoted()
             return OcfResult.SUCCESS
         self._write_conf()
@@ -575,15 +366,6 @@ class PostgresAgent(Agent):
             self.problem = str(exc)
             log.warning("resource %s: standby did not start: %s", self.name, exc)
         return OcfResult.SUCCESS
-
-    async def _crashed_primary(self) -> bool:
-        """Whether a stopped data directory last ran as a primary and did not shut down
-        cleanly (``kill -9``): it must be rewound before it may run again. A clean
-        ``shut down`` without a marker (a fresh cluster) is not."""
-        if self.instance.exists("standby.signal") or self.instance.exists("backup_label"):
-            return False
-        state = (await self.instance.controldata()).get("Database cluster state", "")
-        return state in ("in production", "shutting down", "in crash recovery")
 
     async def _demote(self, snap: Snapshot) -> OcfResult:
         """Stop a primary so it accepts no more writes, then leave it to rejoin."""
@@ -604,21 +386,8 @@ class PostgresAgent(Agent):
         return OcfResult.SUCCESS
 
     async def _halt(self) -> None:
-        """Stop the server whatever it takes: fast, then immediate, then SIGKILL."""
-        budget = self.timeouts[Action.STOP]
-        if await self.instance.stop("fast", budget * 0.4):
-            self._keep(Snapshot(running=False))
-            return
-        log.warning("resource %s: fast stop failed; stopping in immediate mode", self.name)
-        if await self.instance.stop("immediate", budget * 0.2):
-            self._keep(Snapshot(running=False))
-            return
-        log.error("resource %s: immediate stop failed; killing the postmaster", self.name)
-        self.instance.kill()
-        deadline = time.monotonic() + 2.0
-        while self.instance.running() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        self._keep(Snapshot(running=self.instance.running()))
+        """Stop the server whatever it takes (:func:`~farmnode.pg.lifecycle.halt`)."""
+        self._keep(await halt(self.instance, self.timeouts[Action.STOP], self.name))
 
     def _mark_demoted(self) -> None:
         self._write_conf()
@@ -705,7 +474,7 @@ class PostgresAgent(Agent):
     async def _lead_update(self, snap: Snapshot) -> None:
         """Strict synchronous replication and the primary's attributes."""
         if self.synchronous:
-            members = self._standby_nodes()
+            members = standby_nodes(self.context)
             names = [r.name for r in snap.replicas if r.state == "streaming" and r.name in members]
             wanted = self._sync_names + [n for n in names if n not in self._sync_names]
             if wanted != self._sync_names:
@@ -739,7 +508,7 @@ class PostgresAgent(Agent):
             log.warning("resource %s: %s", self.name, self.problem)
 
     async def _rejoin_tick(self) -> None:
-        source = self._live_primary()
+        source = live_primary(self.context)
         if source is None:
             self.state = "demoted"
             return
@@ -763,14 +532,10 @@ class PostgresAgent(Agent):
             host=self.primary_host, port=self.primary_port, user=v["replication_user"],
             dbname="postgres", connect_timeout=5,
         )  # fmt: skip
-        env = {"PGPASSWORD": v["replication_password"]} if v["replication_password"] else {}
         try:
-            with self.instance.kept_from_rewind():
-                async with asyncio.timeout(REWIND_TIMEOUT):
-                    code, output = await self.instance.run(
-                        "pg_rewind", f"--target-pgdata={self.data_dir}",
-                        f"--source-server={conninfo}", env=env,
-                    )  # fmt: skip
+            code, output = await run_rewind(
+                self.instance, self.data_dir, conninfo, v["replication_password"]
+            )
         finally:
             self._write_conf()
             if code != 0:
@@ -799,75 +564,14 @@ class PostgresAgent(Agent):
         except AttributeRefused as exc:
             log.warning("resource %s: %s", self.name, exc)
 
-    def _standby_nodes(self) -> set[str]:
-        """Other nodes advertising ``pg.role = standby``: the synchronous candidates (a
-        pg_basebackup or pg_receivewal streaming from the primary is not one)."""
-        me = self.context.node
-        return {
-            n for n, s in self.context.observed(ROLE).items() if n != me and s.value == "standby"
-        }
-
-    def _live_primary(self) -> str | None:
-        me = self.context.node
-        for node, seen in self.context.observed(ROLE).items():
-            if node != me and seen.value == "primary" and self.context.alive(node):
-                return node
-        return None
-
     def _last_primary(self) -> LastPrimary | None:
-        """The other node last seen as primary (an alive one first, then the freshest)."""
-        me = self.context.node
-        roles = [
-            seen
-            for node, seen in self.context.observed(ROLE).items()
-            if node != me and seen.value in ("primary", "demoted")
-        ]
-        if not roles:
-            return self._remembered_primary()
-        best = min(roles, key=lambda s: (not (s.alive and s.value == "primary"), s.age))
-        lsn_seen = self.context.observed(LSN).get(best.node)
-        sync_seen = self.context.observed(SYNC).get(best.node)
-        try:
-            lsn = int(lsn_seen.value) if lsn_seen is not None else None
-        except ValueError:
-            lsn = None
-        sync = tuple(n for n in (sync_seen.value.split(",") if sync_seen else ()) if n)
-        last = LastPrimary(best.node, best.value, self.context.alive(best.node), lsn, sync)
-        self._remember(last)
+        """The other node last seen as primary (an alive one first, then the freshest), kept
+        in the data directory; when none was heard in this run, the one kept there."""
+        last = observed_primary(self.context)
+        if last is None:
+            return self._record.read(self.context)
+        self._record.remember(last, self.instance)
         return last
-
-    def _remember(self, last: LastPrimary) -> None:
-        """Keep who the last primary was (not its position: that goes stale at once) in the
-        data directory, rewritten only when it changes."""
-        record: dict[str, object] = {"node": last.node, "role": last.role, "sync": list(last.sync)}
-        if record == self._remembered:
-            return
-        try:
-            self.instance.write_file(LAST_PRIMARY, json.dumps(record).encode())
-        except OSError as exc:
-            path = self.instance.file(LAST_PRIMARY)
-            log.warning("resource %s: cannot keep the last primary in %s: %s", self.name, path, exc)
-            return
-        self._remembered = record
-
-    def _remembered_primary(self) -> LastPrimary | None:
-        """The last primary as kept in the data directory, or ``None`` (a fresh cluster)."""
-        path = Path(self.data_dir) / LAST_PRIMARY
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            node, role, sync = record["node"], record["role"], record["sync"]
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            # unreadable: assume the worst (a primary we know nothing of), never "fresh"
-            log.warning("resource %s: %s unreadable (%s)", self.name, path, exc)
-            return LastPrimary("unknown", "primary", False, None, (), remembered=True)
-        if node == self.context.node or not isinstance(sync, list):
-            return None
-        names = tuple(str(name) for name in sync)
-        return LastPrimary(
-            str(node), str(role), self.context.alive(str(node)), None, names, remembered=True
-        )
 
     # --- health and status -------------------------------------------------------------------
 
@@ -880,62 +584,20 @@ class PostgresAgent(Agent):
     def _keep(self, snap: Snapshot) -> None:
         self._seen = Seen(snap, time.monotonic())
 
-    def _primary_position(self) -> int | None:
-        """The live primary's (another node's) last advertised ``pg.lsn``, or ``None``."""
-        source = self._live_primary()
-        seen = self.context.observed(LSN).get(source) if source else None
-        try:
-            return int(seen.value) if seen is not None else None
-        except ValueError:
-            return None
-
-    def _named_sync(self) -> bool:
-        """Whether the live primary last named this node synchronous (``pg.sync``)."""
-        source = self._live_primary()
-        seen = self.context.observed(SYNC).get(source) if source else None
-        return seen is not None and self.app_name in seen.value.split(",")
-
     def status(self) -> dict[str, Any]:
         """Role, timeline, positions and lag from the last snapshot (:mod:`farmnode.pg.view`;
         at most about a second old while the background task runs)."""
         return describe(
             self._seen, time.monotonic(), mode=self.mode, state=self.state,
-            problem=self.problem, primary_lsn=self._primary_position(),
-            named_sync=self._named_sync(),
+            problem=self.problem, primary_lsn=primary_position(self.context),
+            named_sync=named_sync(self.context, self.app_name),
         )  # fmt: skip
 
     async def health_state(self) -> HealthState:
         """This node's state for the HTTP endpoints."""
         snap = await self._snapshot()
-        role = role_of(self.mode)
-        lag: int | None = None
-        if snap.writable:
-            lag = 0
-        elif snap.lsn is not None:
-            primary_lsn = self._primary_position()
-            lag = None if primary_lsn is None else max(0, primary_lsn - snap.lsn)
-        state = self.state if self.mode in ("rejoin", "failed") else (
-            "running" if snap.running else "stopped"
+        return health_of(
+            snap, node=self.context.node, mode=self.mode, state=self.state,
+            problem=self.problem, primary_lsn=primary_position(self.context),
+            last_sync=self._last_sync,
         )  # fmt: skip
-        return HealthState(
-            node=self.context.node,
-            role=role,
-            state=state,
-            running=snap.reachable,
-            primary=snap.writable and self.mode == "lead",
-            streaming=snap.standby and snap.receiver == "streaming",
-            timeline=snap.timeline,
-            lsn=snap.lsn,
-            lag=lag,
-            sync_standbys=self._last_sync if self.mode == "lead" else (),
-            reason=self.problem,
-        )
-
-
-def request_forced_promotion(data_dir: str, node: str) -> Path:
-    """Leave ``farmnode promote --force``'s request for ``node`` in ``data_dir``: the agent
-    on that node uses it at its next promotion (within :data:`FORCE_VALID` seconds). Raises
-    ``OSError`` when the file cannot be written."""
-    marker = Path(data_dir) / FORCE_MARKER
-    marker.write_text(json.dumps({"node": node, "at": time.time()}), encoding="utf-8")
-    return marker

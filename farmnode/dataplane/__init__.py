@@ -1,7 +1,7 @@
 """Data planes: what actually moves a virtual service's traffic to its real servers.
 
 Chosen per service by name (``dataplane = "userspace" | "nftables"``) from the daemon's
-registry, :data:`farmnode.daemon.PLANES`: :mod:`.userspace` (an asyncio proxy, every
+registry, :data:`farmnode.services.PLANES`: :mod:`.userspace` (an asyncio proxy, every
 scheduler, no root) and :mod:`.nftables` (kernel DNAT rules, Linux and root).
 """
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+from farmnode.pg.health import HealthState
 from farmnode.pg.instance import Replica, Snapshot
 
 #: The role each mode of the agent reports (``idle`` and ``follow``: a replica).
@@ -129,3 +130,30 @@ def describe(
 
 
 __all__ = ["ROLES", "Seen", "describe", "role_of", "standby_lag"]
+
+
+def health_of(
+    snap: Snapshot, *, node: str, mode: str, state: str, problem: str,
+    primary_lsn: int | None, last_sync: tuple[str, ...],
+) -> HealthState:  # fmt: skip
+    """The state the HTTP endpoints answer from: a fresh snapshot, the agent's mode and
+    state, and the live primary's advertised position (for a standby's lag)."""
+    lag: int | None = None
+    if snap.writable:
+        lag = 0
+    elif snap.lsn is not None:
+        lag = None if primary_lsn is None else max(0, primary_lsn - snap.lsn)
+    shown = state if mode in ("rejoin", "failed") else ("running" if snap.running else "stopped")
+    return HealthState(
+        node=node,
+        role=role_of(mode),
+        state=shown,
+        running=snap.reachable,
+        primary=snap.writable and mode == "lead",
+        streaming=snap.standby and snap.receiver == "streaming",
+        timeline=snap.timeline,
+        lsn=snap.lsn,
+        lag=lag,
+        sync_standbys=last_sync if mode == "lead" else (),
+        reason=problem,
+    )

@@ -47,8 +47,9 @@ import pytest
 
 from farmnode.agents import Action, AgentParamError, OcfResult, SwitchAgent
 from farmnode.config import parse_config
-from farmnode.daemon import Node, Timeouts, cluster_groups, deferred_services
+from farmnode.daemon import Node, Timeouts
 from farmnode.errors import FarmnodeError
+from farmnode.groups import cluster_groups, deferred_services
 from farmnode.status import render_text
 from tests.conftest import skip_or_fail
 from tests.farmnode.netns import Lab, Namespace, unavailable_reason

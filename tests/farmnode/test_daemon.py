@@ -29,9 +29,10 @@ import httpx
 import pytest
 
 from farmnode.config import NodeConfig, load_config, parse_config
-from farmnode.daemon import Node, Running, Timeouts, agent_weight, probe_targets
+from farmnode.daemon import Node, Timeouts
 from farmnode.dataplane.nftables import NftablesPlane
 from farmnode.errors import DataplaneError
+from farmnode.services import Running, agent_weight, probe_targets
 from farmnode.spec import CheckSpec, RealSpec, ServiceSpec
 from farmnode.status import render_text
 from farmnode.switch.service import VirtualService

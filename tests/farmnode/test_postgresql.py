@@ -31,13 +31,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from farmnode.agents import AGENTS, Action, AgentParamError, build_agent, run_action
 from farmnode.agents.context import Observation, check_attribute
-from farmnode.agents.postgresql import (
-    LastPrimary,
-    PostgresAgent,
-    blocking_reason,
-    fence_argv,
-    lag_reason,
-)
+from farmnode.agents.postgresql import PostgresAgent
 from farmnode.errors import ConfigError
 from farmnode.pg.health import (
     BadRequest,
@@ -59,6 +53,12 @@ from farmnode.pg.instance import (
     parse_lsn,
     parse_sync_names,
     render_sync_names,
+)
+from farmnode.pg.promotion import (
+    LastPrimary,
+    blocking_reason,
+    fence_argv,
+    lag_reason,
 )
 from tests.conftest import skip_or_fail
 from tests.farmnode.pgcluster import PgLab, PgNode, pg_lab, process_alive, unavailable
@@ -854,8 +854,8 @@ def test_promote_force_leaves_a_request_the_agent_uses_once(
 ) -> None:
     from farmnode.__main__ import run
     from farmnode.agents.context import LocalContext
-    from farmnode.agents.postgresql import FORCE_VALID
     from farmnode.pg.instance import FORCE_MARKER
+    from farmnode.pg.promotion import FORCE_VALID
 
     data = tmp_path / "data"
     data.mkdir()
