@@ -112,9 +112,10 @@ def test_the_scope_of_an_answer_placed_by_a_policy_that_locates() -> None:
     ecs = Ecs(1, 24, bytes([198, 51, 100]))
     located = Placement("default", (), Location(source="prefix-map", prefix="198.51.96.0/20"))
     nowhere = Placement("default", ())
-    assert _scope(entry, ecs, located) == 0  # weighted does not locate
+    snapshot = source.snapshot
+    assert _scope(snapshot, entry, ecs, located) == 0  # weighted does not locate
     entry.locates = True
-    assert _scope(entry, ecs, located) == 20
-    assert _scope(entry, ecs, nowhere) == 24
-    assert _scope(entry, Ecs(1, 0, b""), located) == 0  # /0: answered for the resolver
-    assert _scope(entry, None, located) == 0
+    assert _scope(snapshot, entry, ecs, located) == 20
+    assert _scope(snapshot, entry, ecs, nowhere) == 24
+    assert _scope(snapshot, entry, Ecs(1, 0, b""), located) == 0  # /0: for the resolver
+    assert _scope(snapshot, entry, None, located) == 0
