@@ -15,7 +15,10 @@ its order into records. A name's answer is:
   longer prefix-map network inside it that would locate some of its addresses elsewhere
   (a ``/8`` query with a ``/16`` of the map inside is answered with scope 16 at least,
   longer than its source: RFC 7871 asks the resolver to ask again with that many bits);
-  24 (IPv6: 48) at least when learned RTT for the client's network took part.
+  24 (IPv6: 48) at least when learned RTT for the client's network took part, and the
+  network affinity's ``/netmask`` (``/netmask6``) at least when the pool has it (each
+  client network then sticks to its site: a resolver must not give one network's answer
+  to another).
 
 A query's client is the EDNS client subnet when there is one with a source prefix above 0,
 else the resolver's address (a ``/0`` subnet, a resolver keeping its client private, is
@@ -135,4 +138,7 @@ def _scope(snapshot: Snapshot, entry: Entry, ecs: Ecs | None, placement: Placeme
         length = pool.where.extent(ecs.text, length)
     if located.rtt:  # learned per client /24 (/48): the answer holds for that network at most
         length = max(length, RTT_NETWORK[ecs.family])
+    ring = pool.ring if pool is not None else None
+    if ring is not None:  # network affinity: one site per client network
+        length = max(length, ring.netmask if ecs.family == 1 else ring.netmask6)
     return length

@@ -79,7 +79,8 @@ class Entry:
     :data:`SiteRecords` layout), ``None`` for SERVFAIL. ``want`` is how many sites to ask
     placement for, per family: ``answers``, or every site when some lack that family.
     ``short_until`` is when the short TTL ends (:mod:`dispatcher.dns.ttl`); ``locates``
-    whether the pool's policy reads where the client is (the ECS scope depends on it).
+    whether the answer depends on where the client is (the pool's policy locates it, or
+    network affinity hashes its network): the ECS scope depends on it.
     ``pool_view`` is the snapshot's pool when its placement reads nothing of the client
     (:attr:`~dispatcher.placement.pool.PoolView.plain`), it has candidates and the name is
     answered with one address (the fast path then compiles its queries), else ``None``.
@@ -218,7 +219,10 @@ def _entry(record: DnsName, zone: Zone, snapshot: Snapshot, tracker: ChangeTrack
         admitted = [a for s in members if s.admitted for a in s.spec.dns_addresses]
         entry.fallback = _capped(site_records(admitted, ttl.low, ttl.low))
     pool = snapshot.pools.get(record.pool)
-    entry.locates = bool(getattr(pool.policy, "locates", False)) if pool else False
+    # the answer depends on where the client is: its policy locates it, or network
+    # affinity hashes its network (either way the ECS scope is not 0)
+    if pool is not None:
+        entry.locates = bool(getattr(pool.policy, "locates", False)) or pool.ring is not None
     if pool is not None and pool.plain and pool.candidates and record.answers == 1:
         entry.pool_view = pool
     entry.short_until = short_until(record.pool, ttl.high, snapshot.sites, tracker)
