@@ -45,7 +45,9 @@ class DnsSource(Protocol):
 class DnsService:
     """One process's DNS answers. ``counts`` holds what happened since :meth:`take_counts`:
     ``udp`` and ``tcp`` queries, ``silent`` (not answered: not a query), one count per rcode
-    answered, ``truncated`` (answers that did not fit), ``rrl_dropped``, ``rrl_slipped``."""
+    answered, ``truncated`` (answers that did not fit), ``rrl_dropped``, ``rrl_slipped``;
+    the UDP readers add ``udp_backlog``, ``udp_send_failed`` and ``udp_oversized``
+    (:mod:`dispatcher.dns.udp`)."""
 
     def __init__(self, source: DnsSource, clock: Callable[[], float] = time.monotonic) -> None:
         self.source = source
@@ -129,13 +131,13 @@ class DnsService:
             except Exception:  # noqa: BLE001 - a bug must cost one answer (_failed logs it)
                 answers.append(self._failed(table, data))
                 continue
+            if compiled.truncated:  # (counted before rate limiting, as _answer does)
+                counts["truncated"] += 1
             if limiter is not None:
                 verdict = limiter.decide(address, compiled.key, now)
                 if verdict != SEND:
                     answers.append(self._limited(table, data, verdict))
                     continue
-            if compiled.truncated:
-                counts["truncated"] += 1
             answered += 1
             answers.append(response)
         if answered:
