@@ -21,10 +21,11 @@ asked, and the general path answers. Tests hold the two paths to the same bytes.
 - Over UDP, a query for a name whose pool is :attr:`~dispatcher.placement.pool.PoolView.
   plain` (its placement reads nothing of the client: no ECS scope to compute) and that is
   answered with one site is *compiled* the first time it is answered: its bytes after the
-  ID key a :class:`Compiled` (at most :data:`MAX_KEPT` per table) that holds, per site, the
-  whole answer after the ID, rendered once. The next such query costs a dict lookup,
-  placement's pick (:func:`~dispatcher.placement.engine.pick_plain`: the rotation moves
-  exactly as on the general path) and one concatenation (:func:`compiled_answer`).
+  ID key a :class:`Compiled` (at most :data:`MAX_COMPILED` per table) that holds, per site
+  (:data:`MAX_TAILS` at most), the whole answer after the ID, rendered once. The next such
+  query costs a dict lookup, placement's pick (:func:`~dispatcher.placement.engine.
+  pick_plain`: the rotation moves exactly as on the general path) and one concatenation
+  (:func:`compiled_answer`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ from dispatcher.placement.pool import PoolView
 
 #: OPT records kept per table (each parsed once).
 MAX_KEPT = 4096
+#: Compiled queries kept per table, and answers kept per compiled query and TTL (one per
+#: site placed): at most 1024 x 64 x 2 answers of ~100 bytes (a pool of more sites renders
+#: the others each time).
+MAX_COMPILED = 1024
+MAX_TAILS = 64
 #: What an OPT record of a query comes to: the UDP size limit of the answer, the client
 #: subnet, and the answer's own OPT record (DO copied, the subnet echoed with scope 0).
 Kept = tuple[int, Ecs | None, bytes, int]  # (udp limit, subnet, OPT record, payload)
@@ -164,13 +170,15 @@ class Compiled:
         """The answer after the ID when ``site`` is placed (and keep it)."""
         found = self.entry.records[site][self.index + short]
         tail = _tail(self.flags, self.question, list(found[:1]), self.extra, self.limit)
-        (self.short if short else self.long)[site] = tail
+        kept = self.short if short else self.long
+        if len(kept) < MAX_TAILS:
+            kept[site] = tail
         return tail
 
 
 def _compile(table: DnsTable, data: bytes, compiled: Compiled) -> None:
     kept = table.compiled
-    if len(kept) >= MAX_KEPT:
+    if len(kept) >= MAX_COMPILED:
         kept.clear()
     kept[data[2:]] = compiled
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher.dns.answer import TCP_LIMIT, limit_for, respond
-from dispatcher.dns.fastpath import MAX_KEPT, fast_answer
+from dispatcher.dns.fastpath import MAX_COMPILED, MAX_KEPT, MAX_TAILS, fast_answer
 from dispatcher.dns.message import decode
 from dispatcher.dns.service import DnsService
 from dispatcher.dns.table import build_table
@@ -213,3 +213,28 @@ def test_a_compiled_query_is_answered_without_the_fast_path() -> None:
     assert again is not None
     assert len(addresses(dns.message.from_wire(again))) == 1
     assert service.counts["noerror"] == 2
+
+
+def test_the_compiled_queries_and_their_answers_are_bounded() -> None:
+    many = make_config(
+        {"names": [{"name": "one.farm.example.", "pool": "default", "answers": 1}]},
+        [
+            {"name": f"s{i}", "base_url": f"http://192.0.2.{i + 1}", "weight": 1}
+            for i in range(MAX_TAILS + 6)
+        ],
+    )
+    service = DnsService(Source(many))
+    seen = set()
+    for _ in range(2 * (MAX_TAILS + 6)):  # the whole rotation, twice: every site placed
+        answer = service.answer_udp(query("one.farm.example.", "A"), "192.0.2.200")
+        assert answer is not None
+        seen.update(addresses(dns.message.from_wire(answer)))
+    table = service.table()
+    assert table is not None
+    (compiled,) = table.compiled.values()
+    assert len(compiled.long) == MAX_TAILS
+    assert len(seen) == MAX_TAILS + 6  # those not kept are rendered each time
+    for i in range(MAX_COMPILED + 10):
+        subnet = f"10.{i // 256 % 256}.{i % 256}.0/24"
+        service.answer_udp(query("one.farm.example.", "A", subnet=subnet), "192.0.2.200")
+    assert len(table.compiled) <= MAX_COMPILED
