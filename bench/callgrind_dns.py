@@ -14,7 +14,7 @@ configuration (three sites up in one weighted pool, 10:5:1, one address an answe
   socket, as a worker serves it. The client is in the same process: it sends a batch of
   :data:`BATCH` queries (``sendto``), the reader is called as the event loop would call
   it when the socket is readable, and the client reads the answers (``recv``); its two
-  calls per query are counted too (a few hundred instructions). Callgrind counts user
+  calls per query are counted too (some two thousand instructions). Callgrind counts user
   space only: what the kernel does for a ``sendto`` is not in the figure.
 - ``--kind answer``: :meth:`~dispatcher.dns.service.DnsService.answer_udp` alone, bytes
   in and bytes out, no socket.
