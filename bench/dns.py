@@ -9,9 +9,11 @@ Every query carries an EDNS client subnet option (198.51.100.0/24). Then webfarm
 with response rate limiting on at a rate no client reaches (every answer pays the
 bookkeeping, none is limited): the RRL's cost.
 
-Figures: queries/s, the server's CPU time per query (user + system, whole process tree),
-and the ratio to gdnsd per core (gdnsd's CPU per query over webfarm's). This is a
-benchmark, not a test: it prints figures for docs/dns.md.
+Figures: queries/s, the server's CPU time per query (user + system, whole process tree; and
+the system part alone: the kernel's UDP work, about the same for every server), and the
+ratio to gdnsd per core (gdnsd's CPU per query over webfarm's). This is a benchmark, not a
+test: it prints figures for docs/performance.md. ``python -m bench.callgrind_dns`` counts
+the instructions of one query, a figure the machine's load does not move.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Figures:
     qps: float
     lost: int
     cpu_us: float  # server CPU time per query answered
+    sys_us: float = 0.0  # of which system time
 
 
 def pinned(core: str) -> list[str]:
@@ -68,17 +71,18 @@ def free_port() -> int:
     raise SystemExit("bench.dns: no free port")
 
 
-def tree_cpu(pid: int, *, children: bool = True) -> float:
-    """User + system CPU seconds of ``pid`` and (unless told not to) its children (Linux
-    /proc)."""
+def tree_cpu(pid: int, *, children: bool = True, system: bool = False) -> float:
+    """User + system CPU seconds (only system with ``system``) of ``pid`` and (unless told
+    not to) its children (Linux /proc)."""
     total = 0.0
     with contextlib.suppress(OSError):
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[12]) if system else int(fields[11]) + int(fields[12])
+        total += ticks / os.sysconf("SC_CLK_TCK")
         if children:
             kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            total += sum(tree_cpu(int(kid)) for kid in kids)
+            total += sum(tree_cpu(int(kid), system=system) for kid in kids)
     return total
 
 
@@ -100,6 +104,7 @@ def wait_answering(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
 
 def dnsperf(port: int, queries: Path, seconds: int, pid: int, name: str) -> Figures:
     before = tree_cpu(pid)
+    system_before = tree_cpu(pid, system=True)
     own_before = tree_cpu(pid, children=False)
     out = subprocess.run(
         [
@@ -129,13 +134,14 @@ def dnsperf(port: int, queries: Path, seconds: int, pid: int, name: str) -> Figu
         timeout=seconds + 30,
     ).stdout
     used = tree_cpu(pid) - before
+    system = tree_cpu(pid, system=True) - system_before
     own = tree_cpu(pid, children=False) - own_before
     if own != used:
         print(f"  ({name}: the control process {own:.2f} s of CPU, its worker {used - own:.2f} s)")
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     done = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
     lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
-    return Figures(name, qps, lost, used / max(done, 1) * 1e6)
+    return Figures(name, qps, lost, used / max(done, 1) * 1e6, system / max(done, 1) * 1e6)
 
 
 def webfarm_config(site_ports: list[int], dns_port: int, rrl: int) -> str:
@@ -275,16 +281,23 @@ def main(argv: list[str] | None = None) -> None:
     for tool in ("dnsperf", "gdnsd"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench.dns: {tool} is missing (./.ci/system-deps --bench)")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     figures = asyncio.run(measure(args.seconds))
     gdnsd = next(f for f in figures if f.name.startswith("gdnsd"))
     print(
         f"\nDNS, A query with a client subnet, dnsperf -c 1 -q 100 for {args.seconds} s, "
         "server on core 0, dnsperf on core 1 (a shared machine: figures vary):"
     )
-    print(f"{'server':<28}{'queries/s':>11}{'lost':>7}{'cpu us/q':>10}{'per core vs gdnsd':>19}")
+    print(
+        f"{'server':<28}{'queries/s':>11}{'lost':>7}{'cpu us/q':>10}{'of it sys':>11}"
+        f"{'per core vs gdnsd':>19}"
+    )
     for f in figures:
         ratio = gdnsd.cpu_us / f.cpu_us
-        print(f"{f.name:<28}{f.qps:>11.0f}{f.lost:>7}{f.cpu_us:>10.1f}{ratio:>19.2f}")
+        print(
+            f"{f.name:<28}{f.qps:>11.0f}{f.lost:>7}{f.cpu_us:>10.1f}{f.sys_us:>11.1f}{ratio:>19.2f}"
+        )
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     plain = figures[0]
     rrl = figures[2]
     print(f"RRL's cost: {rrl.cpu_us - plain.cpu_us:+.1f} us of CPU per query")

@@ -187,6 +187,58 @@ def test_longest_prefix_match_is_the_brute_force_answer(
         assert table.match(value) == _reference(networks, value), hex(value)
 
 
+def _extent_reference(networks: list[Network], bits: int, value: int, length: int) -> int:
+    """The shortest prefix length L >= ``length`` whose network around ``value`` contains
+    no network longer than ``length`` that leaves ``value`` out, by trying every L."""
+
+    def common(a: int, b: int) -> int:
+        return bits - (a ^ b).bit_length()
+
+    others = [
+        n
+        for n in networks
+        if n.length > length and common(n.value, value) < n.length  # (not holding value)
+    ]
+    for candidate in range(length, bits + 1):
+        if all(not (common(n.value, value) >= candidate) for n in others):
+            return candidate
+    return bits
+
+
+@pytest.mark.parametrize(("bits", "version"), [(32, 4), (128, 6)])
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_extent_is_the_brute_force_answer(bits: int, version: int, data: st.DataObject) -> None:
+    """How far a match holds (the ECS scope of a DNS answer placed by it)."""
+    networks = data.draw(_networks(bits, version))
+    table = PrefixTable(networks, bits)
+    probes = [n.value for n in networks] + [n.value ^ 1 for n in networks]
+    probes += data.draw(st.lists(st.integers(0, (1 << bits) - 1), max_size=20))
+    for value in probes:
+        match = table.match(value)
+        length = match.length if match is not None else data.draw(st.integers(0, bits))
+        assert table.extent(value, length) == _extent_reference(networks, bits, value, length)
+
+
+def test_extent_in_words() -> None:
+    networks = parse_networks(
+        [
+            {"prefix": "10.1.0.0/16", "region": "a"},
+            {"prefix": "10.1.5.0/24", "region": "c"},
+            {"prefix": "10.2.0.0/16", "region": "b"},
+        ]
+    )
+    table = PrefixTable(networks, 32)
+
+    def at(text: str) -> int:
+        return int(ipaddress.IPv4Address(text))
+
+    assert table.extent(at("10.2.3.0"), 16) == 16  # nothing inside 10.2/16
+    assert table.extent(at("10.1.2.0"), 16) == 22  # 10.1.0.0/22 leaves 10.1.5.0/24 out
+    assert table.extent(at("10.0.0.0"), 8) == 16  # a /8 query: 10.0.0.0/16 is not located
+    assert table.extent(at("10.9.0.0"), 24) == 24  # nothing inside the source /24
+
+
 def test_match_against_the_standard_library() -> None:
     networks = parse_networks(
         [

@@ -18,6 +18,14 @@ asked, and the general path answers. Tests hold the two paths to the same bytes.
   the answer ready, at most :data:`MAX_KEPT` per table.
 - The answer's header is the query's ID and one of a few precomputed flag-and-count
   strings.
+- Over UDP, a query for a name whose pool is :attr:`~dispatcher.placement.pool.PoolView.
+  plain` (its placement reads nothing of the client: no ECS scope to compute) and that is
+  answered with one site is *compiled* the first time it is answered: its bytes after the
+  ID key a :class:`Compiled` (at most :data:`MAX_COMPILED` per table) that holds, per site
+  (:data:`MAX_TAILS` at most), the whole answer after the ID, rendered once. The next such
+  query costs a dict lookup, placement's pick (:func:`~dispatcher.placement.engine.
+  pick_plain`: the rotation moves exactly as on the general path) and one concatenation
+  (:func:`compiled_answer`).
 """
 
 from __future__ import annotations
@@ -38,10 +46,17 @@ from dispatcher.dns.message import (
 )
 from dispatcher.dns.resolve import PLACED, Resolved, _placed, fallback, resolve
 from dispatcher.dns.table import DnsTable, Entry
+from dispatcher.placement.engine import pick_plain
 from dispatcher.placement.model import Candidate, Client
+from dispatcher.placement.pool import PoolView
 
 #: OPT records kept per table (each parsed once).
 MAX_KEPT = 4096
+#: Compiled queries kept per table, and answers kept per compiled query and TTL (one per
+#: site placed): at most 1024 x 64 x 2 answers of ~100 bytes (a pool of more sites renders
+#: the others each time).
+MAX_COMPILED = 1024
+MAX_TAILS = 64
 #: What an OPT record of a query comes to: the UDP size limit of the answer, the client
 #: subnet, and the answer's own OPT record (DO copied, the subnet echoed with scope 0).
 Kept = tuple[int, Ecs | None, bytes, int]  # (udp limit, subnet, OPT record, payload)
@@ -85,8 +100,17 @@ def fast_answer(
         return answer, key, resolved[1]
     question = data[12 : end + 4]
     flags = 0x8400 | ((data[2] & 0x01) << 8) | (data[3] & 0x10)  # QR AA, RD and CD copied
+    tail = _tail(flags, question, records, extra, limit)
+    if not tcp and entry.pool_view is not None and entry.want[0 if qtype == A else 1] == 1:
+        _compile(table, data, Compiled(entry, qtype, flags, question, extra, limit, key))
+    return data[:2] + tail, key, NOERROR
+
+
+def _tail(flags: int, question: bytes, records: list[bytes], extra: bytes, limit: int) -> bytes:
+    """An address answer after its ID: the header's rest, the question, the records (none,
+    and TC, when they do not fit in ``limit``), the OPT record."""
     count = len(records)
-    if 12 + len(question) + (16 if qtype == A else 28) * count + len(extra) > limit:
+    if 12 + len(question) + sum(map(len, records)) + len(extra) > limit:
         flags |= 0x0200  # TC, and no records
         count = 0
         records = []
@@ -94,7 +118,82 @@ def fast_answer(
     head = _HEADS.get(shape)
     if head is None:
         head = _HEADS[shape] = _TAIL.pack(flags, 1, count, 0, 1 if extra else 0)
-    return b"".join((data[:2], head, question, *records, extra)), key, NOERROR
+    return b"".join((head, question, *records, extra))
+
+
+class Compiled:
+    """A common UDP query for a name of a plain pool answered with one site (see the
+    module): ``pool`` to ask placement, ``until`` when the short TTL ends, ``key`` the
+    rate-limiting key, ``truncated`` whether the answer has TC set, and per site name the
+    answer after its ID, with the long TTL (``long``) and the short (``short``), each
+    rendered when the site is first placed."""
+
+    __slots__ = (
+        "entry",
+        "extra",
+        "flags",
+        "index",
+        "key",
+        "limit",
+        "long",
+        "pool",
+        "question",
+        "short",
+        "truncated",
+        "until",
+    )
+
+    def __init__(
+        self,
+        entry: Entry,
+        qtype: int,
+        flags: int,
+        question: bytes,
+        extra: bytes,
+        limit: int,
+        key: bytes,
+    ) -> None:
+        self.entry = entry
+        pool = entry.pool_view
+        assert pool is not None  # (compiled only for a name placed from a plain pool)
+        self.pool: PoolView = pool
+        self.until = entry.short_until
+        self.index = 0 if qtype == A else 2
+        self.flags, self.question, self.extra, self.limit = flags, question, extra, limit
+        self.key = key
+        record = 16 if qtype == A else 28
+        self.truncated = 12 + len(question) + record + len(extra) > limit
+        self.long: dict[str, bytes] = {}
+        self.short: dict[str, bytes] = {}
+
+    def render(self, site: str, short: bool) -> bytes:
+        """The answer after the ID when ``site`` is placed (and keep it)."""
+        found = self.entry.records[site][self.index + short]
+        tail = _tail(self.flags, self.question, list(found[:1]), self.extra, self.limit)
+        kept = self.short if short else self.long
+        if len(kept) < MAX_TAILS:
+            kept[site] = tail
+        return tail
+
+
+def _compile(table: DnsTable, data: bytes, compiled: Compiled) -> None:
+    kept = table.compiled
+    if len(kept) >= MAX_COMPILED:
+        kept.clear()
+    kept[data[2:]] = compiled
+
+
+def compiled_answer(compiled: Compiled, data: bytes, now: float) -> bytes:
+    """The answer to ``data``, a query compiled as ``compiled``: placement asked, the
+    answer after the ID found (or rendered once), the query's ID put before it."""
+    site = pick_plain(compiled.pool, b"")
+    assert site is not None  # (compiled only while the pool has candidates)
+    name = site.name
+    if now < compiled.until:
+        tail = compiled.short.get(name) or compiled.render(name, True)
+    else:
+        tail = compiled.long.get(name) or compiled.render(name, False)
+    return data[:2] + tail
 
 
 def _resolve(

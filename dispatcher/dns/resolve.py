@@ -8,9 +8,17 @@ its order into records. A name's answer is:
 - when placement has no site for the client (every site down, drained or weight 0, or none
   registered), the name's ``all_down``: its failsafe addresses, every address of the pool's
   admitted sites (fail-open), or SERVFAIL; these carry the short TTL;
-- the ECS scope (RFC 7871): 0 when the pool's policy does not read where the client is
-  (the answer holds for everyone); else the prefix length of the network that located the
-  client, or, when nothing located it, the query's source prefix.
+- the ECS scope (RFC 7871, section 7.2.1: how many leading bits of the client subnet the
+  answer holds for): 0 when the pool's policy does not read where the client is (the
+  answer holds for everyone); else the prefix length of the network that located the
+  client, or, when nothing located it, the query's source prefix; raised past every
+  longer prefix-map network inside it that would locate some of its addresses elsewhere
+  (a ``/8`` query with a ``/16`` of the map inside is answered with scope 16 at least,
+  longer than its source: RFC 7871 asks the resolver to ask again with that many bits);
+  24 (IPv6: 48) at least when learned RTT for the client's network took part, and the
+  network affinity's ``/netmask`` (``/netmask6``) at least when the pool has it (each
+  client network then sticks to its site: a resolver must not give one network's answer
+  to another).
 
 A query's client is the EDNS client subnet when there is one with a source prefix above 0,
 else the resolver's address (a ``/0`` subnet, a resolver keeping its client private, is
@@ -30,6 +38,9 @@ from dispatcher.snapshot import Snapshot
 #: Placements of one site, kept (by the site object, which the snapshot holds).
 _SINGLE: dict[int, tuple[Candidate, Placement]] = {}
 MAX_SINGLE = 4096
+
+#: The client networks learned RTT is kept for, by ECS family (1: IPv4, 2: IPv6).
+RTT_NETWORK = {1: 24, 2: 48}
 
 #: How the records of an answer were found (``explain`` prints it).
 PLACED, FIXED, FAILSAFE, FAIL_OPEN, NO_SITE = "placed", "fixed", "failsafe", "fail-open", "servfail"
@@ -99,7 +110,8 @@ def resolve(
             if len(records) >= answers:
                 del records[answers:]
                 break
-    return Resolved(records, NOERROR, _scope(entry, ecs, placement), PLACED, placement)
+    scope = _scope(snapshot, entry, ecs, placement)
+    return Resolved(records, NOERROR, scope, PLACED, placement)
 
 
 def fallback(entry: Entry, family: int, placement: Placement) -> Resolved:
@@ -111,11 +123,22 @@ def fallback(entry: Entry, family: int, placement: Placement) -> Resolved:
     return Resolved(list(records[family]), NOERROR, 0, how, placement)
 
 
-def _scope(entry: Entry, ecs: Ecs | None, placement: Placement) -> int:
+def _scope(snapshot: Snapshot, entry: Entry, ecs: Ecs | None, placement: Placement) -> int:
+    """The ECS scope of a placed answer (RFC 7871, section 7.2.1: how many leading bits of
+    the client subnet the answer holds for): see the module."""
     if ecs is None or not entry.locates or not ecs.source:
         return 0
-    prefix = placement.located.prefix
-    if prefix is None:
-        return ecs.source
-    _, _, length = prefix.rpartition("/")
-    return int(length) if length.isdecimal() else ecs.source
+    located = placement.located
+    length = ecs.source
+    if located.prefix is not None:
+        _, _, text = located.prefix.rpartition("/")
+        length = int(text) if text.isdecimal() else length
+    pool = snapshot.pools.get(placement.pool)
+    if pool is not None:
+        length = pool.where.extent(ecs.text, length)
+    if located.rtt:  # learned per client /24 (/48): the answer holds for that network at most
+        length = max(length, RTT_NETWORK[ecs.family])
+    ring = pool.ring if pool is not None else None
+    if ring is not None:  # network affinity: one site per client network
+        length = max(length, ring.netmask if ecs.family == 1 else ring.netmask6)
+    return length

@@ -7,10 +7,10 @@ API (what the worker processes and the one-process runner call)::
     front.ports          # the bound ports, one per address (UDP and TCP share it)
     await front.stop()   # stop accepting; open TCP connections get their answers, then close
 
-UDP: each datagram is answered at once by :class:`~dispatcher.dns.service.DnsService`;
-an answer that would wait behind :data:`MAX_UDP_BACKLOG` bytes the kernel has not taken is
-dropped (counted ``udp_backlog``) rather than queued without bound. IPv4-mapped IPv6
-clients (a dual-stack ``[::]`` listener) are seen as the IPv4 address they are.
+UDP: read and answered in bounded batches by :mod:`dispatcher.dns.udp` (``recvmmsg`` and
+``sendmmsg`` on Linux); an answer the kernel will not take now is dropped (counted
+``udp_backlog``), never queued. IPv4-mapped IPv6 clients (a dual-stack ``[::]`` listener)
+are seen as the IPv4 address they are.
 
 TCP (RFC 7766): two-byte length-prefixed messages, pipelined queries answered in order.
 Per connection: a query larger than ``tcp_max_message`` closes it; after
@@ -31,21 +31,18 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from dispatcher.addresses import parse_address
 from dispatcher.dns.config import DnsConfig
 from dispatcher.dns.service import DnsService
+from dispatcher.dns.udp import UdpReader, udp_reader
 from dispatcher.errors import ListenError
 from dispatcher.server import bind
 
 log = logging.getLogger("webfarm.dns")
 
-#: Datagrams read per wake-up of a UDP socket (then the event loop runs other work).
-UDP_BATCH = 64
-#: The largest datagram read (a query is far smaller; a larger one is cut and refused).
-MAX_DATAGRAM = 65_535
 LENGTH = struct.Struct("!H")
 #: Attempts at finding a port free for both UDP and TCP when port 0 is configured.
 PORT_ATTEMPTS = 32
@@ -92,38 +89,6 @@ def client_host(peer: Any) -> str:
     if host.startswith("::ffff:") and "." in host:
         return host[7:]
     return host
-
-
-class _Udp:
-    """One UDP socket, read straight from the event loop's readiness callback: up to
-    :data:`UDP_BATCH` datagrams a wake-up, each answered at once with ``sendto``; an
-    answer the kernel will not take now (its buffer is full) is dropped, never queued."""
-
-    def __init__(self, service: DnsService, sock: socket.socket) -> None:
-        self.service = service
-        self.sock = sock
-
-    def readable(self) -> None:
-        recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
-        answer = self.service.answer_udp
-        for _ in range(UDP_BATCH):
-            try:
-                data, addr = recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # an ICMP error about an earlier answer
-                continue
-            host = addr[0]
-            if host[:7] == "::ffff:" and "." in host:
-                host = host[7:]
-            response = answer(data, host)
-            if response is not None:
-                try:
-                    sendto(response, addr)
-                except (BlockingIOError, InterruptedError):
-                    self.service.counts["udp_backlog"] += 1
-                except OSError:
-                    self.service.counts["udp_send_failed"] += 1
 
 
 class _Tcp(asyncio.Protocol):
@@ -206,9 +171,15 @@ class _Tcp(asyncio.Protocol):
 class DnsFront:
     """UDP and TCP on each socket pair, served by ``service``, in this process."""
 
-    def __init__(self, service: DnsService, pairs: Sequence[SocketPair]) -> None:
+    def __init__(
+        self,
+        service: DnsService,
+        pairs: Sequence[SocketPair],
+        reader: Callable[[DnsService, socket.socket], UdpReader] = udp_reader,
+    ) -> None:
         self.service = service
         self.pairs = list(pairs)
+        self.reader = reader
         self.connections: dict[_Tcp, None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -234,7 +205,7 @@ class DnsFront:
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         for tcp, udp in self.pairs:
-            loop.add_reader(udp.fileno(), _Udp(self.service, udp).readable)
+            loop.add_reader(udp.fileno(), self.reader(self.service, udp).readable)
             self._udp.append(udp)
             self._servers.append(
                 await loop.create_server(lambda: _Tcp(self), sock=tcp, backlog=1024)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from dispatcher.config import Config
 from dispatcher.dns.answer import TCP_LIMIT, limit_for, respond, truncated
-from dispatcher.dns.fastpath import fast_answer
+from dispatcher.dns.fastpath import compiled_answer, fast_answer
 from dispatcher.dns.message import NOERROR, NXDOMAIN, SERVFAIL, Query, decode
-from dispatcher.dns.rrl import DROP, SLIP, RateLimiter
+from dispatcher.dns.rrl import DROP, SEND, RateLimiter
 from dispatcher.dns.table import DnsTable, build_table
 from dispatcher.dns.ttl import ChangeTracker
 from dispatcher.snapshot import Snapshot
@@ -49,7 +49,9 @@ class DnsSource(Protocol):
 class DnsService:
     """One process's DNS answers. ``counts`` holds what happened since :meth:`take_counts`:
     ``udp`` and ``tcp`` queries, ``silent`` (not answered: not a query), one count per rcode
-    answered, ``truncated`` (answers that did not fit), ``rrl_dropped``, ``rrl_slipped``."""
+    answered, ``truncated`` (answers that did not fit), ``rrl_dropped``, ``rrl_slipped``;
+    the UDP readers add ``udp_backlog``, ``udp_send_failed`` and ``udp_oversized``
+    (:mod:`dispatcher.dns.udp`)."""
 
     def __init__(self, source: DnsSource, clock: Callable[[], float] = time.monotonic) -> None:
         self.source = source
@@ -105,13 +107,51 @@ class DnsService:
 
     def answer_udp(self, data: bytes, address: str) -> bytes | None:
         """The datagram to send back to ``address`` for ``data``, or None (silence)."""
+        return self.answer_datagrams([data], [address])[0]
+
+    def answer_datagrams(
+        self, datagrams: Sequence[bytes], addresses: Sequence[str]
+    ) -> list[bytes | None]:
+        """:meth:`answer_udp` for datagrams read together (``addresses[i]`` sent
+        ``datagrams[i]``): one table and one clock reading for all of them, the common
+        query's compiled answer looked up first (:mod:`dispatcher.dns.fastpath`)."""
         counts = self.counts
-        counts["udp"] += 1
+        counts["udp"] += len(datagrams)
         table = self.table()
         if table is None:
-            counts["silent"] += 1
-            return None
+            counts["silent"] += len(datagrams)
+            return [None] * len(datagrams)
         now = self.clock()
+        compiled_for = table.compiled.get
+        limiter = self._limiter
+        answers: list[bytes | None] = []
+        answered = 0  # (compiled answers: NOERROR)
+        for data, address in zip(datagrams, addresses, strict=True):
+            compiled = compiled_for(data[2:])
+            if compiled is None:
+                answers.append(self._answer_udp(table, data, address, now))
+                continue
+            try:
+                response: bytes | None = compiled_answer(compiled, data, now)
+            except Exception:  # noqa: BLE001 - a bug must cost one answer (_failed logs it)
+                answers.append(self._failed(table, data))
+                continue
+            if compiled.truncated:  # (counted before rate limiting, as _answer does)
+                counts["truncated"] += 1
+            if limiter is not None:
+                verdict = limiter.decide(address, compiled.key, now)
+                if verdict != SEND:
+                    answers.append(self._limited(table, data, verdict))
+                    continue
+            answered += 1
+            answers.append(response)
+        if answered:
+            counts["noerror"] += answered
+        return answers
+
+    def _answer_udp(self, table: DnsTable, data: bytes, address: str, now: float) -> bytes | None:
+        """One datagram's answer by the fast or the general path, rate limited."""
+        counts = self.counts
         answered = self._answer(table, data, address, now, tcp=False)
         if answered is None:
             counts["silent"] += 1
@@ -120,16 +160,21 @@ class DnsService:
         limiter = self._limiter
         if limiter is not None:
             verdict = limiter.decide(address, key, now)
-            if verdict == DROP:
-                counts["rrl_dropped"] += 1
-                return None
-            if verdict == SLIP:
-                counts["rrl_slipped"] += 1
-                query = decode(data)
-                assert query is not None  # it was answered
-                return truncated(query, table.config.max_udp_payload)
+            if verdict != SEND:
+                return self._limited(table, data, verdict)
         counts[RCODE_NAMES.get(rcode, "other")] += 1
         return response
+
+    def _limited(self, table: DnsTable, data: bytes, verdict: int) -> bytes | None:
+        """What response rate limiting's ``verdict`` (DROP or SLIP) sends: nothing, or an
+        empty answer with TC set."""
+        if verdict == DROP:
+            self.counts["rrl_dropped"] += 1
+            return None
+        self.counts["rrl_slipped"] += 1
+        query = decode(data)
+        assert query is not None  # it was answered
+        return truncated(query, table.config.max_udp_payload)
 
     def answer_tcp(self, data: bytes, address: str) -> bytes | None:
         """The message to send back over TCP for one framed query, or None (close)."""
@@ -162,16 +207,21 @@ class DnsService:
                 limit = TCP_LIMIT if tcp else limit_for(query, table.config.max_udp_payload)
                 response, rcode = respond(table, query, address, now, limit)
                 key = _rrl_key(table, query, rcode)
-        except Exception:  # a bug must cost one answer, not the listener
-            if self._bugs.hit("answer") is not None:
-                log.exception("could not answer a query (a bug; answered TC instead)")
-            query = query or decode(data)
-            if query is None:
-                return None
-            return truncated(query, table.config.max_udp_payload), -SERVFAIL, NOERROR
+        except Exception:  # noqa: BLE001 - a bug must cost one answer (_failed logs it)
+            failed = self._failed(table, data, query)
+            return None if failed is None else (failed, -SERVFAIL, NOERROR)
         if response[2] & 0x02:  # TC
             self.counts["truncated"] += 1
         return response, key, rcode
+
+    def _failed(self, table: DnsTable, data: bytes, query: Query | None = None) -> bytes | None:
+        """The answer when answering raised (a bug): TC, so the client asks over TCP."""
+        if self._bugs.hit("answer") is not None:
+            log.exception("could not answer a query (a bug; answered TC instead)")
+        query = query or decode(data)
+        if query is None:
+            return None
+        return truncated(query, table.config.max_udp_payload)
 
     def take_counts(self) -> dict[str, int]:
         """The counts since the last call (and start again from zero)."""

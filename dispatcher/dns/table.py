@@ -14,12 +14,17 @@ import math
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dispatcher.dns.config import DnsConfig, DnsName
 from dispatcher.dns.message import AAAA, IN, SOA, A, Ecs
 from dispatcher.dns.names import ROOT, is_within, parents
 from dispatcher.dns.ttl import ChangeTracker, short_until
+from dispatcher.placement.pool import PoolView
 from dispatcher.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from dispatcher.dns.fastpath import Compiled
 
 RR = struct.Struct("!HHIH")  # type, class, TTL, data length: a record after its owner
 POINTER_TO_QUESTION = b"\xc0\x0c"
@@ -74,7 +79,11 @@ class Entry:
     :data:`SiteRecords` layout), ``None`` for SERVFAIL. ``want`` is how many sites to ask
     placement for, per family: ``answers``, or every site when some lack that family.
     ``short_until`` is when the short TTL ends (:mod:`dispatcher.dns.ttl`); ``locates``
-    whether the pool's policy reads where the client is (the ECS scope depends on it).
+    whether the answer depends on where the client is (the pool's policy locates it, or
+    network affinity hashes its network): the ECS scope depends on it.
+    ``pool_view`` is the snapshot's pool when its placement reads nothing of the client
+    (:attr:`~dispatcher.placement.pool.PoolView.plain`), it has candidates and the name is
+    answered with one address (the fast path then compiles its queries), else ``None``.
     """
 
     __slots__ = (
@@ -85,6 +94,7 @@ class Entry:
         "locates",
         "name",
         "pool",
+        "pool_view",
         "records",
         "short_until",
         "want",
@@ -103,15 +113,18 @@ class Entry:
         self.want = (config.answers, config.answers)
         self.short_until = -math.inf
         self.locates = False
+        self.pool_view: PoolView | None = None
 
 
 class DnsTable:
     """The zones (by lower-cased wire apex), the names (by lower-cased wire name), the names
     that exist without records of their own (apexes and empty non-terminals), the snapshot
-    and configuration it was built from; ``kept`` is the fast path's cache of parsed OPT
-    records (:mod:`dispatcher.dns.fastpath`), the one thing that changes."""
+    and configuration it was built from; ``kept`` and ``compiled`` are the fast path's
+    caches of parsed OPT records and compiled queries (:mod:`dispatcher.dns.fastpath`),
+    the one thing that changes."""
 
     __slots__ = (
+        "compiled",
         "config",
         "existing",
         "fast",
@@ -138,6 +151,7 @@ class DnsTable:
         # of queries, parsed (dispatcher.dns.fastpath)
         self.fast = {name + t: e for name, e in names.items() for t in (b"\0\1", b"\0\x1c")}
         self.kept: dict[bytes, tuple[int, Ecs | None, bytes, int]] = {}
+        self.compiled: dict[bytes, Compiled] = {}
 
     def zone_of(self, name: bytes) -> Zone | None:
         """The zone ``name`` (lower-cased wire) is in, or None (not ours: REFUSED)."""
@@ -205,7 +219,12 @@ def _entry(record: DnsName, zone: Zone, snapshot: Snapshot, tracker: ChangeTrack
         admitted = [a for s in members if s.admitted for a in s.spec.dns_addresses]
         entry.fallback = _capped(site_records(admitted, ttl.low, ttl.low))
     pool = snapshot.pools.get(record.pool)
-    entry.locates = bool(getattr(pool.policy, "locates", False)) if pool else False
+    # the answer depends on where the client is: its policy locates it, or network
+    # affinity hashes its network (either way the ECS scope is not 0)
+    if pool is not None:
+        entry.locates = bool(getattr(pool.policy, "locates", False)) or pool.ring is not None
+    if pool is not None and pool.plain and pool.candidates and record.answers == 1:
+        entry.pool_view = pool
     entry.short_until = short_until(record.pool, ttl.high, snapshot.sites, tracker)
     return entry
 

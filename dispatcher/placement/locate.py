@@ -134,6 +134,19 @@ class Locator:
             return hit
         return self._miss(packed, key)
 
+    def extent(self, subnet: str, length: int) -> int:
+        """How far a location of the client subnet ``subnet`` (``"net/len"``) holds, as a
+        prefix length: ``length`` (the located network's, or the subnet's own when nothing
+        located it), raised past every prefix-map network inside that would locate some of
+        its addresses otherwise (:meth:`PrefixTable.extent`): the ECS scope of a DNS answer
+        placed by where the client is. A subnet that does not parse: ``length``."""
+        address, _, _ = subnet.partition("/")
+        packed = _subnet(subnet)
+        if packed is None or (len(packed) == 4 and ":" in address):  # (IPv4-mapped: as is)
+            return length
+        table = self._v4 if len(packed) == 4 else self._v6
+        return table.extent(_from_bytes(packed), length)
+
     # --- a client network seen for the first time ---
 
     def _miss(self, packed: bytes, key: bytes) -> Location:

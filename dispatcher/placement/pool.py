@@ -40,6 +40,11 @@ class Locator(Protocol):
 
     def locate(self, address: str, subnet: str = "") -> Location: ...
 
+    def extent(self, subnet: str, length: int) -> int:
+        """How far a location of ``subnet`` found at prefix ``length`` holds (a prefix length,
+        ``length`` at least): see :meth:`dispatcher.placement.locate.Locator.extent`."""
+        ...
+
 
 class RttSource(Protocol):
     """The learned RTT from each site to the client's network (only sites with enough
@@ -63,6 +68,12 @@ class Where:
             if samples:
                 located = replace(located, rtt=samples)
         return located
+
+    def extent(self, subnet: str, length: int) -> int:
+        """The prefix length over which the location of ``subnet`` at prefix ``length``
+        holds (``length`` without a locator)."""
+        locator = self.locator
+        return length if locator is None else locator.extent(subnet, length)
 
 
 #: Locates nobody.

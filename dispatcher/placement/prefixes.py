@@ -9,6 +9,7 @@ length in the map (:class:`PrefixTable`).
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 import socket
@@ -153,7 +154,7 @@ class PrefixTable:
     probes them longest first. Built once, read only (safe to share between threads).
     """
 
-    __slots__ = ("_levels", "lengths")
+    __slots__ = ("_bits", "_levels", "_sorted", "lengths")
 
     def __init__(self, networks: Iterable[Network], bits: int) -> None:
         by_length: dict[int, dict[int, Network]] = {}
@@ -163,6 +164,10 @@ class PrefixTable:
             )
         self.lengths = tuple(sorted(by_length, reverse=True))
         self._levels = tuple((bits - length, by_length[length]) for length in self.lengths)
+        self._bits = bits
+        self._sorted = tuple(
+            (length, sorted(n.value for n in by_length[length].values())) for length in self.lengths
+        )
 
     def match(self, value: int) -> Network | None:
         """The longest network that contains the address ``value``, or ``None``."""
@@ -171,6 +176,27 @@ class PrefixTable:
             if hit is not None:
                 return hit
         return None
+
+    def extent(self, value: int, length: int) -> int:
+        """How far the match of the address ``value`` holds: the shortest prefix length,
+        ``length`` at least, whose network around ``value`` holds no longer network that
+        leaves ``value`` out (its other addresses would be matched otherwise). With
+        ``length`` the matched network's (or, with no match, a client subnet's), this is
+        the scope of an answer that depends on the match (RFC 7871, section 7.2.1)."""
+        bits = self._bits
+        host = bits - length
+        first = value >> host << host  # the network value/length
+        last = first | ((1 << host) - 1)
+        best = length
+        for level, values in self._sorted:
+            if level <= best:
+                break  # (shorter networks cannot raise it)
+            at = bisect.bisect_left(values, value)
+            for other in values[max(at - 1, 0) : at + 1]:  # the neighbours share most bits
+                if not first <= other <= last or (other ^ value) >> (bits - level) == 0:
+                    continue  # outside value/length, or holding value
+                best = max(best, bits - (other ^ value).bit_length() + 1)
+        return best
 
 
 def _optional(table: Mapping[str, Any], key: str, where: str, check: Any) -> Any:

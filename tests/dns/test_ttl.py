@@ -144,9 +144,36 @@ def test_the_scope_of_an_answer_placed_by_a_policy_that_locates() -> None:
     ecs = Ecs(1, 24, bytes([198, 51, 100]))
     located = Placement("default", (), Location(source="prefix-map", prefix="198.51.96.0/20"))
     nowhere = Placement("default", ())
-    assert _scope(entry, ecs, located) == 0  # weighted does not locate
+    snapshot = source.snapshot
+    assert _scope(snapshot, entry, ecs, located) == 0  # weighted does not locate
     entry.locates = True
-    assert _scope(entry, ecs, located) == 20
-    assert _scope(entry, ecs, nowhere) == 24
-    assert _scope(entry, Ecs(1, 0, b""), located) == 0  # /0: answered for the resolver
-    assert _scope(entry, None, located) == 0
+    assert _scope(snapshot, entry, ecs, located) == 20
+    assert _scope(snapshot, entry, ecs, nowhere) == 24
+    assert _scope(snapshot, entry, Ecs(1, 0, b""), located) == 0  # /0: for the resolver
+    assert _scope(snapshot, entry, None, located) == 0
+
+
+def test_network_affinity_answers_hold_for_the_client_network_only() -> None:
+    """With network affinity each client /24 sticks to its site: the ECS scope is 24 at
+    least (a resolver must not hand one network's answer to another), not 0."""
+    import dns.edns
+
+    from dispatcher.config import build_config
+    from dispatcher.dns.service import DnsService
+    from tests.dns.helpers import SITES, TOKEN, ask, dns_table, query
+
+    config = build_config(
+        {
+            "dispatcher": {"admin_tokens": [TOKEN], "affinity": "network"},
+            "sites": [dict(s) for s in SITES],
+            "dns": dns_table(
+                names=[{"name": "one.farm.example.", "pool": "default", "answers": 1}]
+            ),
+        },
+        environ={},
+    )
+    svc = DnsService(Source(config))
+    for subnet, scope in (("198.51.100.0/24", 24), ("198.51.0.0/16", 24), ("10.1.2.3/32", 32)):
+        answer = ask(svc, query("one.farm.example.", "A", subnet=subnet))
+        (option,) = [o for o in answer.options if isinstance(o, dns.edns.ECSOption)]
+        assert option.scopelen == scope, subnet

@@ -178,6 +178,9 @@ class PrefixLocator:
             return Location(LOCATED_BY_PREFIX_MAP, "10.0.0.0/8", region="eu")
         return Location()
 
+    def extent(self, subnet: str, length: int) -> int:
+        return length  # (nothing longer inside /8)
+
 
 class LearnedRtt:
     def lookup(self, address: str, subnet: str = "") -> Mapping[str, RttSample]:
