@@ -145,9 +145,7 @@ class DispatcherCollector(Collector):
         up = gauge("worker_up", "1 if the worker serves.", labels)
         restarts = counter("worker_restarts", "Times the worker was replaced.", labels)
         conns = gauge("worker_connections", "Public connections open.", labels)
-        refused = counter(
-            "worker_limit_hits", "Connections answered 503 at max_connections.", labels
-        )
+        refused = counter("worker_limit_hits", "Connections refused at max_connections.", labels)
         shed = counter("worker_shed_connections", "Idle connections closed for room.", labels)
         for worker in self.workers():
             index = [str(worker.index)]

@@ -271,7 +271,7 @@ class Worker:
         edge = self.edge
         if edge is not None:  # totals since this worker started (the control adds them up)
             report["edge"] = {
-                "connections": len(edge.connections),
+                "connections": edge.open_connections,
                 "refused": edge.refused_total,
                 "shed": edge.shed_total,
             }
