@@ -322,7 +322,7 @@ class Runner:
         pairs = [bind_pair(address, reuseport=False) for address in self.config.dns.listen]
         service = DnsService(self.farm)
         self.dns = DnsFront(service, pairs)
-        self.farm.dns_local = lambda: service.counts
+        self.farm.dns.local = service.report
         await self.dns.start()
 
     def _start_refresher(self) -> None:
@@ -461,9 +461,16 @@ class Runner:
         edge = self.public
         if edge is None:
             return []
+        dns_tcp = len(self.dns.connections) if self.dns is not None else 0
         return [
             WorkerSample(
-                0, not edge.stopping, 0, edge.open_connections, edge.refused_total, edge.shed_total
+                0,
+                not edge.stopping,
+                0,
+                edge.open_connections,
+                edge.refused_total,
+                edge.shed_total,
+                dns_tcp,
             )
         ]
 

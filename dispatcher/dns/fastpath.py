@@ -110,6 +110,7 @@ def _resolve(
     sites = placement.sites
     if not sites:
         return fallback(entry, family, placement)
+    entry.placed[sites[0].name] += 1  # (metrics: the site placed first)
     index = family + (now < entry.short_until)
     found = entry.records.get(sites[0].name)
     answers = entry.answers
