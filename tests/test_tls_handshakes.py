@@ -28,9 +28,14 @@ from dispatcher.edge import PublicEdge
 from dispatcher.server import Listener, ListenerLimits, Timeouts, bind, dispatch_core
 from dispatcher.snapshot import build_snapshot
 from dispatcher.tlsfiles import ReloadableTls, TlsFiles
+from tests.conftest import ADMIN_TOKEN, LoopbackSite
 from tests.test_app import FakeFarm
 from tests.test_http1 import closed, read_response
+from tests.test_metrics import samples
+from tests.test_serve_processes import Serve, two_sites, write_config
 from tests.tlsca import ScratchCa
+
+__all__ = ["two_sites"]  # (a fixture, used by name)
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
@@ -159,7 +164,7 @@ def test_silent_connections_are_shed_oldest_first_and_real_clients_served(
             assert running.call(lambda: edge.open_connections) == 8  # (httpx's is kept)
         assert running.call(lambda: edge.refused_total) == 0
         # curl's connection shed the oldest silent one; httpx's took that, or curl's place
-        shed = sum(closed(sock, 0.5) for sock in second)
+        shed = sum(closed(sock, 0.1) for sock in second)
         assert 1 <= shed == running.call(lambda: edge.shed_total) - 8
 
 
@@ -225,3 +230,63 @@ def test_the_admin_listener_bounds_its_handshakes_too(
             for sock in running.sockets:
                 sock.close()
             asyncio.run_coroutine_threadsafe(listener.stop(), loop).result(timeout=10)
+
+
+# --- through farm-dispatcher serve: the worker processes (uvloop), their reports ---------
+
+SILENT = 16
+LENIENT = "interval = 0.5, timeout = 2.0, rise = 1, fall = 3"  # (a loaded machine's probes)
+
+
+async def _worker_gauges(admin: int) -> tuple[float, float]:
+    """(connections open, shed so far), summed over the workers, from /metrics."""
+    headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+        text = (await client.get(f"http://127.0.0.1:{admin}/metrics", headers=headers)).text
+    found = samples(text)
+    return (
+        sum(v for (n, _), v in found.items() if n == "webfarm_worker_connections"),
+        sum(v for (n, _), v in found.items() if n == "webfarm_worker_shed_connections_total"),
+    )
+
+
+@pytest.mark.anyio
+async def test_serve_workers_shed_silent_connections_and_report_them(
+    tmp_path: Path, two_sites: dict[str, LoopbackSite], ca: ScratchCa, pem: tuple[Path, Path]
+) -> None:
+    extra = (
+        f'tls_certificate = "{pem[0]}"\ntls_key = "{pem[1]}"\n'
+        "max_connections = 4\nhead_timeout = 30.0\n"
+    )
+    config = await asyncio.to_thread(write_config, tmp_path, two_sites, extra, LENIENT)
+    serve = Serve(config)
+    held: list[socket.socket] = []
+    try:
+        await serve.ready()
+        url = f"https://127.0.0.1:{serve.public}/x"
+        deadline = time.monotonic() + 10
+        while await asyncio.to_thread(curl, ca, url) != "302":  # (the sites' first probes)
+            assert time.monotonic() < deadline, serve.output
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # (the workers' reports: curl's connections closed)
+        for _ in range(SILENT):  # (SO_REUSEPORT spreads them over the two workers)
+            held.append(socket.create_connection(("127.0.0.1", serve.public), timeout=3))
+        deadline = time.monotonic() + 10
+        while True:  # every one counted: open (at most 4 a worker) or shed
+            open_now, shed = await _worker_gauges(serve.admin)
+            if open_now + shed == SILENT or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert open_now + shed == SILENT
+        assert open_now <= 8
+        assert shed >= SILENT - 8
+        closed_now = [closed(sock, 0.1) for sock in held]
+        assert sum(closed_now) == shed
+        assert closed_now[:4] == [True] * 4  # (the oldest went first, whichever worker had them)
+        assert await asyncio.to_thread(curl, ca, url) == "302"
+        async with httpx.AsyncClient(verify=client_context(ca), trust_env=False) as client:
+            assert (await client.get(url)).status_code == 302
+    finally:
+        for sock in held:
+            sock.close()
+        serve.close()
