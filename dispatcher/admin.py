@@ -241,7 +241,7 @@ class AdminApi:
                 "sites": [self._site(s) for s in snapshot.sites.values()],
                 "late_probe_results": self.farm.prober.late_results,
                 "workers": workers,
-                "dns": self.farm.dns_totals(),
+                "dns": dict(self.farm.dns.totals().counts),
             }
         )
 

@@ -73,6 +73,8 @@ class WorkerView:
     """Connections answered 503 at the limit, by every worker this slot has had."""
     shed: int = 0
     """Idle connections closed to make room, by every worker this slot has had."""
+    dns_tcp: int = 0
+    """The DNS front's TCP connections open in the worker, as it last reported."""
 
 
 @dataclass(slots=True)
@@ -105,11 +107,12 @@ class _Slot:
             connections=edge.get("connections", 0) if self.ready else 0,
             refused=carried["refused"] + edge.get("refused", 0),
             shed=carried["shed"] + edge.get("shed", 0),
+            dns_tcp=edge.get("dns_tcp", 0) if self.ready else 0,
         )
 
     def retire(self) -> None:
         """The worker is gone: keep its totals for the slot, forget its gauges."""
-        self.carried.update({k: v for k, v in self.edge.items() if k != "connections"})
+        self.carried.update({k: v for k, v in self.edge.items() if k in ("refused", "shed")})
         self.edge = {}
 
 
@@ -379,8 +382,8 @@ class WorkerPool:
                     self.farm.add_redirects(report.redirects)
                 if report.edge is not None:
                     slot.edge = report.edge
-                if report.dns:
-                    self.farm.add_dns_counts(report.dns)
+                if report.dns is not None:
+                    self.farm.dns.add(report.dns)
 
     async def _next(self, reader: asyncio.StreamReader) -> Report | None:
         payload = await read_frame(reader, MAX_REPORT)

@@ -6,7 +6,7 @@ API (what the worker processes call)::
     edge = PublicEdge.for_settings(core, sock, settings)   # or PublicEdge(core, sock, ...)
     await edge.start()      # raises the soft RLIMIT_NOFILE to the hard one, starts serving
     edge.port               # the bound port
-    len(edge.connections)   # open connections
+    edge.open_connections   # open connections (TLS handshakes under way included)
     edge.configure(core, settings)  # a reload: the new core, limits, trusted proxies
     await edge.stop()       # stop accepting; idle ones close now, busy ones after their
                             # answer; whatever is left after graceful_timeout is aborted
@@ -24,6 +24,11 @@ At ``max_connections``, a new connection first makes room: the connections that 
 longest for a request head (idle keep-alive ones, and heads sent half-way) are dropped, a
 sixty-fourth of the limit at a time, the way nginx reuses its idle connections; only when
 every open connection is busy is the new one answered 503 at once and closed.
+
+With TLS, a connection counts from its accept: until its handshake is done it is a
+:class:`~dispatcher.tlsaccept.Handshake` (in ``handshakes``), waiting like an idle
+connection, shed first when it has waited longest, and closed with no answer when every
+open connection is busy (there is no TLS yet to answer 503 in).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import heapq
 import logging
 import resource
 import socket
+import ssl
 import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING
@@ -42,6 +48,7 @@ from dispatcher.clientaddr import TrustedProxies, front, trusted_proxies
 from dispatcher.http1 import LINGER, Decider, EdgeLimits, HttpConnection
 from dispatcher.opsconfig import listener_tls
 from dispatcher.proxied import ProxiedConnection, ProxyRefusals
+from dispatcher.tlsaccept import Handshake, TlsAccepter
 from dispatcher.tlsfiles import ReloadableTls
 
 if TYPE_CHECKING:
@@ -76,6 +83,9 @@ class PublicEdge:
         self.limits = limits or EdgeLimits()
         self.access_log = access_log
         self.connections: dict[HttpConnection, None] = {}
+        self.handshakes: dict[Handshake, None] = {}
+        """TLS connections accepted whose handshake is under way (they count against
+        ``max_connections`` too)."""
         self.stopping = False
         self.now = 0.0
         self.date = self.date_end = b""
@@ -130,6 +140,11 @@ class PublicEdge:
     def port(self) -> int:
         return int(self.socket.getsockname()[1])
 
+    @property
+    def open_connections(self) -> int:
+        """Connections open, TLS handshakes under way included."""
+        return len(self.connections) + len(self.handshakes)
+
     async def start(self) -> None:
         raise_nofile()
         loop = asyncio.get_running_loop()
@@ -139,14 +154,9 @@ class PublicEdge:
             self._server = await loop.create_server(
                 lambda: kind(self), sock=self.socket, backlog=4096
             )
-        else:  # the handshake counts against head_timeout
-            self._server = await loop.create_server(
-                lambda: kind(self),
-                sock=self.socket,
-                backlog=4096,
-                ssl=self.tls.context,
-                ssl_handshake_timeout=self.limits.head_timeout,
-            )
+        else:  # counted from the accept; the handshake bounded by head_timeout
+            self._server = TlsAccepter(self.socket, self, backlog=4096)
+            await self._server.start_serving()
         self._sweeper = asyncio.create_task(self._sweep(loop), name="public edge sweeper")
 
     async def stop(self) -> None:
@@ -154,6 +164,8 @@ class PublicEdge:
         self.stopping = True
         if self._server is not None:
             self._server.close()
+            if isinstance(self._server, TlsAccepter):  # (the handshakes under way end)
+                await self._server.wait_closed()
         for conn in list(self.connections):
             conn.shutdown()
         deadline = time.monotonic() + self.limits.graceful_timeout
@@ -169,23 +181,52 @@ class PublicEdge:
 
     def make_room(self) -> bool:
         """Drop the connections that have waited longest for a head; False if none waits."""
-        waiting = [c for c in self.connections if c.waiting()]
-        if not waiting or len(self.connections) - len(waiting) >= self.limits.max_connections:
+        waiting: list[HttpConnection | Handshake] = [c for c in self.connections if c.waiting()]
+        waiting += self.handshakes  # (a handshake waits for its client)
+        limit = self.limits.max_connections
+        if not waiting or self.open_connections - len(waiting) >= limit:
             self._refused += 1
             self.refused_total += 1
             if self.now >= self._refused_logged + REFUSED_LOG_INTERVAL:  # one line, a count
                 log.warning(
-                    "public edge: %d connections open and busy: %d new ones answered 503",
-                    len(self.connections),
+                    "public edge: %d connections open and busy: %d new ones refused",
+                    self.open_connections,
                     self._refused,
                 )
                 self._refused, self._refused_logged = 0, self.now
             return False
-        count = max(1, self.limits.max_connections // 64)
-        for conn in heapq.nsmallest(count, waiting, key=lambda c: c.since):
+        for conn in heapq.nsmallest(max(1, limit // 64), waiting, key=lambda c: c.since):
             self.shed_total += 1
-            conn.abort()  # (leaves the connections at once)
-        return len(self.connections) < self.limits.max_connections
+            conn.abort()  # (leaves the connections, or the handshakes, at once)
+        return self.open_connections < limit
+
+    # --- TLS: the host of the handshakes (dispatcher.tlsaccept) ----------------------------
+
+    @property
+    def tls_context(self) -> ssl.SSLContext:
+        assert self.tls is not None  # (handshakes only on a TLS listener)
+        return self.tls.context
+
+    @property
+    def handshake_timeout(self) -> float:
+        return self.limits.head_timeout
+
+    def admit(self, handshake: Handshake) -> bool:
+        """Count a TLS connection from its accept, as a new plain one is counted (making
+        room at the limit); False: stopping, or every open connection busy."""
+        if self.stopping or (
+            self.open_connections >= self.limits.max_connections and not self.make_room()
+        ):
+            return False
+        self.handshakes[handshake] = None
+        return True
+
+    def release(self, handshake: Handshake) -> None:
+        self.handshakes.pop(handshake, None)
+
+    def protocol(self) -> HttpConnection:
+        """The connection a finished handshake hands its TLS transport to."""
+        return ProxiedConnection(self) if self.proxy_protocol else HttpConnection(self)
 
     def _clock(self, loop: asyncio.AbstractEventLoop) -> None:
         """The cached clock the connections read (``now``) and the ``Date`` header."""
@@ -206,6 +247,9 @@ class PublicEdge:
             late = [c for c in self.connections if c.since <= cut and c.late(now)]
             for conn in late:
                 conn.expire()
+            cut = now - self.limits.head_timeout
+            for handshake in [h for h in self.handshakes if h.since <= cut]:
+                handshake.abort()  # (start_tls's own bound too, but at the same clock)
 
 
 def _tls(settings: DispatcherSettings) -> ReloadableTls | None:

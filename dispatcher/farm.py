@@ -25,6 +25,7 @@ from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Load
 from dispatcher.backends.store import LoadReport, SiteStore, StoredRules
 from dispatcher.config import Config, check_not_self
+from dispatcher.dns.tally import DnsTotals
 from dispatcher.dns.ttl import ChangeTracker
 from dispatcher.errors import InvalidValue, StoreError, StoreUnavailable
 from dispatcher.placement.pool import Where
@@ -95,9 +96,9 @@ class Farm:
         self._installing = False
         self._last: Snapshot | None = None
         self.locator = locator_for(config)
-        self.dns_counts: defaultdict[str, int] = defaultdict(int)
+        self.dns = DnsTotals()
+        """The DNS front's counters, the workers' reports added up (and this process's)."""
         self.dns_changes = ChangeTracker()  # (explain's; shipped to the workers' own)
-        self.dns_local: Callable[[], Mapping[str, int]] | None = None
         self.snapshot = self._build()
 
     # --- life cycle ---
@@ -402,20 +403,6 @@ class Farm:
         """When each pool last changed, as this process saw it (see
         :class:`~dispatcher.dns.service.DnsSource`)."""
         return self.dns_changes.history()
-
-    def add_dns_counts(self, counts: Mapping[str, int]) -> None:
-        """Add a worker's DNS counters to the totals."""
-        for name, count in counts.items():
-            self.dns_counts[name] += count
-
-    def dns_totals(self) -> dict[str, int]:
-        """The DNS front's counters since start: the workers' reports, plus this process's
-        own front's when it runs one (``dns_local``)."""
-        totals = dict(self.dns_counts)
-        if self.dns_local is not None:
-            for name, count in self.dns_local().items():
-                totals[name] = totals.get(name, 0) + count
-        return totals
 
     # --- internals ---
 

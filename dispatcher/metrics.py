@@ -11,7 +11,7 @@ listener uses it too (:mod:`farmnode.metrics`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from dispatcher.access import AdminToken, authenticate, bearer, decide
 from dispatcher.app import Receive, Scope, Send
+from dispatcher.dns.tally import TCP_CLOSINGS, query_labels
 from dispatcher.vitals import send_json
 
 if TYPE_CHECKING:
@@ -34,6 +35,12 @@ CONTENT_TYPE: Final = b"text/plain; version=0.0.4; charset=utf-8"
 #: ``webfarm_site_status``'s states, one-hot; ``drained`` wins over the health state.
 SITE_STATES: Final = ("up", "down", "unknown", "drained")
 SITE: Final = ("site", "pool")
+#: ``webfarm_dns_unanswered_total``'s causes and the DNS counters they are.
+UNANSWERED: Final = {
+    "not_a_query": "silent",
+    "udp_backlog": "udp_backlog",
+    "udp_send_failed": "udp_send_failed",
+}
 
 
 def exposition(*collectors: Collector) -> Callable[[], bytes]:
@@ -68,6 +75,8 @@ class WorkerCounts(Protocol):
     def refused(self) -> int: ...
     @property
     def shed(self) -> int: ...
+    @property
+    def dns_tcp(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,7 @@ class WorkerSample:
     connections: int
     refused: int
     shed: int
+    dns_tcp: int = 0
 
 
 class DispatcherCollector(Collector):
@@ -94,6 +104,8 @@ class DispatcherCollector(Collector):
         yield from self._sites()
         yield from self._workers()
         yield from self._farm()
+        if self.farm.config.dns is not None:
+            yield from self._dns()
 
     def _sites(self) -> Iterator[Metric]:
         farm, prober = self.farm, self.farm.prober
@@ -145,10 +157,9 @@ class DispatcherCollector(Collector):
         up = gauge("worker_up", "1 if the worker serves.", labels)
         restarts = counter("worker_restarts", "Times the worker was replaced.", labels)
         conns = gauge("worker_connections", "Public connections open.", labels)
-        refused = counter(
-            "worker_limit_hits", "Connections answered 503 at max_connections.", labels
-        )
+        refused = counter("worker_limit_hits", "Connections refused at max_connections.", labels)
         shed = counter("worker_shed_connections", "Idle connections closed for room.", labels)
+        dns_tcp = gauge("worker_dns_tcp_connections", "DNS TCP connections open.", labels)
         for worker in self.workers():
             index = [str(worker.index)]
             up.add_metric(index, float(worker.ready))
@@ -156,7 +167,34 @@ class DispatcherCollector(Collector):
             conns.add_metric(index, worker.connections)
             refused.add_metric(index, worker.refused)
             shed.add_metric(index, worker.shed)
+            dns_tcp.add_metric(index, worker.dns_tcp)
         yield from (up, restarts, conns, refused, shed)
+        if self.farm.config.dns is not None:
+            yield dns_tcp
+
+    def _dns(self) -> Iterator[Metric]:
+        """The DNS front's counters, summed over the workers (:mod:`dispatcher.dns.tally`)."""
+        totals = self.farm.dns.totals()
+        counts = totals.counts
+        requests = counter("dns_requests", "DNS messages received.", ["transport"])
+        for transport in ("udp", "tcp"):
+            requests.add_metric([transport], counts.get(transport, 0))
+        queries = counter(
+            "dns_queries", "Queries answered, by question type and rcode.", ["qtype", "rcode"]
+        )
+        for key, count in sorted(totals.queries.items()):
+            queries.add_metric(list(query_labels(key)), count)
+        answers = counter("dns_answers", "Address answers that placed the site first.", SITE)
+        for name, site in self.farm.snapshot.sites.items():
+            answers.add_metric([name, site.spec.pool], totals.answers.get(name, 0))
+        fallbacks = counter(
+            "dns_fallback_answers", "Answers from all_down: no site placed.", ["pool", "how"]
+        )
+        for key, count in sorted(totals.fallbacks.items()):
+            pool, _, how = key.rpartition("/")
+            fallbacks.add_metric([pool, how], count)
+        yield from (requests, queries, answers, fallbacks)
+        yield from _dns_counts(counts)
 
     def _farm(self) -> Iterator[Metric]:
         farm = self.farm
@@ -178,6 +216,24 @@ class DispatcherCollector(Collector):
                 metric = gauge(name, doc)
                 metric.add_metric([], max(0.0, now - at))
                 yield metric
+
+
+def _dns_counts(counts: Mapping[str, int]) -> Iterator[Metric]:
+    """The DNS front's flat counters (:class:`~dispatcher.dns.service.DnsService`)."""
+    rrl = counter("dns_rrl_responses", "Responses rate limiting dropped or slipped.", ["action"])
+    for action in ("dropped", "slipped"):
+        rrl.add_metric([action], counts.get(f"rrl_{action}", 0))
+    truncated = counter("dns_truncated_answers", "Answers sent truncated (TC set).")
+    truncated.add_metric([], counts.get("truncated", 0))
+    unanswered = counter("dns_unanswered", "Messages not answered.", ["cause"])
+    for cause, key in UNANSWERED.items():
+        unanswered.add_metric([cause], counts.get(key, 0))
+    tcp = counter("dns_tcp_connections", "DNS TCP connections accepted.")
+    tcp.add_metric([], counts.get("tcp_connections", 0))
+    closed = counter("dns_tcp_closed", "DNS TCP connections closed by the server.", ["cause"])
+    for key, cause in TCP_CLOSINGS.items():
+        closed.add_metric([cause], counts.get(key, 0))
+    yield from (rrl, truncated, unanswered, tcp, closed)
 
 
 # --- serving ---------------------------------------------------------------------------

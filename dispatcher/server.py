@@ -105,7 +105,8 @@ class ListenerLimits:
     the control process, beside the probes). A head beyond ``max_head`` bytes is answered
     400 and closed (h11's incomplete-event limit); beyond ``max_connections`` at once a new
     request is answered 503. On a TLS listener, a handshake not done within
-    ``handshake_timeout`` seconds is dropped (uvicorn sets no bound of its own)."""
+    ``handshake_timeout`` seconds is dropped (uvicorn sets no bound of its own), and at most
+    ``max_connections`` handshakes are under way (the oldest shed for a new one)."""
 
     max_head: int = 16 * 1024
     max_connections: int = 256
@@ -131,6 +132,7 @@ class Listener:
         self.address = address
         self.tls = tls
         self.handshake_timeout = (limits or ListenerLimits()).handshake_timeout
+        self.max_handshakes = (limits or ListenerLimits()).max_connections
         self.socket = sock if sock is not None else bind(address)
         bounded: dict[str, Any] = {}
         if limits is not None:  # h11 bounds a request head, httptools does not
@@ -162,7 +164,12 @@ class Listener:
 
     async def start(self) -> None:
         await start_uvicorn(
-            self._server, self.socket, self.tls, self.handshake_timeout, LISTEN_BACKLOG
+            self._server,
+            self.socket,
+            self.tls,
+            self.handshake_timeout,
+            LISTEN_BACKLOG,
+            self.max_handshakes,
         )
 
     async def stop(self) -> None:
@@ -315,7 +322,7 @@ class Runner:
         pairs = [bind_pair(address, reuseport=False) for address in self.config.dns.listen]
         service = DnsService(self.farm)
         self.dns = DnsFront(service, pairs)
-        self.farm.dns_local = lambda: service.counts
+        self.farm.dns.local = service.report
         await self.dns.start()
 
     def _start_refresher(self) -> None:
@@ -454,9 +461,16 @@ class Runner:
         edge = self.public
         if edge is None:
             return []
+        dns_tcp = len(self.dns.connections) if self.dns is not None else 0
         return [
             WorkerSample(
-                0, not edge.stopping, 0, len(edge.connections), edge.refused_total, edge.shed_total
+                0,
+                not edge.stopping,
+                0,
+                edge.open_connections,
+                edge.refused_total,
+                edge.shed_total,
+                dns_tcp,
             )
         ]
 

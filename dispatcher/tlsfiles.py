@@ -7,8 +7,8 @@ large, does not parse, or the key does not match the certificate. :class:`Reload
 keeps one context for a listener's life: :meth:`ReloadableTls.reload` loads the new chain
 into the SAME context (new handshakes use it; established connections keep theirs), and a
 bad new chain is logged at ERROR with the old one kept. :func:`start_uvicorn` serves a
-uvicorn server on a socket with a bounded handshake (the dispatcher's admin listener and
-farmnode's status listener).
+uvicorn server on a socket with bounded handshakes, in time and in number (the dispatcher's
+admin listener and farmnode's status listener).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dispatcher.errors import InvalidValue
+from dispatcher.tlsaccept import HandshakeGate, TlsAccepter
 
 if TYPE_CHECKING:
     import uvicorn
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("webfarm.tls")
 
 MAX_PEM_BYTES = 1 << 20
+#: TLS handshakes under way at once on a uvicorn listener (the oldest is shed for a new one).
+MAX_HANDSHAKES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,13 +166,16 @@ async def start_uvicorn(
     tls: ReloadableTls | None,
     handshake_timeout: float,
     backlog: int = 2048,
+    max_handshakes: int = MAX_HANDSHAKES,
 ) -> None:
-    """Start ``server`` (its lifespan set) on ``sock``: plain, or with ``tls``'s context and a
-    handshake not done within ``handshake_timeout`` seconds dropped.
+    """Start ``server`` (its lifespan set) on ``sock``: plain, or with ``tls``'s context, a
+    handshake not done within ``handshake_timeout`` seconds dropped, and at most
+    ``max_handshakes`` under way (the oldest shed for a new one).
 
     uvicorn's own ``create_server`` passes no ``ssl_handshake_timeout`` (a client that never
-    finishes its handshake would hold a connection for a minute): it starts with no socket,
-    and the server is made here as uvicorn makes its own, with the bound.
+    finishes its handshake would hold a connection for a minute) and counts a connection
+    only once its handshake is done: it starts with no socket, and the listener is a
+    :class:`~dispatcher.tlsaccept.TlsAccepter` that counts handshakes from the accept.
     """
     if tls is None:
         await server.startup(sockets=[sock])
@@ -184,13 +190,7 @@ async def start_uvicorn(
             app_state=server.lifespan.state,
         )
 
-    loop = asyncio.get_running_loop()
-    server.servers.append(
-        await loop.create_server(
-            protocol,
-            sock=sock,
-            ssl=tls.context,
-            ssl_handshake_timeout=handshake_timeout,
-            backlog=backlog,
-        )
-    )
+    gate = HandshakeGate(tls.context, handshake_timeout, max_handshakes, protocol)
+    accepter = TlsAccepter(sock, gate, backlog)
+    await accepter.start_serving()
+    server.servers.append(accepter)  # type: ignore[arg-type]  # (uvicorn calls close, wait_closed)

@@ -28,6 +28,7 @@ from dispatcher.backends.health import Health, State
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Load
 from dispatcher.config import Config
+from dispatcher.dns.tally import QTYPE_NAMES, RCODE_NAMES, DnsReport
 from dispatcher.placement.rtt import RttView
 
 HEADER = struct.Struct(">I")
@@ -35,10 +36,14 @@ HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 #: The largest frame a worker may send (acks and counters are small).
 MAX_REPORT = 1024 * 1024
-#: What a worker's ``counts`` report says of its public edge (a missing one counts 0).
-EDGE_COUNTS = ("connections", "refused", "shed")
+#: What a worker's ``counts`` report says of its public edge and its DNS front's TCP
+#: connections open (a missing one counts 0).
+EDGE_COUNTS = ("connections", "refused", "shed", "dns_tcp")
 #: The most DNS counters a report may carry (there are about twenty kinds).
 MAX_DNS_COUNTERS = 64
+#: The most DNS (qtype, rcode) pairs and (pool, how) pairs a report may carry.
+MAX_DNS_QUERY_KINDS = (len(QTYPE_NAMES) + 1) * (len(RCODE_NAMES) + 1)
+MAX_DNS_FALLBACKS = 4096
 
 
 class WireError(Exception):
@@ -148,8 +153,9 @@ def decode_state(payload: bytes) -> Setup | WorkerState:
 @dataclass(frozen=True, slots=True)
 class Report:
     """A worker -> control message, checked: ``kind`` is ready, ack or counts (``dns``:
-    the DNS front's counters since the last report, see
-    :class:`~dispatcher.dns.service.DnsService`)."""
+    the DNS front's counters since the last report, see :mod:`dispatcher.dns.tally`; on
+    the wire ``dns`` holds the flat counts, ``dns_queries``, ``dns_answers`` and
+    ``dns_fallbacks`` the rest)."""
 
     kind: str
     generation: int = 0
@@ -158,7 +164,17 @@ class Report:
     edge: Mapping[str, int] | None = None
     """With ``counts``: the worker's public edge now (``connections``) and its totals since
     it started (``refused``, ``shed``), see :data:`EDGE_COUNTS`."""
-    dns: Mapping[str, int] | None = None
+    dns: DnsReport | None = None
+
+
+def encode_dns(report: DnsReport) -> dict[str, object]:
+    """A :class:`DnsReport`'s fields in a worker's ``counts`` report."""
+    return {
+        "dns": dict(report.counts),
+        "dns_queries": dict(report.queries),
+        "dns_answers": dict(report.answers),
+        "dns_fallbacks": dict(report.fallbacks),
+    }
 
 
 def decode_report(payload: bytes) -> Report:
@@ -179,16 +195,26 @@ def decode_report(payload: bytes) -> Report:
         edge = data.get("edge")
         if edge is not None and not isinstance(edge, dict):
             raise WireError("counts with an edge that is not an object")
-        dns = data.get("dns", {})
-        if not isinstance(dns, dict) or len(dns) > MAX_DNS_COUNTERS:
-            raise WireError(f"counts with a dns object of at most {MAX_DNS_COUNTERS} counters")
         return Report(
             kind,
             redirects={str(k): _count(redirects, k) for k in redirects},
             edge=None if edge is None else {k: _count(edge, k) for k in EDGE_COUNTS},
-            dns={str(k)[:64]: _count(dns, k) for k in dns},
+            dns=DnsReport(
+                _counts(data, "dns", MAX_DNS_COUNTERS),
+                _counts(data, "dns_queries", MAX_DNS_QUERY_KINDS),
+                _counts(data, "dns_answers", None),  # (sites, as redirects)
+                _counts(data, "dns_fallbacks", MAX_DNS_FALLBACKS),
+            ),
         )
     raise WireError(f"an unknown report type {kind!r}")
+
+
+def _counts(data: Mapping[str, Any], key: str, most: int | None) -> dict[str, int]:
+    """An object of whole numbers (``{}`` when missing), at most ``most`` of them."""
+    counts = data.get(key, {})
+    if not isinstance(counts, dict) or (most is not None and len(counts) > most):
+        raise WireError(f"counts with a {key} object of at most {most} counters")
+    return {str(k)[:128]: _count(counts, k) for k in counts}
 
 
 def _count(data: Mapping[str, Any], key: str) -> int:

@@ -58,6 +58,7 @@ from dispatcher.wire import (
     WireError,
     WorkerState,
     decode_state,
+    encode_dns,
     encode_report,
     health_of,
     read_frame,
@@ -273,11 +274,13 @@ class Worker:
         edge = self.edge
         if edge is not None:  # totals since this worker started (the control adds them up)
             report["edge"] = {
-                "connections": len(edge.connections),
+                "connections": edge.open_connections,
                 "refused": edge.refused_total,
                 "shed": edge.shed_total,
+                "dns_tcp": len(self.dns.connections) if self.dns is not None else 0,
             }
-        report["dns"] = self.dns.service.take_counts() if self.dns is not None else {}
+        if self.dns is not None:  # (since the last report)
+            report.update(encode_dns(self.dns.service.take_report()))
         self._report(report)
 
     def _report(self, message: dict[str, object]) -> None:

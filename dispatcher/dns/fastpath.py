@@ -189,6 +189,7 @@ def compiled_answer(compiled: Compiled, data: bytes, now: float) -> bytes:
     site = pick_plain(compiled.pool, b"")
     assert site is not None  # (compiled only while the pool has candidates)
     name = site.name
+    compiled.entry.placed[name] += 1  # (metrics: the site placed first)
     if now < compiled.until:
         tail = compiled.short.get(name) or compiled.render(name, True)
     else:
@@ -209,6 +210,7 @@ def _resolve(
     sites = placement.sites
     if not sites:
         return fallback(entry, family, placement)
+    entry.placed[sites[0].name] += 1  # (metrics: the site placed first)
     index = family + (now < entry.short_until)
     found = entry.records.get(sites[0].name)
     answers = entry.answers

@@ -99,6 +99,7 @@ def resolve(
     sites = placement.sites
     if not sites:
         return fallback(entry, family, placement)
+    entry.placed[sites[0].name] += 1  # (metrics: the site placed first)
     index = family + short
     answers = entry.answers
     records: list[bytes] = []
@@ -118,8 +119,10 @@ def fallback(entry: Entry, family: int, placement: Placement) -> Resolved:
     """What ``entry`` answers when placement has no site: its ``all_down``."""
     records = entry.fallback
     if records is None:
+        entry.fallbacks[entry.pool, NO_SITE] += 1  # (metrics)
         return Resolved([], SERVFAIL, 0, NO_SITE, placement)
     how = FAILSAFE if entry.config.all_down == "failsafe" else FAIL_OPEN
+    entry.fallbacks[entry.pool, how] += 1  # (metrics)
     return Resolved(list(records[family]), NOERROR, 0, how, placement)
 
 

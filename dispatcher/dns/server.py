@@ -107,6 +107,7 @@ class _Tcp(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # (uvloop's is not one)
         self.peer = client_host(transport.get_extra_info("peername"))
+        self.front.service.counts["tcp_connections"] += 1  # (metrics)
         settings = self.front.settings()
         transport.set_write_buffer_limits(high=settings.tcp_write_buffer)
         self.front.admit(self, settings.tcp_max_connections)

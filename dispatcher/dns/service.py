@@ -21,14 +21,12 @@ from dispatcher.dns.fastpath import compiled_answer, fast_answer
 from dispatcher.dns.message import NOERROR, NXDOMAIN, SERVFAIL, Query, decode
 from dispatcher.dns.rrl import DROP, SEND, RateLimiter
 from dispatcher.dns.table import DnsTable, build_table
+from dispatcher.dns.tally import AnswerTally, DnsReport, answer_matrix, labelled, slot_of
 from dispatcher.dns.ttl import ChangeTracker
 from dispatcher.snapshot import Snapshot
 from dispatcher.throttle import Throttle
 
 log = logging.getLogger("webfarm.dns")
-
-RCODE_NAMES = {0: "noerror", 1: "formerr", 2: "servfail", 3: "nxdomain", 4: "notimp"}
-RCODE_NAMES |= {5: "refused", 16: "badvers"}
 
 
 class DnsSource(Protocol):
@@ -47,17 +45,20 @@ class DnsSource(Protocol):
 
 
 class DnsService:
-    """One process's DNS answers. ``counts`` holds what happened since :meth:`take_counts`:
-    ``udp`` and ``tcp`` queries, ``silent`` (not answered: not a query), one count per rcode
-    answered, ``truncated`` (answers that did not fit), ``rrl_dropped``, ``rrl_slipped``;
-    the UDP readers add ``udp_backlog``, ``udp_send_failed`` and ``udp_oversized``
-    (:mod:`dispatcher.dns.udp`)."""
+    """One process's DNS answers. ``counts`` holds what happened since :meth:`take_report`:
+    ``udp`` and ``tcp`` queries, ``silent`` (not answered: not a query), ``truncated``
+    (answers that did not fit), ``rrl_dropped``, ``rrl_slipped``; the UDP readers add
+    ``udp_backlog``, ``udp_send_failed`` and ``udp_oversized`` (:mod:`dispatcher.dns.udp`).
+    ``answered`` holds the answers sent by rcode and qtype, and ``tally`` the address
+    answers by site (:mod:`dispatcher.dns.tally`; :meth:`take_report` takes them all)."""
 
     def __init__(self, source: DnsSource, clock: Callable[[], float] = time.monotonic) -> None:
         self.source = source
         self.clock = clock
         self.tracker = ChangeTracker()
         self.counts: defaultdict[str, int] = defaultdict(int)
+        self.answered = answer_matrix()
+        self.tally = AnswerTally()
         self._snapshot: Snapshot | None = None
         self._table: DnsTable | None = None
         self._limiter: RateLimiter | None = None
@@ -83,7 +84,7 @@ class DnsService:
             return
         self.tracker.adopt(self.source.dns_history)  # (a worker's: the control's changes)
         self.tracker.observe(snapshot, self.clock())
-        self._table = build_table(config, snapshot, self.tracker)
+        self._table = build_table(config, snapshot, self.tracker, self.tally)
         key = (
             config.rrl_rate,
             config.rrl_slip,
@@ -125,7 +126,7 @@ class DnsService:
         compiled_for = table.compiled.get
         limiter = self._limiter
         answers: list[bytes | None] = []
-        answered = 0  # (compiled answers: NOERROR)
+        answered = self.answered[NOERROR]  # (compiled answers: NOERROR, by qtype)
         for data, address in zip(datagrams, addresses, strict=True):
             compiled = compiled_for(data[2:])
             if compiled is None:
@@ -143,10 +144,8 @@ class DnsService:
                 if verdict != SEND:
                     answers.append(self._limited(table, data, verdict))
                     continue
-            answered += 1
+            answered[compiled.key[-1]] += 1  # (the type's low byte ends the key: A, AAAA)
             answers.append(response)
-        if answered:
-            counts["noerror"] += answered
         return answers
 
     def _answer_udp(self, table: DnsTable, data: bytes, address: str, now: float) -> bytes | None:
@@ -156,13 +155,13 @@ class DnsService:
         if answered is None:
             counts["silent"] += 1
             return None
-        response, key, rcode = answered
+        response, key, rcode, qtype = answered
         limiter = self._limiter
         if limiter is not None:
             verdict = limiter.decide(address, key, now)
             if verdict != SEND:
                 return self._limited(table, data, verdict)
-        counts[RCODE_NAMES.get(rcode, "other")] += 1
+        self.answered[rcode][qtype] += 1
         return response
 
     def _limited(self, table: DnsTable, data: bytes, verdict: int) -> bytes | None:
@@ -186,20 +185,21 @@ class DnsService:
         if answered is None:
             self.counts["silent"] += 1
             return None
-        self.counts[RCODE_NAMES.get(answered[2], "other")] += 1
+        self.answered[answered[2]][answered[3]] += 1
         return answered[0]
 
     def _answer(
         self, table: DnsTable, data: bytes, address: str, now: float, *, tcp: bool
-    ) -> tuple[bytes, object, int] | None:
-        """(answer, rate-limiting key, rcode): the fast path's, else the general path's;
-        None for silence."""
+    ) -> tuple[bytes, object, int, int] | None:
+        """(answer, rate-limiting key, rcode, qtype's counter slot): the fast path's, else
+        the general path's; None for silence."""
         query: Query | None = None
         key: object
         try:
             fast = fast_answer(table, data, address, now, tcp)
             if fast is not None:
                 response, key, rcode = fast
+                qtype = key[-1]  # (A or AAAA: the low byte of the type the key ends with)
             else:
                 query = decode(data)
                 if query is None:
@@ -207,12 +207,16 @@ class DnsService:
                 limit = TCP_LIMIT if tcp else limit_for(query, table.config.max_udp_payload)
                 response, rcode = respond(table, query, address, now, limit)
                 key = _rrl_key(table, query, rcode)
+                qtype = slot_of(query.qtype)
         except Exception:  # noqa: BLE001 - a bug must cost one answer (_failed logs it)
             failed = self._failed(table, data, query)
-            return None if failed is None else (failed, -SERVFAIL, NOERROR)
+            if failed is None:
+                return None
+            asked = query or decode(data)
+            return failed, -SERVFAIL, NOERROR, 0 if asked is None else slot_of(asked.qtype)
         if response[2] & 0x02:  # TC
             self.counts["truncated"] += 1
-        return response, key, rcode
+        return response, key, rcode, qtype
 
     def _failed(self, table: DnsTable, data: bytes, query: Query | None = None) -> bytes | None:
         """The answer when answering raised (a bug): TC, so the client asks over TCP."""
@@ -223,10 +227,17 @@ class DnsService:
             return None
         return truncated(query, table.config.max_udp_payload)
 
-    def take_counts(self) -> dict[str, int]:
-        """The counts since the last call (and start again from zero)."""
-        counts, self.counts = self.counts, defaultdict(int)
-        return dict(counts)
+    def report(self) -> DnsReport:
+        """Everything counted since the last :meth:`take_report`, labelled."""
+        return labelled(self.counts, self.answered, self.tally)
+
+    def take_report(self) -> DnsReport:
+        """:meth:`report`, and start again from zero."""
+        report = self.report()
+        self.counts, self.answered = defaultdict(int), answer_matrix()
+        self.tally.placed.clear()  # (the table's entries hold these two)
+        self.tally.fallbacks.clear()
+        return report
 
 
 def _rrl_key(table: DnsTable, query: Query, rcode: int) -> object:

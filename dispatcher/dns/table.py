@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from dispatcher.dns.config import DnsConfig, DnsName
 from dispatcher.dns.message import AAAA, IN, SOA, A, Ecs
 from dispatcher.dns.names import ROOT, is_within, parents
+from dispatcher.dns.tally import AnswerTally
 from dispatcher.dns.ttl import ChangeTracker, short_until
 from dispatcher.placement.pool import PoolView
 from dispatcher.snapshot import Snapshot
@@ -84,15 +85,19 @@ class Entry:
     ``pool_view`` is the snapshot's pool when its placement reads nothing of the client
     (:attr:`~dispatcher.placement.pool.PoolView.plain`), it has candidates and the name is
     answered with one address (the fast path then compiles its queries), else ``None``.
+    ``placed`` and ``fallbacks`` are the :class:`~dispatcher.dns.tally.AnswerTally`'s
+    counters (shared by the entries of every table one service builds).
     """
 
     __slots__ = (
         "answers",
         "config",
         "fallback",
+        "fallbacks",
         "fixed",
         "locates",
         "name",
+        "placed",
         "pool",
         "pool_view",
         "records",
@@ -101,7 +106,10 @@ class Entry:
         "zone",
     )
 
-    def __init__(self, config: DnsName, zone: Zone) -> None:
+    def __init__(self, config: DnsName, zone: Zone, tally: AnswerTally | None = None) -> None:
+        tally = tally or AnswerTally()
+        self.placed = tally.placed
+        self.fallbacks = tally.fallbacks
         self.config = config
         self.name = config.name
         self.zone = zone
@@ -167,9 +175,14 @@ class DnsTable:
 
 
 def build_table(
-    config: DnsConfig, snapshot: Snapshot, tracker: ChangeTracker | None = None
+    config: DnsConfig,
+    snapshot: Snapshot,
+    tracker: ChangeTracker | None = None,
+    tally: AnswerTally | None = None,
 ) -> DnsTable:
-    """Precompute every record ``config`` can answer with, against ``snapshot``."""
+    """Precompute every record ``config`` can answer with, against ``snapshot``; the answers
+    made from it are counted in ``tally`` (a new one if not given)."""
+    tally = tally or AnswerTally()
     tracker = tracker or ChangeTracker()
     serial = config.soa.serial
     if serial is None:
@@ -179,7 +192,7 @@ def build_table(
     existing: set[bytes] = set(zones)
     for record in config.names:
         zone = next(z for apex, z in zones.items() if is_within(record.name, apex))
-        names[record.name] = _entry(record, zone, snapshot, tracker)
+        names[record.name] = _entry(record, zone, snapshot, tracker, tally)
         existing.update(p for p in parents(record.name) if is_within(p, zone.apex))
     return DnsTable(config, snapshot, zones, names, frozenset(existing))
 
@@ -199,8 +212,10 @@ def _zone(config: DnsConfig, apex: bytes, serial: int) -> Zone:
     )
 
 
-def _entry(record: DnsName, zone: Zone, snapshot: Snapshot, tracker: ChangeTracker) -> Entry:
-    entry = Entry(record, zone)
+def _entry(
+    record: DnsName, zone: Zone, snapshot: Snapshot, tracker: ChangeTracker, tally: AnswerTally
+) -> Entry:
+    entry = Entry(record, zone, tally)
     ttl = record.ttl
     if record.pool is None:
         entry.fixed = site_records(record.addresses, ttl.high, ttl.low)
