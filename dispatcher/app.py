@@ -119,9 +119,10 @@ class DispatchCore:
         pool = snapshot.default_pool
         if pool.plain and snapshot.rules is None and self.affinity is None:
             site = pick_plain(pool, host)
-            if site is not None:  # (else the pool's fallback, as _answer gives it)
-                self.farm.redirects[site.name] += 1
-                return pool.status, site.redirect_head + url + b"\r\n", b""
+            if site is None:
+                return self._fallback(pool, scope)
+            self.farm.redirects[site.name] += 1
+            return pool.status, site.redirect_head + url + b"\r\n", b""
         return self._answer(scope, url, host)
 
     def route(self, scope: Scope, here: str) -> Answer | Passed:
