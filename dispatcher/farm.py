@@ -157,6 +157,7 @@ class Farm:
         """Pick up changes other replicas made; return a short status for the log."""
         async with self._refreshing:
             revision = await self._io(self.store.revision)
+            read_at = time.monotonic()
             loads = await self._io(self.store.loads)
             new_rtt = await self._refresh_rtt()
             changed = revision != self._revision
@@ -165,7 +166,7 @@ class Farm:
                 stored = await self._io(self.store.get_rules)
                 self._rules = self._compile_stored(stored)
                 await self._install(revision, sites)
-            new_loads = self._merge_loads(loads)
+            new_loads = self._merge_loads(loads, read_at)
             if (new_loads or new_rtt) and not changed:
                 self._changed()
             self.refreshed_at = time.monotonic()
@@ -422,8 +423,12 @@ class Farm:
                 asyncio.get_running_loop().call_soon(self._apply_health)
         self._changed()
 
-    def _merge_loads(self, loads: Mapping[str, LoadReport]) -> int:
-        """Adopt reports newer than what we hold; return how many were new."""
+    def _merge_loads(self, loads: Mapping[str, LoadReport], read_at: float) -> int:
+        """Adopt reports newer than what we hold; return how many were new.
+
+        ``loads`` were read from the store starting at ``read_at`` (monotonic): a site they
+        lack is forgotten, unless its report reached this process after that (the read
+        could not see it yet)."""
         now_wall, now = dt.datetime.now(dt.UTC), time.monotonic()
         fresh = 0
         for name, report in loads.items():
@@ -434,7 +439,8 @@ class Farm:
             self._loads[name] = Load(report, now - age)
             fresh += 1
         for name in set(self._loads) - set(loads):
-            del self._loads[name]
+            if self._loads[name].received < read_at:
+                del self._loads[name]
         return fresh
 
     def _on_health(self, key: str, health: Health, changed: bool) -> None:

@@ -193,6 +193,19 @@ async def test_least_load_follows_load_reports(start_farm: Start) -> None:
     assert 0 <= status["load"]["age"] < 5
 
 
+async def test_a_refresh_that_read_before_a_report_does_not_forget_it(start_farm: Start) -> None:
+    """The refresher's read of the stored loads may start before an admin report and end
+    after it (a slow database): what it lacks is then newer than the read, and stays."""
+    farm = await start_farm({"eu": 1, "us": 1}, pool='policy = "least-load"')
+    state = farm.runner.farm
+    began = time.monotonic()
+    await farm.admin.put("/api/v1/sites/us/load", json={"load": 0.1})
+    state._merge_loads({}, began)  # what a read begun before the report returns
+    assert "us" in state._loads
+    state._merge_loads({}, time.monotonic())  # a read after it that lacks it: gone
+    assert "us" not in state._loads
+
+
 async def test_stale_load_reports_are_ignored(start_farm: Start) -> None:
     farm = await start_farm(
         {"eu": 1, "us": 1}, pool='policy = "least-load"', extra="load_max_age = 0.3"
