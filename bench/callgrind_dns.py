@@ -28,12 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import tomllib
 from pathlib import Path
@@ -42,6 +38,7 @@ import dns.edns
 import dns.message
 import dns.rcode
 
+from bench.callgrind_edge import callgrind_total
 from bench.dns import ADDRESSES, ZONE, webfarm_config
 from dispatcher.backends.health import Health
 from dispatcher.config import Config, build_config
@@ -150,26 +147,8 @@ def check(answers: list[bytes], count: int) -> None:
 
 def instructions(count: int, kind: str, rrl: bool, out: Path) -> int:
     """The instructions one run of ``count`` queries executes, all of it."""
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out}",
-        sys.executable,
-        "-m",
-        "bench.callgrind_dns",
-        "--kind",
-        kind,
-        *(["--rrl"] if rrl else []),
-        "--drive",
-        str(count),
-    ]
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    text = out.read_text(encoding="ascii", errors="replace")
-    found = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
-    if found is None:
-        raise SystemExit(f"bench.callgrind_dns: no totals in {out}")
-    return int(found.group(1))
+    arguments = ["--kind", kind, *(["--rrl"] if rrl else []), "--drive", str(count)]
+    return callgrind_total("bench.callgrind_dns", arguments, out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -140,6 +140,12 @@ def _check(answer: bytes, kind: str) -> None:
 
 def instructions(requests: int, kind: str, out: Path) -> int:
     """The instructions one run of ``requests`` requests executes, all of it."""
+    return callgrind_total("bench.callgrind_edge", ["--kind", kind, "--drive", str(requests)], out)
+
+
+def callgrind_total(module: str, arguments: list[str], out: Path) -> int:
+    """The instructions ``python -m module arguments`` executes under callgrind
+    (``PYTHONHASHSEED=0``), all of it; the profile goes to ``out``."""
     env = dict(os.environ, PYTHONHASHSEED="0")
     command = [
         "valgrind",
@@ -147,17 +153,14 @@ def instructions(requests: int, kind: str, out: Path) -> int:
         f"--callgrind-out-file={out}",
         sys.executable,
         "-m",
-        "bench.callgrind_edge",
-        "--kind",
-        kind,
-        "--drive",
-        str(requests),
+        module,
+        *arguments,
     ]
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     text = out.read_text(encoding="ascii", errors="replace")
     found = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
     if found is None:
-        raise SystemExit(f"bench.callgrind_edge: no totals in {out}")
+        raise SystemExit(f"{module}: no totals in {out}")
     return int(found.group(1))
 
 
