@@ -83,6 +83,16 @@ class InstanceError(FarmnodeError):
 # --- pure helpers: LSNs, quoting, synchronous_standby_names ------------------------------
 
 
+def log_reason(log: str) -> str:
+    """Why a server that would not start stopped, from the end of its log: the last
+    ``FATAL``/``PANIC`` line (its last line is only "database system is shut down"), else
+    the last line."""
+    for line in reversed(log.splitlines()):
+        if "FATAL:" in line or "PANIC:" in line:
+            return line.strip()[:300]
+    return last_line(log) or "no output"
+
+
 def parse_lsn(text: str) -> int:
     """``'0/3000060'`` -> 50331744. Raises :class:`ValueError` for anything else."""
     match = _LSN.fullmatch(text.strip())
@@ -480,12 +490,12 @@ class Instance:
         if code != 0:
             said = last_line(output)
             if not said or "log output" in said:  # "Examine the log output."
-                said = self._last_log_line()
+                said = self._log_reason()
             raise InstanceError(self.data_dir, f"pg_ctl start exited {code}: {said}")
 
-    def _last_log_line(self) -> str:
+    def _log_reason(self) -> str:
         try:
-            return last_line(self.file(SERVER_LOG).read_text(errors="replace")[-4096:])
+            return log_reason(self.file(SERVER_LOG).read_text(errors="replace")[-4096:])
         except OSError:
             return "no output"
 

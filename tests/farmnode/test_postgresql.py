@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -49,6 +50,7 @@ from farmnode.pg.instance import (
     InstanceError,
     conf_quote,
     format_lsn,
+    log_reason,
     make_conninfo,
     parse_lsn,
     parse_sync_names,
@@ -493,6 +495,33 @@ async def test_kill_takes_the_postmaster_and_its_backends(pair: tuple[PgNode, Pg
     with pytest.raises(InstanceError, match=r"refusing to start without standby\.signal"):
         await instance.start(10)
     assert not n1.running()
+
+
+async def test_a_standby_that_will_not_start_says_why(pair: tuple[PgNode, PgNode]) -> None:
+    """The error names the server's FATAL line (here: its port is taken), not the log's last
+    line ("database system is shut down")."""
+    _, n2 = pair
+    instance = Instance(str(n2.data_dir), str(n2.lab.bin), "postgres", n2.port, str(n2.socket_dir))
+    (n2.data_dir / "standby.signal").touch()  # a base backup, made a standby
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", n2.port))
+        squatter.listen()
+        with pytest.raises(InstanceError, match=r"pg_ctl start exited 1: .*FATAL:") as caught:
+            await instance.start(10)
+    assert "shut down" not in str(caught.value)
+    assert not n2.running()
+
+
+def test_log_reason_prefers_the_fatal_line() -> None:
+    log = (
+        "2026-12-07 16:10:53.620 UTC [15336] LOG:  starting PostgreSQL 15\n"
+        '2026-12-07 16:10:53.621 UTC [15336] LOG:  could not bind IPv4 address "127.0.0.1"\n'
+        "2026-12-07 16:10:53.622 UTC [15336] FATAL:  could not create any TCP/IP sockets\n"
+        "2026-12-07 16:10:53.627 UTC [15336] LOG:  database system is shut down\n"
+    )
+    assert log_reason(log).endswith("FATAL:  could not create any TCP/IP sockets")
+    assert log_reason("one\ntwo\n\n") == "two"
+    assert log_reason("") == "no output"
 
 
 # --- parameters and check-config ---
