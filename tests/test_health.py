@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -22,6 +21,7 @@ from dispatcher.backends.health import (
     trustworthy,
 )
 from tests.conftest import Fetch, LoopbackSite
+from tests.ports import free_port
 
 
 def test_first_result_decides_the_initial_state() -> None:
@@ -127,9 +127,7 @@ async def test_probe_times_out(site: LoopbackSite, fetch: Fetch) -> None:
 
 @pytest.mark.anyio
 async def test_probe_reports_a_refused_connection(fetch: Fetch) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     result = await fetch(f"http://127.0.0.1:{port}/health", "OK", 2)
     assert not result.ok
     assert "ConnectError" in result.detail

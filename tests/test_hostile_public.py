@@ -44,6 +44,7 @@ from tests.hostile.corpus import (
     non_origin_form,
     options_asterisk,
 )
+from tests.ports import free_port
 
 SECRET = "hostile-corpus-secret-key-0123456789"
 HANDOFF_NAME = "dispatcher.test"
@@ -75,13 +76,6 @@ class Farm:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _config(port: int, sites: dict[str, int], *, rules: bool) -> str:
@@ -141,7 +135,7 @@ def _running_farm(root: Path, rules: str | None) -> Iterator[Farm]:
         (root / "rules.conf").write_text(rules)
     log = root / "serve.log"
     for attempt in range(3):  # a free port may be taken by someone else before we bind it
-        port = _free_port()
+        port = free_port()
         config.write_text(_config(port, sites, rules=rules is not None))
         if attempt == 0:
             run_cli("db", "upgrade", "-c", str(config), check=True)

@@ -30,6 +30,7 @@ from dispatcher.backends.probes import (
     parse_agent_reply,
 )
 from tests.conftest import skip_or_fail
+from tests.ports import free_port
 
 # --- the agent's line, pure -------------------------------------------------------------
 
@@ -186,13 +187,6 @@ def test_targets_say_what_they_need() -> None:
 # --- real sockets on loopback -------------------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 class Agent:
     """A loopback agent: each connection gets ``reply`` and is closed (``None``: kept silent)."""
 
@@ -280,8 +274,8 @@ async def test_tcp_probe_works_over_ipv6_loopback() -> None:
 
 
 @pytest.mark.anyio
-async def test_tcp_probe_fails_on_a_closed_port() -> None:
-    result = await probe_tcp("127.0.0.1", closed_port(), timeout=2)
+async def test_tcp_probe_fails_on_a_free_port() -> None:
+    result = await probe_tcp("127.0.0.1", free_port(), timeout=2)
     assert not result.ok
     assert "ConnectionRefusedError" in result.detail
 
@@ -338,7 +332,7 @@ async def test_silent_agent_times_out(agent: Agent) -> None:
 
 @pytest.mark.anyio
 async def test_unreachable_agent_fails() -> None:
-    result = await probe_agent("127.0.0.1", closed_port(), timeout=2)
+    result = await probe_agent("127.0.0.1", free_port(), timeout=2)
     assert not result.ok
     assert "ConnectionRefusedError" in result.detail
 

@@ -30,14 +30,14 @@ import pytest
 
 from farmnode.config import NodeConfig, parse_config
 from tests.conftest import LoopbackSite, RunningDispatcher
-from tests.farmnode.test_cluster_runtime import SCRIPT, executable, free_ports
+from tests.farmnode.test_cluster_runtime import SCRIPT, executable
 from tests.farmnode.test_daemon import (
-    free_port,
     id_servers,
     node_text,
     running_node,
     service_toml,
 )
+from tests.ports import free_port, free_ports
 from tests.test_metrics import READER, config_text
 
 pytestmark = pytest.mark.anyio

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.proxyproto import V2_SIGNATURE, encode
-from tests.farmnode.pgcluster import free_port
 from tests.farmnode.test_daemon import FARMNODE
+from tests.ports import free_port
 from tests.test_serve_processes import Serve, write_config
 
 pytestmark = pytest.mark.anyio

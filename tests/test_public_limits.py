@@ -22,14 +22,9 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, FARM_DISPATCHER, LoopbackSite, farm_toml, run_cli
+from tests.ports import free_port
 
 CHECK = "interval = 0.5, timeout = 0.3, rise = 1, fall = 1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

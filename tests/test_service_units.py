@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, FARM_DISPATCHER, LoopbackSite, farm_toml, skip_or_fail
-from tests.farmnode.test_daemon import FARMNODE, free_port, id_servers, node_text, service_toml
+from tests.farmnode.test_daemon import FARMNODE, id_servers, node_text, service_toml
+from tests.ports import free_port
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent

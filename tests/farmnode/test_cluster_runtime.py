@@ -28,6 +28,7 @@ from farmnode.cluster.runtime import ClusterRuntime
 from farmnode.cluster.settings import ClusterSettings, parse_cluster
 from farmnode.cluster.transports import UdpUnicast
 from farmnode.errors import ConfigError
+from tests.ports import free_ports
 
 pytestmark = pytest.mark.anyio
 
@@ -54,18 +55,6 @@ esac
 NOTIFY = """#!/bin/sh
 echo "$FARM_CLUSTER_NODE $FARM_CLUSTER_EVENT $FARM_CLUSTER_GROUP | $*" >> '{dir}/notify.out'
 """
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (bound and released; the tests bind them at once)."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def executable(path: Path, text: str) -> str:

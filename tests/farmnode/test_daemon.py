@@ -38,6 +38,7 @@ from farmnode.status import render_text
 from farmnode.switch.service import VirtualService
 from tests.conftest import skip_or_fail
 from tests.farmnode.realservers import IdServer
+from tests.ports import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -81,12 +82,6 @@ async def id_servers(*idents: str, host: str = "127.0.0.1") -> AsyncIterator[lis
     finally:
         for server in servers:
             await server.kill()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def same_port_sockets(hosts: list[str]) -> list[socket.socket]:

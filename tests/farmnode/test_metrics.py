@@ -8,7 +8,6 @@ import httpx
 import pytest
 
 from tests.farmnode.test_daemon import (
-    free_port,
     id_servers,
     ids,
     new_client,
@@ -18,6 +17,7 @@ from tests.farmnode.test_daemon import (
     url_of,
     wait_for,
 )
+from tests.ports import free_port
 from tests.test_metrics import promtool, samples, value
 
 pytestmark = pytest.mark.anyio

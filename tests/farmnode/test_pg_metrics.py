@@ -34,7 +34,7 @@ from farmnode.pg.instance import Snapshot
 from farmnode.pg.view import Seen, describe
 from farmnode.status import render_text
 from tests.farmnode.pgcluster import PgNode
-from tests.farmnode.test_daemon import free_port, running_node, wait_for
+from tests.farmnode.test_daemon import running_node, wait_for
 from tests.farmnode.test_postgresql import (  # noqa: F401 - lab and pair are fixtures
     FakeCluster,
     act,
@@ -45,6 +45,7 @@ from tests.farmnode.test_postgresql import (  # noqa: F401 - lab and pair are fi
     primary_and_standby,
     until,
 )
+from tests.ports import free_port
 from tests.test_metrics import promtool, samples, value
 
 pytestmark = pytest.mark.anyio

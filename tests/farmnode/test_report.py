@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.farmnode.test_daemon import (
     wait_for,
     wait_until,
 )
+from tests.ports import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -155,17 +155,11 @@ async def test_refusals_are_reported_not_raised(dispatcher: RunningDispatcher) -
     assert await site_load(dispatcher) is None  # nothing was stored
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_an_unreachable_dispatcher_is_retried_every_interval(
     dispatcher: RunningDispatcher, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="webfarm.farmnode.report")
-    reporter = Reporter(settings(f"http://127.0.0.1:{_closed_port()}"), measuring(4))
+    reporter = Reporter(settings(f"http://127.0.0.1:{free_port()}"), measuring(4))
     task = asyncio.create_task(reporter.run())
     try:
         await wait_until("three failed reports", lambda: reporter.failed >= 3)
@@ -220,7 +214,7 @@ capacity = 4
 interval = 0.1
 """
     async with id_servers("a", "b") as (a, b):
-        port = _closed_port()
+        port = free_port()
         config = node_config(service_toml("web", port, [a, b]), report=report)
         async with running_node(config) as node:
 
@@ -332,7 +326,7 @@ capacity = 4
 interval = 0.1
 """
     async with id_servers("a") as (a,):
-        port = _closed_port()
+        port = free_port()
         config = node_config(service_toml("web", port, [a]), report=report)
         dispatcher.runner.farm.rtt_rebuild_every = 0.2
         node = Node(config, timeouts=replace(FAST, rtt_report=0.2))

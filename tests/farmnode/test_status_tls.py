@@ -24,7 +24,8 @@ from farmnode.__main__ import run as farmnode_cli
 from farmnode.config import load_config
 from farmnode.errors import ConfigError
 from farmnode.status import HANDSHAKE_TIMEOUT
-from tests.farmnode.test_daemon import free_port, running_node
+from tests.farmnode.test_daemon import running_node
+from tests.ports import free_port
 from tests.tlsca import ScratchCa
 
 pytestmark = pytest.mark.anyio

@@ -40,6 +40,7 @@ from farmnode.waits import cancel_and_wait, wait_event
 from tests.conftest import skip_or_fail
 from tests.farmnode.pgcluster import PgNode, pg_lab
 from tests.farmnode.pgcluster import unavailable as pg_unavailable
+from tests.ports import free_port
 
 FARMNODE = str(Path(sys.executable).parent / "farmnode")
 STOP_BOUND = 5.0  # seconds from SIGTERM to exit, the issue's bound
@@ -158,12 +159,6 @@ async def test_cancel_and_wait_lets_the_callers_cancellation_through() -> None:
 # --- farmnode serve, shape by shape ----------------------------------------------------------
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Ports:
     """The fixed ports of one test's node, kept over its rounds."""
@@ -175,7 +170,7 @@ class Ports:
 
 @pytest.fixture
 def ports() -> Ports:
-    return Ports(free_port(), free_port(), free_port(socket.SOCK_DGRAM))
+    return Ports(free_port(), free_port(), free_port())
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from farmnode.spec import CheckSpec, PersistenceSpec, RealSpec, ServiceSpec
 from farmnode.switch.schedulers import SCHEDULERS
 from farmnode.switch.service import VirtualService
 from tests.farmnode.realservers import IdServer
+from tests.ports import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -714,7 +715,7 @@ async def test_send_proxy_names_the_client_before_its_bytes(version: Literal[1, 
     loopback address here) and port, then exactly the client's bytes, on every connection,
     also after a failed connect to another server."""
     received: list[bytearray] = []
-    dead = RealSpec("127.0.0.1", closed_port())
+    dead = RealSpec("127.0.0.1", free_port())
     async with tcp_server(lambda: Recorder(received)) as real:
         spec = tcp_spec(dead, real, send_proxy=version)
         async with running(spec) as (plane, _):
@@ -753,13 +754,6 @@ async def test_without_send_proxy_the_bytes_are_the_clients_alone() -> None:
         assert await asyncio.wait_for(reader.read(), TIMEOUT) == b"ok"
         writer.close()
     assert received == [bytearray(b"hello")]
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- errors ------------------------------------------------------------------------------------

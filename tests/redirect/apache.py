@@ -38,6 +38,8 @@ from typing import Literal
 
 import pytest
 
+from tests.ports import free_port
+
 TAG_HEADER = "X-Webfarm-Case"
 QUERY_HEADER = "X-Webfarm-Query"
 MODULE_DIR = Path("/usr/lib/apache2/modules")
@@ -177,13 +179,6 @@ def unescape_log(text: str) -> str:
         return _LOG_ESCAPES.get(esc, esc)
 
     return _LOG_ESCAPE.sub(one, text.encode("latin-1")).decode("latin-1")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _compiled_in(binary: Path) -> set[str]:
@@ -362,7 +357,7 @@ class ApacheServer:
         """Start on a free port; retry (bounded) if another process took the port meanwhile."""
         last: ApacheStartError | None = None
         for _ in range(3):
-            port = _free_port()
+            port = free_port()
             conf = root / "apache2.conf"
             conf.write_text(render_config(root, port, vhosts, modules, _run_as()))
             output = (root / "logs" / "startup.log").open("wb")
