@@ -27,9 +27,12 @@ check: $(STAMP)
 
 lint: check
 
+# Test files spread over TEST_WORKERS processes (pytest-xdist), each file whole on one.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	./.ci/system-deps --services
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 soak: $(STAMP)
 	./.ci/system-deps --services
