@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.servers import BARE_LOCATION, RULES, FixedAnswer, dispatcher_config
+from dispatcher.app import dispatch_core
 from dispatcher.backends.health import Health
 from dispatcher.config import build_config
 from dispatcher.edge import PublicEdge
 from dispatcher.http1 import Decider, HttpConnection
 from dispatcher.redirect import load_rules
-from dispatcher.server import dispatch_core
 from dispatcher.snapshot import build_snapshot
 
 REQUEST = b"GET /bench/path?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"

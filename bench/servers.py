@@ -26,12 +26,14 @@ from pathlib import Path
 
 import uvloop
 
-from dispatcher.app import Answer, DispatchApp, Receive, Scope, Send
+from dispatcher.addresses import bind
+from dispatcher.app import Answer, DispatchApp
+from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.backends.store import open_store
 from dispatcher.config import load_config
 from dispatcher.demo import DemoSite
 from dispatcher.edge import PublicEdge
-from dispatcher.server import Listener, Runner, Timeouts, bind
+from dispatcher.server import Listener, Runner, Timeouts
 
 TIMEOUTS = Timeouts(graceful_shutdown=1.0)
 BARE_LOCATION = b"http://127.0.0.1:9001/bench/path?x=1"

@@ -13,23 +13,21 @@ import time
 from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import uvloop
+from typing import TYPE_CHECKING, Any
 
 from dispatcher import __version__
-from dispatcher.backends.store import open_store
-from dispatcher.clientaddr import trusted_proxies
 from dispatcher.config import Config, load_config
-from dispatcher.demo import run_demo
-from dispatcher.dns.explain import explain_dns
 from dispatcher.errors import ConfigError, DispatcherError, InvalidValue
-from dispatcher.explain import explain, offline_snapshot, request_from_url
 from dispatcher.files import MAX_RULES_BYTES, read_regular_file
 from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS, configure_logging
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules
-from dispatcher.sdnotify import Notifier
-from dispatcher.server import Runner
+
+if TYPE_CHECKING:
+    from dispatcher.backends.store import SqlSiteStore
+
+# What only some commands need (the store and SQLAlchemy, the servers, the explainers, the
+# demo, uvloop) is imported inside them, not here: `check-config` starts without them
+# (tests/test_import_cost.py).
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -166,9 +164,16 @@ def _rules(path: Path, pools: Collection[str], source: str) -> RewriteProgram:
     return compile_rules(text, filename=str(path), base_dir=path.parent, known_pools=pools)
 
 
+def _store(config: Config) -> SqlSiteStore:
+    """The store of ``config`` (the caller closes it)."""
+    from dispatcher.backends.store import open_store
+
+    settings = config.dispatcher
+    return open_store(settings.database_url, timeout=settings.database_timeout)
+
+
 def _db_upgrade(args: argparse.Namespace) -> int:
-    settings = _config(args).dispatcher
-    store = open_store(settings.database_url, timeout=settings.database_timeout)
+    store = _store(_config(args))
     try:
         print(f"database schema at {store.upgrade()}")
     finally:
@@ -177,8 +182,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _db_current(args: argparse.Namespace) -> int:
-    settings = _config(args).dispatcher
-    store = open_store(settings.database_url, timeout=settings.database_timeout)
+    store = _store(_config(args))
     try:
         current, head = store.current(), store.head()
         state = "up to date" if current == head else f"behind (head is {head})"
@@ -189,6 +193,9 @@ def _db_current(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from dispatcher.clientaddr import trusted_proxies
+    from dispatcher.explain import explain, offline_snapshot, request_from_url
+
     config = _config(args)
     headers = []
     for header in args.header:
@@ -205,7 +212,7 @@ def _explain(args: argparse.Namespace) -> int:
         trusted=trusted_proxies(settings.trusted_proxies),
         forwarded_header=settings.forwarded_header,
     )
-    store = open_store(config.dispatcher.database_url, timeout=config.dispatcher.database_timeout)
+    store = _store(config)
     try:
         snapshot, note = offline_snapshot(config, store)
     finally:
@@ -216,8 +223,11 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _explain_dns(args: argparse.Namespace) -> int:
+    from dispatcher.dns.explain import explain_dns
+    from dispatcher.explain import offline_snapshot
+
     config = _config(args)
-    store = open_store(config.dispatcher.database_url, timeout=config.dispatcher.database_timeout)
+    store = _store(config)
     try:
         snapshot, note = offline_snapshot(config, store)
     finally:
@@ -231,6 +241,9 @@ def _explain_dns(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from dispatcher.sdnotify import Notifier
+    from dispatcher.server import Runner
+
     config = _config(args)
     source = args.config
     settings = config.dispatcher
@@ -250,6 +263,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from dispatcher.demo import run_demo
+
     return _run_until_signalled(lambda stop, _reload: run_demo(stop, port=args.port), grace=1.0)
 
 
@@ -266,6 +281,7 @@ def _run_until_signalled(
     whatever hangs: a store call stuck on a hung database runs in a thread that would hold
     up the interpreter's exit, so past that bound a watchdog logs it and ends the process.
     """
+    import uvloop
 
     async def runner() -> None:
         stop, reload = asyncio.Event(), asyncio.Event()

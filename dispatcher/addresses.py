@@ -26,6 +26,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from dispatcher.errors import ListenError
+
+#: The backlog of a listening socket :func:`bind` makes.
+LISTEN_BACKLOG = 2048
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
@@ -174,3 +179,24 @@ def _reaches(target: Host, own: Host) -> bool:
 
 
 __all__ = ["Host", "parse_address", "points_at", "resolve_host"]
+
+
+def bind(address: str, *, reuseport: bool = False, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0 picks a free one), listening unless told
+    not to; with ``reuseport``, other processes of ours can bind the same address
+    (``SO_REUSEPORT``: the kernel spreads new connections over the listening ones)."""
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        if listen:
+            sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(address, exc.strerror or str(exc)) from None
+    sock.setblocking(False)
+    return sock

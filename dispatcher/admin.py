@@ -32,7 +32,7 @@ from dispatcher.admin_input import (
     rtt_entries,
 )
 from dispatcher.admin_input import read_json as _json
-from dispatcher.app import Receive, Scope, Send
+from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.audit_input import audit_query
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec, check_whole, parse_site, shown, update_site

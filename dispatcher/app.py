@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from dispatcher.affinity import Affinity, Recalled
+from dispatcher.affinity import Affinity, Recalled, make_affinity
+from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.placement.engine import pick, pick_plain
 from dispatcher.placement.model import Candidate, Client
 from dispatcher.placement.pool import PoolView
 from dispatcher.redirect import Outcome, RewriteRequest
 from dispatcher.relay import HandoffRelay, split_handoff
+from dispatcher.session import HandoffToken
 from dispatcher.session.tokens import HANDOFF_PARAM
 from dispatcher.snapshot import Snapshot
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+if TYPE_CHECKING:
+    from dispatcher.config import DispatcherSettings
 
 SORRY_BODY = (
     b"<!doctype html>\n<html><head><title>Service temporarily unavailable</title></head>\n"
@@ -480,3 +479,19 @@ async def _not_http(scope: Scope, receive: Receive, send: Send) -> None:
     elif scope["type"] == "websocket":
         await receive()
         await send({"type": "websocket.close", "code": 1013})
+
+
+def dispatch_core(farm: FarmState, settings: DispatcherSettings) -> DispatchCore:
+    """The decision core as the settings ask: with affinity, and with the hand-off relay
+    when there are keys to verify tokens with."""
+    affinity = make_affinity(
+        settings.affinity,
+        settings.secret_keys,
+        lifetime=settings.affinity_lifetime,
+        cookie_domain=settings.cookie_domain,
+    )
+    relay = None
+    if settings.secret_keys:
+        tokens = HandoffToken(settings.secret_keys, lifetime=settings.handoff_lifetime)
+        relay = HandoffRelay(tokens, name=settings.handoff_name)
+    return DispatchCore(farm, retry_after=settings.retry_after, affinity=affinity, relay=relay)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dispatcher.access import AdminToken
-from dispatcher.app import Message, Receive, Scope, Send
+from dispatcher.asgi import Message, Receive, Scope, Send
 from dispatcher.backends.auditstore import AuditHook, AuditNote
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.throttle import Throttle, ThrottledLog

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from dispatcher.errors import InvalidValue
 
 if TYPE_CHECKING:
-    from dispatcher.app import Answer, Receive, Scope, Send, WireAnswer
+    from dispatcher.app import Answer, WireAnswer
+    from dispatcher.asgi import Receive, Scope, Send
     from dispatcher.config import DispatcherSettings
     from dispatcher.http1 import Decider
 

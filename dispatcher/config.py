@@ -10,15 +10,11 @@ from __future__ import annotations
 import math
 import os
 import stat
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
-
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from dispatcher.access import AdminToken, parse_tokens
 from dispatcher.addresses import parse_address, points_at
@@ -34,7 +30,7 @@ from dispatcher.clientaddr import FORWARDED_HEADERS
 from dispatcher.clientaddr import parse_networks as parse_proxies
 from dispatcher.dns.config import DnsConfig, parse_dns
 from dispatcher.errors import ConfigError, GeoDatabaseError, InvalidValue
-from dispatcher.files import MAX_RULES_BYTES, read_regular_file
+from dispatcher.files import MAX_RULES_BYTES, printable, read_toml
 from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS
 from dispatcher.opsconfig import DEFAULT_AUDIT_RETENTION, anchor_tls, ops_settings
 from dispatcher.placement.catalog import REGISTRY
@@ -52,8 +48,6 @@ DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psyco
 MAX_PATH = 4096
 #: 400 days: the longest cookie lifetime browsers honour (RFC 6265bis).
 MAX_AFFINITY_LIFETIME = 400 * 86_400
-#: The largest configuration file read (bytes).
-MAX_CONFIG_BYTES = 4 * 1024 * 1024
 #: The largest rewrite rule file (bytes).
 ENVIRONMENT = "<environment>"
 #: IP-location databases ``geoip_database`` may name (a City file and an ASN file, say).
@@ -149,24 +143,6 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     return build_config(raw, source=str(file), environ=environ, base_dir=file.resolve().parent)
 
 
-def read_toml(file: Path, error: Callable[[str, str, str], Exception]) -> dict[str, Any]:
-    """The TOML document in ``file``; ``error(file, "", expectation)`` is raised when it
-    cannot be read or parsed (each package passes its own ``ConfigError``). The file must be
-    a regular file of at most :data:`MAX_CONFIG_BYTES` (a FIFO or a device never hangs this)."""
-    try:
-        return tomllib.loads(read_regular_file(file, MAX_CONFIG_BYTES).decode("utf-8"))
-    except FileNotFoundError:
-        raise error(str(file), "", "a readable TOML file (no such file)") from None
-    except OSError as exc:
-        raise error(str(file), "", f"a readable TOML file ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise error(str(file), "", f"UTF-8 text ({exc.reason})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise error(str(file), "", f"valid TOML ({exc})") from None
-    except RecursionError:
-        raise error(str(file), "", "valid TOML (nested too deeply)") from None
-
-
 def build_config(
     raw: Mapping[str, Any],
     *,
@@ -180,14 +156,6 @@ def build_config(
         return _build(raw, env, source, base_dir or Path.cwd())
     except InvalidValue as exc:
         raise ConfigError(source, printable(exc.field), printable(exc.message)) from None
-
-
-def printable(text: str) -> str:
-    """``text`` (a key path, a message quoting a value) fit for a terminal and a log line:
-    characters that are not printable (NUL, ESC, a newline) are written as Python escapes."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _build(raw: Mapping[str, Any], env: Mapping[str, str], source: str, base_dir: Path) -> Config:
@@ -471,6 +439,11 @@ def check_database_url(url: str, field_name: str) -> None:
     )
     if not url or not url.isprintable() or len(url) > MAX_PATH:
         raise InvalidValue(field_name, f"{expected}, printable, got {url[:200]!r}")
+    # SQLAlchemy is imported here, not with this module: the processes that only read a
+    # Config (the workers, farmnode) do not import it (tests/test_import_cost.py).
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):

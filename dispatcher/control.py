@@ -24,12 +24,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from dispatcher.addresses import bind
 from dispatcher.config import parse_address
 from dispatcher.dns.server import bind_pair
 from dispatcher.errors import DispatcherError
 from dispatcher.farm import Farm
 from dispatcher.sdnotify import VARIABLES
-from dispatcher.server import bind
 from dispatcher.wire import (
     MAX_REPORT,
     Report,

@@ -11,7 +11,7 @@ import contextlib
 import tempfile
 from pathlib import Path
 
-from dispatcher.app import Receive, Scope, Send
+from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.backends.store import open_store
 from dispatcher.config import load_config
 from dispatcher.server import Listener, Runner, Timeouts

@@ -9,9 +9,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 MAX_RULES_BYTES = 16 * 1024 * 1024  # a rewrite rule file
+#: The largest configuration file read (bytes).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 def open_regular_file(path: Path | str, limit: int) -> int:
@@ -61,4 +66,37 @@ def read_regular_file(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
-__all__ = ["MAX_RULES_BYTES", "open_regular_file", "read_regular_file"]
+def read_toml(file: Path, error: Callable[[str, str, str], Exception]) -> dict[str, Any]:
+    """The TOML document in ``file``; ``error(file, "", expectation)`` is raised when it
+    cannot be read or parsed (each package passes its own ``ConfigError``). The file must be
+    a regular file of at most :data:`MAX_CONFIG_BYTES` (a FIFO or a device never hangs this)."""
+    try:
+        return tomllib.loads(read_regular_file(file, MAX_CONFIG_BYTES).decode("utf-8"))
+    except FileNotFoundError:
+        raise error(str(file), "", "a readable TOML file (no such file)") from None
+    except OSError as exc:
+        raise error(str(file), "", f"a readable TOML file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise error(str(file), "", f"UTF-8 text ({exc.reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(str(file), "", f"valid TOML ({exc})") from None
+    except RecursionError:
+        raise error(str(file), "", "valid TOML (nested too deeply)") from None
+
+
+def printable(text: str) -> str:
+    """``text`` (a key path, a message quoting a value) fit for a terminal and a log line:
+    characters that are not printable (NUL, ESC, a newline) are written as Python escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_RULES_BYTES",
+    "open_regular_file",
+    "printable",
+    "read_regular_file",
+    "read_toml",
+]

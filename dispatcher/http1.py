@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
-from dispatcher.app import Answer, Scope, WireAnswer
+from dispatcher.app import Answer, WireAnswer
+from dispatcher.asgi import Scope
 
 if TYPE_CHECKING:
     from dispatcher.config import DispatcherSettings

@@ -21,7 +21,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from dispatcher.access import AdminToken, authenticate, bearer, decide
-from dispatcher.app import Receive, Scope, Send
+from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.dns.tally import TCP_CLOSINGS, query_labels
 from dispatcher.vitals import send_json
 

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Iterable
 from typing import Any, Final
 
-from dispatcher.app import Message, Receive, Scope, Send
+from dispatcher.asgi import Message, Receive, Scope, Send
 from dispatcher.logsetup import request_id
 
 HEADER: Final = b"x-request-id"

@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from dispatcher.addresses import LISTEN_BACKLOG, bind
 from dispatcher.admin import AdminApi
-from dispatcher.affinity import make_affinity
-from dispatcher.app import DispatchApp, DispatchCore, FarmState, Receive, Scope, Send
+from dispatcher.app import DispatchApp, DispatchCore, FarmState, dispatch_core
+from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.audit_trail import record_reload, run_pruner
 from dispatcher.backends.store import SiteStore, open_store
 from dispatcher.clientaddr import TrustedProxyMiddleware, trusted_proxies
-from dispatcher.config import Config, DispatcherSettings, load_config, parse_address
+from dispatcher.config import Config, DispatcherSettings, load_config
 from dispatcher.edge import PublicEdge
 from dispatcher.errors import DispatcherError, ListenError
 from dispatcher.farm import Farm
@@ -43,11 +44,9 @@ from dispatcher.metrics import (
 )
 from dispatcher.opsconfig import admin_tls, listener_tls
 from dispatcher.redirect import RewriteError
-from dispatcher.relay import HandoffRelay
 from dispatcher.reload import plan_reload
 from dispatcher.requestid import RequestIds
 from dispatcher.sdnotify import Notifier, keep_watchdog
-from dispatcher.session import HandoffToken
 from dispatcher.throttle import throttle_warnings
 from dispatcher.tlsfiles import ReloadableTls, start_uvicorn
 from dispatcher.vitals import (
@@ -63,7 +62,6 @@ if TYPE_CHECKING:
     from dispatcher.dns.server import DnsFront
 
 log = logging.getLogger("webfarm.server")
-LISTEN_BACKLOG = 2048
 #: How long stopping waits for store calls still running, and for the store to close.
 STORE_GRACE = 1.5
 #: How long a reload may take to read the configuration and rules.
@@ -76,27 +74,6 @@ class Timeouts:
 
     graceful_shutdown: float = 5.0
     keep_alive: int = 5
-
-
-def bind(address: str, *, reuseport: bool = False, listen: bool = True) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (port 0 picks a free one), listening unless told
-    not to; with ``reuseport``, other processes of ours can bind the same address
-    (``SO_REUSEPORT``: the kernel spreads new connections over the listening ones)."""
-    host, port = parse_address(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        if listen:
-            sock.listen(LISTEN_BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise ListenError(address, exc.strerror or str(exc)) from None
-    sock.setblocking(False)
-    return sock
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,19 +491,3 @@ def dispatch_app(
     if trusted is None:
         return app
     return TrustedProxyMiddleware(app, trusted, settings.forwarded_header)
-
-
-def dispatch_core(farm: FarmState, settings: DispatcherSettings) -> DispatchCore:
-    """The decision core as the settings ask: with affinity, and with the hand-off relay
-    when there are keys to verify tokens with."""
-    affinity = make_affinity(
-        settings.affinity,
-        settings.secret_keys,
-        lifetime=settings.affinity_lifetime,
-        cookie_domain=settings.cookie_domain,
-    )
-    relay = None
-    if settings.secret_keys:
-        tokens = HandoffToken(settings.secret_keys, lifetime=settings.handoff_lifetime)
-        relay = HandoffRelay(tokens, name=settings.handoff_name)
-    return DispatchCore(farm, retry_after=settings.retry_after, affinity=affinity, relay=relay)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from dispatcher.app import Receive, Scope, Send
+from dispatcher.asgi import Receive, Scope, Send
 
 LIVEZ: Final = "/livez"
 READYZ: Final = "/readyz"

@@ -39,7 +39,8 @@ from typing import TypeVar
 
 import uvloop
 
-from dispatcher.app import DispatchCore
+from dispatcher.addresses import bind
+from dispatcher.app import DispatchCore, dispatch_core
 from dispatcher.config import Config
 from dispatcher.dns.server import DnsFront, bind_pair
 from dispatcher.dns.service import DnsService
@@ -49,7 +50,6 @@ from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS, configure_logging
 from dispatcher.placement.locate import Locator
 from dispatcher.placement.pool import Where
 from dispatcher.redirect import RewriteError, RewriteProgram, compile_rules
-from dispatcher.server import bind, dispatch_core
 from dispatcher.snapshot import Snapshot, build_snapshot, locator_for
 from dispatcher.wire import (
     MAX_FRAME,

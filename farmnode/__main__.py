@@ -18,21 +18,21 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import httpx
-import uvloop
+from typing import TYPE_CHECKING
 
 from dispatcher.errors import InvalidValue
-from dispatcher.logsetup import configure_logging
-from dispatcher.sdnotify import Notifier
 from dispatcher.tlsfiles import client_context
 from farmnode import __version__
-from farmnode.agents import AGENTS, AgentParamError, build_agent
 from farmnode.config import NodeConfig, load_config
-from farmnode.daemon import Node
 from farmnode.errors import ConfigError, FarmnodeError
-from farmnode.pg.promotion import FORCE_VALID, request_forced_promotion
 from farmnode.status import StatusTarget, find_status, render_text
+
+if TYPE_CHECKING:
+    import httpx
+
+# What only one command needs (the daemon and its planes, httpx, the resource agents and
+# psycopg) is imported inside that command, not here: `farmnode check-config` or
+# `farmnode status` starts without the daemon's imports (tests/test_import_cost.py).
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "node.toml"
@@ -96,6 +96,8 @@ def check_agents(config: NodeConfig) -> None:
     daemon and checks nothing on the system."""
     if config.cluster is None:
         return
+    from farmnode.agents import AGENTS, AgentParamError, build_agent
+
     for i, group in enumerate(config.cluster.groups):
         for j, resource in enumerate(group.resources):
             if resource.agent not in AGENTS:
@@ -112,6 +114,8 @@ def promote(args: argparse.Namespace) -> int:
     """``farmnode promote --force NODE``: let NODE's next promotion of its PostgreSQL skip
     the synchronous and lag rules (the operator accepts losing what the old primary had and
     NODE lacks). Run on NODE itself, with its configuration."""
+    from farmnode.pg.promotion import FORCE_VALID, request_forced_promotion
+
     config = config_of(args)
     if not args.force:
         raise FarmnodeError(
@@ -157,6 +161,12 @@ def _promote_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the node until SIGINT or SIGTERM; SIGHUP reloads ``--config``."""
+    import uvloop
+
+    from dispatcher.logsetup import configure_logging
+    from dispatcher.sdnotify import Notifier
+    from farmnode.daemon import Node
+
     path = args.config
     config = load_config(path)
     configure_logging(config.node.log_level, config.node.log_format)
@@ -186,6 +196,8 @@ def status(args: argparse.Namespace) -> int:
     after a reload the file broke, and without secrets. Over TLS the certificate is verified
     (against ``--cacert``, ``FARMNODE_STATUS_TLS_CA``, ``node.status_tls_ca`` or the
     system's trust store) unless ``--insecure`` says otherwise."""
+    import httpx
+
     target = find_status(args.config, os.environ, args.address)
     if target.port == 0:
         raise FarmnodeError(
@@ -237,6 +249,8 @@ def _verify(target: StatusTarget, args: argparse.Namespace) -> ssl.SSLContext | 
 
 def _failure(exc: httpx.HTTPError, who: str, target: StatusTarget) -> str:
     """What went wrong asking ``target``, in words an operator can act on."""
+    import httpx
+
     cause = _ssl_cause(exc)
     where = f"{target.host}:{target.port}"
     if isinstance(cause, ssl.SSLCertVerificationError):

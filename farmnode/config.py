@@ -18,8 +18,8 @@ from typing import Any
 
 from dispatcher.backends.sites import NAME_RE as SITE_NAME_RE
 from dispatcher.backends.sites import check_base_url
-from dispatcher.config import printable, read_toml
 from dispatcher.errors import InvalidValue
+from dispatcher.files import printable, read_toml
 from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS
 from dispatcher.tlsfiles import TlsFiles, client_context, server_context, tls_files
 from farmnode.cluster.settings import ClusterSettings, parse_cluster

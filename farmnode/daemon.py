@@ -67,7 +67,7 @@ from dispatcher.logsetup import configure_logging
 from dispatcher.metrics import MetricsRoute, exposition
 from dispatcher.sdnotify import Notifier, keep_watchdog
 from dispatcher.tlsfiles import ReloadableTls
-from farmnode.cluster import ClusterRuntime
+from farmnode.cluster.runtime import ClusterRuntime
 from farmnode.config import NodeConfig, NodeSettings
 from farmnode.dataplane.nftables import NftablesPlane, chains
 from farmnode.dataplane.userspace import UserspacePlane

@@ -14,7 +14,7 @@ The document::
      "reloads": 0, "report": {...} | null, "cluster": {...} | null,
      "services": [VirtualService.status() + "address" (where the plane listens), ...]}
 
-``cluster`` is :meth:`farmnode.cluster.ClusterRuntime.status` (members with their liveness
+``cluster`` is :meth:`farmnode.cluster.runtime.ClusterRuntime.status` (members with their liveness
 and last heard per transport, quorum and its warnings, each group's owner and what its
 resources last saw: a ``postgresql`` resource's role, timeline, positions and lag,
 :mod:`farmnode.pg.view`), or ``null`` without a ``[cluster]``. A service's ``deferred`` is
@@ -31,23 +31,17 @@ import logging
 import re
 import socket
 import tomllib
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
+from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.throttle import throttle_warnings
 from dispatcher.tlsfiles import ReloadableTls, start_uvicorn
 from dispatcher.vitals import LIVEZ, READYZ, Condition, Verdict, send_json, send_verdict
 from farmnode.config import NodeSettings, parse_address
 from farmnode.errors import ConfigError, ListenError
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 STATUS_PATH = "/status"
 #: The longest request head the status listener reads (beyond it: 400, closed).
@@ -155,6 +149,8 @@ class StatusListener:
         address: str,
         tls: ReloadableTls | None = None,
     ) -> None:
+        import uvicorn  # here, not above: `farmnode status` reads this module, serves nothing
+
         self.address = address
         self.tls = tls
         self.socket = bind(address)

@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping
 from typing import Protocol
 
 from dispatcher.vitals import Condition, Verdict
-from farmnode.cluster import ClusterRuntime
+from farmnode.cluster.runtime import ClusterRuntime
 from farmnode.config import NodeConfig
 
 #: A cluster loop that has not cycled for this many intervals (and at least

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from dispatcher.app import Receive, Scope, Send
+from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.backends.httpcheck import HttpChecker
 from dispatcher.backends.probes import ProbeResult, check_http, probe_http
 from dispatcher.backends.store import SqlSiteStore

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.__main__ import run as dispatcher_run
-from dispatcher.config import printable
+from dispatcher.files import printable
 from farmnode.__main__ import run as farmnode_run
 from tests.conftest import FARM_DISPATCHER
 from tests.tomlwrite import dumps

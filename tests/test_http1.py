@@ -17,11 +17,11 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dispatcher.addresses import bind
 from dispatcher.app import DispatchApp, DispatchCore
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.edge import PublicEdge
 from dispatcher.http1 import EdgeLimits
-from dispatcher.server import bind
 from tests.test_app import FakeFarm, farm
 
 EU = SiteSpec("eu", "http://127.0.0.2:9001", weight=1)

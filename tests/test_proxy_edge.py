@@ -25,13 +25,14 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dispatcher.addresses import bind
+from dispatcher.app import dispatch_core
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.config import build_config
 from dispatcher.edge import PublicEdge
 from dispatcher.proxyproto import V2_SIGNATURE, encode, encode_local
 from dispatcher.redirect import compile_rules
-from dispatcher.server import bind, dispatch_core
 from dispatcher.snapshot import build_snapshot
 from tests.conftest import run_cli
 from tests.test_app import FakeFarm

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.app import Message, Receive, Scope, Send
+from dispatcher.asgi import Message, Receive, Scope, Send
 from dispatcher.logsetup import request_id
 from dispatcher.requestid import ALLOWED, HEADER, MAX_LENGTH, SCOPE_KEY, RequestIds, accepted
 

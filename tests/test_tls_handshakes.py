@@ -21,11 +21,13 @@ import httpx
 import pytest
 import uvloop
 
+from dispatcher.addresses import bind
+from dispatcher.app import dispatch_core
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.config import build_config
 from dispatcher.edge import PublicEdge
-from dispatcher.server import Listener, ListenerLimits, Timeouts, bind, dispatch_core
+from dispatcher.server import Listener, ListenerLimits, Timeouts
 from dispatcher.snapshot import build_snapshot
 from dispatcher.tlsfiles import ReloadableTls, TlsFiles
 from tests.conftest import ADMIN_TOKEN, LoopbackSite

@@ -11,7 +11,7 @@ from dispatcher.vitals import (
     dispatcher_liveness,
     dispatcher_readiness,
 )
-from farmnode.cluster import ClusterRuntime
+from farmnode.cluster.runtime import ClusterRuntime
 from farmnode.config import NodeConfig, NodeSettings
 from farmnode.vitals import node_liveness, node_readiness
 

@@ -6,11 +6,21 @@ Plain data the backends produce (probes, load reports, the registry) and placeme
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
-from dispatcher.backends.store import LoadReport
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """A site's latest load report; ``reported_at`` is wall-clock UTC (shared by replicas)."""
+
+    site: str
+    load: float
+    connections: int | None
+    reported_at: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)

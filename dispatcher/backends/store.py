@@ -15,12 +15,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, delete, event, func, select, text
 from sqlalchemy.exc import DisconnectionError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,6 +32,7 @@ from dispatcher.backends.deadline import (
 )
 from dispatcher.backends.models import LoadRow, RegistryRow, RttRow, RulesRow, SiteRow
 from dispatcher.backends.sites import SiteSpec, parse_check
+from dispatcher.backends.snapshot import LoadReport
 from dispatcher.errors import (
     SchemaBehind,
     SiteExists,
@@ -46,17 +43,10 @@ from dispatcher.errors import (
 )
 from dispatcher.placement.rtt import RttReport, entries_from_rows
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
 DEFAULT_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class LoadReport:
-    """A site's latest load report; ``reported_at`` is wall-clock UTC (shared by replicas)."""
-
-    site: str
-    load: float
-    connections: int | None
-    reported_at: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,19 +197,28 @@ class SqlSiteStore(SiteStore):
 
     # --- schema ---
 
+    # Alembic is imported where the schema is read or changed, not with this module: a
+    # process that only reads the registry (or only needs a LoadReport) never pays for it.
+
     def _alembic(self) -> AlembicConfig:
+        from alembic.config import Config as AlembicConfig
+
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(migrations_dir()))
         cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
         return cfg
 
     def head(self) -> str:
+        from alembic.script import ScriptDirectory
+
         head = ScriptDirectory.from_config(self._alembic()).get_current_head()
         if head is None:
             raise StoreError("the migrations directory has no revisions")
         return head
 
     def current(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
         with self._transaction() as session:
             return MigrationContext.configure(session.connection()).get_current_revision()
 
@@ -229,6 +228,8 @@ class SqlSiteStore(SiteStore):
             raise SchemaBehind(current, head, UPGRADE_HINT)
 
     def upgrade(self) -> str:
+        from alembic import command
+
         cfg = self._alembic()
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn

@@ -34,12 +34,11 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from dispatcher.addresses import parse_address
+from dispatcher.addresses import bind, parse_address
 from dispatcher.dns.config import DnsConfig
 from dispatcher.dns.service import DnsService
 from dispatcher.dns.udp import UdpReader, udp_reader
 from dispatcher.errors import ListenError
-from dispatcher.server import bind
 
 log = logging.getLogger("webfarm.dns")
 

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from urllib.parse import unquote
 
-from dispatcher.app import Message, Passed, Receive, Scope, Send
+from dispatcher.app import Passed
+from dispatcher.asgi import Message, Receive, Scope, Send
 from dispatcher.backends.store import SiteStore
 from dispatcher.config import Config
 from dispatcher.embed.runtime import EmbeddedDispatcher

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from dispatcher.app import Answer, DispatchCore, Passed
+from dispatcher.app import Answer, DispatchCore, Passed, dispatch_core
 from dispatcher.backends.store import SiteStore, SqlSiteStore, open_store
 from dispatcher.config import Config, load_config
 from dispatcher.errors import InvalidValue, StoreError
 from dispatcher.farm import Farm
 from dispatcher.redirect import RewriteError, load_rules
 from dispatcher.relay import HandoffRelay, has_handoff, split_handoff
-from dispatcher.server import STORE_GRACE, dispatch_core
+from dispatcher.server import STORE_GRACE
 from dispatcher.session import SessionError
 from dispatcher.snapshot import Snapshot
 from dispatcher.throttle import ThrottledLog

@@ -6,10 +6,10 @@ Same shape as starlette's ``SessionMiddleware``; the decisions live in
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Unpack
+from typing import Unpack
 from urllib.parse import quote
 
+from dispatcher.asgi import ASGIApp, Message, Receive, Scope, Send
 from dispatcher.session.codec import SecretKeys
 from dispatcher.session.core import (
     Redirect,
@@ -18,14 +18,6 @@ from dispatcher.session.core import (
     SessionOptions,
     SessionSettings,
 )
-
-# The same aliases as dispatcher.app, defined here so a site's web server that imports the
-# middleware does not import the dispatcher's hot path (and SQLAlchemy) with it.
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class SessionMiddleware:

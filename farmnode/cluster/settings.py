@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from dispatcher.config import printable
+from dispatcher.files import printable
 from farmnode.errors import ConfigError
 from farmnode.validation import LEAST_INTERVAL
 from farmnode.validation import Invalid as _Invalid

@@ -18,6 +18,7 @@ import dns.message
 import pytest
 import uvloop
 
+from dispatcher.addresses import bind
 from dispatcher.app import DispatchCore
 from dispatcher.dns.server import DnsFront, bind_pair
 from dispatcher.dns.service import DnsService
@@ -30,7 +31,6 @@ from dispatcher.dns.udp import (
     UdpReader,
 )
 from dispatcher.edge import PublicEdge
-from dispatcher.server import bind
 from tests.conftest import skip_or_fail
 from tests.dns.helpers import WWW, Source, addresses, make_config, query
 from tests.test_app import farm

@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from dispatcher.app import Receive, Scope, Send
+from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.backends.store import SqlSiteStore
 from dispatcher.embed import DispatcherMiddleware, WSGIDispatcherMiddleware
 from tests.conftest import LoopbackSite

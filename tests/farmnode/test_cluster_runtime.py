@@ -23,7 +23,7 @@ import pytest
 
 from farmnode.agents import ResourceGroup, ScriptAgent
 from farmnode.agents.context import AttributeRefused
-from farmnode.cluster import Heartbeat, TransportError, encode
+from farmnode.cluster.protocol import Heartbeat, TransportError, encode
 from farmnode.cluster.runtime import ClusterRuntime
 from farmnode.cluster.settings import ClusterSettings, parse_cluster
 from farmnode.cluster.transports import UdpUnicast

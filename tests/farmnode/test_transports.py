@@ -20,9 +20,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from farmnode.cluster import TRANSPORTS, Heartbeat, Receiver, TransportError, encode
+from farmnode.cluster.protocol import Heartbeat, Receiver, TransportError, encode
 from farmnode.cluster.transports import (
     END,
+    TRANSPORTS,
     Serial,
     SlipDecoder,
     Transport,

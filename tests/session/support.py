@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dispatcher.session.asgi import Receive, Scope, Send
+from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.session.wsgi import Environ, StartResponse, WSGIApp
 
 START_TIMEOUT = 10.0

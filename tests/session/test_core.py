@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from dispatcher.asgi import Message, Scope
 from dispatcher.errors import InvalidValue
 from dispatcher.session import (
     HandoffToken,
@@ -24,7 +25,6 @@ from dispatcher.session import (
     TokenTooLarge,
     UnserializableState,
 )
-from dispatcher.session.asgi import Message, Scope
 from dispatcher.session.asgi import request_info as asgi_request_info
 from dispatcher.session.cookies import cookie_values
 from dispatcher.session.core import Loaded, Redirect, RequestInfo, SessionCore, snapshot
