@@ -48,7 +48,6 @@ DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psyco
 MAX_PATH = 4096
 #: 400 days: the longest cookie lifetime browsers honour (RFC 6265bis).
 MAX_AFFINITY_LIFETIME = 400 * 86_400
-#: The largest rewrite rule file (bytes).
 ENVIRONMENT = "<environment>"
 #: IP-location databases ``geoip_database`` may name (a City file and an ASN file, say).
 MAX_GEOIP_DATABASES = 4
