@@ -148,7 +148,7 @@ class DispatcherCollector(Collector):
                 if report.connections is not None:
                     conns.add_metric(labels, report.connections)
                 age.add_metric(labels, max(0.0, now - site.load.received))
-            redirects.add_metric([*labels, "placed"], farm.redirects.get(name, 0))
+            redirects.add_metric([*labels, "placed"], farm.redirects.get(name))
         yield from (status, check_up, failures, up_down, duration, downtime, weight, drained)
         yield from (eligible, load, conns, age, redirects)
 
