@@ -6,6 +6,7 @@ dropped (the table's bound) or the table is replaced (a new snapshot)."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import dns.message
 import dns.rcode
@@ -16,7 +17,7 @@ from tests.dns.helpers import Source, addresses, make_config, query
 
 ONE = "one.farm.example."
 #: Three weighted sites, each with an IPv4 and an IPv6 address (answered by its own).
-SITES = [
+SITES: list[dict[str, Any]] = [
     {"name": name, "base_url": f"http://192.0.2.{i}", "weight": weight,
      "addresses": [f"192.0.2.{i}", f"2001:db8::{i}"]}
     for i, (name, weight) in enumerate((("eu", 10), ("us", 5), ("asia", 1)), 1)
