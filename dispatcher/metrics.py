@@ -122,8 +122,10 @@ class DispatcherCollector(Collector):
         load = gauge("site_load", "The load the site last reported.", SITE)
         conns = gauge("site_reported_connections", "Connections the site reported.", SITE)
         age = gauge("site_load_age_seconds", "Age of the site's last load report.", SITE)
-        redirects = counter(
-            "redirects", "Clients sent to the site, summed over workers.", [*SITE, "reason"]
+        redirects = counter(  # (reason: always "placed", whatever placed it: docs/metrics.md)
+            "redirects",
+            "Clients sent to the site, summed over workers (reason: placed, the only one).",
+            [*SITE, "reason"],
         )
         for name, site in farm.snapshot.sites.items():
             labels = [name, site.spec.pool]
