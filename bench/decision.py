@@ -22,7 +22,6 @@ import random
 import statistics
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,7 +66,6 @@ def rules(count: int, answer_at: int) -> str:
 class Farm:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
-        self.redirects: defaultdict[str, int] = defaultdict(int)
 
 
 def core(sites: int, rule_count: int) -> DispatchCore:

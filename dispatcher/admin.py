@@ -388,7 +388,7 @@ class AdminApi:
                 "reported_at": load.report.reported_at.isoformat(),
                 "age": round(now - load.received, 3),
             },
-            "redirects": self.farm.redirects.get(status.spec.name, 0),
+            "redirects": self.farm.redirects.get(status.spec.name),
         }
 
 

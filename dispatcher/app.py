@@ -10,7 +10,6 @@ and query string exactly as they arrived (``raw_path`` and ``query_string``).
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from dispatcher.affinity import Affinity, Recalled, make_affinity
@@ -36,10 +35,11 @@ SORRY_BODY = (
 
 
 class FarmState(Protocol):
-    """What the hot path needs: the current snapshot and the redirect counters."""
+    """What the hot path needs: the current snapshot. It counts each redirect in the
+    snapshot, in the chosen candidate's cell (``site.placed[0] += 1``); the owner adds the
+    cells up (:class:`~dispatcher.counts.RedirectCounts`)."""
 
     snapshot: Snapshot
-    redirects: defaultdict[str, int]
 
 
 #: What the decision core answers: status, headers (lower-case names), body.
@@ -120,7 +120,7 @@ class DispatchCore:
             site = pick_plain(pool, host)
             if site is None:
                 return self._fallback(pool, scope)
-            self.farm.redirects[site.name] += 1
+            site.placed[0] += 1  # (counted: see FarmState)
             return pool.status, site.redirect_head + url + b"\r\n", b""
         return self._answer(scope, url, host)
 
@@ -140,8 +140,8 @@ class DispatchCore:
         fresh token goes on to the app in the query, for its session middleware. Like
         :meth:`answer`, not for concurrent threads: a threaded caller serialises calls.
         """
-        counts = self.farm.redirects
-        before = counts.get(here, 0)
+        cell = self.farm.snapshot.placed.get(here)  # (None: here takes no clients now)
+        before = cell[0] if cell is not None else 0
         relay = self.relay
         if relay is not None and scope.get("query_string", b"").find(_PARAM) >= 0:
             answer = self._relay(relay, scope, b"")
@@ -150,7 +150,7 @@ class DispatchCore:
             if target is None:
                 return _not_origin_form(scope)
             answer = self._answer(scope, target, b"")
-        if counts.get(here, 0) == before:
+        if cell is None or cell[0] == before:
             return answer
         site = self.farm.snapshot.sites.get(here)
         headers = answer[1]
@@ -195,7 +195,7 @@ class DispatchCore:
             site = pick(pool, Client(_address(scope), "", host, remembered, now))
         if site is None:
             return self._fallback(pool, scope)
-        self.farm.redirects[site.name] += 1
+        site.placed[0] += 1
         if affinity is not None:
             cookie = affinity.stamp(scope, site.name, recalled, now)
             if cookie is not None:
@@ -212,8 +212,9 @@ class DispatchCore:
         headers: list[tuple[bytes, bytes]],
     ) -> Answer:
         """Answer what the rules decided: their redirect or status, or a rewritten path."""
+        placed = self.farm.snapshot.placed
         for name in decision.sites:
-            self.farm.redirects[name] += 1
+            placed[name][0] += 1  # (names of the snapshot's candidates)
         if decision.sorry:
             return self._fallback(self.farm.snapshot.default_pool, scope)
         affinity = self.affinity

@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,6 +24,7 @@ from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Load
 from dispatcher.backends.store import LoadReport, SiteStore, StoredRules
 from dispatcher.config import Config, check_not_self
+from dispatcher.counts import RedirectCounts
 from dispatcher.dns.tally import DnsTotals
 from dispatcher.dns.ttl import ChangeTracker
 from dispatcher.errors import InvalidValue, StoreError, StoreUnavailable
@@ -55,23 +55,23 @@ _STATE_ONLY: Mapping[State, Health] = {
 class Farm:
     """Live registry state for one dispatcher process.
 
-    ``snapshot`` is replaced, never mutated; ``redirects`` counts redirects per site: bumped
-    by the hot path when it runs in this process, else the totals the workers report
-    (:meth:`add_redirects`). ``on_change`` (if set) is called after every change the workers
-    must see: registry, health state, load, rules, configuration. The snapshot is rebuilt for
-    those changes only, never for a probe result that leaves a site's state as it was.
-    ``worker_views`` (if set) lists the worker processes: pid, the state generation each
-    acked last, restarts (for a status view). ``rtt_view`` is what the sites' switches
-    learned of client networks' RTT (:mod:`dispatcher.placement.rtt`), rebuilt off the event
-    loop when a site's table arrives or ages out, at most once per ``rtt_rebuild_every``
-    seconds (what arrives meanwhile waits for the next refresh).
+    ``snapshot`` is replaced, never mutated; ``redirects`` counts redirects per site: what
+    the hot path counts in the snapshot when it runs in this process, plus the totals the
+    workers report (:meth:`add_redirects`). ``on_change`` (if set) is called after every
+    change the workers must see: registry, health state, load, rules, configuration. The
+    snapshot is rebuilt for those changes only, never for a probe result that leaves a
+    site's state as it was. ``worker_views`` (if set) lists the worker processes: pid, the
+    state generation each acked last, restarts (for a status view). ``rtt_view`` is what
+    the sites' switches learned of client networks' RTT (:mod:`dispatcher.placement.rtt`),
+    rebuilt off the event loop when a site's table arrives or ages out, at most once per
+    ``rtt_rebuild_every`` seconds (what arrives meanwhile waits for the next refresh).
     """
 
     def __init__(self, config: Config, store: SiteStore, prober: Prober | None = None) -> None:
         self.config = config
         self.store = store
         self.prober = prober or Prober(self._on_health)
-        self.redirects: defaultdict[str, int] = defaultdict(int)
+        self.redirects = RedirectCounts()
         self._sites: tuple[SiteSpec, ...] = ()
         self._revision = -1
         self._loads: dict[str, Load] = {}
@@ -100,6 +100,7 @@ class Farm:
         """The DNS front's counters, the workers' reports added up (and this process's)."""
         self.dns_changes = ChangeTracker()  # (explain's; shipped to the workers' own)
         self.snapshot = self._build()
+        self.redirects.follow(self.snapshot.placed)
 
     # --- life cycle ---
 
@@ -218,7 +219,7 @@ class Farm:
 
     async def delete_site(self, name: str, audit: AuditHook | None = None) -> None:
         await self._io(self.store.delete_site, name, audit)
-        self.redirects.pop(name, None)
+        self.redirects.forget(name)
         await self._refresh_after_write()
 
     async def report_load(
@@ -395,9 +396,8 @@ class Farm:
     def add_redirects(self, counts: Mapping[str, int]) -> None:
         """Add a worker's redirect counts to the totals (sites no longer registered are
         dropped)."""
-        for name, count in counts.items():
-            if name in self.snapshot.sites:
-                self.redirects[name] += count
+        sites = self.snapshot.sites
+        self.redirects.add({name: n for name, n in counts.items() if name in sites})
 
     @property
     def dns_history(self) -> dict[str, float]:
@@ -464,7 +464,9 @@ class Farm:
 
     def _changed(self) -> None:
         self._health_changed = False
-        self.snapshot = self._build()
+        snapshot = self._build()
+        self.redirects.follow(snapshot.placed)  # (the old snapshot's counts folded first)
+        self.snapshot = snapshot
         if self.on_change is not None:
             self.on_change()
 

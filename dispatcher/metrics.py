@@ -122,8 +122,10 @@ class DispatcherCollector(Collector):
         load = gauge("site_load", "The load the site last reported.", SITE)
         conns = gauge("site_reported_connections", "Connections the site reported.", SITE)
         age = gauge("site_load_age_seconds", "Age of the site's last load report.", SITE)
-        redirects = counter(
-            "redirects", "Clients sent to the site, summed over workers.", [*SITE, "reason"]
+        redirects = counter(  # (reason: always "placed", whatever placed it: docs/metrics.md)
+            "redirects",
+            "Clients sent to the site, summed over workers (reason: placed, the only one).",
+            [*SITE, "reason"],
         )
         for name, site in farm.snapshot.sites.items():
             labels = [name, site.spec.pool]
@@ -148,7 +150,7 @@ class DispatcherCollector(Collector):
                 if report.connections is not None:
                     conns.add_metric(labels, report.connections)
                 age.add_metric(labels, max(0.0, now - site.load.received))
-            redirects.add_metric([*labels, "placed"], farm.redirects.get(name, 0))
+            redirects.add_metric([*labels, "placed"], farm.redirects.get(name))
         yield from (status, check_up, failures, up_down, duration, downtime, weight, drained)
         yield from (eligible, load, conns, age, redirects)
 

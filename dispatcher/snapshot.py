@@ -10,7 +10,7 @@ backends; those two never import it, nor the configuration.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from dispatcher.backends.health import Health
@@ -28,7 +28,8 @@ from dispatcher.redirect import RewriteProgram
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything one request needs: pools, sites, the rewrite rules (if any), and how
-    clients are located (``where``)."""
+    clients are located (``where``). ``placed`` (computed) maps each candidate site's name
+    to its redirect counter cell (:attr:`~dispatcher.placement.model.Candidate.placed`)."""
 
     revision: int
     pools: Mapping[str, PoolView]
@@ -36,6 +37,11 @@ class Snapshot:
     default_pool: PoolView
     rules: RewriteProgram | None = None
     where: Where = NO_WHERE
+    placed: Mapping[str, list[int]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cells = {c.name: c.placed for pool in self.pools.values() for c in pool.candidates}
+        object.__setattr__(self, "placed", MappingProxyType(cells))
 
     @property
     def rtt(self) -> RttView:

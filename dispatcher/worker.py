@@ -33,7 +33,6 @@ import os
 import signal
 import socket
 import sys
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
@@ -42,6 +41,7 @@ import uvloop
 from dispatcher.addresses import bind
 from dispatcher.app import DispatchCore, dispatch_core
 from dispatcher.config import Config
+from dispatcher.counts import RedirectCounts
 from dispatcher.dns.server import DnsFront, bind_pair
 from dispatcher.dns.service import DnsService
 from dispatcher.edge import PublicEdge
@@ -82,13 +82,19 @@ class WorkerFarm:
     """The hot path's view (:class:`~dispatcher.app.FarmState`): the snapshot this worker
     built last, the configuration it was built with (what the DNS front reads, see
     :class:`~dispatcher.dns.service.DnsSource`) and the redirects counted since the last
-    report."""
+    report (:meth:`install` puts a snapshot in force, its predecessor's counts kept)."""
 
     def __init__(self, snapshot: Snapshot, config: Config) -> None:
         self.snapshot = snapshot
         self.config = config
-        self.redirects: defaultdict[str, int] = defaultdict(int)
+        self.redirects = RedirectCounts()
+        self.redirects.follow(snapshot.placed)
         self.dns_history: Mapping[str, float] = {}
+
+    def install(self, snapshot: Snapshot) -> None:
+        """Put ``snapshot`` in force (the counts made in the one it replaces are kept)."""
+        self.redirects.follow(snapshot.placed)
+        self.snapshot = snapshot
 
 
 class StateBuilder:
@@ -236,7 +242,7 @@ class Worker:
         self.reloads = state.reloads
         self.farm.config = state.config  # (before the snapshot: the DNS front reads them)
         self.farm.dns_history = state.dns_history
-        self.farm.snapshot = snapshot
+        self.farm.install(snapshot)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -269,8 +275,7 @@ class Worker:
         farm = self.farm
         if farm is None:
             return
-        counts, farm.redirects = farm.redirects, defaultdict(int)
-        report: dict[str, object] = {"type": "counts", "redirects": dict(counts)}
+        report: dict[str, object] = {"type": "counts", "redirects": farm.redirects.take()}
         edge = self.edge
         if edge is not None:  # totals since this worker started (the control adds them up)
             report["edge"] = {

@@ -4,9 +4,9 @@ path driven as a plain ASGI callable; and the open-redirect guarantee."""
 from __future__ import annotations
 
 import string
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -51,7 +51,6 @@ class Wall:
 @dataclass
 class FakeFarm:
     snapshot: Snapshot
-    redirects: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 def snapshot(

@@ -121,12 +121,31 @@ def _tail(flags: int, question: bytes, records: list[bytes], extra: bytes, limit
     return b"".join((head, question, *records, extra))
 
 
+class Rendered:
+    """A compiled query's answer for one site: ``tail``, the answer after its ID, and
+    ``count``, the answers made with it since they were last folded (:meth:`Compiled.fold`):
+    the one counter of the compiled path, the site placed first and the question's type
+    being the compiled query's."""
+
+    __slots__ = ("count", "tail")
+
+    def __init__(self, tail: bytes) -> None:
+        self.tail = tail
+        self.count = 0
+
+
 class Compiled:
     """A common UDP query for a name of a plain pool answered with one site (see the
     module): ``pool`` to ask placement, ``until`` when the short TTL ends, ``key`` the
     rate-limiting key, ``truncated`` whether the answer has TC set, and per site name the
-    answer after its ID, with the long TTL (``long``) and the short (``short``), each
-    rendered when the site is first placed."""
+    answer after its ID, :class:`Rendered` when the site is first placed, with the long TTL
+    (``long``) and the short (``short``); ``spill`` holds the counts of the sites beyond
+    :data:`MAX_TAILS`, whose answers are rendered each time.
+
+    Each answer is counted in its :class:`Rendered` (as placed, and as a NOERROR answer of
+    the question's type); :meth:`fold` adds the counts to the entry's tally. The service
+    folds before it reads the tally, and a compiled query is folded before it is dropped
+    (:func:`_compile`, and the service when it replaces its table)."""
 
     __slots__ = (
         "entry",
@@ -139,6 +158,7 @@ class Compiled:
         "pool",
         "question",
         "short",
+        "spill",
         "truncated",
         "until",
     )
@@ -163,22 +183,44 @@ class Compiled:
         self.key = key
         record = 16 if qtype == A else 28
         self.truncated = 12 + len(question) + record + len(extra) > limit
-        self.long: dict[str, bytes] = {}
-        self.short: dict[str, bytes] = {}
+        self.long: dict[str, Rendered] = {}
+        self.short: dict[str, Rendered] = {}
+        self.spill: dict[str, Rendered] = {}
 
-    def render(self, site: str, short: bool) -> bytes:
-        """The answer after the ID when ``site`` is placed (and keep it)."""
+    def render(self, site: str, short: bool) -> Rendered:
+        """The answer after the ID when ``site`` is placed (kept, for :data:`MAX_TAILS`
+        sites; the others' counted in ``spill``)."""
         found = self.entry.records[site][self.index + short]
         tail = _tail(self.flags, self.question, list(found[:1]), self.extra, self.limit)
         kept = self.short if short else self.long
         if len(kept) < MAX_TAILS:
-            kept[site] = tail
-        return tail
+            kept[site] = Rendered(tail)
+            return kept[site]
+        spilled = self.spill.get(site)
+        if spilled is None:
+            spilled = self.spill[site] = Rendered(tail)
+        spilled.tail = tail  # (this TTL's: the count is the site's, whatever the TTL)
+        return spilled
+
+    def fold(self) -> None:
+        """Add the answers counted since the last fold to the entry's tally: by the site
+        placed first, and as NOERROR answers of the question's type."""
+        entry = self.entry
+        placed, slot = entry.placed, self.key[-1]  # (the type's low byte: A, AAAA)
+        for kept in (self.long, self.short, self.spill):
+            for site, rendered in kept.items():
+                count = rendered.count
+                if count:
+                    rendered.count = 0
+                    placed[site] += count
+                    entry.noerror[slot] += count
 
 
 def _compile(table: DnsTable, data: bytes, compiled: Compiled) -> None:
     kept = table.compiled
     if len(kept) >= MAX_COMPILED:
+        for dropped in kept.values():
+            dropped.fold()
         kept.clear()
     kept[data[2:]] = compiled
 
@@ -189,12 +231,12 @@ def compiled_answer(compiled: Compiled, data: bytes, now: float) -> bytes:
     site = pick_plain(compiled.pool, b"")
     assert site is not None  # (compiled only while the pool has candidates)
     name = site.name
-    compiled.entry.placed[name] += 1  # (metrics: the site placed first)
     if now < compiled.until:
-        tail = compiled.short.get(name) or compiled.render(name, True)
+        rendered = compiled.short.get(name) or compiled.render(name, True)
     else:
-        tail = compiled.long.get(name) or compiled.render(name, False)
-    return data[:2] + tail
+        rendered = compiled.long.get(name) or compiled.render(name, False)
+    rendered.count += 1  # (metrics: see Compiled)
+    return data[:2] + rendered.tail
 
 
 def _resolve(

@@ -77,6 +77,7 @@ class DnsService:
         return self._table
 
     def _rebuild(self, snapshot: Snapshot) -> None:
+        self._fold()  # (the table's compiled queries go with it: their counts stay)
         self._snapshot = snapshot
         config = self.source.config.dns
         if config is None:
@@ -141,11 +142,11 @@ class DnsService:
                 counts["truncated"] += 1
             if limiter is not None:
                 verdict = limiter.decide(address, compiled.key, now)
-                if verdict != SEND:
+                if verdict != SEND:  # (counted as sent by compiled_answer: it was not)
+                    answered[compiled.key[-1]] -= 1  # (the type's low byte ends the key)
                     answers.append(self._limited(table, data, verdict))
                     continue
-            answered[compiled.key[-1]] += 1  # (the type's low byte ends the key: A, AAAA)
-            answers.append(response)
+            answers.append(response)  # (counted by compiled_answer: see Compiled.fold)
         return answers
 
     def _answer_udp(self, table: DnsTable, data: bytes, address: str, now: float) -> bytes | None:
@@ -229,15 +230,23 @@ class DnsService:
 
     def report(self) -> DnsReport:
         """Everything counted since the last :meth:`take_report`, labelled."""
+        self._fold()
         return labelled(self.counts, self.answered, self.tally)
 
     def take_report(self) -> DnsReport:
         """:meth:`report`, and start again from zero."""
         report = self.report()
         self.counts, self.answered = defaultdict(int), answer_matrix()
-        self.tally.placed.clear()  # (the table's entries hold these two)
-        self.tally.fallbacks.clear()
+        self.tally.clear()  # (in place: the table's entries hold its counters)
         return report
+
+    def _fold(self) -> None:
+        """Add what the compiled queries counted to the tally (see
+        :class:`~dispatcher.dns.fastpath.Compiled`)."""
+        table = self._table
+        if table is not None:
+            for compiled in table.compiled.values():
+                compiled.fold()
 
 
 def _rrl_key(table: DnsTable, query: Query, rcode: int) -> object:

@@ -85,8 +85,9 @@ class Entry:
     ``pool_view`` is the snapshot's pool when its placement reads nothing of the client
     (:attr:`~dispatcher.placement.pool.PoolView.plain`), it has candidates and the name is
     answered with one address (the fast path then compiles its queries), else ``None``.
-    ``placed`` and ``fallbacks`` are the :class:`~dispatcher.dns.tally.AnswerTally`'s
-    counters (shared by the entries of every table one service builds).
+    ``placed``, ``fallbacks`` and ``noerror`` are the
+    :class:`~dispatcher.dns.tally.AnswerTally`'s counters (shared by the entries of every
+    table one service builds).
     """
 
     __slots__ = (
@@ -97,6 +98,7 @@ class Entry:
         "fixed",
         "locates",
         "name",
+        "noerror",
         "placed",
         "pool",
         "pool_view",
@@ -110,6 +112,7 @@ class Entry:
         tally = tally or AnswerTally()
         self.placed = tally.placed
         self.fallbacks = tally.fallbacks
+        self.noerror = tally.noerror
         self.config = config
         self.name = config.name
         self.zone = zone

@@ -8,7 +8,10 @@ their closings, ...); ``answered``, the answers sent, in an :func:`answer_matrix
 indexed by rcode, then by the question type's slot (:func:`slot_of`: the type itself below
 :data:`QTYPE_SLOTS`, else 0; list indexing, no key to build or hash); and, through the
 table's entries, an :class:`AnswerTally`: address answers by the site placement put
-first, and answers from a name's ``all_down`` by (pool, how). :func:`labelled` turns them
+first, and answers from a name's ``all_down`` by (pool, how). The compiled UDP path
+(:mod:`dispatcher.dns.fastpath`) counts once per answer, in the compiled query, and folds
+its counts into the tally (the site's, and the NOERROR answers' by type in ``noerror``)
+before the tally is read. :func:`labelled` turns them
 into a :class:`DnsReport` of plain string keys, bounded: a type has its name
 (:data:`QTYPE_NAMES`) or is ``other``, an rcode its name (:data:`RCODE_NAMES`), and the
 flat counts get the answers by rcode (``noerror``, ...). :class:`DnsTotals` adds reports
@@ -61,13 +64,21 @@ def slot_of(qtype: int) -> int:
 class AnswerTally:
     """Address answers, counted where they are made (every entry of every table one
     service builds shares one): ``placed`` by the site placement put first, ``fallbacks``
-    by (pool, how) when placement had no site."""
+    by (pool, how) when placement had no site; ``noerror``, by :func:`slot_of` the type,
+    the NOERROR answers of compiled queries folded in (added to the answers sent)."""
 
-    __slots__ = ("fallbacks", "placed")
+    __slots__ = ("fallbacks", "noerror", "placed")
 
     def __init__(self) -> None:
         self.placed: defaultdict[str, int] = defaultdict(int)
         self.fallbacks: defaultdict[tuple[str | None, str], int] = defaultdict(int)
+        self.noerror = [0] * QTYPE_SLOTS
+
+    def clear(self) -> None:
+        """Start again from zero (in place: the tables' entries hold the counters)."""
+        self.placed.clear()
+        self.fallbacks.clear()
+        self.noerror[:] = [0] * QTYPE_SLOTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +98,8 @@ def labelled(counts: Mapping[str, int], answered: list[list[int]], tally: Answer
     """What a service counted, as a :class:`DnsReport` (bounded keys: see the module)."""
     flat = dict(counts)
     queries: defaultdict[str, int] = defaultdict(int)
-    for rcode, row in enumerate(answered):
+    rows = [[a + b for a, b in zip(answered[0], tally.noerror, strict=True)], *answered[1:]]
+    for rcode, row in enumerate(rows):
         if not any(row):
             continue
         name = RCODE_NAMES.get(rcode, "other")

@@ -77,6 +77,11 @@ class Candidate:
     was received, both ``None`` when the site never reported. The topology fields
     (``region``, ``country``, ``continent``, ``asn``, ``coordinates``) are the site's,
     configured or located, ``None`` when unknown.
+
+    ``placed`` is the redirect counter of the site while this candidate is current: a
+    one-element list the hot path bumps (``site.placed[0] += 1``, half the cost of a
+    dictionary keyed by name), owned by this candidate alone (each snapshot builds its
+    own). :class:`dispatcher.counts.RedirectCounts` adds the cells up and zeroes them.
     """
 
     name: str
@@ -92,6 +97,7 @@ class Candidate:
     continent: str | None = None
     asn: int | None = None
     coordinates: tuple[float, float] | None = None
+    placed: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
 
 
 # --- why a site was or was not chosen (the codes ``explain`` prints) ---

@@ -4,9 +4,8 @@ on to the app."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -40,7 +39,6 @@ RewriteRule ^/track$ - [CO=seen:1:.example.com:60]
 @dataclass
 class FakeFarm:
     snapshot: Snapshot
-    redirects: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 def snapshot(

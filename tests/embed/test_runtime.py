@@ -4,9 +4,8 @@ bound to it), the options' validation, and the WSGI translation (PEP 3333)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
@@ -36,7 +35,6 @@ KEYS = ["runtime-test-key"]
 @dataclass
 class FakeFarm:
     snapshot: Snapshot
-    redirects: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 def config() -> Config:
