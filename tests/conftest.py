@@ -6,6 +6,7 @@ Under ``CI=true`` a test that cannot reach what it needs fails instead of skippi
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -33,6 +34,25 @@ hypothesis_settings.register_profile("webfarm", deadline=None)
 hypothesis_settings.load_profile("webfarm")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What the imports and the collection made lives as long as the run: out of the
+    collector's way (``gc.freeze``), so each collection below looks at the tests' objects."""
+    gc.collect()
+    gc.freeze()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _leaks_fail_in_their_module() -> Iterator[None]:
+    """A resource a test leaks (a transport never closed, a child process still running)
+    warns when the garbage collector frees it, and the warning fails a test (the suite's
+    ``filterwarnings = error``): collecting at the end of every module makes that the
+    leaking module's last test, not whichever test ran when the collector next came by."""
+    yield
+    gc.collect()
+
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "FARM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
