@@ -72,7 +72,8 @@ def chunked(body: bytes, size: int, extension: str = "") -> bytes:
             (True, "HTTP 200"),
         ),
         (
-            head("200 OK", "Content-Encoding: gzip", "Content-Length: 23") + gzip.compress(b"OK"),
+            head("200 OK", "Content-Encoding: gzip", "Content-Length: 23")
+            + gzip.compress(b"OK", mtime=0),
             (True, "HTTP 200"),
         ),
         (
