@@ -240,7 +240,11 @@ async def test_network_affinity_places_a_network_alike_in_every_worker_and_every
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     one = await start_with_workers(tmp_path / "one", sites, extra='affinity = "network"')
-    two = await start_with_workers(tmp_path / "two", sites, extra='affinity = "network"')
+    try:
+        two = await start_with_workers(tmp_path / "two", sites, extra='affinity = "network"')
+    except BaseException:
+        await one.close()
+        raise
     try:
         landed: dict[str, set[str]] = {}
         for network in range(8):  # 127.9.N.0/24: one client network each
@@ -312,6 +316,23 @@ async def test_a_reload_reaches_the_workers_and_a_bad_file_changes_nothing(
         assert (await farm.admin.get("/api/v1/status")).status_code == 200
     finally:
         await farm.close()
+
+
+@pytest.mark.anyio
+async def test_stop_kills_and_reaps_a_worker_that_ignores_sigterm(
+    tmp_path: Path, sites: dict[str, LoopbackSite]
+) -> None:
+    """A worker that cannot stop (SIGSTOPped: SIGTERM waits) is killed after the graceful
+    timeout, and reaped before ``stop`` returns: no worker process outlives the pool."""
+    farm = await start_with_workers(tmp_path, {"eu": sites["eu"]})
+    workers = farm.runner.workers
+    assert workers is not None
+    procs = [slot.proc for slot in workers._slots]
+    os.kill(workers.views()[0].pid or 0, signal.SIGSTOP)
+    began = time.monotonic()
+    await farm.close()
+    assert time.monotonic() - began < 1.0 + 1.0 + 8.0  # graceful_timeout, +1 s, slack
+    assert [p is not None and p.returncode for p in procs] == [-signal.SIGKILL, 0]
 
 
 @pytest.mark.anyio
