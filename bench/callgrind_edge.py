@@ -41,6 +41,7 @@ from bench.servers import BARE_LOCATION, RULES, FixedAnswer, dispatcher_config
 from dispatcher.app import dispatch_core
 from dispatcher.backends.health import Health
 from dispatcher.config import build_config
+from dispatcher.counts import PLACED
 from dispatcher.edge import PublicEdge
 from dispatcher.http1 import Decider, HttpConnection
 from dispatcher.redirect import load_rules
@@ -118,7 +119,7 @@ def drive(requests: int, kind: str) -> None:
         for transport in transports[: min(requests, CONNECTIONS)]:  # each one answered
             _check(transport.sent[-1] if transport.sent else b"", kind)
         if kind != "bare-edge":
-            counted = {name: cell[0] for name, cell in snapshot.placed.items()}
+            counted = {name: cell[PLACED] for name, cell in snapshot.placed.items()}
             assert sum(counted.values()) == requests, counted
         assert len(edge.connections) == CONNECTIONS
     loop.close()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from dispatcher.affinity import Affinity, Recalled, make_affinity
 from dispatcher.asgi import Receive, Scope, Send
+from dispatcher.counts import AFFINITY, PLACED, RULES
 from dispatcher.placement.engine import pick, pick_plain
 from dispatcher.placement.model import Candidate, Client
 from dispatcher.placement.pool import PoolView
@@ -36,8 +37,9 @@ SORRY_BODY = (
 
 class FarmState(Protocol):
     """What the hot path needs: the current snapshot. It counts each redirect in the
-    snapshot, in the chosen candidate's cell (``site.placed[0] += 1``); the owner adds the
-    cells up (:class:`~dispatcher.counts.RedirectCounts`)."""
+    snapshot, in the chosen candidate's cell, in the slot of the reason it was chosen for
+    (``site.placed[PLACED] += 1``); the owner adds the cells up
+    (:class:`~dispatcher.counts.RedirectCounts`)."""
 
     snapshot: Snapshot
 
@@ -120,7 +122,7 @@ class DispatchCore:
             site = pick_plain(pool, host)
             if site is None:
                 return self._fallback(pool, scope)
-            site.placed[0] += 1  # (counted: see FarmState)
+            site.placed[PLACED] += 1  # (counted: see FarmState)
             return pool.status, site.redirect_head + url + b"\r\n", b""
         return self._answer(scope, url, host)
 
@@ -141,7 +143,7 @@ class DispatchCore:
         :meth:`answer`, not for concurrent threads: a threaded caller serialises calls.
         """
         cell = self.farm.snapshot.placed.get(here)  # (None: here takes no clients now)
-        before = cell[0] if cell is not None else 0
+        before = sum(cell) if cell is not None else 0
         relay = self.relay
         if relay is not None and scope.get("query_string", b"").find(_PARAM) >= 0:
             answer = self._relay(relay, scope, b"")
@@ -150,7 +152,7 @@ class DispatchCore:
             if target is None:
                 return _not_origin_form(scope)
             answer = self._answer(scope, target, b"")
-        if cell is None or cell[0] == before:
+        if cell is None or sum(cell) == before:
             return answer
         site = self.farm.snapshot.sites.get(here)
         headers = answer[1]
@@ -195,7 +197,7 @@ class DispatchCore:
             site = pick(pool, Client(_address(scope), "", host, remembered, now))
         if site is None:
             return self._fallback(pool, scope)
-        site.placed[0] += 1
+        site.placed[PLACED if recalled is None or recalled[0] != site.name else AFFINITY] += 1
         if affinity is not None:
             cookie = affinity.stamp(scope, site.name, recalled, now)
             if cookie is not None:
@@ -212,9 +214,9 @@ class DispatchCore:
         headers: list[tuple[bytes, bytes]],
     ) -> Answer:
         """Answer what the rules decided: their redirect or status, or a rewritten path."""
-        placed = self.farm.snapshot.placed
+        placed, reason = self.farm.snapshot.placed, decision.reason
         for name in decision.sites:
-            placed[name][0] += 1  # (names of the snapshot's candidates)
+            placed[name][reason] += 1  # (names of the snapshot's candidates)
         if decision.sorry:
             return self._fallback(self.farm.snapshot.default_pool, scope)
         affinity = self.affinity
@@ -335,7 +337,9 @@ class Decision(NamedTuple):
     """The dispatcher's answer once the rules have run.
 
     ``location`` is ``None`` for a status without one (403, 410, ...); ``sites`` names the
-    sites the answer sends the client to (for the redirect counters); ``sorry`` means the
+    sites the answer sends the client to and ``reason`` why (for the redirect counters: a
+    slot of :data:`~dispatcher.counts.REASONS`, ``RULES`` when a rule's ``${site:POOL}``
+    chose them, else the default pool's placement's); ``sorry`` means the
     default pool's fallback answers because no site can take the client. (A ``NamedTuple``:
     built once per request, it must be cheap to make.)
     """
@@ -344,6 +348,7 @@ class Decision(NamedTuple):
     location: bytes | None
     sites: tuple[str, ...] = ()
     sorry: bool = False
+    reason: int = RULES
 
 
 class SiteSelection:
@@ -413,7 +418,9 @@ def decide(
     A redirect or an error status is the rules' own; anything else (no rule matched, or an
     internal rewrite) is redirected to a site of the default pool, with the rewritten path,
     placed by ``selection`` (the remembered site if the pool can take the client, else the
-    policy's pick). ``selection.chosen`` names the sites the rules' ``${site:}`` chose.
+    policy's pick). ``selection.chosen`` names the sites the rules' ``${site:}`` chose
+    (counted as ``RULES``; the default pool's pick as ``AFFINITY`` when it is the
+    remembered site, else ``PLACED``).
     """
     if outcome.action == "redirect" and outcome.location is not None and outcome.status:
         return Decision(outcome.status, outcome.location.encode("ascii"), selection.chosen)
@@ -427,7 +434,9 @@ def decide(
             return Decision(503, None, sorry=True)
         return Decision(pool.status, fallback.encode("ascii"))
     path = target if outcome.action == "none" else _rewritten(outcome)
-    return Decision(pool.status, site.location_base + path, (site.name,))
+    recalled = selection.recalled
+    reason = PLACED if recalled is None or recalled[0] != site.name else AFFINITY
+    return Decision(pool.status, site.location_base + path, (site.name,), reason=reason)
 
 
 def _address(scope: Scope) -> str:

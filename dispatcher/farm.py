@@ -55,16 +55,17 @@ _STATE_ONLY: Mapping[State, Health] = {
 class Farm:
     """Live registry state for one dispatcher process.
 
-    ``snapshot`` is replaced, never mutated; ``redirects`` counts redirects per site: what
-    the hot path counts in the snapshot when it runs in this process, plus the totals the
-    workers report (:meth:`add_redirects`). ``on_change`` (if set) is called after every
-    change the workers must see: registry, health state, load, rules, configuration. The
-    snapshot is rebuilt for those changes only, never for a probe result that leaves a
-    site's state as it was. ``worker_views`` (if set) lists the worker processes: pid, the
-    state generation each acked last, restarts (for a status view). ``rtt_view`` is what
-    the sites' switches learned of client networks' RTT (:mod:`dispatcher.placement.rtt`),
-    rebuilt off the event loop when a site's table arrives or ages out, at most once per
-    ``rtt_rebuild_every`` seconds (what arrives meanwhile waits for the next refresh).
+    ``snapshot`` is replaced, never mutated; ``redirects`` counts redirects per site and
+    reason: what the hot path counts in the snapshot when it runs in this process, plus the
+    totals the workers report (:meth:`add_redirects`). ``on_change`` (if set) is called
+    after every change the workers must see: registry, health state, load, rules,
+    configuration. The snapshot is rebuilt for those changes only, never for a probe result
+    that leaves a site's state as it was. ``worker_views`` (if set) lists the worker
+    processes: pid, the state generation each acked last, restarts (for a status view).
+    ``rtt_view`` is what the sites' switches learned of client networks' RTT
+    (:mod:`dispatcher.placement.rtt`), rebuilt off the event loop when a site's table
+    arrives or ages out, at most once per ``rtt_rebuild_every`` seconds (what arrives
+    meanwhile waits for the next refresh).
     """
 
     def __init__(self, config: Config, store: SiteStore, prober: Prober | None = None) -> None:
@@ -393,8 +394,9 @@ class Farm:
             dns_history=self.dns_changes.history(),
         )
 
-    def add_redirects(self, counts: Mapping[str, int]) -> None:
-        """Add a worker's redirect counts to the totals (sites no longer registered are
+    def add_redirects(self, counts: Mapping[str, Sequence[int]]) -> None:
+        """Add a worker's redirect counts per site and reason (by slot of
+        :data:`~dispatcher.counts.REASONS`) to the totals (sites no longer registered are
         dropped)."""
         sites = self.snapshot.sites
         self.redirects.add({name: n for name, n in counts.items() if name in sites})

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from dispatcher.access import AdminToken, authenticate, bearer, decide
 from dispatcher.asgi import Receive, Scope, Send
+from dispatcher.counts import REASONS
 from dispatcher.dns.tally import TCP_CLOSINGS, query_labels
 from dispatcher.vitals import send_json
 
@@ -122,9 +123,10 @@ class DispatcherCollector(Collector):
         load = gauge("site_load", "The load the site last reported.", SITE)
         conns = gauge("site_reported_connections", "Connections the site reported.", SITE)
         age = gauge("site_load_age_seconds", "Age of the site's last load report.", SITE)
-        redirects = counter(  # (reason: always "placed", whatever placed it: docs/metrics.md)
+        redirects = counter(  # (every reason of every site, zero or not: docs/metrics.md)
             "redirects",
-            "Clients sent to the site, summed over workers (reason: placed, the only one).",
+            "Clients sent to the site, summed over workers, by why it was chosen: placed "
+            "(placement), affinity (the client's affinity stamp), rules (a rule's ${site:POOL}).",
             [*SITE, "reason"],
         )
         for name, site in farm.snapshot.sites.items():
@@ -150,7 +152,8 @@ class DispatcherCollector(Collector):
                 if report.connections is not None:
                     conns.add_metric(labels, report.connections)
                 age.add_metric(labels, max(0.0, now - site.load.received))
-            redirects.add_metric([*labels, "placed"], farm.redirects.get(name))
+            for reason, count in zip(REASONS, farm.redirects.split(name), strict=True):
+                redirects.add_metric([*labels, reason], count)
         yield from (status, check_up, failures, up_down, duration, downtime, weight, drained)
         yield from (eligible, load, conns, age, redirects)
 

@@ -28,6 +28,7 @@ from dispatcher.backends.health import Health, State
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.backends.snapshot import Load
 from dispatcher.config import Config
+from dispatcher.counts import PLACED, REASONS, Split
 from dispatcher.dns.tally import QTYPE_NAMES, RCODE_NAMES, DnsReport
 from dispatcher.placement.rtt import RttView
 
@@ -160,11 +161,27 @@ class Report:
     kind: str
     generation: int = 0
     pid: int = 0
-    redirects: Mapping[str, int] | None = None
+    redirects: Mapping[str, Split] | None = None
+    """With ``counts``: the redirects since the last report, per site and reason (by slot
+    of :data:`~dispatcher.counts.REASONS`; see :func:`encode_redirects` for the wire)."""
     edge: Mapping[str, int] | None = None
     """With ``counts``: the worker's public edge now (``connections``) and its totals since
     it started (``refused``, ``shed``), see :data:`EDGE_COUNTS`."""
     dns: DnsReport | None = None
+
+
+def encode_redirects(splits: Mapping[str, Split]) -> dict[str, object]:
+    """Redirect counts per site and reason (:meth:`~dispatcher.counts.RedirectCounts.take`)
+    in a worker's ``counts`` report: ``redirects`` the total per site (all that a report
+    carried before the reasons were told apart), ``redirect_reasons`` its split per site,
+    ``{reason: count}`` for the reasons with a count."""
+    return {
+        "redirects": {name: sum(split) for name, split in splits.items()},
+        "redirect_reasons": {
+            name: {REASONS[slot]: n for slot, n in enumerate(split) if n}
+            for name, split in splits.items()
+        },
+    }
 
 
 def encode_dns(report: DnsReport) -> dict[str, object]:
@@ -189,15 +206,12 @@ def decode_report(payload: bytes) -> Report:
     if kind in ("ready", "ack"):
         return Report(kind, _count(data, "generation"), pid=_count(data, "pid"))
     if kind == "counts":
-        redirects = data.get("redirects")
-        if not isinstance(redirects, dict):
-            raise WireError("counts without a redirects object")
         edge = data.get("edge")
         if edge is not None and not isinstance(edge, dict):
             raise WireError("counts with an edge that is not an object")
         return Report(
             kind,
-            redirects={str(k): _count(redirects, k) for k in redirects},
+            redirects=_redirects(data),
             edge=None if edge is None else {k: _count(edge, k) for k in EDGE_COUNTS},
             dns=DnsReport(
                 _counts(data, "dns", MAX_DNS_COUNTERS),
@@ -207,6 +221,36 @@ def decode_report(payload: bytes) -> Report:
             ),
         )
     raise WireError(f"an unknown report type {kind!r}")
+
+
+def _redirects(data: Mapping[str, Any]) -> dict[str, Split]:
+    """A report's redirect counts per site and reason (:func:`encode_redirects`). Without
+    ``redirect_reasons`` (a worker from before the reasons), every redirect is ``placed``;
+    with it, it splits each site's total exactly, in known reasons only."""
+    totals = data.get("redirects")
+    if not isinstance(totals, dict):
+        raise WireError("counts without a redirects object")
+    reasons = data.get("redirect_reasons")
+    if reasons is None:
+        return {name: _only(PLACED, _count(totals, name)) for name in totals}
+    if not isinstance(reasons, dict) or not reasons.keys() <= totals.keys():
+        raise WireError("counts with redirect_reasons that is not an object of their sites")
+    splits = {}
+    for name in totals:
+        total, split = _count(totals, name), reasons.get(name, {})
+        if not isinstance(split, dict) or not split.keys() <= set(REASONS):
+            raise WireError(f"redirect_reasons of {name[:64]!r}: an object of {', '.join(REASONS)}")
+        counts = tuple(_count(split, reason) for reason in REASONS)
+        if sum(counts) != total:
+            added = sum(counts)
+            raise WireError(f"redirect_reasons of {name[:64]!r} add up to {added}, not {total}")
+        splits[name] = counts
+    return splits
+
+
+def _only(slot: int, count: int) -> Split:
+    """``count`` redirects, all for the reason in ``slot``."""
+    return tuple(count if i == slot else 0 for i in range(len(REASONS)))
 
 
 def _counts(data: Mapping[str, Any], key: str, most: int | None) -> dict[str, int]:

@@ -59,6 +59,7 @@ from dispatcher.wire import (
     WorkerState,
     decode_state,
     encode_dns,
+    encode_redirects,
     encode_report,
     health_of,
     read_frame,
@@ -275,7 +276,7 @@ class Worker:
         farm = self.farm
         if farm is None:
             return
-        report: dict[str, object] = {"type": "counts", "redirects": farm.redirects.take()}
+        report: dict[str, object] = {"type": "counts", **encode_redirects(farm.redirects.take())}
         edge = self.edge
         if edge is not None:  # totals since this worker started (the control adds them up)
             report["edge"] = {

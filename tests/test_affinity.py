@@ -18,6 +18,8 @@ from dispatcher.app import DispatchApp
 from dispatcher.backends.health import Health
 from dispatcher.backends.sites import SiteSpec
 from dispatcher.config import build_config
+from dispatcher.counts import AFFINITY, PLACED, RedirectCounts
+from dispatcher.counts import RULES as BY_RULES
 from dispatcher.errors import ConfigError
 from dispatcher.placement.ring import client_network
 from dispatcher.redirect import compile_rules
@@ -239,6 +241,39 @@ async def test_rules_site_map_respects_affinity_and_stamps_its_choice() -> None:
     status, headers = await call(app, "/declared")
     assert (status, location(headers)) == (301, "https://partner.example.org/landing")
     assert stamp_of(headers) is None
+
+
+async def test_each_redirect_is_counted_for_why_its_site_was_chosen() -> None:
+    """``affinity`` when the client's stamp chose the site (a rewrite the default pool then
+    places included), ``placed`` when placement did (a new client, a stamp whose site is
+    down), ``rules`` when a rule's ``${site:POOL}`` did, even where the stamp chose within
+    that pool; a rule's declared target is no site and counts nowhere."""
+    wall = Wall()
+    rules = RULES + "RewriteRule ^/old$ /new\n"
+    farm = FakeFarm(snapshot({"eu", "us", "asia"}, rules=rules))
+    app = cookie_app(farm, wall)
+    counts = RedirectCounts()
+    counts.follow(farm.snapshot.placed)
+    stamps = AffinityStamp(KEYS, lifetime=600, clock=wall)
+    eu, r_us = (f"farm_site={stamps.encode(site)}" for site in ("eu", "r-us"))
+    expected = {name: [0, 0, 0] for name in ("eu", "us", "asia", "r-eu", "r-us", "r-asia")}
+    for path in ("/page", "/page", "/old"):
+        assert site_of((await call(app, path, cookie=eu))[1]) == "eu"
+        expected["eu"][AFFINITY] += 1
+    for path in ("/page", "/old"):
+        expected[site_of((await call(app, path))[1])][PLACED] += 1
+    _, headers = await call(app, "/region/x", cookie=r_us)
+    assert location(headers) == "http://us.example.com/r/r/x"  # (the stamp's site)
+    expected["r-us"][BY_RULES] += 1
+    _, headers = await call(app, "/region/y")
+    expected[stamps.decode(stamp_of(headers) or "").site][BY_RULES] += 1
+    assert (await call(app, "/declared"))[0] == 301
+    farm.snapshot = snapshot({"us", "asia"}, rules=rules)  # eu is down
+    counts.follow(farm.snapshot.placed)
+    _, headers = await call(app, cookie=eu)
+    expected[site_of(headers)][PLACED] += 1
+    assert counts.splits() == {n: tuple(c) for n, c in expected.items() if any(c)}
+    assert counts.get("eu") == 4
 
 
 # --- network affinity ---------------------------------------------------------------------

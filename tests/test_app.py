@@ -25,8 +25,8 @@ class FakeFarm:
 
     @property
     def redirects(self) -> dict[str, int]:
-        """What the hot path counted in the snapshot's cells, by site."""
-        return {name: cell[0] for name, cell in self.snapshot.placed.items() if cell[0]}
+        """What the hot path counted in the snapshot's cells, by site (whatever the reason)."""
+        return {name: sum(cell) for name, cell in self.snapshot.placed.items() if any(cell)}
 
 
 def farm(sites: list[SiteSpec], up: set[str], pool: Mapping[str, Any] | None = None) -> FakeFarm:

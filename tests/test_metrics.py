@@ -125,6 +125,11 @@ async def test_output_passes_promtool_and_says_what_happened(farm: RunningDispat
         for s in ("eu", "us")
     ]
     assert sum(placed) == 3
+    for site in ("eu", "us"):  # every reason of every site, from zero (rate() needs them)
+        for reason in ("affinity", "rules"):
+            labels = {"site": site, "pool": "default", "reason": reason}
+            assert value(text, "webfarm_redirects_total", **labels) == 0
+    assert "# HELP webfarm_redirects_total Clients sent to the site" in text
     assert value(text, "webfarm_worker_up", worker="0") == 1
     assert value(text, "webfarm_site_check_failures_total", site="eu", pool="default") == 0
     assert value(text, "webfarm_site_check_duration_seconds", site="eu", pool="default") > 0
@@ -200,6 +205,51 @@ async def test_worker_processes_are_summed(tmp_path: Path, sites: dict[str, Loop
         for worker in ("0", "1"):
             assert value(text, "webfarm_worker_up", worker=worker) == 1
             assert value(text, "webfarm_worker_restarts_total", worker=worker) == 0
+    finally:
+        await farm.close()
+
+
+async def test_worker_processes_report_why_each_site_was_chosen(
+    tmp_path: Path, sites: dict[str, LoopbackSite]
+) -> None:
+    """A new client is ``placed``, its return with the cookie ``affinity``, a rule's
+    ``${site:default}`` ``rules``: what the workers count reaches the control process."""
+    (tmp_path / "rules.conf").write_text(
+        "RewriteEngine on\nRewriteRule ^/pick$ ${site:default}/x [R=302,L]\n"
+    )
+    keys = f'secret_keys = ["{"k" * 40}"]'
+    extra = f'workers = 2\nrules = "rules.conf"\naffinity = "cookie"\n{keys}'
+    farm = await start(tmp_path, sites, extra, workers=True)
+    try:
+        first = await farm.public.get("/")
+        farm.public.cookies.clear()  # (sent by hand below, not by the client's jar)
+        chosen = next(n for n in ("eu", "us") if first.headers["location"] == sites[n].url + "/")
+        stamp = {"cookie": first.headers["set-cookie"].split(";")[0]}
+        for _ in range(3):
+            back = await farm.public.get("/", headers=stamp)
+            assert back.headers["location"] == first.headers["location"]
+        assert (await farm.public.get("/pick")).status_code == 302
+        want = {"placed": 1, "affinity": 3, "rules": 1}
+        async with asyncio.timeout(10):
+            while True:  # the workers report twice a second
+                text = (await scrape(farm)).text
+                got = {
+                    reason: sum(
+                        value(
+                            text, "webfarm_redirects_total", site=s, pool="default", reason=reason
+                        )
+                        for s in ("eu", "us")
+                    )
+                    for reason in want
+                }
+                if got == want:
+                    break
+                await asyncio.sleep(0.1)
+        labels = {"site": chosen, "pool": "default", "reason": "affinity"}
+        assert value(text, "webfarm_redirects_total", **labels) == 3
+        promtool(text)
+        status = (await farm.admin.get("/api/v1/status")).json()
+        assert sum(site["redirects"] for site in status["sites"]) == 5  # (the sum per site)
     finally:
         await farm.close()
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.redirect import RuleSyntaxError
 from tests.conftest import LoopbackSite, RunningDispatcher, dispatcher_table, run_cli
@@ -87,6 +88,24 @@ async def test_site_map_sends_each_prefix_to_its_pool(
     status = (await farm.admin.get("/api/v1/status")).json()
     redirects = {s["name"]: s["redirects"] for s in status["sites"]}
     assert redirects == {"home": 0, "eu": 1, "us": 1}
+    assert (await farm.public.get("/legacy/page")).status_code == 302  # (the default pool's)
+    assert await redirect_reasons(farm) == {
+        ("home", "placed"): 1,
+        ("eu", "rules"): 1,
+        ("us", "rules"): 1,
+    }
+
+
+async def redirect_reasons(farm: RunningDispatcher) -> dict[tuple[str, str], float]:
+    """``webfarm_redirects_total`` by site and reason, the samples that are not zero."""
+    text = (await farm.admin.get("/metrics")).text
+    return {
+        (s.labels["site"], s.labels["reason"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "webfarm_redirects"
+        for s in family.samples
+        if s.name == "webfarm_redirects_total" and s.value
+    }
 
 
 async def test_unmatched_and_rewritten_requests_fall_through_to_the_default_pool(

@@ -26,6 +26,7 @@ from dispatcher.wire import (
     WorkerState,
     decode_report,
     decode_state,
+    encode_redirects,
     encode_report,
     encode_state,
     for_workers,
@@ -144,6 +145,20 @@ def test_a_worker_report_is_a_checked_report_or_a_wire_error(payload: bytes) -> 
         {"type": "ack", "generation": 1 << 70},
         {"type": "counts", "redirects": {"a": "many"}},
         {"type": "counts", "redirects": [1]},
+        {"type": "counts", "redirects": {"a": 3}, "redirect_reasons": [1]},
+        {"type": "counts", "redirects": {"a": 3}, "redirect_reasons": {"a": 3}},
+        {"type": "counts", "redirects": {"a": 3}, "redirect_reasons": {"b": {"placed": 3}}},
+        {"type": "counts", "redirects": {"a": 3}, "redirect_reasons": {"a": {"bogus": 3}}},
+        {"type": "counts", "redirects": {"a": 3}, "redirect_reasons": {"a": {"placed": 2}}},
+        {"type": "counts", "redirects": {"a": 3}, "redirect_reasons": {"a": {"placed": 4}}},
+        {"type": "counts", "redirects": {"a": 3}, "redirect_reasons": {}},
+        {"type": "counts", "redirects": {"a": 1}, "redirect_reasons": {"a": {"rules": True}}},
+        {"type": "counts", "redirects": {"a": 1}, "redirect_reasons": {"a": {"rules": "1"}}},
+        {
+            "type": "counts",
+            "redirects": {"a": 1},
+            "redirect_reasons": {"a": {"placed": 2, "rules": -1}},
+        },
         {"type": "shell", "cmd": "rm"},
         [1, 2],
     ],
@@ -155,7 +170,17 @@ def test_malformed_worker_reports_are_refused(report: object) -> None:
 
 def test_counts_and_acks_are_read() -> None:
     counts = decode_report(encode_report({"type": "counts", "redirects": {"a": 3}})[4:])
-    assert counts.redirects == {"a": 3}
+    assert counts.redirects == {"a": (3, 0, 0)}  # (from before the reasons: all placed)
+    split = {"a": (3, 1, 0), "b": (0, 0, 7)}
+    report = encode_redirects(split)
+    assert report == {
+        "redirects": {"a": 4, "b": 7},
+        "redirect_reasons": {"a": {"placed": 3, "affinity": 1}, "b": {"rules": 7}},
+    }
+    counts = decode_report(encode_report({"type": "counts", **report})[4:])
+    assert counts.redirects == split
+    none = {"type": "counts", "redirects": {"a": 0}, "redirect_reasons": {}}
+    assert decode_report(encode_report(none)[4:]).redirects == {"a": (0, 0, 0)}
     assert decode_report(encode_report({"type": "ack", "generation": 9})[4:]).generation == 9
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
+from dispatcher.counts import new_cell
+
 #: How a client was located (:attr:`Location.source`).
 LOCATED_BY_PREFIX_MAP = "prefix-map"
 LOCATED_BY_DATABASE = "database"
@@ -78,10 +80,11 @@ class Candidate:
     (``region``, ``country``, ``continent``, ``asn``, ``coordinates``) are the site's,
     configured or located, ``None`` when unknown.
 
-    ``placed`` is the redirect counter of the site while this candidate is current: a
-    one-element list the hot path bumps (``site.placed[0] += 1``, half the cost of a
-    dictionary keyed by name), owned by this candidate alone (each snapshot builds its
-    own). :class:`dispatcher.counts.RedirectCounts` adds the cells up and zeroes them.
+    ``placed`` is the redirect counter of the site while this candidate is current: a list
+    of one slot per reason (:data:`dispatcher.counts.REASONS`) the hot path bumps
+    (``site.placed[PLACED] += 1``, half the cost of a dictionary keyed by name), owned by
+    this candidate alone (each snapshot builds its own).
+    :class:`dispatcher.counts.RedirectCounts` adds the cells up and zeroes them.
     """
 
     name: str
@@ -97,7 +100,7 @@ class Candidate:
     continent: str | None = None
     asn: int | None = None
     coordinates: tuple[float, float] | None = None
-    placed: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
+    placed: list[int] = field(default_factory=new_cell, compare=False, repr=False)
 
 
 # --- why a site was or was not chosen (the codes ``explain`` prints) ---
