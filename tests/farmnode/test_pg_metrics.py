@@ -103,6 +103,11 @@ async def test_primary_standby_lag_and_failover_in_patronis_names(
         flushed = position(n1, "pg_current_wal_flush_lsn")
         await fresh(a2, lambda s: s["sync_standby"] and s["lag"]["bytes"] == 0, "n2 caught up")
 
+        def n2_replayed(seen: Mapping[str, Any]) -> bool:  # (each agent looks once a second)
+            return [s["lag_bytes"] for s in seen["standbys"] if s["name"] == "n2"] == [0]
+
+        await fresh(a1, n2_replayed, "n1 sees n2 caught up")
+
         text = scrape(a1)  # the primary's node
         assert (pg(text, "primary"), pg(text, "replica"), pg(text, "running")) == (1, 0, 1)
         assert (pg(text, "streaming"), pg(text, "sync_standby")) == (0, 0)
