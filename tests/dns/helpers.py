@@ -14,6 +14,7 @@ from dispatcher.backends.health import Health, State
 from dispatcher.config import Config, build_config
 from dispatcher.dns.service import DnsService
 from dispatcher.snapshot import Snapshot, build_snapshot
+from tests.tomlwrite import toml_value
 
 TOKEN = "dns-test-token-0123456789"
 ZONE = "farm.example."
@@ -36,6 +37,30 @@ def dns_table(**overrides: Any) -> dict[str, Any]:
     }
     table.update(overrides)
     return table
+
+
+def dns_toml(
+    *,
+    listen: str = "127.0.0.1:0",
+    ttl: int | str | None = None,
+    names: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """The same zone as a farm file's ``[dns]`` table, to append to one: farm.example.
+    served by ns1.farm.example., www placed from the default pool (with ``ttl`` when one is
+    given, else the default), then ``names`` (fixed addresses, say)."""
+    www: dict[str, Any] = {"name": WWW, "pool": "default"}
+    if ttl is not None:
+        www["ttl"] = ttl
+    lines = [
+        "\n[dns]",
+        f"listen = {toml_value([listen])}",
+        f"zones = {toml_value([ZONE])}",
+        'ns = ["ns1.farm.example."]',
+    ]
+    for entry in (www, *names):
+        lines.append("\n[[dns.names]]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in entry.items())
+    return "\n".join(lines) + "\n"
 
 
 SITES: list[dict[str, Any]] = [

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LoopbackSite, dispatcher_table, skip_or_fail
+from tests.dns.helpers import dns_toml
 from tests.dns.test_real_clients import answers, dig, kdig, status
 from tests.test_serve_processes import Serve, upgrade
 
@@ -51,17 +52,7 @@ check = {{ url = "/health", expect = "OK", interval = 0.2, timeout = 0.5, rise =
     return f"""{head}
 [pools.default]
 policy = "nearest"
-{networks}{blocks}
-[dns]
-listen = ["127.0.0.1:0"]
-zones = ["farm.example."]
-ns = ["ns1.farm.example."]
-
-[[dns.names]]
-name = "www.farm.example."
-pool = "default"
-ttl = 20
-"""
+{networks}{blocks}{dns_toml(ttl=20)}"""
 
 
 @pytest.fixture

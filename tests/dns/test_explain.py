@@ -12,7 +12,7 @@ import pytest
 from dispatcher.dns.explain import explain_dns
 from dispatcher.errors import InvalidValue
 from tests.conftest import LoopbackSite, RunningDispatcher, farm_toml, run_cli
-from tests.dns.helpers import WWW, Source, make_config
+from tests.dns.helpers import WWW, Source, dns_toml, make_config
 
 
 def test_what_a_resolver_is_told_and_why() -> None:
@@ -85,16 +85,8 @@ admin_tokens = ["change-me"]
 [[sites]]
 name = "eu"
 base_url = "http://192.0.2.10"
-
-[dns]
-listen = ["127.0.0.1:5353"]
-zones = ["farm.example."]
-ns = ["ns1.farm.example."]
-
-[[dns.names]]
-name = "www.farm.example."
-pool = "default"
-""",
+"""
+        + dns_toml(listen="127.0.0.1:5353"),
         encoding="utf-8",
     )
     done = run_cli(
@@ -112,17 +104,7 @@ pool = "default"
 async def test_the_admin_api(sites: dict[str, LoopbackSite], tmp_path: Path) -> None:
     config_file = tmp_path / "farm.toml"
     text = farm_toml({"eu": (sites["eu"], 1)}, database_url=f"sqlite:///{tmp_path / 'farm.db'}")
-    text += """
-[dns]
-listen = ["127.0.0.1:0"]
-zones = ["farm.example."]
-ns = ["ns1.farm.example."]
-
-[[dns.names]]
-name = "www.farm.example."
-pool = "default"
-"""
-    config_file.write_text(text)
+    config_file.write_text(text + dns_toml())
     running = RunningDispatcher(await RunningDispatcher.start_runner(config_file))
     try:
         body = {"dns": {"name": "www.farm.example.", "type": "A", "subnet": "198.51.100.0/24"}}

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, LoopbackSite, farm_toml, skip_or_fail
+from tests.dns.helpers import dns_toml
 from tests.test_serve_processes import Serve, upgrade
 
 pytestmark = pytest.mark.anyio
@@ -47,29 +48,11 @@ def config_text(sites: dict[str, LoopbackSite], database: str) -> str:
         own = [address, *([SIX[name]] if name in SIX else [])]
         listed = ", ".join(f'"{a}"' for a in own)
         text = text.replace(f'name = "{name}"\n', f'name = "{name}"\naddresses = [{listed}]\n')
-    many = ", ".join(f'"{a}"' for a in MANY)
-    return (
-        text
-        + f"""
-[dns]
-listen = ["127.0.0.1:0"]
-zones = ["farm.example."]
-ns = ["ns1.farm.example."]
-
-[[dns.names]]
-name = "www.farm.example."
-pool = "default"
-ttl = "20/5"
-
-[[dns.names]]
-name = "ns1.farm.example."
-addresses = ["192.0.2.53"]
-
-[[dns.names]]
-name = "{LONG}"
-addresses = [{many}]
-"""
-    )
+    fixed = [
+        {"name": "ns1.farm.example.", "addresses": ["192.0.2.53"]},
+        {"name": LONG, "addresses": MANY},
+    ]
+    return text + dns_toml(ttl="20/5", names=fixed)
 
 
 class Running:

@@ -10,26 +10,15 @@ import dns.message
 import pytest
 
 from tests.conftest import LoopbackSite, RunningDispatcher, farm_toml
+from tests.dns.helpers import dns_toml
 
 pytestmark = pytest.mark.anyio
-
-DNS = """
-[dns]
-listen = ["127.0.0.1:0"]
-zones = ["farm.example."]
-ns = ["ns1.farm.example."]
-
-[[dns.names]]
-name = "www.farm.example."
-pool = "default"
-ttl = {ttl}
-"""
 
 
 async def test_served_reloaded_and_stopped(sites: dict[str, LoopbackSite], tmp_path: Path) -> None:
     config_file = tmp_path / "farm.toml"
     base = farm_toml({"eu": (sites["eu"], 1)}, database_url=f"sqlite:///{tmp_path / 'farm.db'}")
-    config_file.write_text(base + DNS.format(ttl=20))
+    config_file.write_text(base + dns_toml(ttl=20))
     running = RunningDispatcher(await RunningDispatcher.start_runner(config_file))
     try:
         (port,) = running.runner.dns_ports
@@ -37,7 +26,7 @@ async def test_served_reloaded_and_stopped(sites: dict[str, LoopbackSite], tmp_p
         answer = await dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=2)
         assert answer.answer[0].ttl == 20
         assert [r.to_text() for r in answer.answer[0]] == ["127.0.0.1"]
-        changed = base + DNS.format(ttl=40).replace("127.0.0.1:0", "127.0.0.1:1")
+        changed = base + dns_toml(ttl=40, listen="127.0.0.1:1")
         config_file.write_text(changed)
         assert await running.runner.reload()
         answer = await dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=2)
