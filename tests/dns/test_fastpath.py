@@ -9,11 +9,12 @@ import dns.message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dispatcher.config import Config
 from dispatcher.dns.answer import TCP_LIMIT, limit_for, respond
 from dispatcher.dns.fastpath import MAX_COMPILED, MAX_KEPT, MAX_TAILS, fast_answer
 from dispatcher.dns.message import decode
 from dispatcher.dns.service import DnsService
-from dispatcher.dns.table import build_table
+from dispatcher.dns.table import DnsTable, build_table
 from tests.dns.helpers import SITES, WWW, Source, addresses, make_config, query
 
 CONFIG = make_config(
@@ -42,41 +43,51 @@ BOTH = make_config(
 )
 
 
-def twins() -> tuple[Source, Source]:
+def twins(config: Config = CONFIG) -> tuple[Source, Source]:
     """Two sources in the same state: one for each path, so both rotations agree."""
-    return Source(CONFIG), Source(CONFIG)
+    return Source(config), Source(config)
+
+
+def table_of(source: Source) -> DnsTable:
+    """The general path's table of ``source``'s snapshot (built anew: no compiled queries)."""
+    assert source.config.dns is not None
+    return build_table(source.config.dns, source.snapshot)
+
+
+def drawn_query(
+    name: str, rdtype: str, edns: int | None, payload: int, subnet: str | None, do: bool
+) -> bytes:
+    """The query drawn (with EDNS when a subnet or DO asks for it)."""
+    if edns is None and (subnet or do):
+        edns = 0
+    return query(name, rdtype, edns=edns, payload=payload, subnet=subnet, want_dnssec=do)
 
 
 def general(source: Source, data: bytes, tcp: bool) -> bytes | None:
-    from dispatcher.dns.table import build_table
-
     assert CONFIG.dns is not None
     q = decode(data)
     if q is None:
         return None
-    table = build_table(CONFIG.dns, source.snapshot)
     limit = TCP_LIMIT if tcp else limit_for(q, CONFIG.dns.max_udp_payload)
-    return respond(table, q, "192.0.2.200", 5.0, limit)[0]
+    return respond(table_of(source), q, "192.0.2.200", 5.0, limit)[0]
 
 
 def fast(source: Source, data: bytes, tcp: bool) -> bytes | None:
-    from dispatcher.dns.table import build_table
-
-    assert CONFIG.dns is not None
-    table = build_table(CONFIG.dns, source.snapshot)
-    found = fast_answer(table, data, "192.0.2.200", 5.0, tcp)
+    found = fast_answer(table_of(source), data, "192.0.2.200", 5.0, tcp)
     return None if found is None else found[0]
 
 
 NAMES = st.sampled_from([WWW, "WwW.FARM.example.", "one.farm.example.", "ns1.farm.example."])
+PAYLOADS = st.integers(1, 65535)
+SUBNETS = st.sampled_from([None, "198.51.100.0/24", "2001:db8::/56", "0.0.0.0/0"])
 
 
 @given(
     name=NAMES,
     rdtype=st.sampled_from(["A", "AAAA", "MX"]),
     edns=st.sampled_from([None, 0, 1]),
-    payload=st.integers(1, 65535),
-    subnet=st.sampled_from([None, "198.51.100.0/24", "2001:db8::/56", "0.0.0.0/0"]),
+    payload=PAYLOADS,
+    subnet=SUBNETS,
     do=st.booleans(),
     tcp=st.booleans(),
     rounds=st.integers(1, 4),
@@ -92,9 +103,7 @@ def test_the_fast_path_gives_the_general_paths_bytes(
     tcp: bool,
     rounds: int,
 ) -> None:
-    if edns is None and (subnet or do):
-        edns = 0
-    data = query(name, rdtype, edns=edns, payload=payload, subnet=subnet, want_dnssec=do)
+    data = drawn_query(name, rdtype, edns, payload, subnet, do)
     left, right = twins()
     for _ in range(rounds):  # the rotations move in step
         quick = fast(left, data, tcp)
@@ -141,10 +150,7 @@ def test_unusual_queries_are_declined() -> None:
 
 
 def test_the_opt_cache_is_bounded() -> None:
-    from dispatcher.dns.table import build_table
-
-    assert CONFIG.dns is not None
-    table = build_table(CONFIG.dns, Source(CONFIG).snapshot)
+    table = table_of(Source(CONFIG))
     for i in range(MAX_KEPT + 10):
         data = query(WWW, "A", subnet=f"10.{i // 256 % 256}.{i % 256}.0/24")
         assert fast_answer(table, data, "192.0.2.1", 1.0, False) is not None
@@ -155,8 +161,8 @@ def test_the_opt_cache_is_bounded() -> None:
     name=st.sampled_from(["one.farm.example.", "ONE.farm.example.", WWW]),
     rdtype=st.sampled_from(["A", "AAAA"]),
     edns=st.sampled_from([None, 0]),
-    payload=st.integers(1, 65535),
-    subnet=st.sampled_from([None, "198.51.100.0/24", "2001:db8::/56", "0.0.0.0/0"]),
+    payload=PAYLOADS,
+    subnet=SUBNETS,
     do=st.booleans(),
     short=st.booleans(),
     ident=st.integers(0, 65535),
@@ -174,18 +180,16 @@ def test_compiled_answers_are_the_general_paths_bytes(
 ) -> None:
     """Over a whole rotation and more (10:5:1 is 16 picks), with a new ID each time: the
     service's answers (compiled after the first) are the general path's, in step."""
-    if edns is None and (subnet or do):
-        edns = 0
-    data = query(name, rdtype, edns=edns, payload=payload, subnet=subnet, want_dnssec=do)
-    left, right = Source(BOTH), Source(BOTH)
+    data = drawn_query(name, rdtype, edns, payload, subnet, do)
+    left, right = twins(BOTH)
     service = DnsService(left, clock=lambda: 5.0)
     table = service.table()
     assert table is not None
     if short:  # the short TTL in force (a site of the pool just changed)
         for entry in table.names.values():
             entry.short_until = 10.0
+    reference = table_of(right)
     assert BOTH.dns is not None
-    reference = build_table(BOTH.dns, right.snapshot)
     for entry in reference.names.values():
         entry.short_until = table.names[entry.name].short_until
     for round_ in range(40):
