@@ -30,7 +30,7 @@ import pytest
 
 from farmnode.config import NodeConfig, parse_config
 from tests.conftest import LoopbackSite, RunningDispatcher
-from tests.farmnode.test_cluster_runtime import SCRIPT, executable
+from tests.farmnode.test_cluster_runtime import cluster_tables
 from tests.farmnode.test_daemon import (
     id_servers,
     node_text,
@@ -46,32 +46,17 @@ WAIT = 30.0  # a scrape a second; a generous bound for each change to show
 
 def cluster_node(name: str, tmp_path: Path, ports: dict[str, int], *services: str) -> NodeConfig:
     """Node ``name`` of the two-node cluster (module docstring), with ``services``."""
-    peer = next(other for other in ports if other != name)
-    script = executable(tmp_path / f"agent-{name}", SCRIPT.format(dir=tmp_path, node=name))
-    cluster = f"""
-[cluster]
-name = "prom"
-key = "prometheus-test-cluster-key-0123"
-priority = {200 if name == "n1" else 100}
-interval = 0.1
-deadtime = 0.5
-initdead = 0.5
-[[cluster.transports]]
-kind = "udp"
-bind = "127.0.0.1:{ports[name]}"
-[[cluster.peers]]
-name = "{peer}"
-addresses = ["127.0.0.1:{ports[peer]}"]
-
-[[groups]]
-name = "front"
-[[groups.resources]]
-agent = "script"
-path = "{script}"
-monitor_interval = 0.3
-"""
-    text = node_text(*services, report=cluster).replace('name = "n1"', f'name = "{name}"', 1)
-    return parse_config(tomllib.loads(text), f"{name}.toml", environ={})
+    doc = tomllib.loads(node_text(*services).replace('name = "n1"', f'name = "{name}"', 1))
+    doc["cluster"], doc["groups"] = cluster_tables(
+        name,
+        ports,
+        tmp_path,
+        priority=200 if name == "n1" else 100,
+        monitor_interval=0.3,
+        interval=0.1,
+        initdead=0.5,
+    )
+    return parse_config(doc, f"{name}.toml", environ={})
 
 
 @contextlib.contextmanager

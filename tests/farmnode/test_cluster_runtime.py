@@ -63,7 +63,7 @@ def executable(path: Path, text: str) -> str:
     return str(path)
 
 
-def settings(
+def cluster_tables(
     node: str,
     ports: dict[str, int],
     tmp_path: Path,
@@ -72,15 +72,18 @@ def settings(
     witness: bool = False,
     monitor_interval: float = 5.0,
     notify: str | None = None,
-) -> ClusterSettings:
-    """``node``'s validated [cluster] and [[groups]]: one udp transport, the others as peers."""
+    interval: float = INTERVAL,
+    initdead: float = INITDEAD,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``node``'s [cluster] and [[groups]] tables: one udp transport, the others as peers;
+    unless a witness, one group ``front`` of one ``script`` resource (:data:`SCRIPT`)."""
     cluster: dict[str, Any] = {
         "name": CLUSTER,
         "key": KEY,
         "priority": priority,
-        "interval": INTERVAL,
+        "interval": interval,
         "deadtime": DEADTIME,
-        "initdead": INITDEAD,
+        "initdead": initdead,
         "transports": [{"kind": "udp", "bind": f"127.0.0.1:{ports[node]}"}],
         "peers": [
             {"name": name, "addresses": [f"127.0.0.1:{port}"]}
@@ -97,6 +100,12 @@ def settings(
         script = executable(tmp_path / f"agent-{node}", SCRIPT.format(dir=tmp_path, node=node))
         resource = {"agent": "script", "path": script, "monitor_interval": monitor_interval}
         groups = [{"name": "front", "resources": [resource]}]
+    return cluster, groups
+
+
+def settings(node: str, ports: dict[str, int], tmp_path: Path, **options: Any) -> ClusterSettings:
+    """``node``'s validated [cluster] and [[groups]] (:func:`cluster_tables`)."""
+    cluster, groups = cluster_tables(node, ports, tmp_path, **options)
     parsed = parse_cluster(cluster, groups, f"{node}.toml", {}, node_name=node)
     assert parsed is not None
     return parsed
