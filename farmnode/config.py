@@ -23,7 +23,7 @@ from dispatcher.files import printable, read_toml
 from dispatcher.logsetup import LOG_FORMATS, LOG_LEVELS
 from dispatcher.tlsfiles import TlsFiles, client_context, server_context, tls_files
 from farmnode.cluster.settings import ClusterSettings, parse_cluster
-from farmnode.dataplane.nftables import scheduler_reason, unsupported_reason
+from farmnode.dataplane.ruleset import scheduler_reason, unsupported_reason
 from farmnode.errors import ConfigError
 from farmnode.spec import (
     STATELESS_SCHEDULERS,

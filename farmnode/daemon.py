@@ -69,7 +69,8 @@ from dispatcher.sdnotify import Notifier, keep_watchdog
 from dispatcher.tlsfiles import ReloadableTls
 from farmnode.cluster.runtime import ClusterRuntime
 from farmnode.config import NodeConfig, NodeSettings
-from farmnode.dataplane.nftables import NftablesPlane, chains
+from farmnode.dataplane.nftables import NftablesPlane
+from farmnode.dataplane.ruleset import chains
 from farmnode.dataplane.userspace import UserspacePlane
 from farmnode.errors import ConfigError, FarmnodeError
 from farmnode.groups import cluster_groups, deferred_services

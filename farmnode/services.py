@@ -15,7 +15,8 @@ from typing import Any
 
 from dispatcher.backends.health import Health, Prober, Target
 from farmnode.dataplane.base import DataPlane
-from farmnode.dataplane.nftables import NftablesPlane, count_flows
+from farmnode.dataplane.nftables import NftablesPlane
+from farmnode.dataplane.ruleset import count_flows
 from farmnode.dataplane.userspace import UserspacePlane
 from farmnode.spec import RealSpec, ServiceSpec
 from farmnode.switch.service import VirtualService

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from farmnode.agents.base import Param
+from farmnode.pg.formats import make_conninfo, render_sync_names
 from farmnode.pg.health import parse_listen
-from farmnode.pg.instance import make_conninfo, render_sync_names
 
 MiB: Final = 1024 * 1024
 _APP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,63}")

@@ -33,22 +33,15 @@ from farmnode.agents.base import Action, Agent, OcfResult, Param
 from farmnode.agents.context import AttributeRefused
 from farmnode.agents.pgparams import PARAMS, conf_settings
 from farmnode.errors import ConfigError, FarmnodeError
-from farmnode.pg.health import HealthServer, HealthState, parse_listen
-from farmnode.pg.instance import (
-    REWIND_MARKER,
-    CheckFailed,
-    Instance,
-    InstanceError,
-    Snapshot,
-    check_system,
-    default_bin_dir,
+from farmnode.pg.formats import (
     make_conninfo,
     parse_lsn,
     parse_sync_names,
     render_conf,
     render_sync_names,
-    tcp_reachable,
 )
+from farmnode.pg.health import HealthServer, HealthState, parse_listen
+from farmnode.pg.instance import REWIND_MARKER, Instance, InstanceError, Snapshot, tcp_reachable
 from farmnode.pg.lifecycle import crashed_primary, halt, run_rewind
 from farmnode.pg.peers import (
     LSN,
@@ -69,6 +62,7 @@ from farmnode.pg.promotion import (
     run_fence,
     take_force_marker,
 )
+from farmnode.pg.system import CheckFailed, check_system, default_bin_dir
 from farmnode.pg.view import Seen, describe, health_of
 from farmnode.process import last_line
 

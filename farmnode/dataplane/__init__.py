@@ -2,7 +2,8 @@
 
 Chosen per service by name (``dataplane = "userspace" | "nftables"``) from the daemon's
 registry, :data:`farmnode.services.PLANES`: :mod:`.userspace` (an asyncio proxy, every
-scheduler, no root) and :mod:`.nftables` (kernel DNAT rules, Linux and root).
+scheduler, no root) and :mod:`.nftables` (kernel DNAT rules, Linux and root; the rules
+rendered by the pure :mod:`.ruleset`).
 """
 
 from __future__ import annotations

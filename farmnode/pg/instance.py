@@ -33,19 +33,17 @@ import asyncio
 import contextlib
 import os
 import pwd
-import re
 import signal
-import subprocess
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import psycopg
 
-from dispatcher.files import read_regular_file
 from farmnode.errors import FarmnodeError
-from farmnode.process import child_environment, last_line, run_process
+from farmnode.pg.formats import log_reason, parse_controldata
+from farmnode.process import last_line, run_process
 
 AGENT_CONF: Final = "farmnode.conf"
 REWIND_MARKER: Final = "farmnode.rewind"
@@ -67,8 +65,6 @@ PRIMARY_STATES: Final = frozenset(
     {"in production", "shut down", "shutting down", "in crash recovery"}
 )
 CONNECT_TIMEOUT: Final = 2
-_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
-_SYNC = re.compile(r"\s*(?:(?:FIRST|ANY)\s+(\d+)\s*\((.*)\)|(.*))\s*", re.IGNORECASE | re.DOTALL)
 
 
 class InstanceError(FarmnodeError):
@@ -78,109 +74,6 @@ class InstanceError(FarmnodeError):
         self.data_dir = data_dir
         self.detail = detail
         super().__init__(f"{data_dir}: {detail}")
-
-
-# --- pure helpers: LSNs, quoting, synchronous_standby_names ------------------------------
-
-
-def log_reason(log: str) -> str:
-    """Why a server that would not start stopped, from the end of its log: the last
-    ``FATAL``/``PANIC`` line (its last line is only "database system is shut down"), else
-    the last line."""
-    for line in reversed(log.splitlines()):
-        if "FATAL:" in line or "PANIC:" in line:
-            return line.strip()[:300]
-    return last_line(log) or "no output"
-
-
-def parse_lsn(text: str) -> int:
-    """``'0/3000060'`` -> 50331744. Raises :class:`ValueError` for anything else."""
-    match = _LSN.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"not an LSN: {text!r}")
-    return int(match[1], 16) << 32 | int(match[2], 16)
-
-
-def format_lsn(value: int) -> str:
-    """50331744 -> ``'0/3000060'`` (PostgreSQL's notation)."""
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
-def conf_quote(value: str) -> str:
-    """``value`` as a quoted string of ``postgresql.conf`` (quotes doubled, backslashes
-    escaped: the configuration parser reads backslash escapes in quoted strings)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def conninfo_quote(value: str) -> str:
-    """``value`` as a libpq connection-string value (``'...'`` with ``\\'`` and ``\\\\``)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def make_conninfo(**fields: str | int | None) -> str:
-    """A libpq connection string of the fields that are not ``None``."""
-    return " ".join(
-        f"{key}={conninfo_quote(str(value))}" for key, value in fields.items() if value is not None
-    )
-
-
-def render_sync_names(names: Sequence[str]) -> str:
-    """``synchronous_standby_names`` naming ``names`` in priority order: ``FIRST 1 ("n2")``;
-    empty (asynchronous) without names."""
-    if not names:
-        return ""
-    quoted = ", ".join('"' + name.replace('"', '""') + '"' for name in names)
-    return f"FIRST 1 ({quoted})"
-
-
-def parse_sync_names(value: str) -> list[str]:
-    """The standby names of a ``synchronous_standby_names`` value (any of PostgreSQL's three
-    forms: ``FIRST n (...)``, ``ANY n (...)``, ``a, b``); ``*`` stays ``*``."""
-    match = _SYNC.fullmatch(value)
-    body = "" if match is None else (match[2] if match[2] is not None else match[3] or "")
-    names: list[str] = []
-    item, quoted, i = "", False, 0
-    while i < len(body):
-        char = body[i]
-        if quoted and char == '"':
-            if body[i + 1 : i + 2] == '"':
-                item, i = item + '"', i + 2
-                continue
-            quoted = False
-        elif char == '"' and not quoted:
-            quoted = True
-        elif char == "," and not quoted:
-            names.append(item.strip())
-            item = ""
-        else:
-            item += char
-        i += 1
-    names.append(item.strip())
-    return [name for name in names if name]
-
-
-def render_conf(settings: Mapping[str, str | int | bool], header: str) -> str:
-    """A configuration file of ``settings`` (strings quoted, booleans ``on``/``off``)."""
-    lines = [f"# {line}" for line in header.splitlines()]
-    for key, value in settings.items():
-        if isinstance(value, bool):
-            text = "on" if value else "off"
-        elif isinstance(value, int):
-            text = str(value)
-        else:
-            text = conf_quote(value)
-        lines.append(f"{key} = {text}")
-    return "\n".join(lines) + "\n"
-
-
-def parse_controldata(output: str) -> dict[str, str]:
-    """``pg_controldata`` output (in the C locale) as a mapping of its labels."""
-    fields: dict[str, str] = {}
-    for line in output.splitlines():
-        label, sep, value = line.partition(":")
-        if sep:
-            fields[label.strip()] = value.strip()
-    return fields
 
 
 # --- state snapshots -------------------------------------------------------------------------
@@ -629,111 +522,3 @@ async def tcp_reachable(host: str, port: int, timeout: float = 2.0) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
-
-
-def postgres_major(version_output: str) -> str | None:
-    """``'postgres (PostgreSQL) 15.8 (Debian ...)'`` -> ``'15'``."""
-    match = re.search(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?", version_output)
-    if match is None:
-        return None
-    major = int(match[1])
-    return f"{major}.{match[2]}" if major < 10 and match[2] is not None else str(major)
-
-
-# --- checking the system (farmnode check-config) -------------------------------------------------
-
-
-class CheckFailed(FarmnodeError):
-    """The system does not fit a parameter: ``param`` and what was ``expected``."""
-
-    def __init__(self, param: str, expected: str) -> None:
-        self.param = param
-        self.expected = expected
-        super().__init__(f"{param}: {expected}")
-
-
-def pg_version(data_dir: str) -> str:
-    """The data directory's ``PG_VERSION``: a small regular file, read without blocking (a
-    FIFO there must not hang ``check-config``); :class:`OSError` when it is not one."""
-    data = read_regular_file(Path(data_dir, "PG_VERSION"), 64)
-    return data.decode("ascii", "replace").strip()
-
-
-def default_bin_dir(data_dir: str, bin_dir: str | None) -> str:
-    """``bin_dir``, or ``/usr/lib/postgresql/<PG_VERSION>/bin``; :class:`CheckFailed` when
-    PG_VERSION cannot be read."""
-    if bin_dir:
-        return bin_dir
-    try:
-        version = pg_version(data_dir)
-    except OSError:
-        raise CheckFailed(
-            "data_dir",
-            f"a data directory with PG_VERSION ({data_dir}/PG_VERSION cannot be read: "
-            "not made by initdb?)",
-        ) from None
-    return f"/usr/lib/postgresql/{version}/bin"
-
-
-def check_system(data_dir: str, user: str, bin_dir: str | None, socket_dir: str) -> None:
-    """Raise :class:`CheckFailed` unless ``data_dir`` is a data directory owned by ``user``
-    with ``PG_VERSION`` and ``postgresql.conf``, ``bin_dir`` (or the default) holds the
-    programs of that major version, and ``socket_dir`` exists."""
-    data = Path(data_dir)
-    if not data.is_dir():
-        raise CheckFailed("data_dir", f"an existing data directory ({data_dir} does not exist)")
-    try:
-        owner = pwd.getpwnam(user)
-    except KeyError:
-        raise CheckFailed("user", f"an OS user ({user!r} does not exist)") from None
-    uid = data.stat().st_uid
-    if uid != owner.pw_uid:
-        raise CheckFailed(
-            "data_dir", f"a data directory owned by {user} ({data_dir} is owned by {_user(uid)})"
-        )
-    programs = default_bin_dir(data_dir, bin_dir)
-    version = pg_version(data_dir)
-    if not data.joinpath("postgresql.conf").is_file():
-        raise CheckFailed(
-            "data_dir",
-            f"a data directory holding postgresql.conf ({data_dir} has none; farmnode manages "
-            "clusters whose configuration lives in the data directory, as initdb makes them)",
-        )
-    for program in ("postgres", "pg_ctl", "pg_rewind", "pg_controldata"):
-        if not os.access(Path(programs, program), os.X_OK):
-            raise CheckFailed(
-                "bin_dir",
-                f"PostgreSQL {version}'s programs ({programs}/{program} is missing; the data "
-                f"directory is version {version})",
-            )
-    major = _binary_major(Path(programs, "postgres"))
-    if major != version:
-        raise CheckFailed(
-            "bin_dir",
-            f"PostgreSQL {version}, the version of {data_dir} (PG_VERSION), but "
-            f"{programs}/postgres is version {major or 'unknown'}",
-        )
-    if not Path(socket_dir).is_dir():
-        raise CheckFailed("socket_dir", f"an existing directory ({socket_dir} does not exist)")
-
-
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _binary_major(postgres: Path) -> str | None:
-    try:
-        done = subprocess.run(  # noqa: S603 - a fixed argv
-            [str(postgres), "--version"],
-            capture_output=True,
-            text=True,
-            env=child_environment(),
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return postgres_major(done.stdout)

@@ -31,15 +31,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from farmnode.dataplane.nftables import (
+from farmnode.dataplane.nftables import Nft, NftablesPlane, prune_table, remove_table
+from farmnode.dataplane.ruleset import (
     KERNEL_SCHEDULERS,
-    Nft,
-    NftablesPlane,
     NftOptions,
     chains,
     count_flows,
-    prune_table,
-    remove_table,
     render,
 )
 from farmnode.errors import DataplaneError

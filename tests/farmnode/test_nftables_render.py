@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from farmnode.dataplane.nftables import (
+from farmnode.dataplane.nftables import NftablesPlane
+from farmnode.dataplane.ruleset import (
     HASH_SEED,
     KERNEL_SCHEDULERS,
-    NftablesPlane,
     NftOptions,
     chains,
     count_flows,

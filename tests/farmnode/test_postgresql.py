@@ -34,6 +34,15 @@ from farmnode.agents import AGENTS, Action, AgentParamError, build_agent, run_ac
 from farmnode.agents.context import Observation, check_attribute
 from farmnode.agents.postgresql import PostgresAgent
 from farmnode.errors import ConfigError
+from farmnode.pg.formats import (
+    conf_quote,
+    format_lsn,
+    log_reason,
+    make_conninfo,
+    parse_lsn,
+    parse_sync_names,
+    render_sync_names,
+)
 from farmnode.pg.health import (
     BadRequest,
     HealthServer,
@@ -45,17 +54,7 @@ from farmnode.pg.health import (
     parse_request_line,
     parse_size,
 )
-from farmnode.pg.instance import (
-    Instance,
-    InstanceError,
-    conf_quote,
-    format_lsn,
-    log_reason,
-    make_conninfo,
-    parse_lsn,
-    parse_sync_names,
-    render_sync_names,
-)
+from farmnode.pg.instance import Instance, InstanceError
 from farmnode.pg.promotion import (
     LastPrimary,
     blocking_reason,
