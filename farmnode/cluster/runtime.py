@@ -46,17 +46,12 @@ from farmnode.agents.context import (
 )
 from farmnode.cluster.election import Plan, Planner, Step
 from farmnode.cluster.membership import Heartbeat as Advert
-from farmnode.cluster.membership import Liveness, Membership, PeerView, View
+from farmnode.cluster.membership import Liveness, Membership, View
 from farmnode.cluster.protocol import Heartbeat, HeartbeatError, Receiver, new_incarnation
 from farmnode.cluster.protocol import encode as encode_heartbeat
-from farmnode.cluster.settings import ClusterSettings, TransportSettings
-from farmnode.cluster.transports import (
-    TRANSPORTS,
-    Serial,
-    Transport,
-    UdpMulticast,
-    UdpUnicast,
-)
+from farmnode.cluster.settings import ClusterSettings
+from farmnode.cluster.status import ranked_claimants, status_document
+from farmnode.cluster.transports import Transport, build_transports
 from farmnode.errors import ConfigError, FarmnodeError
 from farmnode.process import run_process
 from farmnode.waits import cancel_and_wait, wait_event
@@ -77,26 +72,6 @@ LAPSE_MARGIN: Final = 0.002
 LOOP_END_LIMIT: Final = 1.0
 #: Monitor period of a group the settings do not describe.
 DEFAULT_MONITOR_INTERVAL: Final = 10.0
-
-
-def build_transports(settings: ClusterSettings) -> list[Transport]:
-    """The transports ``[[cluster.transports]]`` describes, chosen from :data:`TRANSPORTS`.
-
-    A udp transport sends to every address of every peer.
-    """
-    return [_transport(t, settings) for t in settings.transports]
-
-
-def _transport(t: TransportSettings, settings: ClusterSettings) -> Transport:
-    cls = TRANSPORTS[t.kind]
-    if cls is UdpUnicast and t.bind is not None:
-        peers = [address for peer in settings.peers for address in peer.addresses]
-        return UdpUnicast(t.bind, peers)
-    if cls is UdpMulticast and t.group is not None and t.interface is not None:
-        return UdpMulticast(t.group, t.port, t.interface, ttl=t.ttl)
-    if cls is Serial and t.device is not None:
-        return Serial(t.device, t.baudrate)
-    raise ConfigError("cluster", "cluster.transports", f"a complete {t.kind} transport")
 
 
 def build_groups(settings: ClusterSettings) -> dict[str, ResourceGroup]:
@@ -131,9 +106,9 @@ class ClusterRuntime:
     """Heartbeat, membership, election and resource groups of one node (module docstring).
 
     ``groups`` default to those ``settings`` describe (:func:`build_groups`), ``transports``
-    to :func:`build_transports`; ``clock`` (monotonic seconds) drives membership, receiver
-    and planner; ``notify`` is called on every group transition. Nothing touches the
-    network or a resource before :meth:`start`.
+    to :func:`~farmnode.cluster.transports.build_transports`; ``clock`` (monotonic seconds)
+    drives membership, receiver and planner; ``notify`` is called on every group transition.
+    Nothing touches the network or a resource before :meth:`start`.
     """
 
     def __init__(
@@ -580,34 +555,15 @@ class ClusterRuntime:
 
     # --- status ------------------------------------------------------------------------------
 
+    @property
+    def plan(self) -> Plan | None:
+        """The plan of the last cycle (``None`` before the first)."""
+        return self._plan
+
     def status(self) -> dict[str, Any]:
-        """Members, quorum, groups and counters, as ``farmnode status`` shows them."""
-        view = self.membership.view()
-        advert = self._plan.heartbeat if self._plan is not None else None
-        return {
-            "node": self.node_name,
-            "cluster": self.settings.name,
-            "role": self.settings.role,
-            "priority": self.settings.priority,
-            "state": advert.state if advert is not None else "starting",
-            "incarnation": self.incarnation,
-            "status": self.last_status,
-            "members": {name: _member(peer) for name, peer in view.peers.items()},
-            "quorum": {
-                "quorate": view.quorate,
-                "voters": view.voters,
-                "seen": 1 + sum(1 for p in view.peers.values() if p.fresh),
-                "warnings": list(self.settings.warnings),
-            },
-            "groups": {name: self._group_status(name, view) for name in self.groups},
-            "counters": {
-                "heartbeats_sent": self.sent,
-                "encode_errors": self.send_errors,
-                "receiver": dict(self.receiver.stats),
-                "restarts": dict(self.receiver.restarts),
-                "transports": {t.name: dict(t.stats) for t in self.transports},
-            },
-        }
+        """Members, quorum, groups and counters, as ``farmnode status`` shows them
+        (:func:`~farmnode.cluster.status.status_document`)."""
+        return status_document(self)
 
     def owner(self, group: str) -> str | None:
         """Who owns ``group`` as seen here: this node while it runs it, else the peer that
@@ -615,29 +571,8 @@ class ClusterRuntime:
         run = self.groups.get(group)
         if run is not None and run.state == "running":
             return self.node_name
-        claims = self._claimants(group, self.membership.view())
+        claims = ranked_claimants(group, self.membership.view())
         return claims[0] if claims else None
-
-    def _claimants(self, group: str, view: View) -> list[str]:
-        peers = [p for p in view.peers.values() if p.claims(group)]
-        peers.sort(key=_order)
-        return [p.name for p in peers]
-
-    def _group_status(self, name: str, view: View) -> dict[str, Any]:
-        claimants = self._claimants(name, view)
-        if name in self.planner.claims:
-            claimants.insert(0, self.node_name)
-        run = self.groups[name]
-        return {
-            "owner": self.owner(name),
-            "claimed_by": claimants,
-            "local": run.state,
-            "resources": {
-                agent.name: dict(seen)
-                for agent in run.group.agents
-                if (seen := agent.status()) is not None
-            },
-        }
 
 
 def _news(known: Heartbeat | None, hb: Heartbeat) -> bool:
@@ -654,25 +589,6 @@ def _news(known: Heartbeat | None, hb: Heartbeat) -> bool:
     )
 
 
-def _order(peer: PeerView) -> tuple[int, str]:
-    """Best-ranked first: higher priority, then the name that sorts first."""
-    return (-peer.heartbeat.priority if peer.heartbeat is not None else 0), peer.name
-
-
-def _member(peer: PeerView) -> dict[str, Any]:
-    hb = peer.heartbeat
-    return {
-        "liveness": peer.liveness,
-        "alive": peer.alive,
-        "fresh": peer.fresh,
-        "last_heard": {t: round(ago, 3) for t, ago in peer.last_heard.items()},
-        "state": hb.state if hb is not None else None,
-        "role": hb.role if hb is not None else None,
-        "priority": hb.priority if hb is not None else None,
-        "groups": sorted(hb.groups) if hb is not None else [],
-    }
-
-
 def _monitor_every(settings: ClusterSettings, name: str) -> float:
     try:
         resources = settings.group(name).resources
@@ -687,5 +603,4 @@ __all__ = [
     "LocalState",
     "Notify",
     "build_groups",
-    "build_transports",
 ]

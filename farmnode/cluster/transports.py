@@ -4,7 +4,8 @@ A node sends every heartbeat on every transport, and a peer is dead only when it
 on all of them, so one broken cable or switch port does not fail a group over. Transports
 move opaque datagrams (the encoded, authenticated heartbeats of
 :mod:`farmnode.cluster.protocol`); they neither parse nor trust them. Implementations are
-chosen by name from :data:`TRANSPORTS` (``udp``, ``multicast``, ``serial``).
+chosen by name from :data:`TRANSPORTS` (``udp``, ``multicast``, ``serial``);
+:func:`build_transports` builds those ``[[cluster.transports]]`` describes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final, cast
 
 from farmnode.cluster.protocol import MAX_MESSAGE, TransportError
+from farmnode.cluster.settings import ClusterSettings, TransportSettings
+from farmnode.errors import ConfigError
 
 #: Called with (datagram, transport name) for every datagram received; must not block.
 OnDatagram = Callable[[bytes, str], None]
@@ -518,3 +521,23 @@ TRANSPORTS: Final[dict[str, type[Transport]]] = {
     "multicast": UdpMulticast,
     "serial": Serial,
 }
+
+
+def build_transports(settings: ClusterSettings) -> list[Transport]:
+    """The transports ``[[cluster.transports]]`` describes, chosen from :data:`TRANSPORTS`.
+
+    A udp transport sends to every address of every peer.
+    """
+    return [_transport(t, settings) for t in settings.transports]
+
+
+def _transport(t: TransportSettings, settings: ClusterSettings) -> Transport:
+    cls = TRANSPORTS[t.kind]
+    if cls is UdpUnicast and t.bind is not None:
+        peers = [address for peer in settings.peers for address in peer.addresses]
+        return UdpUnicast(t.bind, peers)
+    if cls is UdpMulticast and t.group is not None and t.interface is not None:
+        return UdpMulticast(t.group, t.port, t.interface, ttl=t.ttl)
+    if cls is Serial and t.device is not None:
+        return Serial(t.device, t.baudrate)
+    raise ConfigError("cluster", "cluster.transports", f"a complete {t.kind} transport")
