@@ -266,7 +266,8 @@ def test_any_accepted_path_renders_as_one_quoted_value(
     assert f'Path = "{agent.export}";' in text
     assert f'RecoveryRoot = "{agent.state_dir}";' in text
     assert text.count('"') == 2 * 6  # six quoted values, each closed where it should be
-    assert text.count("{") == text.count("}") == 6
+    bare = re.sub(r'"[^"]*"', '""', text)  # (a brace inside a quoted path is the path's)
+    assert bare.count("{") == bare.count("}") == 6
 
 
 def test_a_resource_name_that_is_no_directory_needs_a_run_dir() -> None:
