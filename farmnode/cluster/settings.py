@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from dispatcher.files import printable
 from farmnode.errors import ConfigError
-from farmnode.validation import LEAST_INTERVAL
+from farmnode.validation import LEAST_INTERVAL, parse_address
 from farmnode.validation import Invalid as _Invalid
 from farmnode.validation import choice as _choice
 from farmnode.validation import flag as _flag
@@ -620,9 +620,6 @@ def _ifname(value: Any, path: str) -> str:
 
 
 def _address(value: Any, path: str) -> tuple[str, int]:
-    # Local import: farmnode.config imports this module, so a top-level import would cycle.
-    from farmnode.config import parse_address
-
     expected = '"host:port" with an IP address ("[v6]:port" for IPv6)'
     if not isinstance(value, str):
         raise _Invalid(path, f"{expected}, got {value!r}")
