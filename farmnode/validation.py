@@ -1,6 +1,7 @@
 """The checks the node's configuration parsers share (``farmnode.config`` for the node,
 ``farmnode.service_config`` for its services, ``farmnode.cluster.settings`` for
-``[cluster]`` and ``[[groups]]``), and :func:`parse_address` for ``"host:port"`` texts.
+``[cluster]``, ``farmnode.cluster.group_settings`` for ``[[groups]]``), and
+:func:`parse_address` for ``"host:port"`` texts.
 
 Each check raises :class:`Invalid` naming the key path and what was expected; each parser
 turns that into a :class:`farmnode.errors.ConfigError` naming the file as well.
@@ -164,3 +165,14 @@ def address(
         return parse_address(value, allow_port_zero=allow_port_zero)
     except ValueError as exc:
         raise Invalid(path, f"{expected}: {exc}, got {value!r}", source) from None
+
+
+IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
+
+
+def ifname(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not IFNAME_RE.fullmatch(value) or value in (".", ".."):
+        raise Invalid(
+            path, f"a network interface name such as eth0 (1-15 characters), got {value!r}"
+        )
+    return value
