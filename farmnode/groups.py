@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from farmnode.agents import Agent, ResourceGroup, SwitchAgent, build_agent
 from farmnode.agents.switch import ServiceController
-from farmnode.cluster.settings import ClusterSettings, ResourceSettings
+from farmnode.cluster.group_settings import ResourceSettings
+from farmnode.cluster.settings import ClusterSettings
 
 
 def deferred_services(settings: ClusterSettings | None) -> frozenset[str]:

@@ -40,8 +40,9 @@ from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.throttle import throttle_warnings
 from dispatcher.tlsfiles import ReloadableTls, start_uvicorn
 from dispatcher.vitals import LIVEZ, READYZ, Condition, Verdict, send_json, send_verdict
-from farmnode.config import NodeSettings, parse_address
+from farmnode.config import NodeSettings
 from farmnode.errors import ConfigError, ListenError
+from farmnode.validation import parse_address
 
 STATUS_PATH = "/status"
 #: The longest request head the status listener reads (beyond it: 400, closed).

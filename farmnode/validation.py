@@ -1,5 +1,7 @@
-"""The checks the node's configuration parsers share (``farmnode.config`` for the node and
-its services, ``farmnode.cluster.settings`` for ``[cluster]`` and ``[[groups]]``).
+"""The checks the node's configuration parsers share (``farmnode.config`` for the node,
+``farmnode.service_config`` for its services, ``farmnode.cluster.settings`` for
+``[cluster]``, ``farmnode.cluster.group_settings`` for ``[[groups]]``), and
+:func:`parse_address` for ``"host:port"`` texts.
 
 Each check raises :class:`Invalid` naming the key path and what was expected; each parser
 turns that into a :class:`farmnode.errors.ConfigError` naming the file as well.
@@ -7,6 +9,7 @@ turns that into a :class:`farmnode.errors.ConfigError` naming the file as well.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -107,3 +110,69 @@ def int_in(raw: Mapping[str, Any], path: str, key: str, default: int, least: int
 
 def not_int(value: Any) -> bool:
     return isinstance(value, bool) or not isinstance(value, int)
+
+
+def text(raw: Mapping[str, Any], path: str, key: str, default: str, expected: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        raise Invalid(f"{path}.{key}", f"{expected}, got {value!r}")
+    return value
+
+
+def visible_ascii(text: str) -> bool:
+    return bool(text) and all(0x21 <= ord(c) <= 0x7E for c in text)
+
+
+def parse_address(text: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split ``"host:port"`` or ``"[v6]:port"`` into a normalised IP text and a port.
+
+    The host must be an IP address (IPv6 in brackets); the port 1-65535, or 0 when
+    ``allow_port_zero`` (a listener that picks a free port). Raises ``ValueError`` saying
+    what is wrong.
+    """
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError("[v6]:port")
+        port_text = rest[1:]
+        if ":" not in host:
+            raise ValueError("brackets only around an IPv6 address")
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or not host:
+            raise ValueError("host:port")
+        if ":" in host:
+            raise ValueError("an IPv6 address goes in brackets, such as [::1]:80")
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        raise ValueError("a port number")
+    port = int(port_text)
+    if not (0 if allow_port_zero else 1) <= port <= 65535:
+        raise ValueError("a port from 1 to 65535" if not allow_port_zero else "a port 0-65535")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError("an IP address, not a host name") from None
+    return str(address), port
+
+
+def address(
+    value: Any, path: str, allow_port_zero: bool = False, *, source: str | None = None
+) -> tuple[str, int]:
+    expected = '"host:port" with an IP address ("[v6]:port" for IPv6)'
+    if not isinstance(value, str):
+        raise Invalid(path, f"{expected}, got {value!r}", source)
+    try:
+        return parse_address(value, allow_port_zero=allow_port_zero)
+    except ValueError as exc:
+        raise Invalid(path, f"{expected}: {exc}, got {value!r}", source) from None
+
+
+IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
+
+
+def ifname(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not IFNAME_RE.fullmatch(value) or value in (".", ".."):
+        raise Invalid(
+            path, f"a network interface name such as eth0 (1-15 characters), got {value!r}"
+        )
+    return value

@@ -17,21 +17,18 @@ from hypothesis import strategies as st
 
 from farmnode.__main__ import run as farmnode_run
 from farmnode.config import (
-    CHECK_KEYS,
     NODE_KEYS,
-    PERSISTENCE_KEYS,
-    REAL_KEYS,
     REPORT_KEYS,
-    SERVICE_KEYS,
     NodeConfig,
     NodeSettings,
     load_config,
-    parse_address,
     parse_config,
 )
 from farmnode.errors import ConfigError
+from farmnode.service_config import CHECK_KEYS, PERSISTENCE_KEYS, REAL_KEYS, SERVICE_KEYS
 from farmnode.spec import CheckSpec, PersistenceSpec, RealSpec, ServiceSpec
 from farmnode.switch.schedulers import SCHEDULERS
+from farmnode.validation import parse_address
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "farmnode-configuration.md"
 
