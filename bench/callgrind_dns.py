@@ -31,20 +31,18 @@ import asyncio
 import shutil
 import socket
 import tempfile
-import tomllib
 from pathlib import Path
 
 import dns.edns
 import dns.message
 import dns.rcode
 
-from bench.callgrind_edge import callgrind_total
+from bench.callgrind_edge import all_up, callgrind_total
 from bench.dns import ADDRESSES, ZONE, webfarm_config
-from dispatcher.backends.health import Health
-from dispatcher.config import Config, build_config
+from dispatcher.config import Config
 from dispatcher.dns.service import DnsService
 from dispatcher.dns.udp import udp_reader
-from dispatcher.snapshot import Snapshot, build_snapshot
+from dispatcher.snapshot import Snapshot
 
 QUERIES = 20_000
 #: Queries the in-process client sends before the reader drains them (dnsperf keeps 100
@@ -61,15 +59,7 @@ class _Source:
 
 
 def service(rrl: bool) -> DnsService:
-    text = webfarm_config([9001, 9002, 9003], 5353, 1_000_000 if rrl else 0)
-    config = build_config(tomllib.loads(text), environ={}, base_dir=Path())
-    snapshot = build_snapshot(
-        config,
-        revision=1,
-        sites=config.sites,
-        health=lambda name: Health("up", None),
-        loads={},
-    )
+    config, snapshot = all_up(webfarm_config([9001, 9002, 9003], 5353, 1_000_000 if rrl else 0))
     return DnsService(_Source(config, snapshot))
 
 

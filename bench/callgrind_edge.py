@@ -40,12 +40,12 @@ from typing import Any
 from bench.servers import BARE_LOCATION, RULES, FixedAnswer, dispatcher_config
 from dispatcher.app import dispatch_core
 from dispatcher.backends.health import Health
-from dispatcher.config import build_config
+from dispatcher.config import Config, build_config
 from dispatcher.counts import PLACED
 from dispatcher.edge import PublicEdge
 from dispatcher.http1 import Decider, HttpConnection
 from dispatcher.redirect import load_rules
-from dispatcher.snapshot import build_snapshot
+from dispatcher.snapshot import Snapshot, build_snapshot
 
 REQUEST = b"GET /bench/path?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 CONNECTIONS = 32
@@ -83,15 +83,10 @@ class FakeTransport:
         pass
 
 
-def drive(requests: int, kind: str) -> None:
-    """Answer ``requests`` requests over ``CONNECTIONS`` kept-alive connections, and check
-    the answers (each connection's last one)."""
-    rules = RULES if kind == "dispatcher-rules" else None
-    config = build_config(
-        tomllib.loads(dispatcher_config(8080, [9001, 9002, 9003], rules)),
-        environ={},
-        base_dir=Path(),
-    )
+def all_up(text: str, rules: Path | None = None) -> tuple[Config, Snapshot]:
+    """The configuration in ``text`` (TOML) and its snapshot with every site up (and the
+    rules file ``rules``, if any): what the callgrind harnesses answer from."""
+    config = build_config(tomllib.loads(text), environ={}, base_dir=Path())
     snapshot = build_snapshot(
         config,
         revision=1,
@@ -100,6 +95,14 @@ def drive(requests: int, kind: str) -> None:
         loads={},
         rules=None if rules is None else load_rules(rules, known_pools=set(config.pools)),
     )
+    return config, snapshot
+
+
+def drive(requests: int, kind: str) -> None:
+    """Answer ``requests`` requests over ``CONNECTIONS`` kept-alive connections, and check
+    the answers (each connection's last one)."""
+    rules = RULES if kind == "dispatcher-rules" else None
+    config, snapshot = all_up(dispatcher_config(8080, [9001, 9002, 9003], rules), rules)
     farm = _Farm(snapshot)
     core: Decider = FixedAnswer(BARE_LOCATION)
     if kind != "bare-edge":
